@@ -1,0 +1,57 @@
+"""Recurrent memory cores behind one interface (see :class:`MemoryCore`).
+
+>>> core = make_memory("fastweights", input_size=128, hidden_size=128)
+>>> y, state = core(x, state, episode_starts)   # x: [T, B, 128] -> y: [T, B, 128]
+
+Adding a core is one new module plus one line in :data:`MEMORY_REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fw_agents.memory.base import MemoryCore, State
+
+#: name -> "module:ClassName" of every core, imported on first use.
+MEMORY_REGISTRY: dict[str, str] = {
+    "fastweights": "fw_agents.memory.fast_weights:FastWeightsRNN",
+    "lstm": "fw_agents.memory.rnn:LSTMCore",
+    "gru": "fw_agents.memory.rnn:GRUCore",
+    "irnn": "fw_agents.memory.rnn:IRNNCore",
+    "alstm": "fw_agents.memory.alstm:AssociativeLSTMCore",
+    "none": "fw_agents.memory.feedforward:NoMemoryCore",
+}
+
+MEMORY_NAMES: tuple[str, ...] = tuple(MEMORY_REGISTRY)
+
+
+def memory_class(name: str) -> type[MemoryCore]:
+    """The class registered under ``name``; ``ValueError`` listing the valid names otherwise."""
+    if name not in MEMORY_REGISTRY:
+        raise ValueError(f"unknown memory {name!r}; choose one of {', '.join(MEMORY_NAMES)}")
+    module_name, class_name = MEMORY_REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def make_memory(name: str, input_size: int, hidden_size: int, **kwargs: Any) -> MemoryCore:
+    """Build the memory core registered under ``name``.
+
+    :param name: One of :data:`MEMORY_NAMES`.
+    :param input_size: Number of input features.
+    :param hidden_size: Width of the core (its output size).
+    :param kwargs: Core-specific options (e.g. ``fast_lr``, ``decay`` for fast weights).
+    """
+    return memory_class(name)(input_size, hidden_size, **kwargs)
+
+
+_LAZY_CLASSES = {path.split(":")[1]: name for name, path in MEMORY_REGISTRY.items()}
+
+
+def __getattr__(attr: str) -> Any:  # PEP 562: `from fw_agents.memory import FastWeightsRNN`
+    if attr in _LAZY_CLASSES:
+        return memory_class(_LAZY_CLASSES[attr])
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+__all__ = ["MEMORY_NAMES", "MEMORY_REGISTRY", "MemoryCore", "State", "make_memory", "memory_class", *_LAZY_CLASSES]
