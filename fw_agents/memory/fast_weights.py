@@ -1,0 +1,158 @@
+"""The fast-weights RNN of Ba, Hinton, Mnih, Leibo and Ionescu (NIPS 2016)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fw_agents.memory.base import MemoryCore, State
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan
+
+MODES = ("auto", "matrix", "attention", "reference")
+
+
+class FastWeightsRNN(MemoryCore):
+    """A ReLU RNN with a layer-normed fast-weight inner loop ("Using Fast Weights to
+    Attend to the Recent Past", Ba et al. 2016).
+
+    Per time step, with ``h`` and ``A`` zero at every sequence start::
+
+        z        = W h(t-1) + C x(t)                  # computed once per step
+        h_0      = relu(z)                            # preliminary state, no layer norm
+        h_{s+1}  = relu(LN[z + A(t-1) h_s])           # Eq. 5, s = 0 .. S-1
+        h(t)     = h_S
+        A(t)     = λ A(t-1) + η h(t) h(t)^T           # Eq. 1
+
+    Layer norm normalises each example over its ``H`` hidden units (never across
+    the batch), with a learned gain and bias.
+
+    How ``A(t-1) h_s`` is computed (all exact, same numbers):
+
+    * ``"attention"``: never forms ``A`` inside a call; attends over the call's past
+      hidden states (Eq. 4), O(t·H) per step. ``A`` is formed once, for the returned state.
+    * ``"matrix"``: keeps ``A`` explicitly and updates it every step, O(H²) per step.
+    * ``"auto"``: attention over chunks of at most ``2·hidden_size`` steps, forming
+      ``A`` between chunks, so neither long sequences nor large ``H`` blow up.
+    * ``"reference"``: the slow per-step loop of
+      :func:`~fw_agents.memory.ops.fast_weights_reference` (autograd), for checking.
+
+    :param input_size: Number of input features.
+    :param hidden_size: Number of recurrent units ``H``.
+    :param fast_lr: Fast learning rate η (> 0). Paper: 0.5.
+    :param decay: Fast-weight decay λ, in (0, 1). Paper: 0.95 (0.9 for associative retrieval).
+    :param inner_steps: Inner-loop steps S (>= 1). Paper: 1.
+    :param layer_norm: Layer norm on every inner step (paper: yes).
+    :param mode: One of ``"auto"``, ``"matrix"``, ``"attention"``, ``"reference"``.
+
+    State: ``(h [B, H], A [B, H, H])``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        fast_lr: float = 0.5,
+        decay: float = 0.95,
+        inner_steps: int = 1,
+        layer_norm: bool = True,
+        mode: str = "auto",
+    ) -> None:
+        super().__init__(input_size, hidden_size)
+        if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
+            raise ValueError(f"decay (λ) must be in (0, 1), got {decay!r}")
+        if not (isinstance(fast_lr, (int, float)) and fast_lr > 0.0 and math.isfinite(fast_lr)):
+            raise ValueError(f"fast_lr (η) must be a finite number > 0, got {fast_lr!r}")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps (S) must be an integer >= 1, got {inner_steps!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        self.fast_lr = float(fast_lr)
+        self.decay = float(decay)
+        self.inner_steps = inner_steps
+        self.mode = mode
+        self.W = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.C = nn.Linear(input_size, hidden_size)
+        self.ln = nn.LayerNorm(hidden_size) if layer_norm else None
+        self.reset_parameters()
+
+    @property
+    def layer_norm(self) -> bool:
+        return self.ln is not None
+
+    def reset_parameters(self) -> None:
+        """Paper's initialisation: ``W = 0.05·I``; input weights uniform in ±1/√H."""
+        with torch.no_grad():
+            self.W.weight.copy_(0.05 * torch.eye(self.hidden_size))
+            bound = 1.0 / math.sqrt(self.hidden_size)
+            self.C.weight.uniform_(-bound, bound)
+            self.C.bias.zero_()
+            if self.ln is not None:
+                self.ln.reset_parameters()
+
+    @property
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,), (self.hidden_size, self.hidden_size))
+
+    def chunk_size(self, steps: int) -> int:
+        """Steps between explicit formations of ``A`` for a call of ``steps`` steps."""
+        if self.mode == "matrix":
+            return 1
+        if self.mode == "attention":
+            return steps
+        return min(steps, 2 * self.hidden_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        episode_starts: torch.Tensor | None = None,
+        write_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        """Process a sequence.
+
+        :param x: Inputs ``[T, B, input_size]``.
+        :param state: ``(h [B, H], A [B, H, H])`` before ``x[0]``; None for a fresh start.
+        :param episode_starts: ``[T, B]``; 1 resets that row's ``h`` and ``A`` before step t.
+        :param write_mask: ``[T, B]``; 0 where step t must leave ``A`` unchanged (no decay,
+            no write), as in the paper's multi-level glimpse model. Default: write every step.
+        :return: ``(y [T, B, H], (h [B, H], A [B, H, H]))``.
+        """
+        fresh = state is None
+        (h, A), starts = self._prepare(x, state, episode_starts)
+        if write_mask is not None and tuple(write_mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"write_mask must be [T, B] = {tuple(x.shape[:2])}, got {tuple(write_mask.shape)}")
+        zx = self.C(x)  # C x(t) for every step at once
+        ln_weight = self.ln.weight if self.ln is not None else None
+        ln_bias = self.ln.bias if self.ln is not None else None
+        eps = self.ln.eps if self.ln is not None else 1e-5
+        if self.mode == "reference":
+            y, h, A = fast_weights_reference(
+                zx, h, A, self.W.weight, ln_weight, ln_bias, self.decay, self.fast_lr,
+                self.inner_steps, starts, write_mask, self.layer_norm, eps,
+            )  # fmt: skip
+            return y, (h, A)
+        y, h, A = fast_weights_scan(
+            zx,
+            h,
+            None if fresh else A,
+            self.W.weight,
+            ln_weight,
+            ln_bias,
+            self.decay,
+            self.fast_lr,
+            self.inner_steps,
+            self.chunk_size(x.shape[0]),
+            keep=None if starts is None else 1.0 - starts,
+            write_mask=write_mask,
+            layer_norm=self.layer_norm,
+            eps=eps,
+        )
+        return y, (h, A)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, fast_lr={self.fast_lr}, decay={self.decay}, "
+            f"inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}"
+        )

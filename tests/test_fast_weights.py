@@ -1,0 +1,248 @@
+"""FastWeightsRNN: every fast path held to the slow per-step reference."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fw_agents.memory import FastWeightsRNN, make_memory
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan
+
+DT = torch.float64
+
+
+def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    zx = scale * torch.randn(T, B, H, generator=g, dtype=DT)
+    h = torch.randn(B, H, generator=g, dtype=DT)
+    A = 0.1 * torch.randn(B, H, H, generator=g, dtype=DT) if init else None
+    W = 0.3 * torch.randn(H, H, generator=g, dtype=DT)
+    gain = 1 + 0.1 * torch.randn(H, generator=g, dtype=DT)
+    bias = 0.1 * torch.randn(H, generator=g, dtype=DT)
+    starts = (torch.rand(T, B, generator=g) < 0.3).to(DT) if resets else None
+    write = (torch.rand(T, B, generator=g) < 0.6).to(DT) if writes else None
+    return zx, h, A, W, gain, bias, starts, write
+
+
+@pytest.mark.parametrize(
+    "inner_steps,layer_norm,chunk,init,resets,writes",
+    [
+        (S, ln, chunk, init, resets, writes)
+        for S, ln, chunk, init, resets, writes in itertools.product(
+            [1, 3], [True, False], [1, 4, 6], [True, False], [True, False], [False, True]
+        )
+        if not (writes and chunk == 4)  # keep the grid small; write masks are covered at chunk 1 and 6
+    ],
+)
+def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, chunk, init, resets, writes):
+    # Without layer norm the S > 1 inner loop amplifies large states without bound
+    # (the paper's reason for layer norm), so feed it small inputs.
+    scale = 1.0 if layer_norm else 0.3
+    zx, h, A, W, gain, bias, starts, write = _inputs(resets=resets, writes=writes, init=init, scale=scale)
+    tensors = [zx, h, W] + ([gain, bias] if layer_norm else []) + ([A] if init else [])
+    for t in tensors:
+        t.requires_grad_(True)
+    ln = (gain, bias) if layer_norm else (None, None)
+    A_ref = A if init else torch.zeros(3, 5, 5, dtype=DT)
+    ref = fast_weights_reference(zx, h, A_ref, W, *ln, 0.9, 0.5, inner_steps, starts, write, layer_norm)
+    keep = None if starts is None else 1 - starts
+    out = fast_weights_scan(zx, h, A, W, *ln, 0.9, 0.5, inner_steps, chunk, keep, write, layer_norm)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    cotangents = [torch.randn_like(o) for o in ref]
+    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
+    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
+    for a, b in zip(g_ref, g_out):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_scan_gradcheck(chunk, inner_steps):
+    zx, h, A, W, gain, bias, starts, write = _inputs(T=5, B=2, H=3, seed=1, writes=True)
+    keep = 1 - starts
+
+    def fn(zx, h, A, W, gain, bias):
+        return fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, chunk, keep, write)
+
+    args = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+def test_modes_agree_float32(mode):
+    torch.manual_seed(0)
+    core = FastWeightsRNN(7, 16, mode=mode)
+    ref = FastWeightsRNN(7, 16, mode="reference")
+    ref.load_state_dict(core.state_dict())
+    x = torch.randn(20, 4, 7)
+    starts = (torch.rand(20, 4) < 0.2).float()
+    y, (h, A) = core(x, episode_starts=starts)
+    y_ref, (h_ref, A_ref) = ref(x, episode_starts=starts)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(A, A_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_mode_chunks_long_sequences():
+    core = FastWeightsRNN(3, 4)
+    assert core.chunk_size(5) == 5
+    assert core.chunk_size(1000) == 8  # 2 * hidden_size
+    assert FastWeightsRNN(3, 4, mode="matrix").chunk_size(50) == 1
+    assert FastWeightsRNN(3, 4, mode="attention").chunk_size(50) == 50
+
+
+def test_module_matches_paper_equations_by_hand():
+    """One step, written out from Eq. 1 and Eq. 5 with the module's own parameters."""
+    torch.manual_seed(3)
+    core = FastWeightsRNN(4, 6, fast_lr=0.4, decay=0.8, inner_steps=2).double()
+    with torch.no_grad():
+        core.ln.weight.uniform_(0.5, 1.5)
+        core.ln.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(2, 3, 4, dtype=DT)
+    y, (h, A) = core(x)
+    hh = torch.zeros(3, 6, dtype=DT)
+    AA = torch.zeros(3, 6, 6, dtype=DT)
+    for t in range(2):
+        boundary = hh @ core.W.weight.T + x[t] @ core.C.weight.T + core.C.bias
+        hs = torch.relu(boundary)
+        for _ in range(2):
+            hs = torch.relu(core.ln(boundary + (AA @ hs.unsqueeze(-1)).squeeze(-1)))
+        hh = hs
+        AA = 0.8 * AA + 0.4 * hh.unsqueeze(2) * hh.unsqueeze(1)
+        torch.testing.assert_close(y[t], hh)
+    torch.testing.assert_close(A, AA)
+
+
+def test_layer_norm_is_per_example_not_across_batch():
+    torch.manual_seed(0)
+    core = FastWeightsRNN(5, 8)
+    x = torch.randn(3, 4, 5)
+    y_full, _ = core(x)
+    # Scaling another example's input must not change this one's output (a batch-wise
+    # norm would couple them), and a lone example must give the same output as in a batch.
+    x2 = x.clone()
+    x2[:, 1:] *= 50.0
+    y_scaled, _ = core(x2)
+    torch.testing.assert_close(y_scaled[:, 0], y_full[:, 0])
+    y_single, _ = core(x[:, :1])
+    torch.testing.assert_close(y_single[:, 0], y_full[:, 0])
+    # and the layer norm statistics are over the hidden units of each example
+    u = torch.randn(4, 8)
+    assert torch.allclose(F.layer_norm(u, (8,)).mean(dim=1), torch.zeros(4), atol=1e-6)
+
+
+def test_initialisation_follows_paper():
+    core = FastWeightsRNN(10, 32)
+    torch.testing.assert_close(core.W.weight, 0.05 * torch.eye(32))
+    assert core.C.weight.abs().max() <= 1 / 32**0.5
+    assert core.ln is not None and torch.all(core.ln.weight == 1)
+    assert FastWeightsRNN(10, 32, layer_norm=False).ln is None
+
+
+def test_whole_equals_step_by_step_and_chunks_with_resets():
+    torch.manual_seed(1)
+    core = make_memory("fastweights", 6, 12)
+    x = torch.randn(17, 5, 6)
+    starts = (torch.rand(17, 5) < 0.15).float()
+    starts[0] = 1.0
+    y_whole, (h_w, A_w) = core(x, episode_starts=starts)
+    state = core.initial_state(5)
+    steps = []
+    for t in range(17):
+        y, state = core(x[t : t + 1], state, starts[t : t + 1])
+        steps.append(y)
+    torch.testing.assert_close(torch.cat(steps), y_whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[1], A_w, rtol=1e-5, atol=1e-5)
+    state, pieces = core.initial_state(5), []
+    for a, b in [(0, 3), (3, 4), (4, 11), (11, 17)]:
+        y, state = core(x[a:b], state, starts[a:b])
+        pieces.append(y)
+    torch.testing.assert_close(torch.cat(pieces), y_whole, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_through_carried_state_match_whole_sequence():
+    torch.manual_seed(2)
+    core = make_memory("fastweights", 3, 6).double()
+    x = torch.randn(8, 2, 3, dtype=DT)
+    y, _ = core(x)
+    g_whole = torch.autograd.grad(y.square().sum(), list(core.parameters()))
+    y1, state = core(x[:5])
+    y2, _ = core(x[5:], state)
+    g_chunks = torch.autograd.grad(torch.cat([y1, y2]).square().sum(), list(core.parameters()))
+    for a, b in zip(g_whole, g_chunks):
+        torch.testing.assert_close(b, a)
+
+
+def test_resets_equal_fresh_runs():
+    torch.manual_seed(4)
+    core = make_memory("fastweights", 4, 8)
+    x = torch.randn(10, 2, 4)
+    starts = torch.zeros(10, 2)
+    starts[6, 0] = 1.0
+    y, _ = core(x, core.initial_state(2), starts)
+    fresh, _ = core(x[6:, :1])
+    torch.testing.assert_close(y[6:, :1], fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_write_mask_zero_leaves_fast_weights_unchanged():
+    torch.manual_seed(5)
+    core = make_memory("fastweights", 4, 8)
+    x = torch.randn(3, 2, 4)
+    _, (h, A) = core(x[:1])
+    _, (_, A_after) = core(x[1:], (h, A), write_mask=torch.zeros(2, 2))
+    torch.testing.assert_close(A_after, A)
+
+
+def test_long_rollout_stays_finite_and_bounded():
+    torch.manual_seed(6)
+    core = make_memory("fastweights", 8, 32)
+    state = core.initial_state(4)
+    x = torch.randn(10_000, 4, 8)
+    with torch.no_grad():
+        y, (h, A) = core(x, state)
+    assert torch.isfinite(y).all() and torch.isfinite(A).all()
+    # Layer norm bounds h (relu of unit-variance rows: |h|^2 <= H), so the geometric
+    # series bounds A: ||A||_F <= eta * H / (1 - lambda).
+    bound = core.fast_lr * 32 / (1 - core.decay)
+    assert torch.linalg.matrix_norm(A).max() <= bound
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(decay=1.0), "decay"),
+        (dict(decay=0.0), "decay"),
+        (dict(fast_lr=0.0), "fast_lr"),
+        (dict(fast_lr=float("inf")), "fast_lr"),
+        (dict(inner_steps=0), "inner_steps"),
+        (dict(inner_steps=1.5), "inner_steps"),
+        (dict(mode="fast"), "mode"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        FastWeightsRNN(4, 8, **kwargs)
+
+
+def test_bad_sizes_and_shapes_raise():
+    with pytest.raises(ValueError, match="hidden_size"):
+        FastWeightsRNN(4, 0)
+    core = FastWeightsRNN(4, 8)
+    with pytest.raises(ValueError, match="x must be"):
+        core(torch.randn(3, 2, 5))
+    with pytest.raises(ValueError, match="write_mask"):
+        core(torch.randn(3, 2, 4), write_mask=torch.ones(3, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    torch.manual_seed(7)
+    core = make_memory("fastweights", 4, 16)
+    x = torch.randn(12, 3, 4)
+    starts = (torch.rand(12, 3) < 0.2).float()
+    y_cpu, _ = core(x, episode_starts=starts)
+    y_gpu, _ = core.cuda()(x.cuda(), episode_starts=starts.cuda())
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-5)
