@@ -1,0 +1,253 @@
+"""Recurrent actor-critic policies over any memory core, for sb3-contrib's ``RecurrentPPO``.
+
+The only module that knows Stable-Baselines3's internals.
+
+How a core's state travels through the unmodified ``RecurrentPPO``
+--------------------------------------------------------------------
+``RecurrentPPO`` sizes its rollout buffer from ``policy.lstm_actor.num_layers``
+and ``.hidden_size`` and stores an LSTM-shaped pair ``(h, c)`` of
+``[num_layers, n_envs, hidden_size]`` per step. :class:`CoreAdapter` presents
+any core as such an "LSTM" with ``num_layers = 1`` and ``hidden_size = slot``:
+the core's state is packed into one ``[B, state_size]`` row per environment
+(:meth:`MemoryCore.pack_state`), zero-padded to ``2 * slot`` floats and split
+into the ``h`` half and the ``c`` half. Nothing is lost or approximated: the
+fast-weights state ``(h [H], A [H, H])`` is stored whole, so each training
+sequence restarts from exactly the state the rollout saw. The cost is memory:
+``n_steps * n_envs * (H + H^2)`` floats per core (67 MB for 8 envs x 128 steps at
+H = 128), twice with a separate critic core, since RecurrentPPO also keeps a
+critic copy.
+
+Training sequences are processed by one call of the core over ``[T, n_seq]``
+with the episode starts as a mask, never by a Python loop over time steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
+
+CRITIC_MODES = ("shared", "separate")
+Slots = tuple[torch.Tensor, torch.Tensor]
+
+
+class MlpEncoder(BaseFeaturesExtractor):
+    """The paper's agent input layer: flatten the observation, then ``features_dim`` ReLU units.
+
+    :param observation_space: A ``Box`` observation space.
+    :param features_dim: Number of ReLU units (paper: 128).
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 128) -> None:
+        super().__init__(observation_space, features_dim)
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(int(math.prod(observation_space.shape)), features_dim), nn.ReLU()
+        )
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.net(observations)
+
+
+class CoreAdapter(nn.Module):
+    """A memory core dressed as the ``nn.LSTM`` that ``RecurrentPPO`` expects.
+
+    ``num_layers`` and ``hidden_size`` describe the state slots (see module docstring);
+    ``output_size`` is the core's width.
+
+    :param core: The memory core.
+    """
+
+    num_layers = 1
+
+    def __init__(self, core: MemoryCore) -> None:
+        super().__init__()
+        self.core = core
+        self.input_size = core.input_size
+        self.output_size = core.hidden_size
+        self.state_size = core.state_size
+        self.hidden_size = max(1, math.ceil(self.state_size / 2))  # floats per slot
+
+    def to_slots(self, state: tuple[torch.Tensor, ...]) -> Slots:
+        """Core state -> ``(h, c)``, each ``[1, B, slot]``."""
+        flat = self.core.pack_state(state)
+        pad = 2 * self.hidden_size - self.state_size
+        if pad:
+            flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], dim=1)
+        return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
+
+    def from_slots(self, slots: Slots) -> tuple[torch.Tensor, ...]:
+        """``(h, c)`` slots -> core state."""
+        flat = torch.cat([slots[0][0], slots[1][0]], dim=1)[:, : self.state_size]
+        return self.core.unpack_state(flat)
+
+    def forward(self, features: torch.Tensor, slots: Slots, episode_starts: torch.Tensor) -> tuple[torch.Tensor, Slots]:
+        """Run the core over RecurrentPPO's sequence-major batch.
+
+        :param features: ``[n_seq * T, F]``, sequence-major (``T = 1`` during rollouts).
+        :param slots: State slots before each sequence, ``[1, n_seq, slot]`` each.
+        :param episode_starts: ``[n_seq * T]``.
+        :return: Outputs ``[n_seq * T, H]`` and the slots after the last step.
+        """
+        n_seq = slots[0].shape[1]
+        x = features.reshape(n_seq, -1, self.input_size).transpose(0, 1)
+        starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
+        y, state = self.core(x, self.from_slots(slots), starts)
+        return y.transpose(0, 1).reshape(-1, self.output_size), self.to_slots(state)
+
+
+class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
+    """Recurrent actor-critic over any :mod:`fw_agents.memory` core, for ``RecurrentPPO``.
+
+    Architecture (the paper's Catch agents): observation -> ``features_dim`` ReLU units
+    -> memory core (``hidden_size``) -> softmax policy head and linear value head
+    (plus optional ``net_arch`` layers in between, none by default).
+
+    :param observation_space: Observation space.
+    :param action_space: Action space.
+    :param lr_schedule: Learning-rate schedule.
+    :param memory: Core name, one of :data:`fw_agents.memory.MEMORY_NAMES`.
+    :param hidden_size: Width of the memory core (paper: 128).
+    :param memory_kwargs: Core options, e.g. ``dict(fast_lr=0.5, decay=0.95, inner_steps=1)``.
+    :param critic: ``"shared"``: the value head reads the actor's core and its loss trains
+        the core too (the paper's A3C agents); ``"separate"``: the critic has its own core.
+    :param net_arch: Hidden layers between the core and the heads (default: none).
+    :param activation_fn: Activation of ``net_arch`` layers.
+    :param features_extractor_class: Input encoder (default :class:`MlpEncoder`).
+    :param features_extractor_kwargs: Its kwargs (default ``dict(features_dim=128)``).
+    :param kwargs: Passed on to :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        memory: str = "lstm",
+        hidden_size: int = 128,
+        memory_kwargs: dict[str, Any] | None = None,
+        critic: str = "shared",
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        features_extractor_class: type[BaseFeaturesExtractor] = MlpEncoder,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if memory not in MEMORY_NAMES:
+            raise ValueError(f"unknown memory {memory!r}; choose one of {', '.join(MEMORY_NAMES)}")
+        if critic not in CRITIC_MODES:
+            raise ValueError(f"critic must be one of {', '.join(CRITIC_MODES)}; got {critic!r}")
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size!r}")
+        if features_extractor_class is MlpEncoder and features_extractor_kwargs is None:
+            features_extractor_kwargs = dict(features_dim=128)
+        self.memory = memory
+        self.memory_kwargs = dict(memory_kwargs or {})
+        self.critic_mode = critic
+        self.lstm_output_dim = hidden_size  # read by _build_mlp_extractor
+        # Skip RecurrentActorCriticPolicy.__init__, which builds nn.LSTM cores.
+        ActorCriticPolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=net_arch if net_arch is not None else [],
+            activation_fn=activation_fn,
+            features_extractor_class=features_extractor_class,
+            features_extractor_kwargs=features_extractor_kwargs,
+            **kwargs,
+        )
+        self.lstm_kwargs = self.memory_kwargs
+        self.shared_lstm = critic == "shared"
+        self.enable_critic_lstm = critic == "separate"
+        self.critic = None
+        self.lstm_actor = CoreAdapter(make_memory(memory, self.features_dim, hidden_size, **self.memory_kwargs))
+        self.lstm_critic = (
+            CoreAdapter(make_memory(memory, self.features_dim, hidden_size, **self.memory_kwargs))
+            if critic == "separate"
+            else None
+        )
+        self.lstm_hidden_state_shape = (1, 1, self.lstm_actor.hidden_size)  # for predict()
+        # Optimizer again, now that the cores exist (as RecurrentActorCriticPolicy does).
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            memory=self.memory,
+            hidden_size=self.lstm_output_dim,
+            memory_kwargs=self.memory_kwargs,
+            critic=self.critic_mode,
+        )
+        return data
+
+    @staticmethod
+    def _process_sequence(  # type: ignore[override]
+        features: torch.Tensor, lstm_states: Slots, episode_starts: torch.Tensor, lstm: CoreAdapter
+    ) -> tuple[torch.Tensor, Slots]:
+        """One core call over the whole ``[T, n_seq]`` batch (no per-step Python loop)."""
+        return lstm(features, lstm_states, episode_starts)
+
+    def _latents(
+        self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
+        """Actor and critic latents and the new states, for :meth:`forward` and :meth:`evaluate_actions`."""
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        latent_pi, states_pi = self.lstm_actor(pi_features, lstm_states.pi, episode_starts)
+        if self.lstm_critic is None:  # shared core: the value loss trains it too (A3C)
+            latent_vf, states_vf = latent_pi, states_pi
+        else:
+            latent_vf, states_vf = self.lstm_critic(vf_features, lstm_states.vf, episode_starts)
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        return latent_pi, latent_vf, RNNStates(states_pi, states_vf)
+
+    def forward(
+        self,
+        obs: torch.Tensor,
+        lstm_states: RNNStates,
+        episode_starts: torch.Tensor,
+        deterministic: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RNNStates]:
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        values = self.value_net(latent_vf)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, values, log_prob, states
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    def predict_values(self, obs: torch.Tensor, lstm_states: Slots, episode_starts: torch.Tensor) -> torch.Tensor:
+        # RecurrentPPO passes the critic's slots; with a shared core they are the actor's.
+        features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
+        core = self.lstm_critic if self.lstm_critic is not None else self.lstm_actor
+        latent_vf, _ = core(features, lstm_states, episode_starts)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+
+class FastWeightsPolicy(RecurrentMemoryPolicy):
+    """:class:`RecurrentMemoryPolicy` with the fast-weights core (``memory="fastweights"``).
+
+    Fast-weight hyper-parameters go in ``memory_kwargs``:
+    ``RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=dict(memory_kwargs=dict(fast_lr=0.5, decay=0.95)))``.
+    """
+
+    def __init__(self, *args: Any, memory: str = "fastweights", **kwargs: Any) -> None:
+        super().__init__(*args, memory=memory, **kwargs)
