@@ -1,0 +1,90 @@
+"""Pictures of a run: the learning curve (PNG) and a GIF of evaluation episodes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import gymnasium as gym
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, ep_rew_mean, catch_rate) from the SB3 ``progress.csv`` (NaN where missing)."""
+    path = run_dir / "progress.csv"
+    if not path.exists():
+        return np.array([]), np.array([]), np.array([])
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("time/total_timesteps")]
+
+    def column(key: str) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+
+    return column("time/total_timesteps"), column("rollout/ep_rew_mean"), column("rollout/catch_rate")
+
+
+def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path:
+    """Write ``learning_curve.png``: return and catch rate vs env steps (training and evaluation).
+
+    :param run_dir: A run directory with ``progress.csv`` and/or ``evaluations.npz``.
+    :param title: Figure title.
+    :return: Path of the PNG.
+    """
+    run_dir = Path(run_dir)
+    fig, (ax_ret, ax_catch) = plt.subplots(1, 2, figsize=(11, 4))
+    steps, train_return, train_catch = _training_curve(run_dir)
+    if steps.size:
+        ax_ret.plot(steps, train_return, label="training episodes (mean of last 100)", alpha=0.6)
+        ax_catch.plot(steps, train_catch, label="training episodes", alpha=0.6)
+    evaluations = run_dir / "evaluations.npz"
+    if evaluations.exists():
+        data = np.load(evaluations)
+        t, results = data["timesteps"], data["results"]
+        mean, std = results.mean(axis=1), results.std(axis=1)
+        ax_ret.plot(t, mean, "o-", label="evaluation (deterministic)")
+        ax_ret.fill_between(t, mean - std, mean + std, alpha=0.2)
+        ax_catch.plot(t, (results > 0).mean(axis=1), "o-", label="evaluation (deterministic)")
+    ax_ret.set(xlabel="env steps", ylabel="episode return", ylim=(-1.05, 1.05))
+    ax_catch.set(xlabel="env steps", ylabel="catch rate", ylim=(-0.02, 1.02))
+    for ax in (ax_ret, ax_catch):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = run_dir / "learning_curve.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: int = 0, fps: int = 8) -> Path | None:
+    """Play ``episodes`` deterministic episodes with ``model`` and write them as a GIF.
+
+    Returns None (and writes nothing) when the env cannot render ``rgb_array`` frames.
+    """
+    import imageio.v2 as imageio
+
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+    except Exception:  # noqa: BLE001 - an env without rgb_array rendering simply gets no GIF
+        return None
+    frames = []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            state, start, done = None, np.ones(1, dtype=bool), False
+            while not done:
+                frames.append(env.render())
+                action, state = model.predict(obs[None], state=state, episode_start=start, deterministic=True)
+                obs, _, terminated, truncated, _ = env.step(int(action[0]))
+                start = np.zeros(1, dtype=bool)
+                done = terminated or truncated
+            frames.append(env.render())
+    finally:
+        env.close()
+    imageio.mimsave(path, frames, duration=1 / fps, loop=0)
+    return Path(path)
