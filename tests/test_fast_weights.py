@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fw_agents.memory import FastWeightsRNN, make_memory
-from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 
 DT = torch.float64
 
@@ -50,6 +50,26 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
     ref = fast_weights_reference(zx, h, A_ref, W, *ln, 0.9, 0.5, inner_steps, starts, write, layer_norm)
     keep = None if starts is None else 1 - starts
     out = fast_weights_scan(zx, h, A, W, *ln, 0.9, 0.5, inner_steps, chunk, keep, write, layer_norm)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    cotangents = [torch.randn_like(o) for o in ref]
+    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
+    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
+    for a, b in zip(g_ref, g_out):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 3])
+@pytest.mark.parametrize("init,reset,write", [(True, False, False), (True, True, False), (False, False, True), (True, False, True)])
+def test_single_step_matches_reference(inner_steps, init, reset, write):
+    zx, h, A, W, gain, bias, _, _ = _inputs(T=1, init=init, resets=False)
+    keep = torch.tensor([[0.0, 1.0, 1.0]], dtype=DT) if reset else None
+    mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT) if write else None
+    tensors = [t.requires_grad_(True) for t in (zx, h, W, gain, bias)] + ([A.requires_grad_(True)] if init else [])
+    A_ref = A if init else torch.zeros(3, 5, 5, dtype=DT)
+    starts = None if keep is None else 1 - keep
+    ref = fast_weights_reference(zx, h, A_ref, W, gain, bias, 0.9, 0.5, inner_steps, starts, mask)
+    out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, keep, mask)
     for a, b in zip(ref, out):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
     cotangents = [torch.randn_like(o) for o in ref]

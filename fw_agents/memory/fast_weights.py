@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State
-from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 
 MODES = ("auto", "matrix", "attention", "reference")
 
@@ -133,22 +133,14 @@ class FastWeightsRNN(MemoryCore):
                 self.inner_steps, starts, write_mask, self.layer_norm, eps,
             )  # fmt: skip
             return y, (h, A)
-        y, h, A = fast_weights_scan(
-            zx,
-            h,
-            None if fresh else A,
-            self.W.weight,
-            ln_weight,
-            ln_bias,
-            self.decay,
-            self.fast_lr,
-            self.inner_steps,
-            self.chunk_size(x.shape[0]),
-            keep=None if starts is None else 1.0 - starts,
-            write_mask=write_mask,
-            layer_norm=self.layer_norm,
-            eps=eps,
+        common = dict(
+            keep=None if starts is None else 1.0 - starts, write_mask=write_mask, layer_norm=self.layer_norm, eps=eps
         )
+        args = (zx, h, None if fresh else A, self.W.weight, ln_weight, ln_bias, self.decay, self.fast_lr)
+        if x.shape[0] == 1 and self.mode != "attention":  # a rollout step: matrix form, fewest ops
+            y, h, A = fast_weights_step(*args, self.inner_steps, **common)
+        else:
+            y, h, A = fast_weights_scan(*args, self.inner_steps, self.chunk_size(x.shape[0]), **common)
         return y, (h, A)
 
     def extra_repr(self) -> str:

@@ -338,3 +338,46 @@ def fast_weights_scan(
         layer_norm,
         float(eps),
     )
+
+
+def fast_weights_step(
+    zx: torch.Tensor,
+    h: torch.Tensor,
+    A: torch.Tensor | None,
+    W: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    decay: float,
+    fast_lr: float,
+    inner_steps: int,
+    keep: torch.Tensor | None = None,
+    write_mask: torch.Tensor | None = None,
+    layer_norm: bool = True,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One time step in matrix form (the RL rollout case, ``T = 1``): a handful of fused ops.
+
+    Same arguments and result as :func:`fast_weights_scan` with ``zx`` of length 1;
+    differentiable through autograd.
+    """
+    zx = zx[0]
+    if keep is not None:
+        keep = keep[0].to(zx.dtype)
+        h = h * keep[:, None]
+        A = None if A is None else A * keep[:, None, None]
+    z = torch.addmm(zx, h, W.t())
+    q = torch.relu(z)
+    for _ in range(inner_steps):
+        u = z if A is None else torch.baddbmm(z.unsqueeze(1), q.unsqueeze(1), A.transpose(1, 2)).squeeze(1)
+        if layer_norm:
+            u = torch.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
+        q = torch.relu(u)
+    if write_mask is None:  # Eq. 1: A <- decay A + fast_lr h h^T
+        A_new = torch.einsum("bi,bj->bij", q, q) * fast_lr if A is None else torch.baddbmm(
+            A, q.unsqueeze(2), q.unsqueeze(1), beta=decay, alpha=fast_lr
+        )
+    else:
+        write = write_mask[0].to(zx.dtype)[:, None, None]
+        outer = torch.einsum("bi,bj->bij", q, q) * (fast_lr * write)
+        A_new = outer if A is None else A * (1.0 - write * (1.0 - decay)) + outer
+    return q.unsqueeze(0), q, A_new

@@ -1,0 +1,86 @@
+"""Whole-process RecurrentPPO training throughput (env steps/s) on CatchBlind16-v0.
+
+Side by side in one process, same env, n_envs, n_steps, batch size, epochs and
+128 hidden units: stock ``RecurrentPPO("MlpLstmPolicy")`` (the peer) against the
+same stock algorithm with :class:`fw_agents.policies.RecurrentMemoryPolicy` over
+each memory core. Runs alternate (peer, ours, peer, ours, ...) and the median
+rate is reported.
+
+    python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
+
+import envs
+from fw_agents.policies import RecurrentMemoryPolicy
+
+ENV_ID = "CatchBlind16-v0"
+SETTINGS = dict(n_steps=128, batch_size=256, n_epochs=4)
+N_ENVS = 8
+HIDDEN = 128
+PEER = "stock MlpLstmPolicy"
+
+
+def make_env(kind: str) -> VecEnv:
+    if kind == "numpy":
+        return envs.CatchVecEnv.from_id(ENV_ID, N_ENVS)
+    return make_vec_env(ENV_ID, n_envs=N_ENVS)
+
+
+def make_model(name: str, env: VecEnv) -> RecurrentPPO:
+    if name == PEER:
+        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=HIDDEN), seed=0, device="cpu", **SETTINGS)
+    return RecurrentPPO(
+        RecurrentMemoryPolicy,
+        env,
+        policy_kwargs=dict(memory=name, hidden_size=HIDDEN),
+        seed=0,
+        device="cpu",
+        **SETTINGS,
+    )
+
+
+def steps_per_second(name: str, env_kind: str, rollouts: int) -> float:
+    model = make_model(name, make_env(env_kind))
+    per_rollout = SETTINGS["n_steps"] * N_ENVS
+    model.learn(per_rollout)  # warm-up: first rollout and update
+    start = time.perf_counter()
+    model.learn(rollouts * per_rollout, reset_num_timesteps=False)
+    return rollouts * per_rollout / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rollouts", type=int, default=6, help="timed rollouts (of 1,024 steps) per run")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per contestant (median kept)")
+    parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm"], help="cores to time with our policy")
+    parser.add_argument("--env", choices=["numpy", "dummy"], default="numpy",
+                        help="numpy: batched envs.CatchVecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {ENV_ID}, {N_ENVS} envs, {SETTINGS}, "
+          f"{HIDDEN} units, env: {args.env}\n")  # fmt: skip
+    names = [PEER, *args.memories]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for name in names:
+            rates[name].append(steps_per_second(name, args.env, args.rollouts))
+    peer = statistics.median(rates[PEER])
+    print("| policy | env steps/s (median) | × stock |")
+    print("|---|---|---|")
+    for name in names:
+        rate = statistics.median(rates[name])
+        label = name if name == PEER else f"RecurrentMemoryPolicy({name})"
+        print(f"| {label} | {rate:,.0f} | {rate / peer:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
