@@ -1,0 +1,133 @@
+"""RecurrentMemoryPolicy inside the unmodified sb3_contrib.RecurrentPPO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import SubprocVecEnv
+
+import envs
+from fw_agents.memory import MEMORY_NAMES
+from fw_agents.policies import CoreAdapter, FastWeightsPolicy, RecurrentMemoryPolicy
+
+SMALL = dict(n_steps=16, batch_size=32, n_epochs=1)
+
+
+def _model(memory: str, env=None, critic: str = "shared", **kwargs) -> RecurrentPPO:
+    env = env if env is not None else envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
+    policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16))
+    return RecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL, **kwargs)
+
+
+@pytest.mark.parametrize("memory", MEMORY_NAMES)
+def test_learn_save_load_predict(memory, tmp_path):
+    model = _model(memory)
+    model.learn(128)
+    assert model.num_timesteps == 128
+    obs = model.env.reset()
+    starts = np.ones(4, dtype=bool)
+    actions, state = model.predict(obs, episode_start=starts, deterministic=True)
+    assert actions.shape == (4,) and state[0].shape == (1, 4, model.policy.lstm_actor.hidden_size)
+    # continue with the returned state
+    actions2, state2 = model.predict(obs, state=state, episode_start=np.zeros(4, dtype=bool), deterministic=True)
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy.memory == memory
+    a, s = loaded.predict(obs, episode_start=starts, deterministic=True)
+    a2, s2 = loaded.predict(obs, state=s, episode_start=np.zeros(4, dtype=bool), deterministic=True)
+    np.testing.assert_array_equal(a, actions)
+    np.testing.assert_array_equal(a2, actions2)
+    np.testing.assert_allclose(s2[0], state2[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory", MEMORY_NAMES)
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_rollout_and_training_give_same_log_probs_and_values(memory, critic):
+    """The log-probs and values stored while stepping the env one step at a time equal
+    those recomputed from the buffer's padded sequences in one core call."""
+    model = _model(memory, critic=critic)
+    model.learn(SMALL["n_steps"] * 4)  # one rollout and one update, then a fresh rollout below
+    callback = CallbackList([])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, SMALL["n_steps"])
+    model.policy.set_training_mode(False)
+    checked = 0
+    with torch.no_grad():
+        for batch in model.rollout_buffer.get(batch_size=24):  # odd size: sequences cut mid-episode
+            actions = batch.actions.long().flatten()
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, actions, batch.lstm_states, batch.episode_starts
+            )
+            mask = batch.mask > 0.5
+            torch.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=1e-4, atol=1e-5)
+            checked += int(mask.sum())
+    assert checked == SMALL["n_steps"] * 4
+
+
+def test_fast_weights_state_travels_whole_through_the_buffer():
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 2), device="cpu", **SMALL)
+    adapter = model.policy.lstm_actor
+    assert isinstance(adapter, CoreAdapter)
+    H = 128
+    assert adapter.state_size == H + H * H and adapter.hidden_size == (H + H * H) // 2
+    core = adapter.core
+    h, A = torch.randn(2, H), torch.randn(2, H, H)
+    h2, A2 = adapter.from_slots(adapter.to_slots((h, A)))
+    assert torch.equal(h2, h) and torch.equal(A2, A)
+    assert core.fast_lr == 0.5 and core.decay == 0.95 and core.inner_steps == 1
+
+
+def test_fast_weight_hyperparameters_through_policy_kwargs():
+    env = envs.CatchVecEnv.from_id("Catch-v0", 2)
+    kwargs = dict(hidden_size=32, memory_kwargs=dict(fast_lr=0.3, decay=0.9, inner_steps=2), critic="separate")
+    model = RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=kwargs, device="cpu", **SMALL)
+    for adapter in (model.policy.lstm_actor, model.policy.lstm_critic):
+        core = adapter.core
+        assert (core.hidden_size, core.fast_lr, core.decay, core.inner_steps) == (32, 0.3, 0.9, 2)
+
+
+def test_paper_architecture_by_default():
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 2), device="cpu", **SMALL)
+    policy = model.policy
+    assert policy.features_dim == 128  # 128 ReLU units
+    assert policy.lstm_actor.core.hidden_size == 128
+    assert policy.lstm_critic is None  # value head shares the core
+    assert policy.action_net.in_features == 128 and policy.action_net.out_features == 3
+    assert policy.value_net.in_features == 128 and policy.value_net.out_features == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [(dict(memory="transformer"), "memory"), (dict(critic="both"), "critic"), (dict(hidden_size=0), "hidden_size")],
+)
+def test_bad_policy_kwargs_raise(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        RecurrentPPO(RecurrentMemoryPolicy, envs.CatchVecEnv.from_id("Catch-v0", 2), policy_kwargs=kwargs, device="cpu")
+
+
+def test_dummy_and_subproc_vec_envs_and_evaluate_policy():
+    dummy = make_vec_env("CatchBlind16-v0", n_envs=2)
+    model = _model("fastweights", env=dummy)
+    model.learn(64)
+    mean, _ = evaluate_policy(model, dummy, n_eval_episodes=4)
+    assert -1.0 <= mean <= 1.0
+    # "envs:" makes each worker process import (and so register) the package first
+    subproc = make_vec_env("envs:CatchBlind16-v0", n_envs=2, vec_env_cls=SubprocVecEnv)
+    try:
+        model.set_env(subproc)
+        model.learn(64, reset_num_timesteps=False)
+    finally:
+        subproc.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_policy_learns():
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 4), device="cuda", **SMALL)
+    model.learn(128)
+    assert next(model.policy.parameters()).is_cuda

@@ -1,0 +1,93 @@
+"""train_agent.py end to end at a tiny budget, its bad-input handling, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sb3_contrib import RecurrentPPO
+
+import fw_agents.agent as agent
+from fw_agents.agent import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    timesteps=512, n_envs=4, n_steps=32, batch_size=64, n_epochs=1, hidden_size=16, eval_freq=256,
+    eval_episodes=4, checkpoint_freq=256, gif_episodes=1, wandb="disabled", progress_bar=False,
+)  # fmt: skip
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="disabled")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train_agent.py"), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def test_cli_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress_bar"]
+    result = _cli("--env", "CatchBlind16-v0", "--memory", "fastweights", "--run-dir", str(run), *flags)
+    assert result.returncode == 0, result.stderr
+    assert "catch rate" in result.stdout
+    for name in ["model.zip", "progress.csv", "learning_curve.png", "eval_summary.json", "episodes.gif",
+                 "evaluations.npz", "config.json"]:  # fmt: skip
+        assert (run / name).is_file(), name
+    assert list((run / "checkpoints").glob("model_*_steps.zip"))
+    assert list(run.glob("events.out.tfevents.*"))
+    summary = json.loads((run / "eval_summary.json").read_text())
+    assert summary["episodes"] == 4 and -1 <= summary["mean_return"] <= 1 and 0 <= summary["catch_rate"] <= 1
+    assert summary["timesteps"] == 512
+    model = RecurrentPPO.load(run / "model.zip", device="cpu")
+    assert model.policy.memory == "fastweights" and model.num_timesteps == 512
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--env", "Nope-v9"], "Nope-v9"),
+        (["--memory", "transformer"], "transformer"),
+        (["--decay", "1.5"], "decay"),
+        (["--fast-lr", "-1"], "fast_lr"),
+        (["--timesteps", "0"], "timesteps"),
+        (["--n-envs", "x"], "n-envs"),
+        (["--resume", "/no/such/checkpoint.zip"], "/no/such/checkpoint.zip"),
+        (["--device", "tpu"], "tpu"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle, tmp_path):
+    result = _cli(*args, "--run-dir", str(tmp_path / "r"), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_keeps_step_count(tmp_path, monkeypatch):
+    stop_at = 256
+
+    def interrupt(self) -> bool:  # a Ctrl-C arriving mid-training
+        if self.num_timesteps >= stop_at:
+            raise KeyboardInterrupt
+        return True
+
+    monkeypatch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(env="CatchBlind16-v0", run_dir=str(run), **TINY))
+    saved = list((run / "checkpoints").glob("interrupted_*_steps.zip"))
+    assert len(saved) == 1 and not list(run.rglob("*.partial.zip"))
+    interrupted = RecurrentPPO.load(saved[0], device="cpu")
+    assert interrupted.num_timesteps == stop_at
+    assert (run / "progress.csv").stat().st_size > 0  # logs written before the interrupt survive
+
+    monkeypatch.undo()
+    resumed_dir = tmp_path / "resumed"
+    summary = train(TrainConfig(env="CatchBlind16-v0", run_dir=str(resumed_dir), resume=str(saved[0]), **TINY))
+    assert summary["timesteps"] == TINY["timesteps"]
+    model = RecurrentPPO.load(resumed_dir / "model.zip", device="cpu")
+    assert model.num_timesteps == TINY["timesteps"]
