@@ -36,6 +36,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
+from fw_agents.memory.base import check_positive_int
 
 CRITIC_MODES = ("shared", "separate")
 Slots = tuple[torch.Tensor, torch.Tensor]
@@ -146,8 +147,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
             raise ValueError(f"unknown memory {memory!r}; choose one of {', '.join(MEMORY_NAMES)}")
         if critic not in CRITIC_MODES:
             raise ValueError(f"critic must be one of {', '.join(CRITIC_MODES)}; got {critic!r}")
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size!r}")
+        check_positive_int("hidden_size", hidden_size)
         if features_extractor_class is MlpEncoder and features_extractor_kwargs is None:
             features_extractor_kwargs = dict(features_dim=128)
         self.memory = memory

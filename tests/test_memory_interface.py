@@ -260,3 +260,18 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     message = str(info.value)
     assert "nope" in message
     assert all(valid in message for valid in MEMORY_NAMES)
+
+
+@pytest.mark.parametrize("name", MEMORY_NAMES)
+def test_empty_sequence_raises(name):
+    core = make_memory(name, 3, 4)
+    with pytest.raises(ValueError, match="T >= 1"):
+        core(torch.zeros(0, 2, 3))
+
+
+def test_reset_clears_non_finite_rows():
+    from fw_agents.memory.base import reset_rows
+
+    state = (torch.tensor([[float("nan"), 1.0], [2.0, 3.0]]),)
+    (cleared,) = reset_rows(state, torch.tensor([1.0, 0.0]))
+    assert torch.equal(cleared, torch.tensor([[0.0, 0.0], [2.0, 3.0]]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fw_agents.memory.base import MemoryCore, State, _check_positive_int
+from fw_agents.memory.base import MemoryCore, State, check_positive_int
 
 
 def complex_bound(z: torch.Tensor) -> torch.Tensor:
@@ -116,8 +116,8 @@ class AssociativeLSTMCore(MemoryCore):
         super().__init__(input_size, hidden_size)
         if hidden_size % 2 != 0:
             raise ValueError(f"hidden_size must be even (H/2 complex units), got {hidden_size!r}")
-        _check_positive_int("num_copies", num_copies)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int("num_copies", num_copies)
+        check_positive_int("num_heads", num_heads)
         self.num_copies = num_copies
         self.num_heads = num_heads
         self.num_units = hidden_size // 2

@@ -27,8 +27,8 @@ class MemoryCore(nn.Module, ABC):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
 
@@ -97,8 +97,8 @@ class MemoryCore(nn.Module, ABC):
         self, x: torch.Tensor, state: State | None, episode_starts: torch.Tensor | None
     ) -> tuple[State, torch.Tensor | None]:
         """Validate shapes; fill in the default state; return starts as ``x``'s dtype (or None)."""
-        if x.dim() != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"x must be [T, B, {self.input_size}], got {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[0] < 1:
+            raise ValueError(f"x must be [T >= 1, B, {self.input_size}], got {tuple(x.shape)}")
         steps, batch = x.shape[0], x.shape[1]
         if state is None:
             state = self.initial_state(batch, x.device)
@@ -119,9 +119,12 @@ class MemoryCore(nn.Module, ABC):
 
 
 def reset_rows(state: State, start: torch.Tensor) -> State:
-    """Zero the state rows where ``start[b] == 1`` (``start``: ``[B]``, float)."""
-    keep = 1.0 - start
-    return tuple(s * keep.view(-1, *([1] * (s.dim() - 1))) for s in state)
+    """Zero the state rows where ``start[b] == 1`` (``start``: ``[B]``, float).
+
+    ``torch.where`` rather than a multiplication, so a non-finite row is cleared too.
+    """
+    reset = start > 0.5
+    return tuple(torch.where(reset.view(-1, *([1] * (s.dim() - 1))), torch.zeros_like(s), s) for s in state)
 
 
 def run_in_segments(
@@ -150,6 +153,7 @@ def run_in_segments(
     return torch.cat(outputs, dim=0), state
 
 
-def _check_positive_int(name: str, value: int) -> None:
+def check_positive_int(name: str, value: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fw_agents.memory.base import MemoryCore, State
+from fw_agents.memory.base import MemoryCore, State, check_positive_int
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 
 MODES = ("auto", "matrix", "attention", "reference")
@@ -64,8 +64,7 @@ class FastWeightsRNN(MemoryCore):
             raise ValueError(f"decay (λ) must be in (0, 1), got {decay!r}")
         if not (isinstance(fast_lr, (int, float)) and fast_lr > 0.0 and math.isfinite(fast_lr)):
             raise ValueError(f"fast_lr (η) must be a finite number > 0, got {fast_lr!r}")
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ValueError(f"inner_steps (S) must be an integer >= 1, got {inner_steps!r}")
+        check_positive_int("inner_steps", inner_steps)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.fast_lr = float(fast_lr)
