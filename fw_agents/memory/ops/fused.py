@@ -118,8 +118,17 @@ class FastWeightsScan(torch.autograd.Function):
         Wt = W.t()
         norm_shape = (H,)
         hidden = zx.new_empty(B, T, H)  # h(t), batch-first so that h(<t) is a [B, t, H] view
+        hidden_T = hidden.transpose(1, 2)
         queries = zx.new_empty(S, T, B, H)  # h_s(t) for s < S (h_0 = relu(z))
         pre_act = zx.new_empty(S, T, B, H)  # z + A h_s: the layer norm's input
+        # Per-step views made once per call: at small shapes, creating views costs as much as the maths.
+        zx_t = zx.unbind(0)
+        keep_t = keep.unsqueeze(2).unbind(0) if keep is not None else None
+        hidden_t = hidden.unbind(1)
+        queries_t = [q.unbind(0) for q in queries]
+        queries3_t = [q.unsqueeze(2).unbind(0) for q in queries]
+        pre_act_t = [u.unbind(0) for u in pre_act]
+        pre_act3_t = [u.unsqueeze(2).unbind(0) for u in pre_act]
         chunks: list[_Chunk] = []
         A = A_in if use_A_in else None
         h = h_in
@@ -137,29 +146,37 @@ class FastWeightsScan(torch.autograd.Function):
             )
             # Skip every read of A_init when no row of the chunk still sees it.
             A_read = A if (A is not None and bool(init_coef[:, :K].any())) else None
+            A_read_T = A_read.transpose(1, 2) if A_read is not None else None
+            coef_t = init_coef.unsqueeze(2).split(1, dim=1)  # [B, 1, 1] per step
+            weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             scores = zx.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
+            score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
             for j in range(K):
                 t = start + j
-                if keep is not None:
-                    h = h * keep[t, :, None]
-                z = torch.addmm(zx[t], h, Wt)
-                q = torch.clamp_min(z, 0.0, out=queries[0, t])
-                past = hidden[:, start:t]  # [B, j, H]
+                if keep_t is not None:
+                    h = h * keep_t[t]
+                z = torch.addmm(zx_t[t], h, Wt)
+                z3 = z.unsqueeze(1)
+                torch.clamp_min(z, 0.0, out=queries_t[0][t])
+                if j > 0:
+                    past = hidden[:, start:t]  # [B, j, H]
+                    past_T = hidden_T[:, :, start:t]
+                    w_row = weight_rows[j][:, :, :j]
                 for s in range(S):
-                    if s > 0:
-                        q = queries[s, t]
-                    u = pre_act[s, t]
+                    q3 = queries3_t[s][t]
+                    u3 = pre_act3_t[s][t]
                     if j > 0:  # Eq. 4 over this chunk's past
-                        ws = scores[s, :, j : j + 1, :j]
-                        torch.mul(torch.bmm(q.unsqueeze(1), past.transpose(1, 2)), weights[:, j : j + 1, :j], out=ws)
-                        torch.baddbmm(z.unsqueeze(1), ws, past, out=u.unsqueeze(1))
+                        ws = score_rows[s][j][:, :, :j]
+                        torch.mul(torch.bmm(q3, past_T), w_row, out=ws)
+                        torch.baddbmm(z3, ws, past, out=u3)
                     else:
-                        u.copy_(z)
-                    if A_read is not None:
-                        u.unsqueeze(1).baddbmm_((q * init_coef[:, j : j + 1]).unsqueeze(1), A_read.transpose(1, 2))
+                        u3.copy_(z3)
+                    if A_read_T is not None:
+                        u3.baddbmm_(q3 * coef_t[j], A_read_T)
+                    u = pre_act_t[s][t]
                     n = torch.native_layer_norm(u, norm_shape, ln_weight, ln_bias, eps)[0] if layer_norm else u
-                    torch.clamp_min(n, 0.0, out=hidden[:, t] if s == S - 1 else queries[s + 1, t])
-                h = hidden[:, t]
+                    torch.clamp_min(n, 0.0, out=hidden_t[t] if s == S - 1 else queries_t[s + 1][t])
+                h = hidden_t[t]
             chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores))
             # The chunk's A at its end: one [B, H, K] x [B, K, H] matmul.
             block = hidden[:, start:stop]
@@ -200,11 +217,27 @@ class FastWeightsScan(torch.autograd.Function):
         grad_h_in = hidden.new_zeros(B, H)
         grad_A = grad_A_out  # dL/dA at the current chunk's end
 
+        grad_hidden_t = grad_hidden.unbind(1)
+        grad_z_t = grad_z_all.unbind(0)
+        grad_ln_out_t = [g.unbind(0) for g in grad_ln_out]
+        hidden_t = hidden.unbind(1)
+        hidden_T = hidden.transpose(1, 2)
+        queries_t = [q.unbind(0) for q in queries]
+        queries3_t = [q.unsqueeze(2).unbind(0) for q in queries]
+        pre_act_t = [u.unbind(0) for u in pre_act]
+        if layer_norm:
+            mean_t = [m.unbind(0) for m in mean]
+            rstd_t = [r.unbind(0) for r in rstd]
+        keep_t = keep.unsqueeze(2).unbind(0) if keep is not None else None
+
         for chunk in reversed(chunks):
             start, stop, A = chunk.start, chunk.stop, chunk.A_init
             K = stop - start
             block = hidden[:, start:stop]
             weights, init_coef = chunk.weights, chunk.init_coef
+            weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
+            score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
+            coef_t = init_coef.split(1, dim=1)  # [B, 1] per step
             grad_A_init = None
             if grad_A is not None:
                 # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
@@ -216,31 +249,35 @@ class FastWeightsScan(torch.autograd.Function):
                 init_rows, init_queries = [], []
             for j in reversed(range(K)):
                 t = start + j
-                past = hidden[:, start:t]
-                grad_past = grad_hidden[:, start:t]
-                grad_q = grad_hidden[:, t]
-                grad_z = grad_z_all[t]
+                if j > 0:
+                    past = hidden[:, start:t]
+                    past_T = hidden_T[:, :, start:t]
+                    grad_past = grad_hidden[:, start:t]
+                    w_row = weight_rows[j][:, :, :j]
+                grad_q = grad_hidden_t[t]
+                grad_z = grad_z_t[t]
                 for s in reversed(range(S)):
-                    q_out = queries[s + 1, t] if s + 1 < S else hidden[:, t]
-                    grad_u = threshold_backward(grad_q, q_out, 0, grad_input=grad_ln_out[s, t])
+                    q_out = queries_t[s + 1][t] if s + 1 < S else hidden_t[t]
+                    grad_u = threshold_backward(grad_q, q_out, 0, grad_input=grad_ln_out_t[s][t])
                     if layer_norm:
                         grad_u = torch.ops.aten.native_layer_norm_backward(
-                            grad_u, pre_act[s, t], norm_shape, mean[s, t], rstd[s, t], ln_weight, ln_bias, ln_mask
+                            grad_u, pre_act_t[s][t], norm_shape, mean_t[s][t], rstd_t[s][t], ln_weight, ln_bias, ln_mask
                         )[0]
                     if s == S - 1:
                         grad_z.copy_(grad_u)
                     else:
                         grad_z += grad_u
-                    q = queries[s, t]
+                    q = queries_t[s][t]
                     grad_q = None  # dL/dh_s(t) through the fast-weight read
                     if j > 0:
                         # read = sum_tau w h(tau) (h(tau) . q): d/dq and d/dh(tau)
-                        back = torch.bmm(grad_u.unsqueeze(1), past.transpose(1, 2)).mul_(weights[:, j : j + 1, :j])
+                        grad_u3 = grad_u.unsqueeze(1)
+                        back = torch.bmm(grad_u3, past_T).mul_(w_row)
                         grad_q = torch.bmm(back, past).squeeze(1)
-                        grad_past.addcmul_(chunk.scores[s, :, j, :j].unsqueeze(2), grad_u.unsqueeze(1))
-                        grad_past.addcmul_(back.transpose(1, 2), q.unsqueeze(1))
+                        grad_past.addcmul_(score_cols[s][j][:, :j], grad_u3)
+                        grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
                     if A is not None:
-                        scaled = grad_u * init_coef[:, j : j + 1]
+                        scaled = grad_u * coef_t[j]
                         init_rows.append(scaled)
                         init_queries.append(q)
                         from_init = torch.bmm(scaled.unsqueeze(1), A).squeeze(1)
@@ -249,12 +286,9 @@ class FastWeightsScan(torch.autograd.Function):
                         grad_q = torch.zeros_like(q)
                     if s == 0:  # h_0 = relu(z)
                         grad_z += torch.ops.aten.threshold_backward(grad_q, q, 0)
-                if keep is not None:
-                    grad_z_kept = grad_z * keep[t, :, None]
-                else:
-                    grad_z_kept = grad_z
+                grad_z_kept = grad_z * keep_t[t] if keep_t is not None else grad_z
                 if t > 0:
-                    grad_hidden[:, t - 1].addmm_(grad_z_kept, W)
+                    grad_hidden_t[t - 1].addmm_(grad_z_kept, W)
                 else:
                     grad_h_in = grad_z_kept @ W
             if A is not None:
