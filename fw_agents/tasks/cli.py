@@ -1,0 +1,86 @@
+"""Command-line plumbing shared by the task commands.
+
+Bad input ends a command with **one** line on stderr and exit status 2, never a
+traceback: :class:`OneLineArgumentParser` drops argparse's usage block, and
+:func:`run_cli` turns a ``ValueError`` (which includes
+:class:`fw_agents.tasks.datasets.DataError`) raised while setting up or running
+into the same kind of line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import torch
+
+from fw_agents.tracking import add_tracking_args
+
+#: Exit status for bad input (argparse's own convention).
+EXIT_BAD_INPUT = 2
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors are one line: ``<prog>: error: <message>``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def add_training_args(
+    parser: argparse.ArgumentParser,
+    steps: int,
+    lr: float,
+    eval_every: int,
+    batch_size: int = 128,
+) -> None:
+    """Add the flags every supervised task shares (``--steps --lr --seed --device ...``).
+
+    :param parser: The parser to extend.
+    :param steps: Default number of parameter updates.
+    :param lr: Default Adam learning rate.
+    :param eval_every: Default number of updates between evaluations.
+    :param batch_size: Default mini-batch size (the paper uses 128).
+    """
+    group = parser.add_argument_group("training")
+    group.add_argument("--steps", type=int, default=steps, help="number of parameter updates")
+    group.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    group.add_argument("--batch-size", type=int, default=batch_size, help="mini-batch size")
+    group.add_argument("--eval-every", type=int, default=eval_every, help="updates between evaluations")
+    group.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and batch order")
+    group.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_tracking_args(parser)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; otherwise validate ``name``.
+
+    :raises ValueError: Unknown device string, or CUDA requested but unavailable.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda[:index]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; choose auto or cpu")
+    return device
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2.
+
+    :param main: The command's body; returns its exit status.
+    :param argv: Arguments (default: ``sys.argv[1:]``).
+    :return: The exit status.
+    """
+    try:
+        return main(argv)
+    except ValueError as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT

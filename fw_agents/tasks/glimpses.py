@@ -1,0 +1,323 @@
+"""Classification from a fixed sequence of multi-level glimpses (paper §4.2-4.3, Tables 2-3).
+
+Models over the 24-glimpse sequence of :mod:`fw_agents.tasks.glimpse_geometry`:
+
+* :class:`GlimpseRNN`: a memory core reads one glimpse per step (its ``P*P``
+  pixels plus the control input) and its output after the last glimpse feeds a
+  softmax. For fast weights the **multi-level** model of Figure 3 is used: at
+  the end of every level the step's final hidden state is written into the
+  fast weights (``write_mask``; no write and no decay anywhere else) and the
+  hidden state is wiped (``h -> 0``, ``A`` kept), so the fast memory caches the
+  partial results of each level. IRNN, LSTM (any other core) read the same
+  sequence, control input included, without wiping.
+* :class:`GlimpseConvNet`: the non-recurrent baseline on the same patches: a
+  convolution whose receptive field is one glimpse (kernel = stride = ``P``;
+  7x7 for MNIST, 12x12 for faces) applied to all 24 glimpses with shared weights,
+  then fully connected layers: 3 layers in all for MNIST, 2 for faces.
+
+Command::
+
+    python -m fw_agents.tasks.glimpses --dataset mnist --data-dir /usr/share/datasets/fashion-mnist \\
+        --memory fastweights --hidden 100 --steps 10000 --wandb disabled
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fw_agents.memory import MEMORY_NAMES, make_memory
+from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, resolve_device, run_cli
+from fw_agents.tasks.datasets import ImageDataset, load_dataset
+from fw_agents.tasks.glimpse_geometry import (
+    NUM_GLIMPSES,
+    extract_glimpses,
+    glimpse_index,
+    glimpse_size,
+    level_segments,
+    store_flags,
+)
+from fw_agents.tasks.training import Split, TrainConfig, train_classifier, write_outputs
+from fw_agents.tracking import start_run
+
+CONVNET = "convnet"
+MODEL_NAMES: tuple[str, ...] = (*MEMORY_NAMES, CONVNET)
+DATASETS: tuple[str, ...] = ("mnist", "faces")
+#: ConvNet depth per data set (paper: 3-layer ConvNet for MNIST, 2-layer for faces).
+CONV_LAYERS = {"mnist": 3, "faces": 2}
+
+
+class GlimpseRNN(nn.Module):
+    """A memory core over the glimpse sequence, optionally multi-level (Figure 3).
+
+    :param memory: Memory core name (:data:`fw_agents.memory.MEMORY_NAMES`).
+    :param hidden_size: Number of recurrent units.
+    :param num_classes: Number of classes.
+    :param image_size: Side ``S`` of the square input images (28 or 48).
+    :param multi_level: Write into the fast weights and wipe the hidden state between
+        levels. ``None``: on for ``fastweights``, off otherwise. Needs a core whose
+        ``forward`` takes ``write_mask`` and whose state starts with ``h`` (``(h, A)``).
+    :param memory_kwargs: Extra arguments of the core.
+    """
+
+    def __init__(
+        self,
+        memory: str,
+        hidden_size: int,
+        num_classes: int,
+        image_size: int = 28,
+        multi_level: bool | None = None,
+        memory_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        patch = glimpse_size(image_size)
+        self.image_size = image_size
+        self.core = make_memory(memory, patch * patch + 1, hidden_size, **(memory_kwargs or {}))
+        if multi_level is None:
+            multi_level = memory == "fastweights"
+        if multi_level and "write_mask" not in inspect.signature(self.core.forward).parameters:
+            raise ValueError(f"multi-level needs a core with fast weights (write_mask); {memory!r} has none")
+        self.multi_level = multi_level
+        self.segments = level_segments(image_size)
+        self.register_buffer("control", store_flags(image_size), persistent=False)
+        self.register_buffer("glimpse_index", glimpse_index(image_size), persistent=False)
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """:param images: ``[B, S, S]`` (uint8 or float). :return: logits ``[B, num_classes]``."""
+        glimpses = extract_glimpses(images, self.glimpse_index)  # [B, 24, P*P]
+        batch = glimpses.shape[0]
+        control = self.control.view(1, NUM_GLIMPSES, 1).expand(batch, NUM_GLIMPSES, 1)
+        x = torch.cat([glimpses, control], dim=2).transpose(0, 1)  # [24, B, P*P + 1]
+        if not self.multi_level:
+            y, _ = self.core(x)
+            return self.head(y[-1])
+        state = None
+        for t0, t1 in self.segments:
+            # write the level's final h into A (A <- λA + η h hᵀ) only on its last step
+            write_mask = self.control[t0:t1].view(-1, 1).expand(t1 - t0, batch)
+            y, state = self.core(x[t0:t1], state, write_mask=write_mask)
+            h, *rest = state
+            state = (torch.zeros_like(h), *rest)  # Figure 3: wipe the hidden state, keep A
+        return self.head(y[-1])
+
+
+class GlimpseConvNet(nn.Module):
+    """Non-recurrent baseline on the same 24 patches.
+
+    Layer 1 is a convolution with ``P x P`` kernels and stride ``P`` (receptive field
+    one glimpse: 7x7 on MNIST, 12x12 on faces) shared by all glimpses, computed as one
+    linear map per glimpse; then ``num_layers - 2`` hidden layers of ``features`` ReLUs
+    over all glimpses' features, then the softmax layer.
+
+    :param features: Feature maps of the convolution and width of the hidden layers.
+    :param num_classes: Number of classes.
+    :param image_size: Side ``S`` of the input images.
+    :param num_layers: Layers with weights, >= 2 (paper: 3 for MNIST, 2 for faces).
+    """
+
+    def __init__(self, features: int, num_classes: int, image_size: int = 28, num_layers: int = 3) -> None:
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 2:
+            raise ValueError(f"conv-layers must be an integer >= 2, got {num_layers!r}")
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"hidden (features) must be an integer >= 1, got {features!r}")
+        patch = glimpse_size(image_size)
+        self.register_buffer("glimpse_index", glimpse_index(image_size), persistent=False)
+        self.conv = nn.Linear(patch * patch, features)  # == Conv2d(1, F, kernel=P, stride=P) per glimpse
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = NUM_GLIMPSES * features
+        for _ in range(num_layers - 2):
+            layers += [nn.Linear(width, features), nn.ReLU()]
+            width = features
+        layers.append(nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """:param images: ``[B, S, S]``. :return: logits ``[B, num_classes]``."""
+        return self.classifier(torch.relu(self.conv(extract_glimpses(images, self.glimpse_index))))
+
+
+def build_model(
+    model: str,
+    hidden: int,
+    num_classes: int,
+    image_size: int,
+    conv_layers: int = 3,
+    multi_level: bool | None = None,
+    memory_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """:class:`GlimpseConvNet` for ``"convnet"``, else :class:`GlimpseRNN` over that core."""
+    if model == CONVNET:
+        return GlimpseConvNet(hidden, num_classes, image_size, conv_layers)
+    return GlimpseRNN(model, hidden, num_classes, image_size, multi_level, memory_kwargs)
+
+
+@dataclass
+class GlimpseConfig:
+    """Everything one glimpse run depends on besides the training loop.
+
+    :param dataset: ``mnist`` (IDX files, also Fashion-MNIST) or ``faces`` (48x48).
+    :param data_dir: Where the data are.
+    :param memory: A memory core name or ``convnet``.
+    :param hidden: Recurrent units / ConvNet features.
+    :param multi_level: ``auto`` (on for fast weights), ``on`` or ``off``.
+    :param conv_layers: ConvNet depth (``None``: 3 for mnist, 2 for faces).
+    :param train_limit: Use only the first N training images (``None``: all).
+    :param fast_lr: η of the fast-weights core (``None``: core default).
+    :param decay: λ of the fast-weights core (``None``: core default, 0.95).
+    :param inner_steps: S of the fast-weights core (``None``: core default, 1).
+    """
+
+    dataset: str = "mnist"
+    data_dir: str = ""
+    memory: str = "fastweights"
+    hidden: int = 100
+    multi_level: str = "auto"
+    conv_layers: int | None = None
+    train_limit: int | None = None
+    fast_lr: float | None = None
+    decay: float | None = None
+    inner_steps: int | None = None
+
+    def memory_kwargs(self) -> dict[str, Any]:
+        """η, λ, S for the fast-weights core; nothing for the others."""
+        if self.memory != "fastweights":
+            return {}
+        options = {"fast_lr": self.fast_lr, "decay": self.decay, "inner_steps": self.inner_steps}
+        return {key: value for key, value in options.items() if value is not None}
+
+    def multi_level_flag(self) -> bool | None:
+        """``None`` for auto, else the boolean."""
+        return {"auto": None, "on": True, "off": False}[self.multi_level]
+
+
+def to_splits(data: ImageDataset, device: torch.device, train_limit: int | None = None) -> dict[str, Split]:
+    """The data set as uint8 image tensors on ``device`` (glimpses are cut per batch)."""
+    splits = {}
+    for name, (images, labels) in data.splits.items():
+        if name == "train" and train_limit is not None:
+            images, labels = images[:train_limit], labels[:train_limit]
+        splits[name] = Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())).to(device)
+    return splits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    parser = OneLineArgumentParser(
+        prog="python -m fw_agents.tasks.glimpses",
+        description="Multi-level glimpse classification (Ba et al. 2016, Tables 2-3).",
+    )
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="mnist: IDX files; faces: 48x48")
+    parser.add_argument("--data-dir", required=True, help="IDX folder, FER-2013 CSV, or class-folder tree")
+    parser.add_argument("--memory", default="fastweights", choices=MODEL_NAMES, help="memory core or convnet")
+    parser.add_argument("--hidden", type=int, default=100, help="recurrent units / ConvNet features")
+    parser.add_argument("--multi-level", default="auto", choices=("auto", "on", "off"), help="Figure 3 model")
+    parser.add_argument("--conv-layers", type=int, default=None, help="ConvNet depth (default 3 mnist, 2 faces)")
+    parser.add_argument("--val-size", type=int, default=10_000, help="mnist: training images held out")
+    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--fast-lr", type=float, default=None, help="fast weights: eta (default 0.5)")
+    parser.add_argument("--decay", type=float, default=None, help="fast weights: lambda (default 0.95)")
+    parser.add_argument("--inner-steps", type=int, default=None, help="fast weights: S (default 1)")
+    parser.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
+    add_training_args(parser, steps=10_000, lr=1e-3, eval_every=500)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train and evaluate one model; write the run directory. :return: exit status."""
+    args = build_parser().parse_args(argv)
+    task = GlimpseConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        memory=args.memory,
+        hidden=args.hidden,
+        multi_level=args.multi_level,
+        conv_layers=CONV_LAYERS[args.dataset] if args.conv_layers is None else args.conv_layers,
+        train_limit=args.train_limit,
+        fast_lr=args.fast_lr,
+        decay=args.decay,
+        inner_steps=args.inner_steps,
+    )
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        grad_clip=args.grad_clip,
+    )
+    if args.hidden < 1:
+        raise ValueError(f"hidden must be an integer >= 1, got {args.hidden}")
+    if args.train_limit is not None and args.train_limit < 1:
+        raise ValueError(f"train-limit must be >= 1, got {args.train_limit}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    tick = time.perf_counter()
+    data = load_dataset(task.dataset, task.data_dir, seed=0, val_size=args.val_size)
+    splits = to_splits(data, device, task.train_limit)
+    data_seconds = time.perf_counter() - tick
+    torch.manual_seed(args.seed)
+    model = build_model(
+        task.memory,
+        task.hidden,
+        data.num_classes,
+        data.image_size,
+        task.conv_layers if task.conv_layers is not None else CONV_LAYERS[task.dataset],
+        task.multi_level_flag(),
+        task.memory_kwargs(),
+    ).to(device)
+    multi_level = bool(getattr(model, "multi_level", False))
+
+    config = {
+        "task": "glimpses",
+        **asdict(task),
+        **asdict(train_config),
+        "device": str(device),
+        "image_size": data.image_size,
+        "num_classes": data.num_classes,
+        "multi_level_active": multi_level,
+        "val_size": args.val_size,
+    }
+    with start_run(
+        args.runs_root,
+        f"glimpses-{task.dataset}-{task.memory}-H{task.hidden}",
+        config=config,
+        run_dir=args.run_dir,
+        wandb_mode=args.wandb,
+        wandb_project=args.wandb_project,
+        wandb_tags=("glimpses", task.dataset, task.memory),
+    ) as tracker:
+        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker)
+        results = {
+            "task": "glimpses",
+            **asdict(task),
+            "multi_level_active": multi_level,
+            "class_names": list(data.class_names),
+            "sizes": {name: len(split) for name, split in splits.items()},
+            "data_seconds": data_seconds,
+            **results,
+        }
+        title = f"glimpses ({task.dataset}): {task.memory}, {task.hidden} units"
+        paths = write_outputs(tracker.run_dir, results, model, title, tracker)
+    print(
+        f"{task.dataset} {task.memory} H={task.hidden}: test error {100 * results['test_error']:.2f}% "
+        f"at update {results['best_updates']} of {train_config.steps}, "
+        f"{1000 * results['sec_per_update']:.2f} ms/update -> {paths['results']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

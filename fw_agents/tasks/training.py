@@ -1,0 +1,303 @@
+"""The supervised training loop shared by the task heads (retrieval, glimpses).
+
+Adam on mini-batches drawn from tensors already on the device (no DataLoader:
+the data sets are small and in memory, and per-update Python overhead matters
+more than anything else at R = 20 units). Evaluates validation and test error
+and negative log-likelihood every ``eval_every`` updates, keeps the parameters
+of the best validation checkpoint and reports the test error there (the
+paper's protocol for Tables 1-2), and writes ``results.json``,
+``curves.png`` and ``best_model.pt`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fw_agents.tracking import Tracker
+
+
+@dataclass
+class Split:
+    """One split of a data set, already on the training device.
+
+    :param x: Inputs ``[N, ...]`` in whatever form the model takes (tokens, uint8 images).
+    :param y: Integer class targets ``[N]``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"split has {self.x.shape[0]} inputs but {self.y.shape[0]} targets")
+        if self.x.shape[0] == 0:
+            raise ValueError("split is empty")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        """This split on ``device``."""
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train_classifier`.
+
+    :param steps: Number of parameter updates.
+    :param batch_size: Mini-batch size (paper: 128).
+    :param lr: Adam learning rate.
+    :param eval_every: Updates between two evaluations (also the logging period).
+    :param eval_batch_size: Batch size for evaluation (memory only, results do not depend on it).
+    :param seed: Seed of the batch order.
+    :param grad_clip: Clip the global gradient norm to this value (``None`` or 0: off).
+    """
+
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    eval_every: int = 500
+    eval_batch_size: int = 2_000
+    seed: int = 0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad-clip must be >= 0, got {self.grad_clip!r}")
+
+
+def _adam(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam, with the fused kernel where torch has one for ``device`` (fewer launches per update)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 2_000) -> tuple[float, float]:
+    """Classification error and mean negative log-likelihood (nats) of ``model`` on ``split``.
+
+    :param model: Maps a batch of inputs to logits ``[B, C]``.
+    :param split: The data.
+    :param batch_size: Evaluation batch size.
+    :return: ``(error, nll)``; error is a fraction in [0, 1].
+    """
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros((), device=split.y.device)
+    nll = torch.zeros((), device=split.y.device, dtype=torch.float64)
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        nll += F.cross_entropy(logits, y, reduction="sum").double()
+        wrong += (logits.argmax(dim=1) != y).sum()
+    model.train(was_training)
+    return wrong.item() / len(split), nll.item() / len(split)
+
+
+def train_classifier(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    test: Split,
+    config: TrainConfig,
+    tracker: Tracker | None = None,
+    on_eval: Callable[[Mapping[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` with Adam and cross-entropy; select the best validation checkpoint.
+
+    :param model: Maps a batch of inputs (``split.x[idx]``) to logits ``[B, C]``.
+    :param train: Training split (on the model's device).
+    :param val: Validation split, used for checkpoint selection.
+    :param test: Test split, reported at every evaluation and at the best checkpoint.
+    :param config: Hyper-parameters.
+    :param tracker: Where curves go (SB3 logger -> csv/TensorBoard/W&B); ``None``: nowhere.
+    :param on_eval: Optional callback with each evaluation's record.
+    :return: Results: best checkpoint's ``val_error``/``test_error``/``test_nll``, the curve
+        (one record per evaluation), timings (``sec_per_update`` excludes evaluation).
+        ``model`` is left holding the best checkpoint's parameters.
+    """
+    device = train.y.device
+    optimizer = _adam(model, config.lr, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    n_train = len(train)
+    batch_size = min(config.batch_size, n_train)
+
+    curve: list[dict[str, float]] = []
+    best: dict[str, Any] = {"val_error": math.inf, "val_nll": math.inf}
+    best_state: dict[str, torch.Tensor] | None = None
+    loss_sum = torch.zeros((), device=device)
+    wrong_sum = torch.zeros((), device=device)
+    seen_since_eval = 0
+    train_time = 0.0
+    start_wall = time.perf_counter()
+
+    def record_eval(updates: int) -> None:
+        nonlocal best_state, loss_sum, wrong_sum, seen_since_eval
+        val_error, val_nll = evaluate(model, val, config.eval_batch_size)
+        test_error, test_nll = evaluate(model, test, config.eval_batch_size)
+        entry = {
+            "updates": updates,
+            "val_error": val_error,
+            "val_nll": val_nll,
+            "test_error": test_error,
+            "test_nll": test_nll,
+            "elapsed_s": time.perf_counter() - start_wall,
+        }
+        if seen_since_eval:
+            entry["train_loss"] = loss_sum.item() / seen_since_eval
+            entry["train_error"] = wrong_sum.item() / seen_since_eval
+        if updates:
+            entry["sec_per_update"] = train_time / updates
+        loss_sum.zero_()
+        wrong_sum.zero_()
+        seen_since_eval = 0
+        curve.append(entry)
+        if (val_error, val_nll) < (best["val_error"], best["val_nll"]):
+            best.update(entry)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if tracker is not None:
+            tracker.log_scalars(
+                {
+                    "train/updates": updates,
+                    **({"train/loss": entry["train_loss"], "train/error": entry["train_error"]} if "train_loss" in entry else {}),
+                    "val/error": val_error,
+                    "val/nll": val_nll,
+                    "test/error": test_error,
+                    "test/nll": test_nll,
+                    "best/val_error": best["val_error"],
+                    "best/test_error": best["test_error"],
+                    "time/elapsed_s": entry["elapsed_s"],
+                    **({"time/sec_per_update": entry["sec_per_update"]} if updates else {}),
+                },
+                step=updates,
+            )
+        if on_eval is not None:
+            on_eval(entry)
+
+    model.train()
+    record_eval(0)
+    perm = torch.randperm(n_train, generator=generator).to(device)
+    cursor = 0
+    for update in range(1, config.steps + 1):
+        tick = time.perf_counter()
+        if cursor + batch_size > n_train:  # new epoch: reshuffle
+            perm = torch.randperm(n_train, generator=generator).to(device)
+            cursor = 0
+        idx = perm[cursor : cursor + batch_size]
+        cursor += batch_size
+        x, y = train.x[idx], train.y[idx]
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():  # accumulate on device: no host sync per update
+            loss_sum += loss.detach() * y.shape[0]
+            wrong_sum += (logits.detach().argmax(dim=1) != y).sum()
+        seen_since_eval += y.shape[0]
+        if device.type == "cuda" and update % config.eval_every == 0:
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - tick
+        if update % config.eval_every == 0 or update == config.steps:
+            record_eval(update)
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {
+        "best_updates": best["updates"],
+        "val_error": best["val_error"],
+        "val_nll": best["val_nll"],
+        "test_error": best["test_error"],
+        "test_nll": best["test_nll"],
+        "final_test_error": curve[-1]["test_error"],
+        "final_test_nll": curve[-1]["test_nll"],
+        "updates": config.steps,
+        "sec_per_update": train_time / config.steps,
+        "wall_clock_s": time.perf_counter() - start_wall,
+        "train_config": asdict(config),
+        "curve": curve,
+    }
+
+
+def write_outputs(
+    run_dir: Path,
+    results: Mapping[str, Any],
+    model: nn.Module | None = None,
+    title: str = "",
+    tracker: Tracker | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json``, ``curves.png`` (and ``best_model.pt``) into ``run_dir``.
+
+    :param run_dir: The run directory.
+    :param results: The dictionary returned by :func:`train_classifier` plus task fields.
+    :param model: Saved as ``best_model.pt`` (its ``state_dict``) when given.
+    :param title: Title of the curve figure.
+    :param tracker: When given, the final numbers go to the W&B summary and the files to W&B.
+    :return: Paths of the written files by kind.
+    """
+    paths = {"results": run_dir / "results.json", "curves": run_dir / "curves.png"}
+    paths["results"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    plot_curves(results["curve"], paths["curves"], title=title)
+    if model is not None:
+        paths["model"] = run_dir / "best_model.pt"
+        torch.save(model.state_dict(), paths["model"])
+    if tracker is not None:
+        tracker.log_summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
+        tracker.save_file(paths["results"])
+        tracker.save_file(paths["curves"])
+    return paths
+
+
+def plot_curves(curve: list[Mapping[str, float]], path: Path, title: str = "") -> None:
+    """Learning curves: NLL (train/val/test) and error (train/val/test) against updates.
+
+    :param curve: Evaluation records from :func:`train_classifier`.
+    :param path: Output PNG.
+    :param title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    updates = [entry["updates"] for entry in curve]
+    fig, (ax_nll, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label, style in (("train_loss", "train", ":"), ("val_nll", "validation", "--"), ("test_nll", "test", "-")):
+        points = [(u, e[key]) for u, e in zip(updates, curve) if key in e]
+        if points:
+            ax_nll.plot(*zip(*points), style, label=label)
+    for key, label, style in (("train_error", "train", ":"), ("val_error", "validation", "--"), ("test_error", "test", "-")):
+        points = [(u, 100 * e[key]) for u, e in zip(updates, curve) if key in e]
+        if points:
+            ax_err.plot(*zip(*points), style, label=label)
+    ax_nll.set(xlabel="updates", ylabel="negative log-likelihood (nats)", title="NLL")
+    ax_err.set(xlabel="updates", ylabel="error (%)", title="error")
+    for ax in (ax_nll, ax_err):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

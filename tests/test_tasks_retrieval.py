@@ -1,0 +1,203 @@
+"""Associative retrieval: data format, fixed splits, a model that learns, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fw_agents.memory import MEMORY_NAMES, memory_class
+from fw_agents.tasks import retrieval
+from fw_agents.tasks.cli import run_cli
+from fw_agents.tasks.retrieval import (
+    DIGIT_OFFSET,
+    SEPARATOR,
+    VOCAB_SIZE,
+    RetrievalModel,
+    decode,
+    generate_examples,
+    make_splits,
+)
+
+os.environ["WANDB_MODE"] = "disabled"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops on a shared 2-core machine: more threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _available(names: tuple[str, ...]) -> list[str]:
+    """The memory cores whose modules exist (other engineers are still writing some)."""
+    found = []
+    for name in names:
+        try:
+            memory_class(name)
+        except (ImportError, AttributeError):
+            continue
+        found.append(name)
+    return found
+
+
+RECURRENT = _available(("fastweights", "lstm", "gru", "irnn", "alstm"))
+needs_core = pytest.mark.skipif(not RECURRENT, reason="no recurrent memory core implemented yet")
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return make_splits()
+
+
+def test_vocabulary() -> None:
+    assert VOCAB_SIZE == 37 and SEPARATOR == 36 and DIGIT_OFFSET == 26
+
+
+def test_example_format(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    tokens, targets = splits["train"]
+    assert tokens.shape == (100_000, 11) and targets.shape == (100_000,)
+    assert tokens.dtype == np.int64 and targets.dtype == np.int64
+    keys, values = tokens[:, 0:8:2], tokens[:, 1:8:2]
+    assert ((keys >= 0) & (keys < 26)).all(), "keys must be letters"
+    assert ((values >= 26) & (values < 36)).all(), "values must be digits"
+    assert (np.sort(keys, axis=1)[:, 1:] != np.sort(keys, axis=1)[:, :-1]).all(), "keys must be distinct"
+    assert (tokens[:, 8:10] == SEPARATOR).all(), "separator ?? expected at positions 8-9"
+    query = tokens[:, 10]
+    match = keys == query[:, None]
+    assert (match.sum(axis=1) == 1).all(), "the query must be one of the keys"
+    assert (values[match] - DIGIT_OFFSET == targets).all(), "target must be the query's digit"
+    # every letter, digit and query position shows up: the sampling is not degenerate
+    assert set(np.unique(keys)) == set(range(26)) and set(np.unique(targets)) == set(range(10))
+    assert set(np.unique(match.argmax(axis=1))) == {0, 1, 2, 3}
+
+
+def test_decode_reads_like_the_paper() -> None:
+    tokens, targets = generate_examples(1, 4, np.random.default_rng(3))
+    text = decode(tokens[0])
+    assert len(text) == 11 and text[8:10] == "??" and text[10] in text[0:8:2]
+    assert int(text[text.index(text[10]) + 1]) == targets[0]
+
+
+def test_num_pairs_is_configurable() -> None:
+    tokens, targets = generate_examples(500, 2, np.random.default_rng(0))
+    assert tokens.shape == (500, 7) and (tokens[:, 4:6] == SEPARATOR).all()
+    with pytest.raises(ValueError, match="num-pairs"):
+        make_splits(num_pairs=27, sizes=(10, 10, 10))
+
+
+def test_splits_sizes_disjoint_and_deterministic(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    assert [len(splits[name][0]) for name in ("train", "val", "test")] == [100_000, 10_000, 20_000]
+    rows = {name: {row.tobytes() for row in tokens} for name, (tokens, _) in splits.items()}
+    assert len(rows["train"]) == 100_000 and len(rows["val"]) == 10_000 and len(rows["test"]) == 20_000
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    again = make_splits()
+    for name in splits:
+        np.testing.assert_array_equal(splits[name][0], again[name][0])
+        np.testing.assert_array_equal(splits[name][1], again[name][1])
+    other = make_splits(seed=1, sizes=(1000, 100, 100))
+    assert not np.array_equal(other["train"][0], splits["train"][0][:1000])
+
+
+def test_splits_are_fast() -> None:
+    make_splits(sizes=(1000, 100, 100))  # warm-up
+    start = time.perf_counter()
+    make_splits()
+    assert time.perf_counter() - start < 1.0
+
+
+def test_disjointness_enforced_when_collisions_are_likely() -> None:
+    # K = 1 has only 26 * 10 = 260 distinct sequences: duplicates would be certain
+    out = make_splits(num_pairs=1, sizes=(200, 30, 30))
+    rows = [{r.tobytes() for r in out[name][0]} for name in ("train", "val", "test")]
+    assert [len(r) for r in rows] == [200, 30, 30]
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    with pytest.raises(ValueError, match="distinct"):
+        make_splits(num_pairs=1, sizes=(250, 30, 30))
+
+
+@needs_core
+@pytest.mark.parametrize("memory", RECURRENT)
+def test_model_shapes_and_few_steps_reduce_loss(memory: str, splits: dict) -> None:
+    torch.manual_seed(0)
+    model = RetrievalModel(memory, 20)
+    tokens = torch.from_numpy(splits["train"][0][:64])
+    targets = torch.from_numpy(splits["train"][1][:64])
+    assert model(tokens).shape == (64, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = F.cross_entropy(model(tokens), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], f"{memory}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@needs_core
+def test_cli_writes_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    memory = RECURRENT[0]
+    run_dir = tmp_path / "run"
+    argv = ["--memory", memory, "--hidden", "8", "--steps", "20", "--eval-every", "10", "--wandb", "disabled"]
+    assert run_cli(retrieval.main, [*argv, "--run-dir", str(run_dir), "--threads", "1"]) == 0
+    for name in ("results.json", "curves.png", "progress.csv", "config.json", "best_model.pt"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["memory"] == memory and results["updates"] == 20
+    assert [e["updates"] for e in results["curve"]] == [0, 10, 20]
+    assert 0.0 <= results["test_error"] <= 1.0 and results["sec_per_update"] > 0
+    best = min(results["curve"], key=lambda e: (e["val_error"], e["val_nll"]))
+    assert results["test_error"] == best["test_error"], "test error must be read at the best validation point"
+    assert "test error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--memory", "transformer"], "transformer"),
+        (["--hidden", "0"], "hidden"),
+        (["--lr", "-1"], "lr"),
+        (["--steps", "0"], "steps"),
+        (["--hidden", "ten"], "ten"),
+        (["--device", "tpu"], "tpu"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = ["--memory", "lstm", "--wandb", "disabled", "--run-dir", str(tmp_path / "r"), *argv]
+    try:
+        status = run_cli(retrieval.main, full)
+    except SystemExit as exit_:  # argparse errors exit directly
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists(), "no run dir for rejected input"
+
+
+def test_cli_unknown_memory_lists_choices_subprocess() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fw_agents.tasks.retrieval", "--memory", "nope", "--wandb", "disabled"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "nope" in lines[0] and all(name in lines[0] for name in MEMORY_NAMES)

@@ -1,0 +1,128 @@
+"""Run tracking: run dir, SB3 logger outputs, W&B modes and its failure fallback (no network)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fw_agents.tracking import WandbOutputFormat, make_run_dir, resolve_wandb_mode, start_run
+
+os.environ["WANDB_MODE"] = "disabled"
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+def test_run_dir_is_unique(tmp_path: Path) -> None:
+    first = make_run_dir(tmp_path, "job")
+    second = make_run_dir(tmp_path, "job")
+    assert first != second and first.is_dir() and second.is_dir()
+    explicit = make_run_dir(tmp_path, run_dir=str(tmp_path / "a" / "b"))
+    assert explicit == tmp_path / "a" / "b" and explicit.is_dir()
+
+
+def test_logger_writes_csv_and_tensorboard(tmp_path: Path) -> None:
+    with start_run(tmp_path, "job", config={"lr": 1e-3, "device": torch.device("cpu")}, wandb_mode="disabled") as tracker:
+        assert tracker.wandb_run is None
+        for step in range(3):
+            tracker.log_scalars({"train/loss": 1.0 / (step + 1), "train/updates": step}, step=step)
+        run_dir = tracker.run_dir
+    rows = list(csv.DictReader((run_dir / "progress.csv").open()))
+    assert [float(r["train/loss"]) for r in rows] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert '"device": "cpu"' in (run_dir / "config.json").read_text()
+
+
+def test_resolve_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert resolve_wandb_mode("offline") == "offline"
+    assert resolve_wandb_mode(None) == "disabled"  # WANDB_MODE from the environment
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_wandb_mode(None) == "offline"  # no credentials
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password " + "y" * 40 + "\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert resolve_wandb_mode(None) == "online"
+    with pytest.raises(ValueError, match="online, offline, disabled"):
+        resolve_wandb_mode("sometimes")
+
+
+def test_wandb_init_failure_falls_back_to_disabled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wandb
+
+    def broken_init(**kwargs: object) -> None:
+        raise wandb.errors.CommError("Timed out while retrying\nsecond line")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with start_run(tmp_path, "job", wandb_mode="online") as tracker:
+        assert tracker.wandb_run is None
+        tracker.log_scalars({"x": 1.0}, step=1)
+    warning = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+    assert len(warning) == 1 and "disabled" in warning[0] and "second line" not in warning[0]
+
+
+def test_unreachable_server_does_not_hang(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A real online init against a closed local port gives up within the init timeout."""
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.delenv("WANDB_MODE")
+    start = time.monotonic()
+    tracker = start_run(tmp_path, "job", wandb_mode=None, wandb_init_timeout=2.0)
+    try:
+        assert tracker.wandb_run is None
+        tracker.log_scalars({"x": 1.0}, step=1)
+    finally:
+        tracker.close()
+    assert time.monotonic() - start < 20
+
+
+def test_offline_run_mirrors_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with start_run(tmp_path, "job", config={"a": 1}, wandb_mode=None, log_formats=("csv",)) as tracker:
+        assert tracker.wandb_run is not None
+        assert any(isinstance(f, WandbOutputFormat) for f in tracker.logger.output_formats)
+        tracker.log_scalars({"train/loss": 0.5}, step=10)
+        tracker.log_summary({"test_error": 0.1})
+        run_dir = tracker.run_dir
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+class _FakeRun:
+    def __init__(self, fail: bool = False) -> None:
+        self.logged: list[dict] = []
+        self.fail = fail
+
+    def log(self, payload: dict) -> None:
+        if self.fail:
+            raise RuntimeError("network down")
+        self.logged.append(payload)
+
+
+def test_kvwriter_keeps_scalars_only_and_survives_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    run = _FakeRun()
+    writer = WandbOutputFormat(run)
+    values = {"a": 1.5, "b": np.float32(2.0), "c": torch.tensor(3.0), "d": "text", "e": 4, "hidden": 5.0}
+    writer.write(values, {"hidden": ("wandb",), "a": ("stdout",)}, step=7)
+    assert run.logged == [{"global_step": 7, "a": 1.5, "b": 2.0, "c": 3.0, "e": 4}]
+    failing = WandbOutputFormat(_FakeRun(fail=True))
+    failing.write({"a": 1.0}, {}, step=1)
+    failing.write({"a": 2.0}, {}, step=2)  # turned off: no second warning, no exception
+    assert capsys.readouterr().err.count("W&B logging failed") == 1
+    assert failing.run is None
+
