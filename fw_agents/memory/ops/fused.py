@@ -200,9 +200,8 @@ class FastWeightsScan(torch.autograd.Function):
         norm_shape = (H,)
         ln_mask = [True, False, False]
         threshold_backward = torch.ops.aten.threshold_backward.grad_input
-        if layer_norm:  # the layer norm's statistics, for all steps at once
-            var, mean = torch.var_mean(pre_act, dim=-1, keepdim=True, correction=0)
-            rstd = (var + eps).rsqrt()
+        if layer_norm:  # the layer norm's statistics, for all steps at once (one kernel)
+            _, mean, rstd = torch.native_layer_norm(pre_act, norm_shape, None, None, eps)
 
         # grad_hidden[:, t] collects dL/dh(t) from every use of h(t): output, next step's
         # W h, later Eq. 4 reads, and the chunk's final A. It is complete when step t is reached.
@@ -282,9 +281,11 @@ class FastWeightsScan(torch.autograd.Function):
                         init_queries.append(q)
                         from_init = torch.bmm(scaled.unsqueeze(1), A).squeeze(1)
                         grad_q = from_init if grad_q is None else grad_q + from_init
-                    if grad_q is None:
+                    if grad_q is None:  # first step of a chunk with no initial A: nothing read
+                        if s == 0:
+                            break
                         grad_q = torch.zeros_like(q)
-                    if s == 0:  # h_0 = relu(z)
+                    elif s == 0:  # h_0 = relu(z)
                         grad_z += torch.ops.aten.threshold_backward(grad_q, q, 0)
                 grad_z_kept = grad_z * keep_t[t] if keep_t is not None else grad_z
                 if t > 0:
