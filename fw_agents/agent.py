@@ -53,7 +53,11 @@ class TrainConfig:
     gae_lambda: float = 0.95
     ent_coef: float = 0.01
     hidden_size: int = 128
-    fast_lr: float = 0.5
+    # The core's default is the paper's eta = 0.5, but with per-example layer norm
+    # |h|^2 ~ H/2, so A h ~ eta * H/2 * h_prev drowns the input drive W h + C x of
+    # this agent: at eta = 0.5 Catch-v0 reached a 0.35 catch rate after 80k steps,
+    # at eta = 0.001 a 0.945 one (README, "The default command").
+    fast_lr: float = 0.001
     decay: float = 0.95
     inner_steps: int = 1
     critic: str = "shared"
