@@ -3,8 +3,9 @@
 Side by side in one process, same env, n_envs, n_steps, batch size, epochs and
 128 hidden units: stock ``RecurrentPPO("MlpLstmPolicy")`` (the peer) against the
 same stock algorithm with :class:`fw_agents.policies.RecurrentMemoryPolicy` over
-each memory core. Runs alternate (peer, ours, peer, ours, ...) and the median
-rate is reported.
+each memory core, and :class:`fw_agents.algorithms.FastRecurrentPPO` (stock
+RecurrentPPO with a compact rollout buffer, same results) with that policy.
+Runs alternate (peer, ours, peer, ours, ...) and the median rate is reported.
 
     python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm]
 """
@@ -21,6 +22,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
 import envs
+from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.policies import RecurrentMemoryPolicy
 
 ENV_ID = "CatchBlind16-v0"
@@ -39,10 +41,11 @@ def make_env(kind: str) -> VecEnv:
 def make_model(name: str, env: VecEnv) -> RecurrentPPO:
     if name == PEER:
         return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=HIDDEN), seed=0, device="cpu", **SETTINGS)
-    return RecurrentPPO(
+    algorithm, memory = name.split(":")
+    return (FastRecurrentPPO if algorithm == "FastRecurrentPPO" else RecurrentPPO)(
         RecurrentMemoryPolicy,
         env,
-        policy_kwargs=dict(memory=name, hidden_size=HIDDEN),
+        policy_kwargs=dict(memory=memory, hidden_size=HIDDEN),
         seed=0,
         device="cpu",
         **SETTINGS,
@@ -68,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {ENV_ID}, {N_ENVS} envs, {SETTINGS}, "
           f"{HIDDEN} units, env: {args.env}\n")  # fmt: skip
-    names = [PEER, *args.memories]
+    names = [PEER] + [f"{algo}:{m}" for m in args.memories for algo in ("RecurrentPPO", "FastRecurrentPPO")]
     rates: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
         for name in names:
@@ -78,7 +81,7 @@ def main() -> None:
     print("|---|---|---|")
     for name in names:
         rate = statistics.median(rates[name])
-        label = name if name == PEER else f"RecurrentMemoryPolicy({name})"
+        label = name if name == PEER else "{} + RecurrentMemoryPolicy({})".format(*name.split(":"))
         print(f"| {label} | {rate:,.0f} | {rate / peer:.2f}× |")
 
 

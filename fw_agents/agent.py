@@ -1,8 +1,9 @@
 """Train, evaluate and save a recurrent PPO agent with any memory core.
 
 ``train(TrainConfig(...))`` is what ``train_agent.py`` runs: it builds the env (the
-batched :class:`envs.CatchVecEnv` for Catch ids, ``DummyVecEnv`` otherwise), a stock
-``sb3_contrib.RecurrentPPO`` with :class:`fw_agents.policies.RecurrentMemoryPolicy`,
+batched :class:`envs.CatchVecEnv` for Catch ids, ``DummyVecEnv`` otherwise),
+:class:`fw_agents.algorithms.FastRecurrentPPO` (sb3-contrib's ``RecurrentPPO`` with a
+compact rollout buffer, same results) with :class:`fw_agents.policies.RecurrentMemoryPolicy`,
 the callbacks (evaluation, checkpoints, catch rate) and the run directory::
 
     model.zip  checkpoints/  progress.csv  events.out.tfevents.*  evaluations.npz
@@ -28,6 +29,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import envs
+from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy
 from fw_agents.tracking import WANDB_MODES, start_run
@@ -144,10 +146,10 @@ class EvalCatchRate(BaseCallback):
 
 
 def build_model(config: TrainConfig, env: VecEnv, tensorboard_log: str | None = None) -> RecurrentPPO:
-    """A stock ``RecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``."""
+    """``FastRecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``."""
     if config.resume:
-        return RecurrentPPO.load(config.resume, env=env, device=config.device)
-    return RecurrentPPO(
+        return FastRecurrentPPO.load(config.resume, env=env, device=config.device)
+    return FastRecurrentPPO(
         RecurrentMemoryPolicy,
         env,
         learning_rate=config.learning_rate,

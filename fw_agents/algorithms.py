@@ -1,0 +1,139 @@
+"""``FastRecurrentPPO``: sb3-contrib's ``RecurrentPPO`` with a rollout buffer for large states.
+
+The algorithm, the sampling and the numbers are the stock ones (a test trains both
+side by side and compares every parameter). Only the buffer's bookkeeping of the
+recurrent state changes, which matters when the state is big: the fast-weights
+state ``(h, A)`` is ``H + H^2`` floats per environment and step.
+
+What the stock ``RecurrentRolloutBuffer`` does with it, and what this one does:
+
+* ``reset``: allocates four state arrays (actor and critic ``h``/``c``) every rollout;
+  here they are allocated once and overwritten.
+* ``add``: copies each slot twice (``np.array(t.cpu().numpy())``); here once, and the
+  critic's copy is skipped when the critic shares the actor's state (same tensors).
+* ``get``: swaps and flattens the whole state arrays; here they stay ``[n_steps, n_envs, ...]``.
+* ``_get_samples``: indexes ``states[batch_inds]`` (a copy of every row of the minibatch)
+  before picking the sequence starts; here only the sequence-start rows are gathered.
+
+The stock ``RecurrentPPO`` keeps working with every policy of :mod:`fw_agents.policies`;
+models saved by either class load in either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer, create_sequencers
+from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
+    """Drop-in ``RecurrentRolloutBuffer`` that stores and samples recurrent states without bulk copies.
+
+    Same constructor as :class:`~sb3_contrib.common.recurrent.buffers.RecurrentRolloutBuffer`;
+    ``hidden_state_shape`` is ``(n_steps, num_layers, n_envs, hidden_size)``.
+    """
+
+    def reset(self) -> None:
+        RolloutBuffer.reset(self)
+        n_steps, layers, n_envs, size = self.hidden_state_shape
+        shape = (n_steps, n_envs, 2, layers, size)  # (h, c) per step and env
+        if getattr(self, "states_pi", None) is None or self.states_pi.shape != shape:
+            self.states_pi = np.zeros(shape, dtype=np.float32)
+            self.states_vf: np.ndarray | None = None
+        self.shared_critic_state = True
+
+    def add(self, *args, lstm_states: RNNStates, **kwargs) -> None:
+        _store(self.states_pi[self.pos], lstm_states.pi)
+        if lstm_states.vf[0] is not lstm_states.pi[0] or lstm_states.vf[1] is not lstm_states.pi[1]:
+            if self.states_vf is None:
+                self.states_vf = np.zeros_like(self.states_pi)
+            _store(self.states_vf[self.pos], lstm_states.vf)
+            self.shared_critic_state = False
+        RolloutBuffer.add(self, *args, **kwargs)
+
+    def get(self, batch_size: int | None = None) -> Generator[RecurrentRolloutBufferSamples, None, None]:
+        assert self.full, "Rollout buffer must be full before sampling from it"
+        if not self.generator_ready:
+            # flatten env-major, keeping each env's sequence order (as the stock buffer)
+            for name in ["observations", "actions", "values", "log_probs", "advantages", "returns", "episode_starts"]:
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+        total = self.buffer_size * self.n_envs
+        if batch_size is None:
+            batch_size = total
+        # The stock sampling: one random split of the env-major order, then contiguous minibatches.
+        split_index = np.random.randint(total)
+        indices = np.arange(total)
+        indices = np.concatenate((indices[split_index:], indices[:split_index]))
+        env_change = np.zeros((self.buffer_size, self.n_envs))
+        env_change[0, :] = 1.0
+        env_change = self.swap_and_flatten(env_change)
+        for start in range(0, total, batch_size):
+            yield self._get_samples(indices[start : start + batch_size], env_change)
+
+    def _get_samples(
+        self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
+    ) -> RecurrentRolloutBufferSamples:
+        self.seq_start_indices, self.pad, self.pad_and_flatten = create_sequencers(
+            self.episode_starts[batch_inds], env_change[batch_inds], self.device
+        )
+        n_seq = len(self.seq_start_indices)
+        max_length = self.pad(self.actions[batch_inds]).shape[1]
+        padded_batch_size = n_seq * max_length
+        # Flat (env-major) index -> (step, env): gather just the rows that start a sequence.
+        starts = batch_inds[self.seq_start_indices]
+        steps, envs = starts % self.buffer_size, starts // self.buffer_size
+        states_pi = self._states_at(self.states_pi, steps, envs)
+        states_vf = states_pi if self.shared_critic_state else self._states_at(self.states_vf, steps, envs)
+        return RecurrentRolloutBufferSamples(
+            observations=self.pad(self.observations[batch_inds]).reshape((padded_batch_size, *self.obs_shape)),
+            actions=self.pad(self.actions[batch_inds]).reshape((padded_batch_size, *self.actions.shape[1:])),
+            old_values=self.pad_and_flatten(self.values[batch_inds]),
+            old_log_prob=self.pad_and_flatten(self.log_probs[batch_inds]),
+            advantages=self.pad_and_flatten(self.advantages[batch_inds]),
+            returns=self.pad_and_flatten(self.returns[batch_inds]),
+            lstm_states=RNNStates(states_pi, states_vf),
+            episode_starts=self.pad_and_flatten(self.episode_starts[batch_inds]),
+            mask=self.pad_and_flatten(np.ones_like(self.returns[batch_inds])),
+        )
+
+    def _states_at(self, states: np.ndarray, steps: np.ndarray, envs: np.ndarray) -> tuple:
+        rows = states[steps, envs]  # [n_seq, 2, num_layers, size]
+        h = self.to_torch(np.ascontiguousarray(rows[:, 0].swapaxes(0, 1)))  # [num_layers, n_seq, size]
+        c = self.to_torch(np.ascontiguousarray(rows[:, 1].swapaxes(0, 1)))
+        return h, c
+
+
+def _store(slot: np.ndarray, state: tuple) -> None:
+    """Copy an ``(h, c)`` pair of ``[num_layers, n_envs, size]`` tensors into ``slot[n_envs, 2, ...]``."""
+    slot[:, 0] = state[0].detach().cpu().numpy().swapaxes(0, 1)
+    slot[:, 1] = state[1].detach().cpu().numpy().swapaxes(0, 1)
+
+
+class FastRecurrentPPO(RecurrentPPO):
+    """``RecurrentPPO`` with :class:`CompactRecurrentRolloutBuffer` (Box observations).
+
+    Same arguments, behaviour and results as :class:`sb3_contrib.RecurrentPPO`; faster when the
+    policy's recurrent state is large (e.g. :class:`fw_agents.policies.FastWeightsPolicy`).
+    Dict observation spaces keep the stock buffer.
+    """
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        stock = self.rollout_buffer
+        if type(stock) is RecurrentRolloutBuffer:
+            self.rollout_buffer = CompactRecurrentRolloutBuffer(
+                self.n_steps,
+                self.observation_space,
+                self.action_space,
+                stock.hidden_state_shape,
+                self.device,
+                gamma=self.gamma,
+                gae_lambda=self.gae_lambda,
+                n_envs=self.n_envs,
+            )
