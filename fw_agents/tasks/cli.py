@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import torch
 
+from fw_agents.tasks.training import TrainConfig
 from fw_agents.tracking import add_tracking_args
 
 #: Exit status for bad input (argparse's own convention).
@@ -52,7 +53,28 @@ def add_training_args(
     group.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and batch order")
     group.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
     add_tracking_args(parser)
+
+
+def training_setup(args: argparse.Namespace) -> tuple[TrainConfig, torch.device]:
+    """Turn the flags of :func:`add_training_args` into a ``TrainConfig`` and a device.
+
+    Applies ``--threads``. :raises ValueError: A bad value among those flags.
+    """
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        grad_clip=args.grad_clip,
+    )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return config, resolve_device(args.device)
 
 
 def resolve_device(name: str) -> torch.device:

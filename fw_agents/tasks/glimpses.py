@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, resolve_device, run_cli
+from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, run_cli, training_setup
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
     NUM_GLIMPSES,
@@ -44,7 +44,7 @@ from fw_agents.tasks.glimpse_geometry import (
     level_segments,
     store_flags,
 )
-from fw_agents.tasks.training import Split, TrainConfig, train_classifier, write_outputs
+from fw_agents.tasks.training import Split, train_classifier, write_outputs
 from fw_agents.tracking import start_run
 
 CONVNET = "convnet"
@@ -226,7 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast-lr", type=float, default=None, help="fast weights: eta (default 0.5)")
     parser.add_argument("--decay", type=float, default=None, help="fast weights: lambda (default 0.95)")
     parser.add_argument("--inner-steps", type=int, default=None, help="fast weights: S (default 1)")
-    parser.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
     add_training_args(parser, steps=10_000, lr=1e-3, eval_every=500)
     return parser
 
@@ -246,23 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         decay=args.decay,
         inner_steps=args.inner_steps,
     )
-    train_config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        grad_clip=args.grad_clip,
-    )
     if args.hidden < 1:
         raise ValueError(f"hidden must be an integer >= 1, got {args.hidden}")
     if args.train_limit is not None and args.train_limit < 1:
         raise ValueError(f"train-limit must be >= 1, got {args.train_limit}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    train_config, device = training_setup(args)
 
     tick = time.perf_counter()
     data = load_dataset(task.dataset, task.data_dir, seed=0, val_size=args.val_size)

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, resolve_device, run_cli
-from fw_agents.tasks.training import Split, TrainConfig, train_classifier, write_outputs
+from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, run_cli, training_setup
+from fw_agents.tasks.training import Split, train_classifier, write_outputs
 from fw_agents.tracking import start_run
 
 NUM_LETTERS = 26
@@ -225,7 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast-lr", type=float, default=None, help="fast weights: eta (default 0.5)")
     parser.add_argument("--decay", type=float, default=0.9, help="fast weights: lambda (paper: 0.9 here)")
     parser.add_argument("--inner-steps", type=int, default=None, help="fast weights: S (default 1)")
-    parser.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
     add_training_args(parser, steps=20_000, lr=1e-3, eval_every=1_000)
     return parser
 
@@ -242,21 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         decay=args.decay,
         inner_steps=args.inner_steps,
     )
-    train_config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        grad_clip=args.grad_clip,
-    )
     if args.hidden < 1:
         raise ValueError(f"hidden must be an integer >= 1, got {args.hidden}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    train_config, device = training_setup(args)
 
     tick = time.perf_counter()
     splits = load_splits(task, device)

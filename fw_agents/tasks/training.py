@@ -151,7 +151,7 @@ def train_classifier(
     start_wall = time.perf_counter()
 
     def record_eval(updates: int) -> None:
-        nonlocal best_state, loss_sum, wrong_sum, seen_since_eval
+        nonlocal best_state, seen_since_eval  # loss_sum and wrong_sum are zeroed in place
         val_error, val_nll = evaluate(model, val, config.eval_batch_size)
         test_error, test_nll = evaluate(model, test, config.eval_batch_size)
         entry = {
