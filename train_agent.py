@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fw_agents.tasks.cli import OneLineArgumentParser, run_cli
+from fw_agents.cli import OneLineArgumentParser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fw_agents.tasks import retrieval
-from fw_agents.tasks.cli import OneLineArgumentParser, run_cli
+from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.tasks.sweep import Cell, markdown_table, run_grid
 
 MODELS = ("fastweights", "lstm", "alstm", "irnn")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fw_agents.tasks import glimpses
-from fw_agents.tasks.cli import OneLineArgumentParser, run_cli
+from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.tasks.sweep import Cell, markdown_table, run_grid
 
 MODELS = ("irnn", "lstm", "convnet", "fastweights")

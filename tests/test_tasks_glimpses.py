@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fw_agents.memory import memory_class
 from fw_agents.tasks import glimpses
-from fw_agents.tasks.cli import run_cli
+from fw_agents.cli import run_cli
 from fw_agents.tasks.glimpse_geometry import (
     extract_glimpses,
     glimpse_index,

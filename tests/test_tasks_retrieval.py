@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from fw_agents.memory import MEMORY_NAMES, memory_class
 from fw_agents.tasks import retrieval
-from fw_agents.tasks.cli import run_cli
+from fw_agents.cli import run_cli
 from fw_agents.tasks.retrieval import (
     DIGIT_OFFSET,
     SEPARATOR,

@@ -1,33 +1,18 @@
 """Command-line plumbing shared by the task commands.
 
-Bad input ends a command with **one** line on stderr and exit status 2, never a
-traceback: :class:`OneLineArgumentParser` drops argparse's usage block, and
-:func:`run_cli` turns a ``ValueError`` (which includes
-:class:`fw_agents.tasks.datasets.DataError`) raised while setting up or running
-into the same kind of line.
+The one-line error handling itself lives in :mod:`fw_agents.cli`; a
+:class:`fw_agents.tasks.datasets.DataError` is a ``ValueError`` and so is reported
+the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 import torch
 
 from fw_agents.tasks.training import TrainConfig
 from fw_agents.tracking import add_tracking_args
-
-#: Exit status for bad input (argparse's own convention).
-EXIT_BAD_INPUT = 2
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose errors are one line: ``<prog>: error: <message>``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def add_training_args(
@@ -91,18 +76,3 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; choose auto or cpu")
     return device
-
-
-def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2.
-
-    :param main: The command's body; returns its exit status.
-    :param argv: Arguments (default: ``sys.argv[1:]``).
-    :return: The exit status.
-    """
-    try:
-        return main(argv)
-    except ValueError as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, run_cli, training_setup
+from fw_agents.cli import OneLineArgumentParser, run_cli
+from fw_agents.tasks.cli import add_training_args, training_setup
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
     NUM_GLIMPSES,

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import OneLineArgumentParser, add_training_args, run_cli, training_setup
+from fw_agents.cli import OneLineArgumentParser, run_cli
+from fw_agents.tasks.cli import add_training_args, training_setup
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
 from fw_agents.tracking import start_run
 
