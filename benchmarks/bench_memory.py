@@ -20,6 +20,7 @@ from fw_agents.memory import MEMORY_NAMES, make_memory
 SHAPES = [(64, 128, 128), (16, 64, 128), (16, 128, 16)]  # (B, H, T); the last is the RL shape
 LATENCY_BATCH = 16
 PEER = "torch.nn.LSTM"
+REFERENCE = "fastweights (reference loop)"  # the naive per-step autograd loop, for scale
 
 
 def _sync(device: torch.device) -> None:
@@ -60,7 +61,7 @@ def _one_step(model: torch.nn.Module, x: torch.Tensor, is_peer: bool) -> Callabl
 
 def measure(device: torch.device, rounds: int) -> dict[str, dict[str, float]]:
     """Seconds per call, ``{column: {core: seconds}}``."""
-    names = [PEER, *MEMORY_NAMES]
+    names = [PEER, *MEMORY_NAMES, REFERENCE]
     results: dict[str, dict[str, float]] = {}
     columns = [(f"B={B} H={H} T={T}", B, H, T, _train_step) for B, H, T in SHAPES]
     columns.append((f"1 step, B={LATENCY_BATCH} H=128", LATENCY_BATCH, 128, 1, _one_step))
@@ -69,7 +70,12 @@ def measure(device: torch.device, rounds: int) -> dict[str, dict[str, float]]:
         x = torch.randn(T, B, H, device=device)
         timers = {}
         for name in names:
-            model = torch.nn.LSTM(H, H) if name == PEER else make_memory(name, H, H)
+            if name == PEER:
+                model = torch.nn.LSTM(H, H)
+            elif name == REFERENCE:
+                model = make_memory("fastweights", H, H, mode="reference")
+            else:
+                model = make_memory(name, H, H)
             model = model.to(device)
             fn = make_fn(model, x, name == PEER)
             for _ in range(2):  # warm-up
@@ -78,9 +84,12 @@ def measure(device: torch.device, rounds: int) -> dict[str, dict[str, float]]:
             repeat = max(1, min(200, int(0.05 / max(once, 1e-6))))
             timers[name] = _timer(fn, device, repeat)
         samples: dict[str, list[float]] = {name: [] for name in names}
+        # The reference loop builds huge autograd graphs that disturb the allocator for
+        # whoever runs next, so it is timed after the round-robin, not inside it.
         for _ in range(rounds):
-            for name in names:
+            for name in names[:-1]:
                 samples[name].append(timers[name]())
+        samples[REFERENCE] = [timers[REFERENCE]() for _ in range(3)]
         results[column] = {name: statistics.median(s) for name, s in samples.items()}
     return results
 
