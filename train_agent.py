@@ -61,9 +61,10 @@ def _train(argv: list[str] | None) -> int:
         summary = train(config)
     except KeyboardInterrupt:
         return 130  # the checkpoint was saved and reported by train()
+    catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
     print(
-        f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}, "
-        f"catch rate {summary['catch_rate']:.1%}  ->  {summary['run_dir']}"
+        f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"
+        f"{catch}  ->  {summary['run_dir']}"
     )
     return 0
 

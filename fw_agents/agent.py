@@ -145,7 +145,7 @@ class EvalCatchRate(BaseCallback):
         return True
 
 
-def build_model(config: TrainConfig, env: VecEnv, tensorboard_log: str | None = None) -> RecurrentPPO:
+def build_model(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
     """``FastRecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``."""
     if config.resume:
         return FastRecurrentPPO.load(config.resume, env=env, device=config.device)
@@ -163,7 +163,6 @@ def build_model(config: TrainConfig, env: VecEnv, tensorboard_log: str | None = 
         seed=config.seed,
         device=config.device,
         verbose=0,
-        tensorboard_log=tensorboard_log,
     )
 
 
@@ -181,6 +180,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     and re-raises ``KeyboardInterrupt``.
     """
     config.validate()
+    is_catch = config.env in envs.CATCH_IDS  # reward +1 exactly when the ball is caught
     name = f"{config.env}-{config.memory}-s{config.seed}"
     tracker = start_run(config.runs_root, name, asdict(config), run_dir=config.run_dir, wandb_mode=config.wandb)
     run_dir = tracker.run_dir
@@ -200,7 +200,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 log_path=str(run_dir),
                 best_model_save_path=str(run_dir / "best"),
                 deterministic=True,
-                callback_after_eval=EvalCatchRate(),
+                callback_after_eval=EvalCatchRate() if is_catch else None,
             ),
         ]
         remaining = config.timesteps - model.num_timesteps
@@ -219,13 +219,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
             print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}")
             raise
         _save_atomically(model, run_dir / "model.zip")
-        summary = evaluate(model, eval_env, config.eval_episodes)
+        summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch)
         summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
         (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         tracker.log_summary(summary)
         from fw_agents.plots import plot_learning_curve, record_gif
 
-        curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}")
+        curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
         tracker.save_file(curve)
         if config.gif_episodes:
             record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
@@ -236,17 +236,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
         tracker.close()
 
 
-def evaluate(model: RecurrentPPO, env: VecEnv, episodes: int) -> dict[str, Any]:
-    """Deterministic evaluation: mean/std return, catch rate (fraction of returns > 0) and episodes."""
+def evaluate(model: RecurrentPPO, env: VecEnv, episodes: int, catch_rate: bool = True) -> dict[str, Any]:
+    """Deterministic evaluation: mean/std return, episodes, mean length and, for Catch
+    (``catch_rate=True``), the catch rate (the fraction of returns > 0)."""
     returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     returns = np.asarray(returns, dtype=float)
-    return dict(
+    summary = dict(
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
-        catch_rate=float(np.mean(returns > 0)),
         episodes=len(returns),
         mean_length=float(np.mean(lengths)),
     )
+    if catch_rate:
+        summary["catch_rate"] = float(np.mean(returns > 0))
+    return summary
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

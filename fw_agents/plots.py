@@ -27,19 +27,23 @@ def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return column("time/total_timesteps"), column("rollout/ep_rew_mean"), column("rollout/catch_rate")
 
 
-def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path:
-    """Write ``learning_curve.png``: return and catch rate vs env steps (training and evaluation).
+def plot_learning_curve(run_dir: str | Path, title: str = "", catch: bool = True) -> Path:
+    """Write ``learning_curve.png``: return (and, for Catch, catch rate) vs env steps,
+    for training and evaluation episodes.
 
     :param run_dir: A run directory with ``progress.csv`` and/or ``evaluations.npz``.
     :param title: Figure title.
+    :param catch: Catch's rewards (±1 at the end): add the catch-rate panel, fix the y range.
     :return: Path of the PNG.
     """
     run_dir = Path(run_dir)
-    fig, (ax_ret, ax_catch) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2 if catch else 1, figsize=(11 if catch else 6, 4), squeeze=False)
+    ax_ret = axes[0, 0]
     steps, train_return, train_catch = _training_curve(run_dir)
     if steps.size:
         ax_ret.plot(steps, train_return, label="training episodes (mean of last 100)", alpha=0.6)
-        ax_catch.plot(steps, train_catch, label="training episodes", alpha=0.6)
+        if catch:
+            axes[0, 1].plot(steps, train_catch, label="training episodes", alpha=0.6)
     evaluations = run_dir / "evaluations.npz"
     if evaluations.exists():
         data = np.load(evaluations)
@@ -47,10 +51,13 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path:
         mean, std = results.mean(axis=1), results.std(axis=1)
         ax_ret.plot(t, mean, "o-", label="evaluation (deterministic)")
         ax_ret.fill_between(t, mean - std, mean + std, alpha=0.2)
-        ax_catch.plot(t, (results > 0).mean(axis=1), "o-", label="evaluation (deterministic)")
-    ax_ret.set(xlabel="env steps", ylabel="episode return", ylim=(-1.05, 1.05))
-    ax_catch.set(xlabel="env steps", ylabel="catch rate", ylim=(-0.02, 1.02))
-    for ax in (ax_ret, ax_catch):
+        if catch:
+            axes[0, 1].plot(t, (results > 0).mean(axis=1), "o-", label="evaluation (deterministic)")
+    ax_ret.set(xlabel="env steps", ylabel="episode return")
+    if catch:
+        ax_ret.set_ylim(-1.05, 1.05)
+        axes[0, 1].set(xlabel="env steps", ylabel="catch rate", ylim=(-0.02, 1.02))
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
@@ -64,15 +71,17 @@ def plot_learning_curve(run_dir: str | Path, title: str = "") -> Path:
 def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: int = 0, fps: int = 8) -> Path | None:
     """Play ``episodes`` deterministic episodes with ``model`` and write them as a GIF.
 
-    Returns None (and writes nothing) when the env cannot render ``rgb_array`` frames.
+    Returns None (and writes nothing, with a one-line note) when the env cannot render
+    ``rgb_array`` frames (no such mode, or a missing renderer such as pygame).
     """
     import imageio.v2 as imageio
 
+    frames = []
     try:
         env = gym.make(env_id, render_mode="rgb_array")
-    except Exception:  # noqa: BLE001 - an env without rgb_array rendering simply gets no GIF
+    except Exception as error:  # noqa: BLE001 - an env without rgb_array rendering simply gets no GIF
+        print(f"no GIF: {env_id} cannot render rgb_array frames ({type(error).__name__})")
         return None
-    frames = []
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
@@ -84,6 +93,9 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
                 start = np.zeros(1, dtype=bool)
                 done = terminated or truncated
             frames.append(env.render())
+    except Exception as error:  # noqa: BLE001 - e.g. gymnasium's DependencyNotInstalled for pygame
+        print(f"no GIF: rendering {env_id} failed ({type(error).__name__}: {' '.join(str(error).split())[:120]})")
+        return None
     finally:
         env.close()
     imageio.mimsave(path, frames, duration=1 / fps, loop=0)

@@ -91,3 +91,11 @@ def test_ctrl_c_saves_checkpoint_and_resume_keeps_step_count(tmp_path, monkeypat
     assert summary["timesteps"] == TINY["timesteps"]
     model = RecurrentPPO.load(resumed_dir / "model.zip", device="cpu")
     assert model.num_timesteps == TINY["timesteps"]
+
+
+def test_any_gymnasium_env_trains_without_catch_specifics(tmp_path):
+    run = tmp_path / "cartpole"
+    config = dict(TINY, timesteps=256, eval_freq=128, n_steps=32)
+    summary = train(TrainConfig(env="CartPole-v1", memory="gru", run_dir=str(run), **config))
+    assert "catch_rate" not in summary and summary["episodes"] == 4 and summary["mean_return"] > 0
+    assert (run / "learning_curve.png").is_file() and (run / "model.zip").is_file()
