@@ -266,3 +266,16 @@ def test_cuda_matches_cpu():
     y_cpu, _ = core(x, episode_starts=starts)
     y_gpu, _ = core.cuda()(x.cuda(), episode_starts=starts.cuda())
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_leaves_the_incoming_gradient_untouched():
+    torch.manual_seed(8)
+    core = make_memory("fastweights", 3, 4)
+    x = torch.randn(5, 2, 3)
+    y, _ = core(x)
+    # A gradient arriving as a transposed view of a [B, T, H] buffer, as the policy's
+    # y.transpose(0, 1).reshape(...) produces it.
+    upstream = torch.randn(2, 5, 4)
+    kept = upstream.clone()
+    y.backward(upstream.transpose(0, 1))
+    assert torch.equal(upstream, kept)

@@ -208,7 +208,9 @@ class FastWeightsScan(torch.autograd.Function):
         if grad_y is None:
             grad_hidden = hidden.new_zeros(B, T, H)
         else:
-            grad_hidden = grad_y.transpose(0, 1).contiguous()
+            # always a copy: .contiguous() would alias grad_y when it is a transposed view of a
+            # [B, T, H] buffer (as under the policy's transpose+reshape), and we write into it
+            grad_hidden = grad_y.transpose(0, 1).clone(memory_format=torch.contiguous_format)
         if grad_h_out is not None:
             grad_hidden[:, T - 1] += grad_h_out
         grad_z_all = hidden.new_empty(T, B, H)
