@@ -40,6 +40,10 @@ def steps_to_target(steps: np.ndarray, returns: np.ndarray, target: float = TARG
     return float(steps[hit[0]]) if hit.size else float("nan")
 
 
+def _steps_text(steps: float) -> str:
+    return "not reached" if np.isnan(steps) else f"{steps:,.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["CatchBlind16-v0", "CatchBlind24-v0"])
@@ -75,11 +79,11 @@ def main() -> None:
             mean, std = returns.mean(axis=0), returns.std(axis=0)
             ax.plot(steps, mean, label=memory)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-            reach = ", ".join(f"{steps_to_target(*c):,.0f}" for c in curves)
+            reach = ", ".join(_steps_text(steps_to_target(*c)) for c in curves)
             final = returns[:, -1]
             table.append(f"| {env_id} | {memory} | {reach} | {final.mean():.3f} ± {final.std():.3f} |")
         ax.axhline(TARGET, color="grey", lw=0.8, ls="--")
-        ax.set(xlabel="env steps", ylabel="evaluation return", title=f"{env_id} ({len(args.seeds)} seeds)", ylim=(-1.05, 1.05))
+        ax.set(xlabel="env steps", ylabel="evaluation return", title=f"{env_id} ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''})", ylim=(-1.05, 1.05))
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
