@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fw_agents.memory import memory_class
 from fw_agents.tasks import glimpses
 from fw_agents.cli import run_cli
 from fw_agents.tasks.glimpse_geometry import (
@@ -27,29 +26,9 @@ from fw_agents.tasks.glimpses import GlimpseConvNet, GlimpseRNN, build_model
 os.environ["WANDB_MODE"] = "disabled"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: more threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _available(names: tuple[str, ...]) -> list[str]:
-    found = []
-    for name in names:
-        try:
-            memory_class(name)
-        except (ImportError, AttributeError):
-            continue
-        found.append(name)
-    return found
-
-
-RECURRENT = _available(("fastweights", "lstm", "irnn"))
-HAS_FAST_WEIGHTS = "fastweights" in RECURRENT
-needs_fast_weights = pytest.mark.skipif(not HAS_FAST_WEIGHTS, reason="fast-weights core not implemented yet")
+RECURRENT = ("fastweights", "lstm", "irnn")
 
 # (scale, row, col) of the documented order for 28x28: per quadrant, coarse down, 4 fine, coarse up
 EXPECTED_28 = [
@@ -124,7 +103,6 @@ class _Spy:
         return self.forward(x, state, episode_starts, write_mask=write_mask)
 
 
-@needs_fast_weights
 def test_multi_level_writes_and_wipes_between_levels() -> None:
     torch.manual_seed(0)
     model = GlimpseRNN("fastweights", 16, 10, 28)
@@ -147,7 +125,6 @@ def test_multi_level_writes_and_wipes_between_levels() -> None:
             assert A.abs().sum() > 0, "fast weights must carry the stored levels"
 
 
-@needs_fast_weights
 def test_multi_level_output_depends_on_earlier_levels_only_through_fast_weights() -> None:
     """Changing a glimpse of quadrant 0 changes the output; with η tiny it barely does."""
     torch.manual_seed(0)
@@ -165,8 +142,6 @@ def test_multi_level_output_depends_on_earlier_levels_only_through_fast_weights(
 
 
 def test_multi_level_requires_fast_weights() -> None:
-    if "lstm" not in RECURRENT:
-        pytest.skip("lstm core not implemented yet")
     with pytest.raises(ValueError, match="multi-level"):
         GlimpseRNN("lstm", 8, 10, 28, multi_level=True)
     assert not GlimpseRNN("lstm", 8, 10, 28).multi_level

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fw_agents.memory import MEMORY_NAMES, memory_class
+from fw_agents.memory import MEMORY_NAMES
 from fw_agents.tasks import retrieval
 from fw_agents.cli import run_cli
 from fw_agents.tasks.retrieval import (
@@ -30,28 +30,9 @@ from fw_agents.tasks.retrieval import (
 os.environ["WANDB_MODE"] = "disabled"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: more threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _available(names: tuple[str, ...]) -> list[str]:
-    """The memory cores whose modules exist (other engineers are still writing some)."""
-    found = []
-    for name in names:
-        try:
-            memory_class(name)
-        except (ImportError, AttributeError):
-            continue
-        found.append(name)
-    return found
-
-
-RECURRENT = _available(("fastweights", "lstm", "gru", "irnn", "alstm"))
+RECURRENT = ("fastweights", "lstm", "gru", "irnn", "alstm")
 needs_core = pytest.mark.skipif(not RECURRENT, reason="no recurrent memory core implemented yet")
 
 
