@@ -13,7 +13,9 @@ What the stock ``RecurrentRolloutBuffer`` does with it, and what this one does:
   critic's copy is skipped when the critic shares the actor's state (same tensors).
 * ``get``: swaps and flattens the whole state arrays; here they stay ``[n_steps, n_envs, ...]``.
 * ``_get_samples``: indexes ``states[batch_inds]`` (a copy of every row of the minibatch)
-  before picking the sequence starts; here only the sequence-start rows are gathered.
+  before picking the sequence starts, and pads every field through a Python list of one
+  tensor per sequence; here only the sequence-start rows of the state are gathered, and
+  each field is padded by one vectorised gather.
 
 The stock ``RecurrentPPO`` keeps working with every policy of :mod:`fw_agents.policies`;
 models saved by either class load in either.
@@ -25,10 +27,11 @@ from collections.abc import Generator
 
 import numpy as np
 from sb3_contrib import RecurrentPPO
-from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer, create_sequencers
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.vec_env import VecNormalize
+import torch as th
 
 
 class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
@@ -79,27 +82,41 @@ class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
     def _get_samples(
         self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
     ) -> RecurrentRolloutBufferSamples:
-        self.seq_start_indices, self.pad, self.pad_and_flatten = create_sequencers(
-            self.episode_starts[batch_inds], env_change[batch_inds], self.device
-        )
-        n_seq = len(self.seq_start_indices)
-        max_length = self.pad(self.actions[batch_inds]).shape[1]
-        padded_batch_size = n_seq * max_length
+        # The stock sequencing (a sequence starts at every episode start and env change),
+        # padded with one vectorised gather instead of a Python list of per-sequence tensors.
+        seq_start = np.logical_or(self.episode_starts[batch_inds], env_change[batch_inds]).flatten()
+        seq_start[0] = True
+        starts = np.flatnonzero(seq_start)
+        lengths = np.diff(np.append(starts, len(batch_inds)))
+        offsets = np.arange(lengths.max())
+        valid = offsets[None, :] < lengths[:, None]  # [n_seq, max_length]
+        rows = batch_inds[(starts[:, None] + offsets[None, :])[valid]]  # buffer rows, padded order
+        self.seq_start_indices = starts
+
+        def pad(array: np.ndarray) -> th.Tensor:  # [n_seq, max_length, ...], zero-padded
+            out = np.zeros((*valid.shape, *array.shape[1:]), dtype=array.dtype)
+            out[valid] = array[rows]
+            return self.to_torch(out, copy=False)
+
+        def pad_and_flatten(array: np.ndarray) -> th.Tensor:
+            return pad(array).flatten()
+
+        padded_batch_size = valid.size
         # Flat (env-major) index -> (step, env): gather just the rows that start a sequence.
-        starts = batch_inds[self.seq_start_indices]
-        steps, envs = starts % self.buffer_size, starts // self.buffer_size
+        first = batch_inds[starts]
+        steps, envs = first % self.buffer_size, first // self.buffer_size
         states_pi = self._states_at(self.states_pi, steps, envs)
         states_vf = states_pi if self.shared_critic_state else self._states_at(self.states_vf, steps, envs)
         return RecurrentRolloutBufferSamples(
-            observations=self.pad(self.observations[batch_inds]).reshape((padded_batch_size, *self.obs_shape)),
-            actions=self.pad(self.actions[batch_inds]).reshape((padded_batch_size, *self.actions.shape[1:])),
-            old_values=self.pad_and_flatten(self.values[batch_inds]),
-            old_log_prob=self.pad_and_flatten(self.log_probs[batch_inds]),
-            advantages=self.pad_and_flatten(self.advantages[batch_inds]),
-            returns=self.pad_and_flatten(self.returns[batch_inds]),
+            observations=pad(self.observations).reshape((padded_batch_size, *self.obs_shape)),
+            actions=pad(self.actions).reshape((padded_batch_size, *self.actions.shape[1:])),
+            old_values=pad_and_flatten(self.values),
+            old_log_prob=pad_and_flatten(self.log_probs),
+            advantages=pad_and_flatten(self.advantages),
+            returns=pad_and_flatten(self.returns),
             lstm_states=RNNStates(states_pi, states_vf),
-            episode_starts=self.pad_and_flatten(self.episode_starts[batch_inds]),
-            mask=self.pad_and_flatten(np.ones_like(self.returns[batch_inds])),
+            episode_starts=pad_and_flatten(self.episode_starts),
+            mask=self.to_torch(valid.astype(np.float32).flatten(), copy=False),
         )
 
     def _states_at(self, states: np.ndarray, steps: np.ndarray, envs: np.ndarray) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sb3_contrib import RecurrentPPO
@@ -41,3 +42,47 @@ def test_models_load_across_classes(tmp_path):
     again = FastRecurrentPPO.load(tmp_path / "stock.zip", env=envs.CatchVecEnv.from_id("CatchBlind16-v0", 4))
     again.learn(64, reset_num_timesteps=False)
     assert again.num_timesteps == 128 + 64
+
+
+@pytest.mark.parametrize("batch_size", [5, 24, 96])
+def test_buffer_samples_equal_stock_samples(batch_size):
+    """Every field of every minibatch, padded sequences included, as the stock buffer's."""
+    from gymnasium import spaces
+    from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    n_steps, n_envs, size = 24, 4, 6
+    obs_space, act_space = spaces.Box(-1, 1, (2, 3)), spaces.Discrete(3)
+    args = (n_steps, obs_space, act_space, (n_steps, 1, n_envs, size), "cpu")
+    stock = RecurrentRolloutBuffer(*args, n_envs=n_envs)
+    compact = CompactRecurrentRolloutBuffer(*args, n_envs=n_envs)
+    rng = np.random.default_rng(0)
+    for _ in range(n_steps):
+        step = dict(
+            obs=rng.normal(size=(n_envs, 2, 3)).astype(np.float32),
+            action=rng.integers(0, 3, size=(n_envs, 1)),
+            reward=rng.normal(size=n_envs).astype(np.float32),
+            episode_start=(rng.random(n_envs) < 0.2).astype(np.float32),
+            value=torch.randn(n_envs, 1),
+            log_prob=torch.randn(n_envs),
+        )
+        states = RNNStates(*[(torch.randn(1, n_envs, size), torch.randn(1, n_envs, size)) for _ in range(2)])
+        for buffer in (stock, compact):
+            buffer.add(**step, lstm_states=states)
+    last_values = torch.randn(n_envs, 1)
+    for buffer in (stock, compact):
+        buffer.compute_returns_and_advantage(last_values, np.zeros(n_envs))
+    np.random.seed(1)
+    expected = list(stock.get(batch_size))
+    np.random.seed(1)
+    got = list(compact.get(batch_size))
+    assert len(got) == len(expected) == -(-n_steps * n_envs // batch_size)
+    for a, b in zip(expected, got):
+        for name in a._fields:
+            x, y = getattr(a, name), getattr(b, name)
+            if name == "lstm_states":
+                for pair_a, pair_b in zip(x, y):
+                    for s, t in zip(pair_a, pair_b):
+                        assert torch.equal(s, t)
+            else:
+                assert x.dtype == y.dtype and torch.equal(x, y), name
