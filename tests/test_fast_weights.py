@@ -59,6 +59,80 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 6])
+@pytest.mark.parametrize("resets", [True, False])
+@pytest.mark.parametrize("final_A", [True, False])
+def test_scan_with_constant_initial_state_and_no_final_A(chunk, resets, final_A):
+    """The PPO-update case: ``A_in`` from a buffer (no gradient wanted) and, with
+    ``final_A=False``, no final ``A`` formed. ``y``, ``h_T`` and every gradient as the reference."""
+    zx, h, A, W, gain, bias, starts, _ = _inputs(resets=resets)
+    tensors = [t.requires_grad_(True) for t in (zx, h, W, gain, bias)]
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, None)
+    keep = None if starts is None else 1 - starts
+    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, None, final_A=final_A)
+    count = 3 if final_A else 2
+    assert final_A or out[2].numel() == 0
+    for a, b in zip(ref[:count], out[:count]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    cotangents = [torch.randn_like(o) for o in ref[:count]]
+    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
+    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
+    for a, b in zip(g_ref, g_out):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+def test_reference_hidden_resets_equal_wiping_h_between_calls():
+    """A hidden reset at step t is the same as stopping there, zeroing h, keeping A, going on."""
+    zx, h, A, W, gain, bias, _, write = _inputs(T=7, writes=True)
+    wipe = torch.zeros(7, 3, dtype=DT)
+    wipe[3] = 1.0
+    y, h_T, A_T = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, None, write, hidden_resets=wipe)
+    y1, h1, A1 = fast_weights_reference(zx[:3], h, A, W, gain, bias, 0.9, 0.5, 2, None, write[:3])
+    y2, h2, A2 = fast_weights_reference(zx[3:], torch.zeros_like(h1), A1, W, gain, bias, 0.9, 0.5, 2, None, write[3:])
+    torch.testing.assert_close(y, torch.cat([y1, y2]), rtol=0, atol=0)
+    torch.testing.assert_close(A_T, A2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+@pytest.mark.parametrize("resets", [True, False])
+def test_scan_hidden_resets_match_reference(chunk, resets):
+    zx, h, A, W, gain, bias, starts, write = _inputs(T=7, resets=resets, writes=True, seed=4)
+    wipe = (torch.rand(7, 3, generator=torch.Generator().manual_seed(5)) < 0.4).to(DT)
+    tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write, hidden_resets=wipe)
+    keep = None if starts is None else 1 - starts
+    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, write, hidden_resets=wipe)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    cotangents = [torch.randn_like(o) for o in ref]
+    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
+    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
+    for a, b in zip(g_ref, g_out):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+def test_step_hidden_resets_match_reference():
+    zx, h, A, W, gain, bias, _, _ = _inputs(T=1)
+    wipe = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 1, None, None, hidden_resets=wipe)
+    out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, 1, hidden_resets=wipe)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("steps", [1, 7])
+def test_outputs_equal_forward_outputs(mode, steps):
+    torch.manual_seed(0)
+    core = FastWeightsRNN(3, 5, mode=mode).double()
+    x = torch.randn(steps, 4, 3, dtype=DT)
+    state = (torch.rand(4, 5, dtype=DT), 0.1 * torch.randn(4, 5, 5, dtype=DT))
+    starts = torch.zeros(steps, 4, dtype=DT)
+    starts[0, 1] = 1
+    y, _ = core(x, state, starts)
+    torch.testing.assert_close(core.outputs(x, state, starts), y, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("inner_steps", [1, 3])
 @pytest.mark.parametrize("init,reset,write", [(True, False, False), (True, True, False), (False, False, True), (True, False, True)])
 def test_single_step_matches_reference(inner_steps, init, reset, write):

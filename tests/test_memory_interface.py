@@ -197,6 +197,22 @@ def test_gradients_reach_all_parameters_and_the_state(name: str) -> None:
             assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
+def test_outputs_equal_forward_outputs_and_gradients(name: str) -> None:
+    """``core.outputs`` (the PPO-update call, no final state) is ``forward``'s ``y``, gradients too."""
+    core = make(name)
+    x = randn(STEPS, BATCH, INPUT, seed=21)
+    state0 = warm_state(core, BATCH, seed=22)
+    starts = random_starts(STEPS, BATCH, seed=23)
+    weights = randn(STEPS, BATCH, HIDDEN, seed=24)
+    y = core.outputs(x, state0, starts)
+    grads = torch.autograd.grad((y * weights).sum(), list(core.parameters()))
+    y_ref, _ = core(x, state0, starts)
+    grads_ref = torch.autograd.grad((y_ref * weights).sum(), list(core.parameters()))
+    assert_close(y, y_ref, tol=1e-6)
+    for g, g_ref in zip(grads, grads_ref):
+        assert_close(g, g_ref, tol=1e-5)
+
+
 # ------------------------------------------------------------------ float64
 def test_float64(name: str) -> None:
     core32, core64 = make(name), make(name).double()

@@ -85,6 +85,19 @@ class MemoryCore(nn.Module, ABC):
         :return: Outputs ``[T, B, hidden_size]`` and the state after the last step.
         """
 
+    def outputs(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s outputs alone, for callers that drop the final state (e.g. a PPO
+        update). Same numbers; a core whose final state costs extra work skips it here.
+
+        :return: Outputs ``[T, B, hidden_size]``.
+        """
+        return self(x, state, episode_starts)[0]
+
     # ---------------------------------------------------------------- helpers
     def _device_dtype(self, device: torch.device | str | None) -> tuple[torch.device, torch.dtype]:
         param = next(self.parameters(), None)

@@ -108,6 +108,7 @@ class FastWeightsRNN(MemoryCore):
         state: State | None = None,
         episode_starts: torch.Tensor | None = None,
         write_mask: torch.Tensor | None = None,
+        hidden_resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Process a sequence.
 
@@ -116,12 +117,37 @@ class FastWeightsRNN(MemoryCore):
         :param episode_starts: ``[T, B]``; 1 resets that row's ``h`` and ``A`` before step t.
         :param write_mask: ``[T, B]``; 0 where step t must leave ``A`` unchanged (no decay,
             no write), as in the paper's multi-level glimpse model. Default: write every step.
+        :param hidden_resets: ``[T, B]``; 1 zeroes that row's ``h`` but keeps ``A`` before step t
+            (the multi-level model's wipe between levels, paper Figure 3). Default: never.
         :return: ``(y [T, B, H], (h [B, H], A [B, H, H]))``.
         """
+        return self._run(x, state, episode_starts, write_mask, hidden_resets, final_state=True)
+
+    def outputs(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        episode_starts: torch.Tensor | None = None,
+        write_mask: torch.Tensor | None = None,
+        hidden_resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s outputs ``y`` alone: the final ``A`` is never formed."""
+        return self._run(x, state, episode_starts, write_mask, hidden_resets, final_state=False)[0]
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        state: State | None,
+        episode_starts: torch.Tensor | None,
+        write_mask: torch.Tensor | None,
+        hidden_resets: torch.Tensor | None,
+        final_state: bool,
+    ) -> tuple[torch.Tensor, State]:
         fresh = state is None
         (h, A), starts = self._prepare(x, state, episode_starts)
-        if write_mask is not None and tuple(write_mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"write_mask must be [T, B] = {tuple(x.shape[:2])}, got {tuple(write_mask.shape)}")
+        for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
+            if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
         zx = self.C(x)  # C x(t) for every step at once
         ln_weight = self.ln.weight if self.ln is not None else None
         ln_bias = self.ln.bias if self.ln is not None else None
@@ -129,11 +155,16 @@ class FastWeightsRNN(MemoryCore):
         if self.mode == "reference":
             y, h, A = fast_weights_reference(
                 zx, h, A, self.W.weight, ln_weight, ln_bias, self.decay, self.fast_lr,
-                self.inner_steps, starts, write_mask, self.layer_norm, eps,
+                self.inner_steps, starts, write_mask, self.layer_norm, eps, hidden_resets,
             )  # fmt: skip
             return y, (h, A)
         common = dict(
-            keep=None if starts is None else 1.0 - starts, write_mask=write_mask, layer_norm=self.layer_norm, eps=eps
+            keep=None if starts is None else 1.0 - starts,
+            write_mask=write_mask,
+            layer_norm=self.layer_norm,
+            eps=eps,
+            final_A=final_state,
+            hidden_resets=hidden_resets,
         )
         args = (zx, h, None if fresh else A, self.W.weight, ln_weight, ln_bias, self.decay, self.fast_lr)
         if x.shape[0] == 1 and self.mode != "attention":  # a rollout step: matrix form, fewest ops

@@ -104,6 +104,7 @@ class FastWeightsScan(torch.autograd.Function):
         ln_bias: torch.Tensor | None,
         keep: torch.Tensor | None,
         write: torch.Tensor | None,
+        keep_h: torch.Tensor | None,
         decay: float,
         fast_lr: float,
         inner_steps: int,
@@ -111,6 +112,7 @@ class FastWeightsScan(torch.autograd.Function):
         use_A_in: bool,
         layer_norm: bool,
         eps: float,
+        final_A: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
         T, B, H = zx.shape
@@ -123,7 +125,7 @@ class FastWeightsScan(torch.autograd.Function):
         pre_act = zx.new_empty(S, T, B, H)  # z + A h_s: the layer norm's input
         # Per-step views made once per call: at small shapes, creating views costs as much as the maths.
         zx_t = zx.unbind(0)
-        keep_t = keep.unsqueeze(2).unbind(0) if keep is not None else None
+        keep_h_t = keep_h.unsqueeze(2).unbind(0) if keep_h is not None else None
         hidden_t = hidden.unbind(1)
         queries_t = [q.unbind(0) for q in queries]
         queries3_t = [q.unsqueeze(2).unbind(0) for q in queries]
@@ -153,8 +155,8 @@ class FastWeightsScan(torch.autograd.Function):
             score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
             for j in range(K):
                 t = start + j
-                if keep_t is not None:
-                    h = h * keep_t[t]
+                if keep_h_t is not None:
+                    h = h * keep_h_t[t]
                 z = torch.addmm(zx_t[t], h, Wt)
                 z3 = z.unsqueeze(1)
                 torch.clamp_min(z, 0.0, out=queries_t[0][t])
@@ -178,22 +180,22 @@ class FastWeightsScan(torch.autograd.Function):
                     torch.clamp_min(n, 0.0, out=hidden_t[t] if s == S - 1 else queries_t[s + 1][t])
                 h = hidden_t[t]
             chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores))
-            # The chunk's A at its end: one [B, H, K] x [B, K, H] matmul.
-            block = hidden[:, start:stop]
-            A_out = torch.bmm((block * weights[:, K, :, None]).transpose(1, 2), block)
-            if A is not None:
-                A_out = A_out + A * init_coef[:, K, None, None]
-            A = A_out
+            if stop < T or final_A:  # the chunk's A at its end: one [B, H, K] x [B, K, H] matmul
+                block = hidden[:, start:stop]
+                lhs = (block * weights[:, K, :, None]).transpose(1, 2)
+                A = torch.bmm(lhs, block) if A is None else torch.baddbmm(A * init_coef[:, K, None, None], lhs, block)
+            else:
+                A = None
 
-        ctx.save_for_backward(h_in, W, ln_weight, ln_bias, keep)
+        ctx.save_for_backward(h_in, W, ln_weight, ln_bias, keep_h)
         ctx.saved = (hidden, queries, pre_act, chunks)
         ctx.config = (S, layer_norm, eps, use_A_in)
-        return hidden.transpose(0, 1).contiguous(), hidden[:, T - 1].clone(), A
+        return hidden.transpose(0, 1).contiguous(), hidden[:, T - 1].clone(), A if A is not None else zx.new_zeros(0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_h_out, grad_A_out):  # type: ignore[override]
-        h_in, W, ln_weight, ln_bias, keep = ctx.saved_tensors
+        h_in, W, ln_weight, ln_bias, keep_h = ctx.saved_tensors
         hidden, queries, pre_act, chunks = ctx.saved
         S, layer_norm, eps, use_A_in = ctx.config
         B, T, H = hidden.shape
@@ -229,10 +231,13 @@ class FastWeightsScan(torch.autograd.Function):
         if layer_norm:
             mean_t = [m.unbind(0) for m in mean]
             rstd_t = [r.unbind(0) for r in rstd]
-        keep_t = keep.unsqueeze(2).unbind(0) if keep is not None else None
+        keep_h_t = keep_h.unsqueeze(2).unbind(0) if keep_h is not None else None
 
-        for chunk in reversed(chunks):
+        for index in reversed(range(len(chunks))):
+            chunk = chunks[index]
             start, stop, A = chunk.start, chunk.stop, chunk.A_init
+            # dL/dA_init feeds the previous chunk's hidden states, or the caller's A_in.
+            need_grad_A_init = index > 0 or (use_A_in and ctx.needs_input_grad[2])
             K = stop - start
             block = hidden[:, start:stop]
             weights, init_coef = chunk.weights, chunk.init_coef
@@ -244,9 +249,10 @@ class FastWeightsScan(torch.autograd.Function):
                 # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
                 sym = grad_A + grad_A.transpose(1, 2)
                 grad_hidden[:, start:stop] += weights[:, K, :, None] * torch.bmm(block, sym)
-                if chunk.A_init is not None:
+                if chunk.A_init is not None and need_grad_A_init:
                     grad_A_init = grad_A * init_coef[:, K, None, None]
-            if A is not None:
+            collect_reads = A is not None and need_grad_A_init
+            if collect_reads:
                 init_rows, init_queries = [], []
             for j in reversed(range(K)):
                 t = start + j
@@ -279,8 +285,9 @@ class FastWeightsScan(torch.autograd.Function):
                         grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
                     if A is not None:
                         scaled = grad_u * coef_t[j]
-                        init_rows.append(scaled)
-                        init_queries.append(q)
+                        if collect_reads:
+                            init_rows.append(scaled)
+                            init_queries.append(q)
                         from_init = torch.bmm(scaled.unsqueeze(1), A).squeeze(1)
                         grad_q = from_init if grad_q is None else grad_q + from_init
                     if grad_q is None:  # first step of a chunk with no initial A: nothing read
@@ -289,12 +296,12 @@ class FastWeightsScan(torch.autograd.Function):
                         grad_q = torch.zeros_like(q)
                     elif s == 0:  # h_0 = relu(z)
                         grad_z += torch.ops.aten.threshold_backward(grad_q, q, 0)
-                grad_z_kept = grad_z * keep_t[t] if keep_t is not None else grad_z
+                grad_z_kept = grad_z * keep_h_t[t] if keep_h_t is not None else grad_z
                 if t > 0:
                     grad_hidden_t[t - 1].addmm_(grad_z_kept, W)
                 else:
                     grad_h_in = grad_z_kept @ W
-            if A is not None:
+            if collect_reads:
                 rows = torch.stack(init_rows, dim=1)  # [B, K*S, H]
                 cols = torch.stack(init_queries, dim=1)
                 from_reads = torch.bmm(rows.transpose(1, 2), cols)  # sum g_j grad_u q^T
@@ -303,8 +310,8 @@ class FastWeightsScan(torch.autograd.Function):
 
         # z(t) = W h_prev(t) + ...: one matmul over all steps for dL/dW.
         h_prev_all = torch.cat([h_in.unsqueeze(0), hidden[:, :-1].transpose(0, 1)], dim=0)
-        if keep is not None:
-            h_prev_all = h_prev_all * keep[:, :, None]
+        if keep_h is not None:
+            h_prev_all = h_prev_all * keep_h[:, :, None]
         grad_W = grad_z_all.reshape(-1, H).t() @ h_prev_all.reshape(-1, H)
         grad_ln_weight = grad_ln_bias = None
         if layer_norm:
@@ -313,7 +320,7 @@ class FastWeightsScan(torch.autograd.Function):
             if ctx.needs_input_grad[5]:
                 grad_ln_bias = grad_ln_out.sum(dim=(0, 1, 2))
         grad_A_in = grad_A if (use_A_in and ctx.needs_input_grad[2]) else None  # None reads as zero
-        return (grad_z_all, grad_h_in, grad_A_in, grad_W, grad_ln_weight, grad_ln_bias) + (None,) * 9
+        return (grad_z_all, grad_h_in, grad_A_in, grad_W, grad_ln_weight, grad_ln_bias) + (None,) * 11
 
 
 def fast_weights_scan(
@@ -331,6 +338,8 @@ def fast_weights_scan(
     write_mask: torch.Tensor | None = None,
     layer_norm: bool = True,
     eps: float = 1e-5,
+    final_A: bool = True,
+    hidden_resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the fast-weights RNN over a sequence (same maths as the reference).
 
@@ -349,6 +358,9 @@ def fast_weights_scan(
     :param write_mask: ``[T, B]``, 0 where step t must not write into ``A`` (None: always write).
     :param layer_norm: Layer norm in the inner loop.
     :param eps: Layer-norm epsilon.
+    :param final_A: Form the final ``A_T``; False returns an empty tensor in its place
+        (for callers that only need ``y``).
+    :param hidden_resets: ``[T, B]``, 1 zeroes ``h`` (not ``A``) before step t (None: never).
     :return: ``(y [T, B, H], h_T [B, H], A_T [B, H, H])``.
     """
     use_A_in = A is not None
@@ -358,6 +370,7 @@ def fast_weights_scan(
         keep = keep.to(zx.dtype)
     if write_mask is not None:
         write_mask = write_mask.to(zx.dtype)
+    keep_h = _hidden_keep(keep, hidden_resets, zx.dtype)
     return FastWeightsScan.apply(
         zx,
         h,
@@ -367,6 +380,7 @@ def fast_weights_scan(
         ln_bias,
         keep,
         write_mask,
+        keep_h,
         float(decay),
         float(fast_lr),
         int(inner_steps),
@@ -374,6 +388,7 @@ def fast_weights_scan(
         use_A_in,
         layer_norm,
         float(eps),
+        bool(final_A),
     )
 
 
@@ -391,6 +406,8 @@ def fast_weights_step(
     write_mask: torch.Tensor | None = None,
     layer_norm: bool = True,
     eps: float = 1e-5,
+    final_A: bool = True,
+    hidden_resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One time step in matrix form (the RL rollout case, ``T = 1``): a handful of fused ops.
 
@@ -402,6 +419,8 @@ def fast_weights_step(
         keep = keep[0].to(zx.dtype)
         h = h * keep[:, None]
         A = None if A is None else A * keep[:, None, None]
+    if hidden_resets is not None:
+        h = h * (1.0 - hidden_resets[0].to(zx.dtype))[:, None]
     z = torch.addmm(zx, h, W.t())
     q = torch.relu(z)
     for _ in range(inner_steps):
@@ -409,6 +428,8 @@ def fast_weights_step(
         if layer_norm:
             u = torch.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
         q = torch.relu(u)
+    if not final_A:
+        return q.unsqueeze(0), q, q.new_zeros(0)
     if write_mask is None:  # Eq. 1: A <- decay A + fast_lr h h^T
         A_new = torch.einsum("bi,bj->bij", q, q) * fast_lr if A is None else torch.baddbmm(
             A, q.unsqueeze(2), q.unsqueeze(1), beta=decay, alpha=fast_lr
@@ -418,3 +439,11 @@ def fast_weights_step(
         outer = torch.einsum("bi,bj->bij", q, q) * (fast_lr * write)
         A_new = outer if A is None else A * (1.0 - write * (1.0 - decay)) + outer
     return q.unsqueeze(0), q, A_new
+
+
+def _hidden_keep(keep: torch.Tensor | None, hidden_resets: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``[T, B]`` multiplier of ``h(t-1)``: 0 where an episode starts or ``h`` alone is reset."""
+    if hidden_resets is None:
+        return keep
+    keep_h = 1.0 - hidden_resets.to(dtype)
+    return keep_h if keep is None else keep * keep_h
