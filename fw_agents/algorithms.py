@@ -120,7 +120,13 @@ class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
         )
 
     def _states_at(self, states: np.ndarray, steps: np.ndarray, envs: np.ndarray) -> tuple:
-        rows = states[steps, envs]  # [n_seq, 2, num_layers, size]
+        rows = states[steps, envs]  # [n_seq, 2, num_layers, size]: one gather, a fresh array
+        if rows.shape[2] == 1 and self.device.type == "cpu":
+            # h and c as [1, n_seq, size] views of that array: the policy's core adapter reads
+            # the whole state through them without another copy.
+            flat = self.to_torch(rows.reshape(len(rows), -1), copy=False)
+            size = rows.shape[3]
+            return flat[:, :size].unsqueeze(0), flat[:, size:].unsqueeze(0)
         h = self.to_torch(np.ascontiguousarray(rows[:, 0].swapaxes(0, 1)))  # [num_layers, n_seq, size]
         c = self.to_torch(np.ascontiguousarray(rows[:, 1].swapaxes(0, 1)))
         return h, c

@@ -87,23 +87,49 @@ class CoreAdapter(nn.Module):
         return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
 
     def from_slots(self, slots: Slots) -> tuple[torch.Tensor, ...]:
-        """``(h, c)`` slots -> core state."""
-        flat = torch.cat([slots[0][0], slots[1][0]], dim=1)[:, : self.state_size]
-        return self.core.unpack_state(flat)
+        """``(h, c)`` slots -> core state (views of the slots when they are the two halves
+        of one buffer, as :meth:`to_slots` and the compact rollout buffer make them)."""
+        left, right = slots[0][0], slots[1][0]
+        flat = _joined_halves(left, right)
+        if flat is None:
+            flat = torch.cat([left, right], dim=1)
+        return self.core.unpack_state(flat[:, : self.state_size])
 
-    def forward(self, features: torch.Tensor, slots: Slots, episode_starts: torch.Tensor) -> tuple[torch.Tensor, Slots]:
+    def forward(
+        self, features: torch.Tensor, slots: Slots, episode_starts: torch.Tensor, return_slots: bool = True
+    ) -> tuple[torch.Tensor, Slots | None]:
         """Run the core over RecurrentPPO's sequence-major batch.
 
         :param features: ``[n_seq * T, F]``, sequence-major (``T = 1`` during rollouts).
         :param slots: State slots before each sequence, ``[1, n_seq, slot]`` each.
         :param episode_starts: ``[n_seq * T]``.
+        :param return_slots: False when the caller drops the final state (a PPO update):
+            the core then skips it (:meth:`MemoryCore.outputs`) and None is returned for it.
         :return: Outputs ``[n_seq * T, H]`` and the slots after the last step.
         """
         n_seq = slots[0].shape[1]
         x = features.reshape(n_seq, -1, self.input_size).transpose(0, 1)
         starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
-        y, state = self.core(x, self.from_slots(slots), starts)
-        return y.transpose(0, 1).reshape(-1, self.output_size), self.to_slots(state)
+        if return_slots:
+            y, state = self.core(x, self.from_slots(slots), starts)
+        else:
+            y, state = self.core.outputs(x, self.from_slots(slots), starts), None
+        return y.transpose(0, 1).reshape(-1, self.output_size), None if state is None else self.to_slots(state)
+
+
+def _joined_halves(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | None:
+    """``[B, 2n]`` view of ``cat([left, right], 1)`` when ``left``/``right`` (``[B, n]``) are the
+    left and right halves of one row-major buffer; None otherwise (the caller then copies)."""
+    if left.shape != right.shape or left.dtype != right.dtype or left.device != right.device or left.dim() != 2:
+        return None
+    rows, n = left.shape
+    if left.stride() != (2 * n, 1) or right.stride() != (2 * n, 1):
+        return None
+    if left.untyped_storage().data_ptr() != right.untyped_storage().data_ptr():
+        return None
+    if right.data_ptr() != left.data_ptr() + n * left.element_size():
+        return None
+    return left.as_strided((rows, 2 * n), (2 * n, 1))
 
 
 class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
@@ -198,16 +224,17 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         return lstm(features, lstm_states, episode_starts)
 
     def _latents(
-        self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+        self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor, return_states: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
-        """Actor and critic latents and the new states, for :meth:`forward` and :meth:`evaluate_actions`."""
+        """Actor and critic latents and the new states (None for ``return_states=False``),
+        for :meth:`forward` and :meth:`evaluate_actions`."""
         features = self.extract_features(obs)
         pi_features, vf_features = (features, features) if self.share_features_extractor else features
-        latent_pi, states_pi = self.lstm_actor(pi_features, lstm_states.pi, episode_starts)
+        latent_pi, states_pi = self.lstm_actor(pi_features, lstm_states.pi, episode_starts, return_states)
         if self.lstm_critic is None:  # shared core: the value loss trains it too (A3C)
             latent_vf, states_vf = latent_pi, states_pi
         else:
-            latent_vf, states_vf = self.lstm_critic(vf_features, lstm_states.vf, episode_starts)
+            latent_vf, states_vf = self.lstm_critic(vf_features, lstm_states.vf, episode_starts, return_states)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         return latent_pi, latent_vf, RNNStates(states_pi, states_vf)
@@ -230,7 +257,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     def evaluate_actions(
         self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts, return_states=False)
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
@@ -238,7 +265,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         # RecurrentPPO passes the critic's slots; with a shared core they are the actor's.
         features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
         core = self.lstm_critic if self.lstm_critic is not None else self.lstm_actor
-        latent_vf, _ = core(features, lstm_states, episode_starts)
+        latent_vf, _ = core(features, lstm_states, episode_starts, return_slots=False)
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
 
 

@@ -12,16 +12,17 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import envs
+from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.policies import CoreAdapter, FastWeightsPolicy, RecurrentMemoryPolicy
 
 SMALL = dict(n_steps=16, batch_size=32, n_epochs=1)
 
 
-def _model(memory: str, env=None, critic: str = "shared", **kwargs) -> RecurrentPPO:
+def _model(memory: str, env=None, critic: str = "shared", algorithm=RecurrentPPO, **kwargs) -> RecurrentPPO:
     env = env if env is not None else envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
     policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16))
-    return RecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL, **kwargs)
+    return algorithm(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL, **kwargs)
 
 
 @pytest.mark.parametrize("memory", MEMORY_NAMES)
@@ -47,10 +48,12 @@ def test_learn_save_load_predict(memory, tmp_path):
 
 @pytest.mark.parametrize("memory", MEMORY_NAMES)
 @pytest.mark.parametrize("critic", ["shared", "separate"])
-def test_rollout_and_training_give_same_log_probs_and_values(memory, critic):
+@pytest.mark.parametrize("algorithm", [RecurrentPPO, FastRecurrentPPO], ids=["stock", "fast"])
+def test_rollout_and_training_give_same_log_probs_and_values(memory, critic, algorithm):
     """The log-probs and values stored while stepping the env one step at a time equal
-    those recomputed from the buffer's padded sequences in one core call."""
-    model = _model(memory, critic=critic)
+    those recomputed from the buffer's padded sequences in one core call (with the stock
+    rollout buffer and with the compact one)."""
+    model = _model(memory, critic=critic, algorithm=algorithm)
     model.learn(SMALL["n_steps"] * 4)  # one rollout and one update, then a fresh rollout below
     callback = CallbackList([])
     callback.init_callback(model)
@@ -80,6 +83,16 @@ def test_fast_weights_state_travels_whole_through_the_buffer():
     h, A = torch.randn(2, H), torch.randn(2, H, H)
     h2, A2 = adapter.from_slots(adapter.to_slots((h, A)))
     assert torch.equal(h2, h) and torch.equal(A2, A)
+    # slots made by to_slots are read back as views, slots from elsewhere are copied
+    slots = adapter.to_slots((h, A))
+    assert adapter.from_slots(slots)[1].data_ptr() == slots[0].data_ptr() + H * 4
+    separate = (slots[0].clone(), slots[1].clone())
+    h3, A3 = adapter.from_slots(separate)
+    assert torch.equal(h3, h) and torch.equal(A3, A)
+    swapped = torch.cat([slots[1][0], slots[0][0]], dim=1)  # halves of one buffer, wrong order
+    half = adapter.hidden_size
+    h4, A4 = adapter.from_slots((swapped[:, half:].unsqueeze(0), swapped[:, :half].unsqueeze(0)))
+    assert torch.equal(h4, h) and torch.equal(A4, A)
     assert core.fast_lr == 0.5 and core.decay == 0.95 and core.inner_steps == 1
 
 
