@@ -83,11 +83,15 @@ class GlimpseRNN(nn.Module):
         self.core = make_memory(memory, patch * patch + 1, hidden_size, **(memory_kwargs or {}))
         if multi_level is None:
             multi_level = memory == "fastweights"
-        if multi_level and "write_mask" not in inspect.signature(self.core.forward).parameters:
+        if multi_level and not {"write_mask", "hidden_resets"} <= set(inspect.signature(self.core.forward).parameters):
             raise ValueError(f"multi-level needs a core with fast weights (write_mask); {memory!r} has none")
         self.multi_level = multi_level
         self.segments = level_segments(image_size)
         self.register_buffer("control", store_flags(image_size), persistent=False)
+        # 1 on the first step of every level but the first: the hidden state is wiped before it
+        wipe = torch.zeros(NUM_GLIMPSES)
+        wipe[[t0 for t0, _ in self.segments[1:]]] = 1.0
+        self.register_buffer("wipe", wipe, persistent=False)
         self.register_buffer("glimpse_index", glimpse_index(image_size), persistent=False)
         self.head = nn.Linear(hidden_size, num_classes)
 
@@ -100,13 +104,12 @@ class GlimpseRNN(nn.Module):
         if not self.multi_level:
             y, _ = self.core(x)
             return self.head(y[-1])
-        state = None
-        for t0, t1 in self.segments:
-            # write the level's final h into A (A <- λA + η h hᵀ) only on its last step
-            write_mask = self.control[t0:t1].view(-1, 1).expand(t1 - t0, batch)
-            y, state = self.core(x[t0:t1], state, write_mask=write_mask)
-            h, *rest = state
-            state = (torch.zeros_like(h), *rest)  # Figure 3: wipe the hidden state, keep A
+        # One core call over all levels: each level's final h is written into A
+        # (A <- λA + η h hᵀ, only on store steps) and h is wiped, A kept, before the next
+        # level (Figure 3), so A is never formed: Eq. 4 attends over the stored states.
+        write_mask = self.control.view(-1, 1).expand(NUM_GLIMPSES, batch)
+        hidden_resets = self.wipe.view(-1, 1).expand(NUM_GLIMPSES, batch)
+        y = self.core.outputs(x, write_mask=write_mask, hidden_resets=hidden_resets)
         return self.head(y[-1])
 
 

@@ -25,10 +25,11 @@ def fast_weights_reference(
     write_mask: torch.Tensor | None = None,
     layer_norm: bool = True,
     eps: float = 1e-5,
+    hidden_resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the fast-weights RNN over a sequence, one step at a time.
 
-    For each step t (a start resets ``h`` and ``A`` to zero first)::
+    For each step t (a start resets ``h`` and ``A`` to zero first, a hidden reset ``h`` alone)::
 
         z      = W h(t-1) + C x(t)                     # sustained boundary condition
         h_0    = relu(z)                               # preliminary state
@@ -49,6 +50,8 @@ def fast_weights_reference(
     :param write_mask: ``[T, B]``, 0 leaves ``A`` unchanged after step t (default: write every step).
     :param layer_norm: Apply layer norm in the inner loop.
     :param eps: Layer-norm epsilon.
+    :param hidden_resets: ``[T, B]``, 1 zeroes the row's ``h`` (not ``A``) before step t
+        (the multi-level glimpse model's wipe between levels).
     :return: ``(y [T, B, H], h [B, H], A [B, H, H])``.
     """
     outputs = []
@@ -57,6 +60,8 @@ def fast_weights_reference(
             keep = 1.0 - episode_starts[t]
             h = h * keep[:, None]
             A = A * keep[:, None, None]
+        if hidden_resets is not None:
+            h = h * (1.0 - hidden_resets[t])[:, None]
         z = h @ W.T + zx[t]
         hs = torch.relu(z)
         for _ in range(inner_steps):
