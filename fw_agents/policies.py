@@ -30,10 +30,12 @@ import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
+from torch.distributions import Categorical
 
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
 from fw_agents.memory.base import check_positive_int
@@ -235,9 +237,18 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
             latent_vf, states_vf = latent_pi, states_pi
         else:
             latent_vf, states_vf = self.lstm_critic(vf_features, lstm_states.vf, episode_starts, return_states)
-        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
-        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        if len(self.mlp_extractor.policy_net) or len(self.mlp_extractor.value_net):  # net_arch layers
+            latent_pi = self.mlp_extractor.forward_actor(latent_pi)
+            latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         return latent_pi, latent_vf, RNNStates(states_pi, states_vf)
+
+    def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> Distribution:
+        if type(self.action_dist) is CategoricalDistribution:
+            # SB3's own construction minus torch's argument validation (a per-call cost of the
+            # order of the core step); the logits are ours and always valid.
+            self.action_dist.distribution = Categorical(logits=self.action_net(latent_pi), validate_args=False)
+            return self.action_dist
+        return super()._get_action_dist_from_latent(latent_pi)
 
     def forward(
         self,
@@ -266,7 +277,9 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
         core = self.lstm_critic if self.lstm_critic is not None else self.lstm_actor
         latent_vf, _ = core(features, lstm_states, episode_starts, return_slots=False)
-        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        if len(self.mlp_extractor.value_net):
+            latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        return self.value_net(latent_vf)
 
 
 class FastWeightsPolicy(RecurrentMemoryPolicy):

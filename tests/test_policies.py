@@ -144,3 +144,23 @@ def test_cuda_policy_learns():
     model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 4), device="cuda", **SMALL)
     model.learn(128)
     assert next(model.policy.parameters()).is_cuda
+
+
+def test_net_arch_layers_between_core_and_heads():
+    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 2)
+    policy_kwargs = dict(memory="gru", hidden_size=16, net_arch=dict(pi=[8], vf=[6]))
+    model = RecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL)
+    assert model.policy.action_net.in_features == 8 and model.policy.value_net.in_features == 6
+    model.learn(2 * SMALL["n_steps"])  # the heads read the net_arch layers' outputs
+
+
+def test_action_distribution_is_stock_categorical():
+    model = _model("lstm")
+    latent = torch.randn(5, 16)
+    dist = model.policy._get_action_dist_from_latent(latent)
+    logits = model.policy.action_net(latent)
+    expected = torch.distributions.Categorical(logits=logits)
+    torch.testing.assert_close(dist.distribution.probs, expected.probs, rtol=0, atol=0)
+    actions = torch.tensor([0, 1, 2, 1, 0])
+    torch.testing.assert_close(dist.log_prob(actions), expected.log_prob(actions), rtol=0, atol=0)
+    torch.testing.assert_close(dist.entropy(), expected.entropy(), rtol=0, atol=0)

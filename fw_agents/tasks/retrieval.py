@@ -172,7 +172,7 @@ class RetrievalModel(nn.Module):
         # gradients as expanding every position, ~T*B/37 times fewer multiply-adds
         table = self.expand(self.embed.weight)  # [37, 100]
         x = nn.functional.embedding(tokens.t(), table)  # [T, B, 100], time-major for the core
-        y, _ = self.core(x)
+        y = self.core.outputs(x)  # the final state is y[-1]'s h; A is not needed
         return self.head(y[-1])
 
 
