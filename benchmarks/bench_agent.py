@@ -7,7 +7,7 @@ each memory core, and :class:`fw_agents.algorithms.FastRecurrentPPO` (stock
 RecurrentPPO with a compact rollout buffer, same results) with that policy.
 Runs alternate (peer, ours, peer, ours, ...) and the median rate is reported.
 
-    python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm]
+    python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm] [--threads 1]
 """
 
 from __future__ import annotations
@@ -68,7 +68,10 @@ def main() -> None:
     parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm"], help="cores to time with our policy")
     parser.add_argument("--env", choices=["numpy", "dummy"], default="numpy",
                         help="numpy: batched envs.CatchVecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for every run (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {ENV_ID}, {N_ENVS} envs, {SETTINGS}, "
           f"{HIDDEN} units, env: {args.env}\n")  # fmt: skip
     names = [PEER] + [f"{algo}:{m}" for m in args.memories for algo in ("RecurrentPPO", "FastRecurrentPPO")]

@@ -86,3 +86,18 @@ def test_buffer_samples_equal_stock_samples(batch_size):
                         assert torch.equal(s, t)
             else:
                 assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
+def test_stock_lstm_policy_same_parameters_as_stock():
+    """FastRecurrentPPO with sb3-contrib's own MlpLstmPolicy (nn.LSTM reads the buffer's state views)."""
+
+    def train(cls):
+        env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
+        model = cls("MlpLstmPolicy", env, n_steps=16, batch_size=24, n_epochs=2, seed=3, device="cpu",
+                    policy_kwargs=dict(lstm_hidden_size=8, net_arch=[]))  # fmt: skip
+        model.learn(128)
+        return model
+
+    stock, fast = train(RecurrentPPO), train(FastRecurrentPPO)
+    for a, b in zip(stock.policy.parameters(), fast.policy.parameters()):
+        assert torch.equal(a, b)
