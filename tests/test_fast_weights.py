@@ -329,6 +329,8 @@ def test_bad_sizes_and_shapes_raise():
         core(torch.randn(3, 2, 5))
     with pytest.raises(ValueError, match="write_mask"):
         core(torch.randn(3, 2, 4), write_mask=torch.ones(3, 3))
+    with pytest.raises(ValueError, match=r"hidden_resets must be \[T, B\] = \(3, 2\), got \(2, 2\)"):
+        core.outputs(torch.randn(3, 2, 4), hidden_resets=torch.ones(2, 2))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
