@@ -2,7 +2,8 @@
 
 Two modes, both training through ``fw_agents.agent.train`` and writing into ``--out``:
 
-* **seeds** (default): every memory with the same hyper-parameters and each of ``--seeds``;
+* **seeds** (default): every memory with the same hyper-parameters (or, with ``--best-of
+  DIR``, each memory's best trial of an earlier search in ``DIR``) and each of ``--seeds``;
   the plot shows mean ± std over seeds.
 * **search** (``--trials N``): the paper's protocol (notes §5: "learning rate, number of
   inner steps, η and λ found by random search; curves average the top 5 runs"). Each
@@ -17,6 +18,7 @@ so an interrupted command resumes where it stopped::
 
     python benchmarks/figure5.py --timesteps 500000 --seeds 0 1 2
     python benchmarks/figure5.py --trials 8 --top 5 --timesteps 400000 --envs CatchBlind16-v0 --threads 1
+    python benchmarks/figure5.py --best-of runs/figure5 --envs CatchBlind24-v0 --seeds 100 101 --out runs/figure5-24
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 
 TARGET = 0.9
+FAST_KEYS = ("fast_lr", "decay", "inner_steps")
 Curve = tuple[np.ndarray, np.ndarray]
 
 
@@ -69,6 +72,22 @@ def sample_hyperparameters(memory: str, rng: np.random.Generator) -> dict[str, A
     return params
 
 
+def best_trial(search_dir: Path, memory: str) -> dict[str, Any]:
+    """Hyper-parameters of ``memory``'s trial with the highest mean evaluation return in a search directory."""
+    best: tuple[float, dict[str, Any]] | None = None
+    for run_dir in sorted(search_dir.glob(f"*-{memory}-t*")):
+        if not (run_dir / "evaluations.npz").exists():
+            continue
+        score = float(load_curve(run_dir)[1].mean())
+        config = json.loads((run_dir / "config.json").read_text())
+        params = {key: config[key] for key in ("learning_rate", *(FAST_KEYS if memory == "fastweights" else ()))}
+        if best is None or score > best[0]:
+            best = (score, params)
+    if best is None:
+        raise SystemExit(f"no finished {memory} trials in {search_dir}")
+    return best[1]
+
+
 def run(run_dir: Path, args: argparse.Namespace, env_id: str, memory: str, seed: int, **params: Any) -> Curve:
     """Train one run unless ``run_dir`` already holds a finished one; return its curve."""
     if not (run_dir / "evaluations.npz").exists() or not (run_dir / "model.zip").exists():
@@ -95,6 +114,7 @@ def main() -> None:
     parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm", "irnn"], choices=MEMORY_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds mode: env seeds")
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="seeds mode")
+    parser.add_argument("--best-of", default=None, help="seeds mode: use each memory's best trial in this search dir")
     parser.add_argument("--trials", type=int, default=0, help="search mode: random-search trials per memory")
     parser.add_argument("--top", type=int, default=5, help="search mode: trials averaged in the plot")
     parser.add_argument("--timesteps", type=int, default=500_000)
@@ -130,7 +150,7 @@ def main() -> None:
                 runs.sort(key=lambda r: -r[2][1].mean())  # area under the evaluation curve
                 runs = runs[: args.top]
             else:
-                params = dict(learning_rate=args.learning_rate)
+                params = best_trial(Path(args.best_of), memory) if args.best_of else dict(learning_rate=args.learning_rate)
                 for seed in args.seeds:
                     runs.append((f"s{seed}", params, run(out / f"{env_id}-{memory}-s{seed}", args, env_id, memory, seed, **params)))
             n = min(len(c[0]) for _, _, c in runs)
