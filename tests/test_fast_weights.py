@@ -27,6 +27,18 @@ def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1
     return zx, h, A, W, gain, bias, starts, write
 
 
+def assert_same_values_and_gradients(ref, out, tensors) -> None:
+    """``out`` equals ``ref`` (1e-10) and so do their gradients w.r.t. ``tensors`` (1e-9)
+    under random cotangents on every output."""
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    cotangents = [torch.randn_like(o) for o in ref]
+    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
+    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
+    for a, b in zip(g_ref, g_out):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "inner_steps,layer_norm,chunk,init,resets,writes",
     [
@@ -50,13 +62,7 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
     ref = fast_weights_reference(zx, h, A_ref, W, *ln, 0.9, 0.5, inner_steps, starts, write, layer_norm)
     keep = None if starts is None else 1 - starts
     out = fast_weights_scan(zx, h, A, W, *ln, 0.9, 0.5, inner_steps, chunk, keep, write, layer_norm)
-    for a, b in zip(ref, out):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
-    cotangents = [torch.randn_like(o) for o in ref]
-    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
-    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
-    for a, b in zip(g_ref, g_out):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert_same_values_and_gradients(ref, out, tensors)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 6])
@@ -72,13 +78,7 @@ def test_scan_with_constant_initial_state_and_no_final_A(chunk, resets, final_A)
     out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, None, final_A=final_A)
     count = 3 if final_A else 2
     assert final_A or out[2].numel() == 0
-    for a, b in zip(ref[:count], out[:count]):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
-    cotangents = [torch.randn_like(o) for o in ref[:count]]
-    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
-    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
-    for a, b in zip(g_ref, g_out):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert_same_values_and_gradients(ref[:count], out[:count], tensors)
 
 
 def test_reference_hidden_resets_equal_wiping_h_between_calls():
@@ -102,13 +102,7 @@ def test_scan_hidden_resets_match_reference(chunk, resets):
     ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write, hidden_resets=wipe)
     keep = None if starts is None else 1 - starts
     out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, write, hidden_resets=wipe)
-    for a, b in zip(ref, out):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
-    cotangents = [torch.randn_like(o) for o in ref]
-    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
-    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
-    for a, b in zip(g_ref, g_out):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert_same_values_and_gradients(ref, out, tensors)
 
 
 def test_step_hidden_resets_match_reference():
@@ -144,13 +138,7 @@ def test_single_step_matches_reference(inner_steps, init, reset, write):
     starts = None if keep is None else 1 - keep
     ref = fast_weights_reference(zx, h, A_ref, W, gain, bias, 0.9, 0.5, inner_steps, starts, mask)
     out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, keep, mask)
-    for a, b in zip(ref, out):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
-    cotangents = [torch.randn_like(o) for o in ref]
-    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), tensors)
-    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cotangents)), tensors)
-    for a, b in zip(g_ref, g_out):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert_same_values_and_gradients(ref, out, tensors)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 5])
