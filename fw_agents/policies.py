@@ -18,7 +18,11 @@ H = 128), twice with a separate critic core, since RecurrentPPO also keeps a
 critic copy.
 
 Training sequences are processed by one call of the core over ``[T, n_seq]``
-with the episode starts as a mask, never by a Python loop over time steps.
+with the episode starts as a mask, never by a Python loop over time steps, and
+through :meth:`MemoryCore.outputs`, since the update drops the final state.
+Slots that are the two halves of one buffer (as :meth:`CoreAdapter.to_slots`
+and :class:`fw_agents.algorithms.CompactRecurrentRolloutBuffer` make them) are
+read back as views, without a copy.
 """
 
 from __future__ import annotations
