@@ -101,3 +101,23 @@ def test_stock_lstm_policy_same_parameters_as_stock():
     stock, fast = train(RecurrentPPO), train(FastRecurrentPPO)
     for a, b in zip(stock.policy.parameters(), fast.policy.parameters()):
         assert torch.equal(a, b)
+
+
+def test_policy_optimizer_is_multi_tensor_with_the_same_numbers():
+    """The policy defaults to Adam's multi-tensor (foreach) step, which trains bitwise as the per-tensor one."""
+
+    def train(optimizer_kwargs):
+        env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
+        policy_kwargs = dict(memory="fastweights", hidden_size=16, features_extractor_kwargs=dict(features_dim=16))
+        if optimizer_kwargs is not None:
+            policy_kwargs["optimizer_kwargs"] = optimizer_kwargs
+        model = FastRecurrentPPO(RecurrentMemoryPolicy, env, n_steps=16, batch_size=24, n_epochs=2, seed=3,
+                                 device="cpu", policy_kwargs=policy_kwargs)  # fmt: skip
+        model.learn(128)
+        return model
+
+    default, per_tensor = train(None), train(dict(foreach=False, eps=1e-5))  # SB3 sets eps=1e-5 only by default
+    assert default.policy.optimizer.defaults["foreach"] is True
+    assert per_tensor.policy.optimizer.defaults["foreach"] is False
+    for a, b in zip(default.policy.parameters(), per_tensor.policy.parameters()):
+        assert torch.equal(a, b)
