@@ -114,6 +114,35 @@ def test_step_hidden_resets_match_reference():
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+@pytest.mark.parametrize("readers", [0, 2, 5])
+def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers):
+    """PPO minibatches: most sequences start an episode (reset at t = 0, A_init never read),
+    a few were cut mid-episode. Only ``readers`` of 6 rows keep A_in; values and gradients
+    (A_in's included) as the reference, whether the reading rows are gathered or not."""
+    from fw_agents.memory.ops.fused import _initial_reads
+
+    zx, h, A, W, gain, bias, _, write = _inputs(T=7, B=6, writes=True, seed=6)
+    starts = torch.zeros(7, 6, dtype=DT)
+    starts[0, readers:] = 1.0
+    starts[4, 0] = 1.0
+    tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, 1 - starts, write)
+    if readers == 0:  # A_in never read: its gradient is zero (the scan returns None for it)
+        tensors = [t for t in tensors if t is not A]
+    assert_same_values_and_gradients(ref, out, tensors)
+    coef = torch.ones(6, chunk + 1, dtype=DT)
+    coef[readers:] = 0.0
+    A_read, rows, _ = _initial_reads(A.detach(), coef, chunk)
+    if readers == 0:
+        assert A_read is None
+    elif readers == 2:
+        assert rows.tolist() == [0, 1] and A_read.shape == (2, 5, 5)
+    else:
+        assert rows is None and A_read.shape == (6, 5, 5)
+
+
 @pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
 @pytest.mark.parametrize("steps", [1, 7])
 def test_outputs_equal_forward_outputs(mode, steps):

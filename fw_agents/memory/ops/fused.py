@@ -39,10 +39,31 @@ from torch.autograd.function import once_differentiable
 class _Chunk:
     start: int
     stop: int
-    A_init: torch.Tensor | None  # fast weights entering the chunk; None = known zero
+    A_init: torch.Tensor | None  # fast weights entering the chunk, rows read_rows only; None = never read
     init_coef: torch.Tensor  # g: [B, K + 1], decay of A_init as seen by step j (j = K: chunk end)
     weights: torch.Tensor  # w: [B, K + 1, K], weight of h(tau) h(tau)^T in A(j - 1)
     scores: torch.Tensor  # [S, B, K, K]: w[j, tau] (h(tau) . h_s(j)) from the forward pass
+    read_rows: torch.Tensor | None  # rows that read A_init (None: all); A_init holds just those
+
+
+def _initial_reads(A: torch.Tensor | None, init_coef: torch.Tensor, steps: int):
+    """Which rows of a chunk read its initial ``A`` (``g_j != 0`` for some step ``j``).
+
+    :return: ``(A_read, read_rows, read_coef)``: ``A`` for those rows (None when no row
+        reads it), their indices (None: all rows) and their ``g``. Gathering the rows pays
+        when few read it, as in PPO minibatches, where only sequences cut mid-episode do:
+        each step then multiplies ``[r, H, H]`` instead of ``[B, H, H]``.
+    """
+    if A is None:
+        return None, None, init_coef
+    reads = init_coef[:, :steps].ne(0).any(dim=1)
+    count = int(reads.sum())
+    if count == 0:
+        return None, None, init_coef
+    if 2 * count > reads.numel():
+        return A, None, init_coef
+    rows = reads.nonzero().squeeze(1)
+    return A.index_select(0, rows), rows, init_coef.index_select(0, rows)
 
 
 def _chunk_coefficients(
@@ -125,7 +146,7 @@ class FastWeightsScan(torch.autograd.Function):
         pre_act = zx.new_empty(S, T, B, H)  # z + A h_s: the layer norm's input
         # Per-step views made once per call: at small shapes, creating views costs as much as the maths.
         zx_t = zx.unbind(0)
-        keep_h_t = keep_h.unsqueeze(2).unbind(0) if keep_h is not None else None
+        keep_h_t = _masks_by_step(keep_h, T)
         hidden_t = hidden.unbind(1)
         queries_t = [q.unbind(0) for q in queries]
         queries3_t = [q.unsqueeze(2).unbind(0) for q in queries]
@@ -146,16 +167,16 @@ class FastWeightsScan(torch.autograd.Function):
                 B,
                 zx,
             )
-            # Skip every read of A_init when no row of the chunk still sees it.
-            A_read = A if (A is not None and bool(init_coef[:, :K].any())) else None
+            # Read A_init only in rows that still see it (none: skip every read).
+            A_read, read_rows, read_coef = _initial_reads(A, init_coef, K)
             A_read_T = A_read.transpose(1, 2) if A_read is not None else None
-            coef_t = init_coef.unsqueeze(2).split(1, dim=1)  # [B, 1, 1] per step
+            coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [rows, 1, 1] per step
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             scores = zx.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
             score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
             for j in range(K):
                 t = start + j
-                if keep_h_t is not None:
+                if keep_h_t[t] is not None:
                     h = h * keep_h_t[t]
                 z = torch.addmm(zx_t[t], h, Wt)
                 z3 = z.unsqueeze(1)
@@ -173,13 +194,15 @@ class FastWeightsScan(torch.autograd.Function):
                         torch.baddbmm(z3, ws, past, out=u3)
                     else:
                         u3.copy_(z3)
-                    if A_read_T is not None:
+                    if A_read_T is not None and read_rows is None:
                         u3.baddbmm_(q3 * coef_t[j], A_read_T)
+                    elif A_read_T is not None:
+                        u3.index_add_(0, read_rows, torch.bmm(q3.index_select(0, read_rows) * coef_t[j], A_read_T))
                     u = pre_act_t[s][t]
                     n = torch.native_layer_norm(u, norm_shape, ln_weight, ln_bias, eps)[0] if layer_norm else u
                     torch.clamp_min(n, 0.0, out=hidden_t[t] if s == S - 1 else queries_t[s + 1][t])
                 h = hidden_t[t]
-            chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores))
+            chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores, read_rows))
             if stop < T or final_A:  # the chunk's A at its end: one [B, H, K] x [B, K, H] matmul
                 block = hidden[:, start:stop]
                 lhs = (block * weights[:, K, :, None]).transpose(1, 2)
@@ -231,7 +254,7 @@ class FastWeightsScan(torch.autograd.Function):
         if layer_norm:
             mean_t = [m.unbind(0) for m in mean]
             rstd_t = [r.unbind(0) for r in rstd]
-        keep_h_t = keep_h.unsqueeze(2).unbind(0) if keep_h is not None else None
+        keep_h_t = _masks_by_step(keep_h, T)
 
         for index in reversed(range(len(chunks))):
             chunk = chunks[index]
@@ -243,7 +266,9 @@ class FastWeightsScan(torch.autograd.Function):
             weights, init_coef = chunk.weights, chunk.init_coef
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
-            coef_t = init_coef.split(1, dim=1)  # [B, 1] per step
+            read_rows = chunk.read_rows
+            read_coef = init_coef if read_rows is None else init_coef.index_select(0, read_rows)
+            coef_t = read_coef.split(1, dim=1)  # [rows, 1] per step
             grad_A_init = None
             if grad_A is not None:
                 # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
@@ -284,28 +309,40 @@ class FastWeightsScan(torch.autograd.Function):
                         grad_past.addcmul_(score_cols[s][j][:, :j], grad_u3)
                         grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
                     if A is not None:
-                        scaled = grad_u * coef_t[j]
+                        if read_rows is None:
+                            scaled, q_read = grad_u * coef_t[j], q
+                        else:
+                            scaled = grad_u.index_select(0, read_rows) * coef_t[j]
+                            q_read = q.index_select(0, read_rows)
                         if collect_reads:
                             init_rows.append(scaled)
-                            init_queries.append(q)
+                            init_queries.append(q_read)
                         from_init = torch.bmm(scaled.unsqueeze(1), A).squeeze(1)
-                        grad_q = from_init if grad_q is None else grad_q + from_init
+                        if read_rows is not None:
+                            base = grad_q if grad_q is not None else torch.zeros_like(q)
+                            grad_q = base.index_add(0, read_rows, from_init)
+                        else:
+                            grad_q = from_init if grad_q is None else grad_q + from_init
                     if grad_q is None:  # first step of a chunk with no initial A: nothing read
                         if s == 0:
                             break
                         grad_q = torch.zeros_like(q)
                     elif s == 0:  # h_0 = relu(z)
                         grad_z += torch.ops.aten.threshold_backward(grad_q, q, 0)
-                grad_z_kept = grad_z * keep_h_t[t] if keep_h_t is not None else grad_z
+                grad_z_kept = grad_z * keep_h_t[t] if keep_h_t[t] is not None else grad_z
                 if t > 0:
                     grad_hidden_t[t - 1].addmm_(grad_z_kept, W)
                 else:
                     grad_h_in = grad_z_kept @ W
             if collect_reads:
-                rows = torch.stack(init_rows, dim=1)  # [B, K*S, H]
+                rows = torch.stack(init_rows, dim=1)  # [rows, K*S, H]
                 cols = torch.stack(init_queries, dim=1)
                 from_reads = torch.bmm(rows.transpose(1, 2), cols)  # sum g_j grad_u q^T
-                grad_A_init = from_reads if grad_A_init is None else grad_A_init + from_reads
+                if read_rows is not None:
+                    base = grad_A_init if grad_A_init is not None else hidden.new_zeros(B, H, H)
+                    grad_A_init = base.index_add(0, read_rows, from_reads)
+                else:
+                    grad_A_init = from_reads if grad_A_init is None else grad_A_init + from_reads
             grad_A = grad_A_init
 
         # z(t) = W h_prev(t) + ...: one matmul over all steps for dL/dW.
@@ -447,3 +484,12 @@ def _hidden_keep(keep: torch.Tensor | None, hidden_resets: torch.Tensor | None, 
         return keep
     keep_h = 1.0 - hidden_resets.to(dtype)
     return keep_h if keep is None else keep * keep_h
+
+
+def _masks_by_step(keep: torch.Tensor | None, steps: int) -> list[torch.Tensor | None]:
+    """``keep [T, B]`` -> per step a ``[B, 1]`` multiplier, or None where no row resets
+    (e.g. every step but the first of a PPO minibatch's sequences): one host sync, T fewer ops."""
+    if keep is None:
+        return [None] * steps
+    resets = (keep < 1.0).any(dim=1).tolist()
+    return [k if r else None for k, r in zip(keep.unsqueeze(2).unbind(0), resets)]
