@@ -102,11 +102,11 @@ class GlimpseRNN(nn.Module):
         control = self.control.view(1, NUM_GLIMPSES, 1).expand(batch, NUM_GLIMPSES, 1)
         x = torch.cat([glimpses, control], dim=2).transpose(0, 1)  # [24, B, P*P + 1]
         if not self.multi_level:
-            y, _ = self.core(x)
-            return self.head(y[-1])
+            return self.head(self.core.outputs(x)[-1])
         # One core call over all levels: each level's final h is written into A
         # (A <- λA + η h hᵀ, only on store steps) and h is wiped, A kept, before the next
-        # level (Figure 3), so A is never formed: Eq. 4 attends over the stored states.
+        # level (Figure 3). Eq. 4 attends over the stored states, instead of forming A
+        # after every level and reading it back at every step of the next.
         write_mask = self.control.view(-1, 1).expand(NUM_GLIMPSES, batch)
         hidden_resets = self.wipe.view(-1, 1).expand(NUM_GLIMPSES, batch)
         y = self.core.outputs(x, write_mask=write_mask, hidden_resets=hidden_resets)
