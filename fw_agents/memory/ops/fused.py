@@ -44,6 +44,7 @@ class _Chunk:
     weights: torch.Tensor  # w: [B, K + 1, K], weight of h(tau) h(tau)^T in A(j - 1)
     scores: torch.Tensor  # [S, B, K, K]: w[j, tau] (h(tau) . h_s(j)) from the forward pass
     read_rows: torch.Tensor | None  # rows that read A_init (None: all); A_init holds just those
+    read_coef: torch.Tensor  # init_coef of those rows, [rows, K + 1]
 
 
 def _initial_reads(A: torch.Tensor | None, init_coef: torch.Tensor, steps: int):
@@ -202,7 +203,7 @@ class FastWeightsScan(torch.autograd.Function):
                     n = torch.native_layer_norm(u, norm_shape, ln_weight, ln_bias, eps)[0] if layer_norm else u
                     torch.clamp_min(n, 0.0, out=hidden_t[t] if s == S - 1 else queries_t[s + 1][t])
                 h = hidden_t[t]
-            chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores, read_rows))
+            chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores, read_rows, read_coef))
             if stop < T or final_A:  # the chunk's A at its end: one [B, H, K] x [B, K, H] matmul
                 block = hidden[:, start:stop]
                 lhs = (block * weights[:, K, :, None]).transpose(1, 2)
@@ -211,7 +212,7 @@ class FastWeightsScan(torch.autograd.Function):
                 A = None
 
         ctx.save_for_backward(h_in, W, ln_weight, ln_bias, keep_h)
-        ctx.saved = (hidden, queries, pre_act, chunks)
+        ctx.saved = (hidden, queries, pre_act, chunks, keep_h_t)
         ctx.config = (S, layer_norm, eps, use_A_in)
         return hidden.transpose(0, 1).contiguous(), hidden[:, T - 1].clone(), A if A is not None else zx.new_zeros(0)
 
@@ -219,7 +220,7 @@ class FastWeightsScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_h_out, grad_A_out):  # type: ignore[override]
         h_in, W, ln_weight, ln_bias, keep_h = ctx.saved_tensors
-        hidden, queries, pre_act, chunks = ctx.saved
+        hidden, queries, pre_act, chunks, keep_h_t = ctx.saved  # keep_h_t: the forward's per-step masks
         S, layer_norm, eps, use_A_in = ctx.config
         B, T, H = hidden.shape
         norm_shape = (H,)
@@ -254,7 +255,6 @@ class FastWeightsScan(torch.autograd.Function):
         if layer_norm:
             mean_t = [m.unbind(0) for m in mean]
             rstd_t = [r.unbind(0) for r in rstd]
-        keep_h_t = _masks_by_step(keep_h, T)
 
         for index in reversed(range(len(chunks))):
             chunk = chunks[index]
@@ -267,8 +267,7 @@ class FastWeightsScan(torch.autograd.Function):
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
             read_rows = chunk.read_rows
-            read_coef = init_coef if read_rows is None else init_coef.index_select(0, read_rows)
-            coef_t = read_coef.split(1, dim=1)  # [rows, 1] per step
+            coef_t = chunk.read_coef.split(1, dim=1)  # [rows, 1] per step
             grad_A_init = None
             if grad_A is not None:
                 # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
@@ -451,13 +450,13 @@ def fast_weights_step(
     Same arguments and result as :func:`fast_weights_scan` with ``zx`` of length 1;
     differentiable through autograd.
     """
-    zx = zx[0]
     if keep is not None:
-        keep = keep[0].to(zx.dtype)
-        h = h * keep[:, None]
-        A = None if A is None else A * keep[:, None, None]
-    if hidden_resets is not None:
-        h = h * (1.0 - hidden_resets[0].to(zx.dtype))[:, None]
+        keep = keep.to(zx.dtype)
+        A = None if A is None else A * keep[0, :, None, None]
+    keep_h = _hidden_keep(keep, hidden_resets, zx.dtype)
+    if keep_h is not None:
+        h = h * keep_h[0, :, None]
+    zx = zx[0]
     z = torch.addmm(zx, h, W.t())
     q = torch.relu(z)
     for _ in range(inner_steps):
