@@ -115,32 +115,49 @@ def test_step_hidden_resets_match_reference():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7])
-@pytest.mark.parametrize("readers", [0, 2, 5])
-def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers):
+@pytest.mark.parametrize("readers", [(), (0, 1), (1, 4), (0, 2, 3, 5), (0, 1, 2, 3, 5)])
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("final_A", [True, False])
+def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers, uniform, final_A):
     """PPO minibatches: most sequences start an episode (reset at t = 0, A_init never read),
-    a few were cut mid-episode. Only ``readers`` of 6 rows keep A_in; values and gradients
-    (A_in's included) as the reference, whether the reading rows are gathered or not."""
-    from fw_agents.memory.ops.fused import _initial_reads
-
-    zx, h, A, W, gain, bias, _, write = _inputs(T=7, B=6, writes=True, seed=6)
-    starts = torch.zeros(7, 6, dtype=DT)
-    starts[0, readers:] = 1.0
-    starts[4, 0] = 1.0
+    a few were cut mid-episode. Only the rows in ``readers`` of 6 keep A_in: as a prefix,
+    scattered (the scan reorders the rows), or most of them (read in place). ``uniform``: no
+    write mask and no later reset, so every reader decays A_in alike (scalar-weighted reads).
+    Values and gradients (A_in's included) as the reference."""
+    zx, h, A, W, gain, bias, _, write = _inputs(T=7, B=6, writes=not uniform, seed=6)
+    starts = torch.ones(7, 6, dtype=DT) * (torch.rand(7, 6, generator=torch.Generator().manual_seed(7)) < 0.2)
+    starts[0] = 1.0
+    starts[0, list(readers)] = 0.0
+    if uniform:
+        starts[1:, list(readers)] = 0.0
+    else:
+        starts[4, 1] = 1.0
     tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
     ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write)
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, 1 - starts, write)
-    if readers == 0:  # A_in never read: its gradient is zero (the scan returns None for it)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, 1 - starts, write, final_A=final_A)
+    if not readers:  # A_in never read: its gradient is zero (the scan returns None for it)
         tensors = [t for t in tensors if t is not A]
-    assert_same_values_and_gradients(ref, out, tensors)
-    coef = torch.ones(6, chunk + 1, dtype=DT)
-    coef[readers:] = 0.0
-    A_read, rows, _ = _initial_reads(A.detach(), coef, chunk)
-    if readers == 0:
-        assert A_read is None
-    elif readers == 2:
-        assert rows.tolist() == [0, 1] and A_read.shape == (2, 5, 5)
-    else:
-        assert rows is None and A_read.shape == (6, 5, 5)
+    count = 3 if final_A else 2
+    assert_same_values_and_gradients(ref[:count], out[:count], tensors)
+
+
+@pytest.mark.parametrize(
+    "keep,order,readers",
+    [
+        (None, None, 6),
+        ([0, 0, 0, 0, 0, 0], None, 0),
+        ([1, 1, 0, 0, 0, 0], None, 2),
+        ([0, 1, 0, 0, 1, 0], [1, 4, 0, 2, 3, 5], 2),
+        ([1, 0, 1, 1, 0, 1], None, 6),  # most rows read: in place, no reordering
+    ],
+)
+def test_scan_puts_rows_that_read_A_in_first(keep, order, readers):
+    from fw_agents.memory.ops.fused import _readers_first
+
+    mask = None if keep is None else torch.tensor([keep, [1] * 6], dtype=DT)
+    got_order, got_readers = _readers_first(mask, 6)
+    assert got_readers == readers
+    assert (got_order is None and order is None) or got_order.tolist() == order
 
 
 @pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])

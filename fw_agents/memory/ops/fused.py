@@ -39,32 +39,46 @@ from torch.autograd.function import once_differentiable
 class _Chunk:
     start: int
     stop: int
-    A_init: torch.Tensor | None  # fast weights entering the chunk, rows read_rows only; None = never read
+    A_init: torch.Tensor | None  # fast weights entering the chunk, first `readers` rows; None = never read
+    readers: int  # rows [0, readers) read A_init (the scan puts the rows that read it first)
     init_coef: torch.Tensor  # g: [B, K + 1], decay of A_init as seen by step j (j = K: chunk end)
     weights: torch.Tensor  # w: [B, K + 1, K], weight of h(tau) h(tau)^T in A(j - 1)
     scores: torch.Tensor  # [S, B, K, K]: w[j, tau] (h(tau) . h_s(j)) from the forward pass
-    read_rows: torch.Tensor | None  # rows that read A_init (None: all); A_init holds just those
-    read_coef: torch.Tensor  # init_coef of those rows, [rows, K + 1]
+    read_coef: torch.Tensor  # g of the reading rows, [readers, K + 1]
+    read_scale: list[float] | None  # g_j when every reading row shares it (one scalar per step)
 
 
-def _initial_reads(A: torch.Tensor | None, init_coef: torch.Tensor, steps: int):
-    """Which rows of a chunk read its initial ``A`` (``g_j != 0`` for some step ``j``).
+def _readers_first(keep: torch.Tensor | None, batch: int) -> tuple[torch.Tensor | None, int]:
+    """Row order that puts the rows reading ``A_in`` first (one host sync).
 
-    :return: ``(A_read, read_rows, read_coef)``: ``A`` for those rows (None when no row
-        reads it), their indices (None: all rows) and their ``g``. Gathering the rows pays
-        when few read it, as in PPO minibatches, where only sequences cut mid-episode do:
-        each step then multiplies ``[r, H, H]`` instead of ``[B, H, H]``.
+    A row reads ``A_in`` unless its episode restarts at step 0. In a PPO minibatch only the
+    sequences cut mid-episode do (a few of ~20); with them first, every per-step read of
+    ``A_in`` is one op on a ``[:readers]`` view instead of a gather, a matmul and a scatter.
+
+    :return: ``(order, readers)``: the permutation (None when the rows already come in that
+        order, or when most rows read, which then read in place) and the number of leading
+        rows that read (0: none; ``batch``: all, zero-weighted where a row restarts).
     """
-    if A is None:
-        return None, None, init_coef
-    reads = init_coef[:, :steps].ne(0).any(dim=1)
-    count = int(reads.sum())
-    if count == 0:
-        return None, None, init_coef
-    if 2 * count > reads.numel():
-        return A, None, init_coef
-    rows = reads.nonzero().squeeze(1)
-    return A.index_select(0, rows), rows, init_coef.index_select(0, rows)
+    if keep is None:
+        return None, batch
+    reads = (keep[0] >= 0.5).tolist()
+    readers = sum(reads)
+    if readers == 0 or all(reads[:readers]):
+        return None, readers
+    if 2 * readers > batch:
+        return None, batch
+    order = [b for b in range(batch) if reads[b]] + [b for b in range(batch) if not reads[b]]
+    return torch.tensor(order, device=keep.device), readers
+
+
+def _shared_scale(read_coef: torch.Tensor, steps: int) -> list[float] | None:
+    """``g_j`` for ``j < steps`` when every reading row has the same (as when none of them
+    restarts inside the chunk and none has a write mask): the read is then one ``baddbmm``
+    with a scalar ``alpha`` per step. None when the rows differ."""
+    coef = read_coef[:, :steps]
+    if not torch.equal(coef, coef[:1].expand_as(coef)):
+        return None
+    return coef[0].tolist()
 
 
 def _chunk_coefficients(
@@ -141,6 +155,14 @@ class FastWeightsScan(torch.autograd.Function):
         S = inner_steps
         Wt = W.t()
         norm_shape = (H,)
+        # Rows that read A_in go first (the outputs are put back in the caller's order).
+        order, first_readers = _readers_first(keep, B) if use_A_in else (None, 0)
+        restore = None if order is None else torch.argsort(order)  # scan order -> the caller's
+        if order is not None:
+            zx, h_in = zx.index_select(1, order), h_in.index_select(0, order)
+            same = keep_h is keep  # (no hidden resets)
+            keep, write = (None if m is None else m.index_select(1, order) for m in (keep, write))
+            keep_h = keep if same else None if keep_h is None else keep_h.index_select(1, order)
         hidden = zx.new_empty(B, T, H)  # h(t), batch-first so that h(<t) is a [B, t, H] view
         hidden_T = hidden.transpose(1, 2)
         queries = zx.new_empty(S, T, B, H)  # h_s(t) for s < S (h_0 = relu(z))
@@ -154,7 +176,7 @@ class FastWeightsScan(torch.autograd.Function):
         pre_act_t = [u.unbind(0) for u in pre_act]
         pre_act3_t = [u.unsqueeze(2).unbind(0) for u in pre_act]
         chunks: list[_Chunk] = []
-        A = A_in if use_A_in else None
+        A = None  # fast weights at the current chunk's start, all rows (scan order); None = zero
         h = h_in
         for start in range(0, T, chunk_size):
             stop = min(start + chunk_size, T)
@@ -168,13 +190,28 @@ class FastWeightsScan(torch.autograd.Function):
                 B,
                 zx,
             )
-            # Read A_init only in rows that still see it (none: skip every read).
-            A_read, read_rows, read_coef = _initial_reads(A, init_coef, K)
+            if start == 0:  # A_in: just the rows that read it
+                readers = first_readers
+                if readers == 0:
+                    A_read = None
+                elif order is not None:
+                    A_read = A_in.index_select(0, order[:readers])
+                else:
+                    A_read = A_in if readers == B else A_in[:readers]
+            else:
+                readers, A_read = (B, A) if A is not None else (0, None)
+            read_coef = init_coef[:readers]
+            if A_read is not None and not bool(read_coef[:, :K].any()):
+                A_read, readers = None, 0  # every reader restarts before reading
+            read_scale = _shared_scale(read_coef, K) if A_read is not None else None
             A_read_T = A_read.transpose(1, 2) if A_read is not None else None
-            coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [rows, 1, 1] per step
+            coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [readers, 1, 1] per step
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             scores = zx.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
             score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
+            if A_read is not None:  # the reading rows' [readers, 1, H] views, per step
+                read_q3_t = [q[start:stop, :readers].unsqueeze(2).unbind(0) for q in queries]
+                read_u3_t = [u[start:stop, :readers].unsqueeze(2).unbind(0) for u in pre_act]
             for j in range(K):
                 t = start + j
                 if keep_h_t[t] is not None:
@@ -195,31 +232,40 @@ class FastWeightsScan(torch.autograd.Function):
                         torch.baddbmm(z3, ws, past, out=u3)
                     else:
                         u3.copy_(z3)
-                    if A_read_T is not None and read_rows is None:
-                        u3.baddbmm_(q3 * coef_t[j], A_read_T)
-                    elif A_read_T is not None:
-                        u3.index_add_(0, read_rows, torch.bmm(q3.index_select(0, read_rows) * coef_t[j], A_read_T))
+                    if A_read_T is not None:  # + g_j A_init h_s, reading rows only
+                        if read_scale is None:
+                            read_u3_t[s][j].baddbmm_(read_q3_t[s][j] * coef_t[j], A_read_T)
+                        elif read_scale[j] != 0.0:
+                            read_u3_t[s][j].baddbmm_(read_q3_t[s][j], A_read_T, alpha=read_scale[j])
                     u = pre_act_t[s][t]
                     n = torch.native_layer_norm(u, norm_shape, ln_weight, ln_bias, eps)[0] if layer_norm else u
                     torch.clamp_min(n, 0.0, out=hidden_t[t] if s == S - 1 else queries_t[s + 1][t])
                 h = hidden_t[t]
-            chunks.append(_Chunk(start, stop, A_read, init_coef, weights, scores, read_rows, read_coef))
+            chunks.append(_Chunk(start, stop, A_read, readers, init_coef, weights, scores, read_coef, read_scale))
             if stop < T or final_A:  # the chunk's A at its end: one [B, H, K] x [B, K, H] matmul
+                if start == 0 and use_A_in:
+                    A = A_in if order is None else A_in.index_select(0, order)
                 block = hidden[:, start:stop]
                 lhs = (block * weights[:, K, :, None]).transpose(1, 2)
                 A = torch.bmm(lhs, block) if A is None else torch.baddbmm(A * init_coef[:, K, None, None], lhs, block)
             else:
                 A = None
 
-        ctx.save_for_backward(h_in, W, ln_weight, ln_bias, keep_h)
+        ctx.save_for_backward(h_in, W, ln_weight, ln_bias, keep_h, order, restore)
         ctx.saved = (hidden, queries, pre_act, chunks, keep_h_t)
         ctx.config = (S, layer_norm, eps, use_A_in)
-        return hidden.transpose(0, 1).contiguous(), hidden[:, T - 1].clone(), A if A is not None else zx.new_zeros(0)
+        if order is None:
+            return hidden.transpose(0, 1).contiguous(), hidden[:, T - 1].clone(), A if A is not None else zx.new_zeros(0)
+        return (
+            hidden.transpose(0, 1).index_select(1, restore),
+            hidden[:, T - 1].index_select(0, restore),
+            A.index_select(0, restore) if A is not None else zx.new_zeros(0),
+        )
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_h_out, grad_A_out):  # type: ignore[override]
-        h_in, W, ln_weight, ln_bias, keep_h = ctx.saved_tensors
+        h_in, W, ln_weight, ln_bias, keep_h, order, restore = ctx.saved_tensors  # all in scan order (see forward)
         hidden, queries, pre_act, chunks, keep_h_t = ctx.saved  # keep_h_t: the forward's per-step masks
         S, layer_norm, eps, use_A_in = ctx.config
         B, T, H = hidden.shape
@@ -233,12 +279,16 @@ class FastWeightsScan(torch.autograd.Function):
         # W h, later Eq. 4 reads, and the chunk's final A. It is complete when step t is reached.
         if grad_y is None:
             grad_hidden = hidden.new_zeros(B, T, H)
-        else:
+        elif order is None:
             # always a copy: .contiguous() would alias grad_y when it is a transposed view of a
             # [B, T, H] buffer (as under the policy's transpose+reshape), and we write into it
             grad_hidden = grad_y.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        else:  # the caller's order -> scan order (a fresh tensor too)
+            grad_hidden = grad_y.transpose(0, 1).index_select(0, order)
         if grad_h_out is not None:
-            grad_hidden[:, T - 1] += grad_h_out
+            grad_hidden[:, T - 1] += grad_h_out if order is None else grad_h_out.index_select(0, order)
+        if grad_A_out is not None and order is not None:
+            grad_A_out = grad_A_out.index_select(0, order)
         grad_z_all = hidden.new_empty(T, B, H)
         grad_ln_out = hidden.new_empty(S, T, B, H)  # dL/d(layer-norm output), for its gain and bias
         grad_h_in = hidden.new_zeros(B, H)
@@ -266,8 +316,8 @@ class FastWeightsScan(torch.autograd.Function):
             weights, init_coef = chunk.weights, chunk.init_coef
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
-            read_rows = chunk.read_rows
-            coef_t = chunk.read_coef.split(1, dim=1)  # [rows, 1] per step
+            readers, read_scale = chunk.readers, chunk.read_scale
+            coef_t = chunk.read_coef.split(1, dim=1)  # [readers, 1] per step
             grad_A_init = None
             if grad_A is not None:
                 # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
@@ -299,49 +349,47 @@ class FastWeightsScan(torch.autograd.Function):
                     else:
                         grad_z += grad_u
                     q = queries_t[s][t]
-                    grad_q = None  # dL/dh_s(t) through the fast-weight read
+                    grad_q3 = None  # dL/dh_s(t) through the fast-weight read, [B, 1, H]
+                    grad_u3 = grad_u.unsqueeze(1)
                     if j > 0:
                         # read = sum_tau w h(tau) (h(tau) . q): d/dq and d/dh(tau)
-                        grad_u3 = grad_u.unsqueeze(1)
                         back = torch.bmm(grad_u3, past_T).mul_(w_row)
-                        grad_q = torch.bmm(back, past).squeeze(1)
+                        grad_q3 = torch.bmm(back, past)
                         grad_past.addcmul_(score_cols[s][j][:, :j], grad_u3)
                         grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
-                    if A is not None:
-                        if read_rows is None:
-                            scaled, q_read = grad_u * coef_t[j], q
-                        else:
-                            scaled = grad_u.index_select(0, read_rows) * coef_t[j]
-                            q_read = q.index_select(0, read_rows)
+                    if A is not None:  # read = g_j A_init q in the first `readers` rows
+                        if grad_q3 is None:
+                            grad_q3 = grad_u.new_zeros(B, 1, H)
                         if collect_reads:
+                            scaled = grad_u[:readers] * coef_t[j]
                             init_rows.append(scaled)
-                            init_queries.append(q_read)
-                        from_init = torch.bmm(scaled.unsqueeze(1), A).squeeze(1)
-                        if read_rows is not None:
-                            base = grad_q if grad_q is not None else torch.zeros_like(q)
-                            grad_q = base.index_add(0, read_rows, from_init)
-                        else:
-                            grad_q = from_init if grad_q is None else grad_q + from_init
-                    if grad_q is None:  # first step of a chunk with no initial A: nothing read
+                            init_queries.append(q[:readers])
+                            grad_q3[:readers].baddbmm_(scaled.unsqueeze(1), A)
+                        elif read_scale is None:
+                            grad_q3[:readers].baddbmm_(grad_u3[:readers] * coef_t[j].unsqueeze(2), A)
+                        elif read_scale[j] != 0.0:
+                            grad_q3[:readers].baddbmm_(grad_u3[:readers], A, alpha=read_scale[j])
+                    if grad_q3 is None:  # first step of a chunk with no initial A: nothing read
                         if s == 0:
                             break
                         grad_q = torch.zeros_like(q)
-                    elif s == 0:  # h_0 = relu(z)
-                        grad_z += torch.ops.aten.threshold_backward(grad_q, q, 0)
+                    else:
+                        grad_q = grad_q3.squeeze(1)
+                        if s == 0:  # h_0 = relu(z)
+                            grad_z += torch.ops.aten.threshold_backward(grad_q, q, 0)
                 grad_z_kept = grad_z * keep_h_t[t] if keep_h_t[t] is not None else grad_z
                 if t > 0:
                     grad_hidden_t[t - 1].addmm_(grad_z_kept, W)
                 else:
                     grad_h_in = grad_z_kept @ W
             if collect_reads:
-                rows = torch.stack(init_rows, dim=1)  # [rows, K*S, H]
+                rows = torch.stack(init_rows, dim=1)  # [readers, K*S, H]
                 cols = torch.stack(init_queries, dim=1)
                 from_reads = torch.bmm(rows.transpose(1, 2), cols)  # sum g_j grad_u q^T
-                if read_rows is not None:
-                    base = grad_A_init if grad_A_init is not None else hidden.new_zeros(B, H, H)
-                    grad_A_init = base.index_add(0, read_rows, from_reads)
-                else:
-                    grad_A_init = from_reads if grad_A_init is None else grad_A_init + from_reads
+                if grad_A_init is None:
+                    grad_A_init = from_reads if readers == B else hidden.new_zeros(B, H, H)
+                if readers < B or grad_A_init is not from_reads:
+                    grad_A_init[:readers] += from_reads
             grad_A = grad_A_init
 
         # z(t) = W h_prev(t) + ...: one matmul over all steps for dL/dW.
@@ -356,6 +404,9 @@ class FastWeightsScan(torch.autograd.Function):
             if ctx.needs_input_grad[5]:
                 grad_ln_bias = grad_ln_out.sum(dim=(0, 1, 2))
         grad_A_in = grad_A if (use_A_in and ctx.needs_input_grad[2]) else None  # None reads as zero
+        if order is not None:  # scan order -> the caller's
+            grad_z_all, grad_h_in = grad_z_all.index_select(1, restore), grad_h_in.index_select(0, restore)
+            grad_A_in = None if grad_A_in is None else grad_A_in.index_select(0, restore)
         return (grad_z_all, grad_h_in, grad_A_in, grad_W, grad_ln_weight, grad_ln_bias) + (None,) * 11
 
 
