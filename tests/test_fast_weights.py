@@ -27,6 +27,16 @@ def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1
     return zx, h, A, W, gain, bias, starts, write
 
 
+@pytest.fixture(params=["whole", "sliced"])
+def block_reads(request, monkeypatch):
+    """Both ways the scan reads a chunk's past: the whole block (zero weights ahead, short
+    chunks) and a slice h(< t) per step (long chunks), forced here at any length."""
+    from fw_agents.memory.ops import fused
+
+    monkeypatch.setattr(fused, "WHOLE_BLOCK_STEPS", 64 if request.param == "whole" else 0)
+    return request.param
+
+
 def assert_same_values_and_gradients(ref, out, tensors) -> None:
     """``out`` equals ``ref`` (1e-10) and so do their gradients w.r.t. ``tensors`` (1e-9)
     under random cotangents on every output."""
@@ -49,7 +59,7 @@ def assert_same_values_and_gradients(ref, out, tensors) -> None:
         if not (writes and chunk == 4)  # keep the grid small; write masks are covered at chunk 1 and 6
     ],
 )
-def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, chunk, init, resets, writes):
+def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, chunk, init, resets, writes, block_reads):
     # Without layer norm the S > 1 inner loop amplifies large states without bound
     # (the paper's reason for layer norm), so feed it small inputs.
     scale = 1.0 if layer_norm else 0.3
@@ -115,6 +125,7 @@ def test_step_hidden_resets_match_reference():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7])
+@pytest.mark.usefixtures("block_reads")
 @pytest.mark.parametrize("readers", [(), (0, 1), (1, 4), (0, 2, 3, 5), (0, 1, 2, 3, 5)])
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("final_A", [True, False])

@@ -35,6 +35,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+# Chunks up to this many steps let every step read the whole block of h(tau) (future steps
+# weighted zero) through one view, rather than a new slice h(< t) per step: at RL sizes the
+# slices cost more than the extra (zero-weighted) products.
+WHOLE_BLOCK_STEPS = 64
+
+
 @dataclass
 class _Chunk:
     start: int
@@ -163,7 +169,9 @@ class FastWeightsScan(torch.autograd.Function):
             same = keep_h is keep  # (no hidden resets)
             keep, write = (None if m is None else m.index_select(1, order) for m in (keep, write))
             keep_h = keep if same else None if keep_h is None else keep_h.index_select(1, order)
-        hidden = zx.new_empty(B, T, H)  # h(t), batch-first so that h(<t) is a [B, t, H] view
+        # h(t), batch-first so that h(<t) is a [B, t, H] view; zeros, so that a short chunk can
+        # read its whole block (steps not yet run hold zeros, and carry zero weight anyway)
+        hidden = zx.new_zeros(B, T, H)
         hidden_T = hidden.transpose(1, 2)
         queries = zx.new_empty(S, T, B, H)  # h_s(t) for s < S (h_0 = relu(z))
         pre_act = zx.new_empty(S, T, B, H)  # z + A h_s: the layer norm's input
@@ -209,6 +217,8 @@ class FastWeightsScan(torch.autograd.Function):
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             scores = zx.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
             score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
+            whole = K <= WHOLE_BLOCK_STEPS
+            block, block_T = hidden[:, start:stop], hidden_T[:, :, start:stop]
             if A_read is not None:  # the reading rows' [readers, 1, H] views, per step
                 read_q3_t = [q[start:stop, :readers].unsqueeze(2).unbind(0) for q in queries]
                 read_u3_t = [u[start:stop, :readers].unsqueeze(2).unbind(0) for u in pre_act]
@@ -219,7 +229,9 @@ class FastWeightsScan(torch.autograd.Function):
                 z = torch.addmm(zx_t[t], h, Wt)
                 z3 = z.unsqueeze(1)
                 torch.clamp_min(z, 0.0, out=queries_t[0][t])
-                if j > 0:
+                if j > 0 and whole:  # h(tau >= t) get w[t, tau] = 0: one view for every step
+                    past, past_T, w_row = block, block_T, weight_rows[j]
+                elif j > 0:
                     past = hidden[:, start:t]  # [B, j, H]
                     past_T = hidden_T[:, :, start:t]
                     w_row = weight_rows[j][:, :, :j]
@@ -227,7 +239,7 @@ class FastWeightsScan(torch.autograd.Function):
                     q3 = queries3_t[s][t]
                     u3 = pre_act3_t[s][t]
                     if j > 0:  # Eq. 4 over this chunk's past
-                        ws = score_rows[s][j][:, :, :j]
+                        ws = score_rows[s][j] if whole else score_rows[s][j][:, :, :j]
                         torch.mul(torch.bmm(q3, past_T), w_row, out=ws)
                         torch.baddbmm(z3, ws, past, out=u3)
                     else:
@@ -245,7 +257,6 @@ class FastWeightsScan(torch.autograd.Function):
             if stop < T or final_A:  # the chunk's A at its end: one [B, H, K] x [B, K, H] matmul
                 if start == 0 and use_A_in:
                     A = A_in if order is None else A_in.index_select(0, order)
-                block = hidden[:, start:stop]
                 lhs = (block * weights[:, K, :, None]).transpose(1, 2)
                 A = torch.bmm(lhs, block) if A is None else torch.baddbmm(A * init_coef[:, K, None, None], lhs, block)
             else:
@@ -316,6 +327,8 @@ class FastWeightsScan(torch.autograd.Function):
             weights, init_coef = chunk.weights, chunk.init_coef
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
+            whole = K <= WHOLE_BLOCK_STEPS  # as in the forward pass
+            block_T, grad_block = hidden_T[:, :, start:stop], grad_hidden[:, start:stop]
             readers, read_scale = chunk.readers, chunk.read_scale
             coef_t = chunk.read_coef.split(1, dim=1)  # [readers, 1] per step
             grad_A_init = None
@@ -330,7 +343,9 @@ class FastWeightsScan(torch.autograd.Function):
                 init_rows, init_queries = [], []
             for j in reversed(range(K)):
                 t = start + j
-                if j > 0:
+                if j > 0 and whole:
+                    past, past_T, grad_past, w_row = block, block_T, grad_block, weight_rows[j]
+                elif j > 0:
                     past = hidden[:, start:t]
                     past_T = hidden_T[:, :, start:t]
                     grad_past = grad_hidden[:, start:t]
@@ -355,7 +370,7 @@ class FastWeightsScan(torch.autograd.Function):
                         # read = sum_tau w h(tau) (h(tau) . q): d/dq and d/dh(tau)
                         back = torch.bmm(grad_u3, past_T).mul_(w_row)
                         grad_q3 = torch.bmm(back, past)
-                        grad_past.addcmul_(score_cols[s][j][:, :j], grad_u3)
+                        grad_past.addcmul_(score_cols[s][j] if whole else score_cols[s][j][:, :j], grad_u3)
                         grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
                     if A is not None:  # read = g_j A_init q in the first `readers` rows
                         if grad_q3 is None:
