@@ -33,6 +33,8 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 import torch as th
 
+from fw_agents.policies import joined_halves
+
 
 class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
     """Drop-in ``RecurrentRolloutBuffer`` that stores and samples recurrent states without bulk copies.
@@ -133,9 +135,17 @@ class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
 
 
 def _store(slot: np.ndarray, state: tuple) -> None:
-    """Copy an ``(h, c)`` pair of ``[num_layers, n_envs, size]`` tensors into ``slot[n_envs, 2, ...]``."""
-    slot[:, 0] = state[0].detach().cpu().numpy().swapaxes(0, 1)
-    slot[:, 1] = state[1].detach().cpu().numpy().swapaxes(0, 1)
+    """Copy an ``(h, c)`` pair of ``[num_layers, n_envs, size]`` tensors into ``slot[n_envs, 2, ...]``
+    (torch's copy: from any device, and about twice as fast as numpy's for these sizes)."""
+    target = th.from_numpy(slot)
+    h, c = state[0].detach(), state[1].detach()
+    if h.shape[0] == 1:
+        flat = joined_halves(h[0], c[0])  # the policy's slots: one [n_envs, 2 * size] buffer
+        if flat is not None:
+            target.view(len(slot), -1).copy_(flat)
+            return
+    target[:, 0].copy_(h.transpose(0, 1))
+    target[:, 1].copy_(c.transpose(0, 1))
 
 
 class FastRecurrentPPO(RecurrentPPO):

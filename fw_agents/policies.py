@@ -97,7 +97,7 @@ class CoreAdapter(nn.Module):
         """``(h, c)`` slots -> core state (views of the slots when they are the two halves
         of one buffer, as :meth:`to_slots` and the compact rollout buffer make them)."""
         left, right = slots[0][0], slots[1][0]
-        flat = _joined_halves(left, right)
+        flat = joined_halves(left, right)
         if flat is None:
             flat = torch.cat([left, right], dim=1)
         return self.core.unpack_state(flat[:, : self.state_size])
@@ -124,7 +124,7 @@ class CoreAdapter(nn.Module):
         return y.transpose(0, 1).reshape(-1, self.output_size), None if state is None else self.to_slots(state)
 
 
-def _joined_halves(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | None:
+def joined_halves(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | None:
     """``[B, 2n]`` view of ``cat([left, right], 1)`` when ``left``/``right`` (``[B, n]``) are the
     left and right halves of one row-major buffer; None otherwise (the caller then copies)."""
     if left.shape != right.shape or left.dtype != right.dtype or left.device != right.device or left.dim() != 2:
