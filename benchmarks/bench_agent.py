@@ -79,13 +79,15 @@ def main() -> None:
     for _ in range(args.repeats):
         for name in names:
             rates[name].append(steps_per_second(name, args.env, args.rollouts))
-    peer = statistics.median(rates[PEER])
-    print("| policy | env steps/s (median) | × stock |")
-    print("|---|---|---|")
+    # Each repeat runs every contestant back to back, so a ratio within one repeat is immune
+    # to the machine's slow drift; the median of those ratios is reported (and their range).
+    print("| policy | env steps/s (median) | × stock (median of per-repeat ratios) | range |")
+    print("|---|---|---|---|")
     for name in names:
-        rate = statistics.median(rates[name])
+        ratios = [r / p for r, p in zip(rates[name], rates[PEER])]
         label = name if name == PEER else "{} + RecurrentMemoryPolicy({})".format(*name.split(":"))
-        print(f"| {label} | {rate:,.0f} | {rate / peer:.2f}× |")
+        print(f"| {label} | {statistics.median(rates[name]):,.0f} | {statistics.median(ratios):.2f}× "
+              f"| {min(ratios):.2f}–{max(ratios):.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
