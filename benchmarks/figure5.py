@@ -19,6 +19,7 @@ so an interrupted command resumes where it stopped::
     python benchmarks/figure5.py --timesteps 500000 --seeds 0 1 2
     python benchmarks/figure5.py --trials 8 --top 5 --timesteps 400000 --envs CatchBlind16-v0 --threads 1
     python benchmarks/figure5.py --best-of runs/figure5 --envs CatchBlind24-v0 --seeds 100 101 --out runs/figure5-24
+    python benchmarks/figure5.py --best-of benchmarks/figure5_best16.json --envs CatchBlind24-v0 --seeds 100 101
 """
 
 from __future__ import annotations
@@ -73,7 +74,14 @@ def sample_hyperparameters(memory: str, rng: np.random.Generator) -> dict[str, A
 
 
 def best_trial(search_dir: Path, memory: str) -> dict[str, Any]:
-    """Hyper-parameters of ``memory``'s trial with the highest mean evaluation return in a search directory."""
+    """Hyper-parameters of ``memory``'s trial with the highest mean evaluation return in a search
+    directory, or ``memory``'s entry of a JSON file ``{memory: {param: value}}`` (such as
+    ``benchmarks/figure5_best16.json``, the search's winners on CatchBlind16-v0)."""
+    if search_dir.suffix == ".json":
+        table = json.loads(search_dir.read_text())
+        if memory not in table:
+            raise SystemExit(f"{search_dir} has no entry for {memory!r}; it has {', '.join(table)}")
+        return dict(table[memory])
     best: tuple[float, dict[str, Any]] | None = None
     for run_dir in sorted(search_dir.glob(f"*-{memory}-t*")):
         if not (run_dir / "evaluations.npz").exists():
@@ -114,7 +122,8 @@ def main() -> None:
     parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm", "irnn"], choices=MEMORY_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds mode: env seeds")
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="seeds mode")
-    parser.add_argument("--best-of", default=None, help="seeds mode: use each memory's best trial in this search dir")
+    parser.add_argument("--best-of", default=None,
+                        help="seeds mode: each memory's best trial in this search dir, or a JSON of them")  # fmt: skip
     parser.add_argument("--trials", type=int, default=0, help="search mode: random-search trials per memory")
     parser.add_argument("--top", type=int, default=5, help="search mode: trials averaged in the plot")
     parser.add_argument("--timesteps", type=int, default=500_000)
