@@ -79,8 +79,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for name in names:
             rates[name].append(steps_per_second(name, args.env, args.rollouts))
-    # Each repeat runs every contestant back to back, so a ratio within one repeat is immune
-    # to the machine's slow drift; the median of those ratios is reported (and their range).
+    # Each repeat runs every contestant back to back, so a ratio within one repeat is far less
+    # sensitive to the machine's slow drift; the median of those ratios is reported (and their range).
     print("| policy | env steps/s (median) | × stock (median of per-repeat ratios) | range |")
     print("|---|---|---|---|")
     for name in names:
