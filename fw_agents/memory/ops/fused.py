@@ -52,6 +52,7 @@ class _Chunk:
     scores: torch.Tensor  # [S, B, K, K]: w[j, tau] (h(tau) . h_s(j)) from the forward pass
     read_coef: torch.Tensor  # g of the reading rows, [readers, K + 1]
     read_scale: list[float] | None  # g_j when every reading row shares it (one scalar per step)
+    whole: bool  # steps read the whole block of h(tau) (K <= WHOLE_BLOCK_STEPS); the backward must agree
 
 
 def _readers_first(keep: torch.Tensor | None, batch: int) -> tuple[torch.Tensor | None, int]:
@@ -253,7 +254,7 @@ class FastWeightsScan(torch.autograd.Function):
                     n = torch.native_layer_norm(u, norm_shape, ln_weight, ln_bias, eps)[0] if layer_norm else u
                     torch.clamp_min(n, 0.0, out=hidden_t[t] if s == S - 1 else queries_t[s + 1][t])
                 h = hidden_t[t]
-            chunks.append(_Chunk(start, stop, A_read, readers, init_coef, weights, scores, read_coef, read_scale))
+            chunks.append(_Chunk(start, stop, A_read, readers, init_coef, weights, scores, read_coef, read_scale, whole))
             if stop < T or final_A:  # the chunk's A at its end: one [B, H, K] x [B, K, H] matmul
                 if start == 0 and use_A_in:
                     A = A_in if order is None else A_in.index_select(0, order)
@@ -327,7 +328,7 @@ class FastWeightsScan(torch.autograd.Function):
             weights, init_coef = chunk.weights, chunk.init_coef
             weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
             score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
-            whole = K <= WHOLE_BLOCK_STEPS  # as in the forward pass
+            whole = chunk.whole  # as in the forward pass (its scores beyond h(< t) exist only then)
             block_T, grad_block = hidden_T[:, :, start:stop], grad_hidden[:, start:stop]
             readers, read_scale = chunk.readers, chunk.read_scale
             coef_t = chunk.read_coef.split(1, dim=1)  # [readers, 1] per step
