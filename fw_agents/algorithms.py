@@ -1,9 +1,10 @@
 """``FastRecurrentPPO``: sb3-contrib's ``RecurrentPPO`` with a rollout buffer for large states.
 
 The algorithm, the sampling and the numbers are the stock ones (a test trains both
-side by side and compares every parameter). Only the buffer's bookkeeping of the
-recurrent state changes, which matters when the state is big: the fast-weights
-state ``(h, A)`` is ``H + H^2`` floats per environment and step.
+side by side and compares every parameter). Two things change: rollouts run under
+``torch.inference_mode`` (see :meth:`FastRecurrentPPO.collect_rollouts`), and the
+buffer's bookkeeping of the recurrent state, which matters when the state is big: the
+fast-weights state ``(h, A)`` is ``H + H^2`` floats per environment and step.
 
 What the stock ``RecurrentRolloutBuffer`` does with it, and what this one does:
 
@@ -24,13 +25,15 @@ models saved by either class load in either.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
 from fw_agents.policies import joined_halves
@@ -149,7 +152,8 @@ def _store(slot: np.ndarray, state: tuple) -> None:
 
 
 class FastRecurrentPPO(RecurrentPPO):
-    """``RecurrentPPO`` with :class:`CompactRecurrentRolloutBuffer` (Box observations).
+    """``RecurrentPPO`` with :class:`CompactRecurrentRolloutBuffer` (Box observations) and
+    rollouts under ``torch.inference_mode``.
 
     Same arguments, behaviour and results as :class:`sb3_contrib.RecurrentPPO`; faster when the
     policy's recurrent state is large (e.g. :class:`fw_agents.policies.FastWeightsPolicy`).
@@ -170,3 +174,41 @@ class FastRecurrentPPO(RecurrentPPO):
                 gae_lambda=self.gae_lambda,
                 n_envs=self.n_envs,
             )
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """The stock rollout, under ``torch.inference_mode`` instead of its ``no_grad``.
+
+        Inference mode also drops the version counters and view tracking that ``no_grad`` keeps
+        on every op, which are a sizeable part of a rollout step of small tensors (about a tenth
+        of the rollout's time for the fast-weights agent on Catch). Nothing of the rollout needs
+        autograd: the buffer keeps numpy copies, and the update recomputes everything from them.
+        Callbacks run with inference mode switched off, so they may evaluate, save or even train
+        as usual (the rollout's own tensors they find in ``locals`` are inference tensors).
+        """
+        with th.inference_mode():
+            return super().collect_rollouts(env, _OutsideInferenceMode(callback), rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+
+
+class _OutsideInferenceMode:
+    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off."""
+
+    def __init__(self, callback: BaseCallback) -> None:
+        self.callback = callback
+
+    def on_rollout_start(self) -> None:
+        with th.inference_mode(False):
+            self.callback.on_rollout_start()
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        with th.inference_mode(False):
+            self.callback.update_locals(locals_)
+
+    def on_step(self) -> bool:
+        with th.inference_mode(False):
+            return self.callback.on_step()
+
+    def on_rollout_end(self) -> None:
+        with th.inference_mode(False):
+            self.callback.on_rollout_end()

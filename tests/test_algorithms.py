@@ -121,3 +121,58 @@ def test_policy_optimizer_is_multi_tensor_with_the_same_numbers():
     assert per_tensor.policy.optimizer.defaults["foreach"] is False
     for a, b in zip(default.policy.parameters(), per_tensor.policy.parameters()):
         assert torch.equal(a, b)
+
+
+def test_gsde_same_parameters_as_stock():
+    """Continuous actions with gSDE: the noise matrices sampled during the (inference-mode)
+    rollout never reach the update, which samples its own."""
+
+    def train(cls):
+        model = cls(RecurrentMemoryPolicy, "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=2, seed=3, device="cpu",
+                    use_sde=True, sde_sample_freq=4, policy_kwargs=dict(memory="fastweights", hidden_size=8))  # fmt: skip
+        model.learn(48)
+        return model
+
+    stock, fast = train(RecurrentPPO), train(FastRecurrentPPO)
+    for a, b in zip(stock.policy.parameters(), fast.policy.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_rollout_in_inference_mode_callbacks_outside_it():
+    """The policy steps under torch.inference_mode; callbacks run in ordinary mode and can
+    even take a gradient through the policy."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class GradientCallback(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.modes: list[bool] = []
+            self.grad_norms: list[float] = []
+
+        def _on_rollout_start(self) -> None:
+            self.modes.append(torch.is_inference_mode_enabled())
+
+        def _on_step(self) -> bool:
+            self.modes.append(torch.is_inference_mode_enabled())
+            policy = self.model.policy
+            policy.zero_grad()
+            obs = torch.as_tensor(self.locals["new_obs"]).float()
+            policy.predict_values(obs, policy.lstm_actor.to_slots(policy.lstm_actor.core.initial_state(len(obs))),
+                                  torch.ones(len(obs))).sum().backward()  # fmt: skip
+            self.grad_norms.append(float(torch.cat([p.grad.flatten() for p in policy.value_net.parameters()]).norm()))
+            return True
+
+        def _on_rollout_end(self) -> None:
+            self.modes.append(torch.is_inference_mode_enabled())
+
+    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 2)
+    model = FastRecurrentPPO(RecurrentMemoryPolicy, env, n_steps=8, batch_size=16, n_epochs=1, seed=0, device="cpu",
+                             policy_kwargs=dict(memory="fastweights", hidden_size=8))  # fmt: skip
+    policy_modes: list[bool] = []
+    model.policy.lstm_actor.register_forward_hook(lambda *_: policy_modes.append(torch.is_inference_mode_enabled()))
+    callback = GradientCallback()
+    model.learn(32, callback=callback)  # two rollouts of 8 steps
+    assert policy_modes.count(True) == 2 * (8 + 1)  # per rollout: 8 steps and the last value
+    assert policy_modes.count(False) == 16 + 2  # the callback's 16 calls and one minibatch per update
+    assert callback.modes == [False] * (2 * (1 + 8 + 1))
+    assert len(callback.grad_norms) == 16 and all(g > 0 for g in callback.grad_norms)
