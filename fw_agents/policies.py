@@ -139,6 +139,20 @@ def joined_halves(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | Non
     return left.as_strided((rows, 2 * n), (2 * n, 1))
 
 
+def sample_categorical(logits: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """An action per row of ``logits [B, n]`` and its log-probability, ``([B], [B])``.
+
+    The numbers of SB3's ``CategoricalDistribution`` (``get_actions``, then ``log_prob``),
+    bitwise, random draws included: the same torch ops as ``torch.distributions.Categorical``
+    (normalised logits, softmax, ``multinomial`` with replacement, gather), without building
+    the distribution objects, which cost more than the ops at rollout sizes.
+    """
+    logits = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probs = torch.softmax(logits, dim=-1)
+    actions = probs.argmax(dim=-1) if deterministic else torch.multinomial(probs, 1, True).squeeze(-1)
+    return actions, logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
 class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     """Recurrent actor-critic over any :mod:`fw_agents.memory` core, for ``RecurrentPPO``.
 
@@ -268,9 +282,12 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RNNStates]:
         latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
         values = self.value_net(latent_vf)
-        distribution = self._get_action_dist_from_latent(latent_pi)
-        actions = distribution.get_actions(deterministic=deterministic)
-        log_prob = distribution.log_prob(actions)
+        if type(self.action_dist) is CategoricalDistribution:  # the rollout step: fewest ops
+            actions, log_prob = sample_categorical(self.action_net(latent_pi), deterministic)
+        else:
+            distribution = self._get_action_dist_from_latent(latent_pi)
+            actions = distribution.get_actions(deterministic=deterministic)
+            log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
         return actions, values, log_prob, states
 

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
-from fw_agents.policies import CoreAdapter, FastWeightsPolicy, RecurrentMemoryPolicy
+from fw_agents.policies import CoreAdapter, FastWeightsPolicy, RecurrentMemoryPolicy, sample_categorical
 
 SMALL = dict(n_steps=16, batch_size=32, n_epochs=1)
 
@@ -164,3 +164,44 @@ def test_action_distribution_is_stock_categorical():
     actions = torch.tensor([0, 1, 2, 1, 0])
     torch.testing.assert_close(dist.log_prob(actions), expected.log_prob(actions), rtol=0, atol=0)
     torch.testing.assert_close(dist.entropy(), expected.entropy(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_rollout_sampling_is_sb3_categorical_bitwise(deterministic):
+    """sample_categorical (the policy's rollout step) draws SB3's actions, from the same random
+    numbers, with SB3's log-probabilities, bitwise; extreme logits included."""
+    from stable_baselines3.common.distributions import CategoricalDistribution
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 5, generator=generator) * 4
+    logits[0] = torch.tensor([-1e4, 0.0, 1e4, -30.0, 30.0])
+    logits[1] = 0.0
+    stock = CategoricalDistribution(5).proba_distribution(logits)
+    torch.manual_seed(1)
+    expected_actions = stock.get_actions(deterministic=deterministic)
+    expected_log_prob = stock.log_prob(expected_actions)
+    expected_next_draw = torch.rand(3)
+    torch.manual_seed(1)
+    actions, log_prob = sample_categorical(logits, deterministic)
+    assert torch.equal(actions, expected_actions) and torch.equal(log_prob, expected_log_prob)
+    assert torch.equal(torch.rand(3), expected_next_draw)  # the same random numbers were used up
+
+
+def test_policy_forward_is_sb3_forward():
+    """RecurrentMemoryPolicy.forward (lean sampling) gives what the stock ActorCriticPolicy-style
+    forward through SB3's distribution gives, with the same seed."""
+    model = _model("fastweights")
+    policy = model.policy
+    obs = torch.rand(4, *model.observation_space.shape)
+    state = model._last_lstm_states
+    starts = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    with torch.no_grad():
+        torch.manual_seed(5)
+        actions, values, log_prob, _ = policy(obs, state, starts)
+        torch.manual_seed(5)
+        latent_pi, latent_vf, _ = policy._latents(obs, state, starts)
+        dist = policy._get_action_dist_from_latent(latent_pi)
+        expected = dist.get_actions()
+    assert torch.equal(actions, expected)
+    assert torch.equal(log_prob, dist.log_prob(expected))
+    assert torch.equal(values, policy.value_net(latent_vf))
