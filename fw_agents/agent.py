@@ -3,8 +3,9 @@
 ``train(TrainConfig(...))`` is what ``train_agent.py`` runs: it builds the env (the
 batched :class:`envs.CatchVecEnv` for Catch ids, ``DummyVecEnv`` otherwise),
 :class:`fw_agents.algorithms.FastRecurrentPPO` (sb3-contrib's ``RecurrentPPO`` with
-inference-mode rollouts and a compact rollout buffer, same results) with :class:`fw_agents.policies.RecurrentMemoryPolicy`,
-the callbacks (evaluation, checkpoints, catch rate) and the run directory::
+inference-mode rollouts and a compact rollout buffer, same results) with
+:class:`fw_agents.policies.RecurrentMemoryPolicy`, the callbacks (evaluation, checkpoints,
+catch rate) and the run directory::
 
     model.zip  checkpoints/  progress.csv  events.out.tfevents.*  evaluations.npz
     learning_curve.png  eval_summary.json  episodes.gif  config.json

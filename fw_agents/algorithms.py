@@ -187,8 +187,9 @@ class FastRecurrentPPO(RecurrentPPO):
         Callbacks run with inference mode switched off, so they may evaluate, save or even train
         as usual (the rollout's own tensors they find in ``locals`` are inference tensors).
         """
+        callback_outside = _OutsideInferenceMode(callback)
         with th.inference_mode():
-            return super().collect_rollouts(env, _OutsideInferenceMode(callback), rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+            return super().collect_rollouts(env, callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
 
 
 class _OutsideInferenceMode:

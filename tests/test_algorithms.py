@@ -119,7 +119,8 @@ def test_policy_optimizer_is_fused_adam_with_the_same_numbers():
     default = _train_with_optimizer()
     per_tensor = _train_with_optimizer(optimizer_kwargs=dict(foreach=False, eps=1e-5))  # SB3's eps by default only
     assert default.policy.optimizer.defaults["fused"] is True
-    assert per_tensor.policy.optimizer.defaults["foreach"] is False and not per_tensor.policy.optimizer.defaults["fused"]
+    per_tensor_defaults = per_tensor.policy.optimizer.defaults
+    assert per_tensor_defaults["foreach"] is False and not per_tensor_defaults["fused"]
     for a, b in zip(default.policy.parameters(), per_tensor.policy.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     initial = _train_with_optimizer(timesteps=0)  # the same model, untrained
@@ -148,8 +149,9 @@ def test_gsde_same_parameters_as_stock():
     rollout never reach the update, which samples its own."""
 
     def train(cls):
-        model = cls(RecurrentMemoryPolicy, "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=2, seed=3, device="cpu",
-                    use_sde=True, sde_sample_freq=4, policy_kwargs=dict(memory="fastweights", hidden_size=8))  # fmt: skip
+        model = cls(RecurrentMemoryPolicy, "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=2, seed=3,
+                    device="cpu", use_sde=True, sde_sample_freq=4,
+                    policy_kwargs=dict(memory="fastweights", hidden_size=8))  # fmt: skip
         model.learn(48)
         return model
 
