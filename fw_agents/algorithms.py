@@ -193,10 +193,16 @@ class FastRecurrentPPO(RecurrentPPO):
 
 
 class _OutsideInferenceMode:
-    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off."""
+    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off
+    (any other attribute is the callback's own)."""
 
     def __init__(self, callback: BaseCallback) -> None:
         self.callback = callback
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "callback":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.callback, name)
 
     def on_rollout_start(self) -> None:
         with th.inference_mode(False):

@@ -198,3 +198,15 @@ def test_rollout_in_inference_mode_callbacks_outside_it():
     assert policy_modes.count(False) == 16 + 2  # the callback's 16 calls and one minibatch per update
     assert callback.modes == [False] * (2 * (1 + 8 + 1))
     assert len(callback.grad_norms) == 16 and all(g > 0 for g in callback.grad_norms)
+
+
+def test_callback_wrapper_forwards_other_attributes():
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from fw_agents.algorithms import _OutsideInferenceMode
+
+    callback = CallbackList([])
+    wrapped = _OutsideInferenceMode(callback)
+    assert wrapped.callbacks is callback.callbacks and wrapped.n_calls == 0
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        wrapped.no_such_thing  # noqa: B018
