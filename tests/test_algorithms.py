@@ -12,12 +12,16 @@ from fw_agents.algorithms import CompactRecurrentRolloutBuffer, FastRecurrentPPO
 from fw_agents.policies import RecurrentMemoryPolicy
 
 
-def _train(cls, memory: str, critic: str):
+def _train(cls, memory: str = "fastweights", critic: str = "shared", timesteps: int = 128, **policy_kwargs):
+    """A small model after ``timesteps`` steps (128: two rollouts and updates; batch 24 cuts
+    sequences mid-episode); ``policy_kwargs`` go to the policy on top of the small sizes."""
     env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
-    policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16))
+    policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16),
+                         **policy_kwargs)  # fmt: skip
     model = cls(RecurrentMemoryPolicy, env, n_steps=16, batch_size=24, n_epochs=2, seed=3, device="cpu",
                 policy_kwargs=policy_kwargs)  # fmt: skip
-    model.learn(128)  # two rollouts and updates; batch 24 cuts sequences mid-episode
+    if timesteps:
+        model.learn(timesteps)
     return model
 
 
@@ -103,27 +107,16 @@ def test_stock_lstm_policy_same_parameters_as_stock():
         assert torch.equal(a, b)
 
 
-def _train_with_optimizer(timesteps: int = 128, **policy_kwargs):
-    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
-    policy_kwargs = dict(memory="fastweights", hidden_size=16, features_extractor_kwargs=dict(features_dim=16),
-                         **policy_kwargs)  # fmt: skip
-    model = FastRecurrentPPO(RecurrentMemoryPolicy, env, n_steps=16, batch_size=24, n_epochs=2, seed=3,
-                             device="cpu", policy_kwargs=policy_kwargs)  # fmt: skip
-    if timesteps:
-        model.learn(timesteps)
-    return model
-
-
 def test_policy_optimizer_is_fused_adam_with_the_same_numbers():
     """The policy defaults to Adam's fused step: the per-tensor step's results up to float rounding."""
-    default = _train_with_optimizer()
-    per_tensor = _train_with_optimizer(optimizer_kwargs=dict(foreach=False, eps=1e-5))  # SB3's eps by default only
+    default = _train(FastRecurrentPPO)
+    per_tensor = _train(FastRecurrentPPO, optimizer_kwargs=dict(foreach=False, eps=1e-5))  # SB3's eps by default only
     assert default.policy.optimizer.defaults["fused"] is True
     per_tensor_defaults = per_tensor.policy.optimizer.defaults
     assert per_tensor_defaults["foreach"] is False and not per_tensor_defaults["fused"]
     for a, b in zip(default.policy.parameters(), per_tensor.policy.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    initial = _train_with_optimizer(timesteps=0)  # the same model, untrained
+    initial = _train(FastRecurrentPPO, timesteps=0)  # the same model, untrained
     with torch.no_grad():
         moved = [float((a - b).abs().max()) for a, b in zip(default.policy.parameters(), initial.policy.parameters())]
     assert min(moved) > 1e-4  # every parameter trained well past the tolerance
@@ -134,12 +127,12 @@ def test_policy_optimizer_is_fused_adam_with_the_same_numbers():
     [(dict(fused=True), True, None), (dict(foreach=True), None, True), (dict(fused=False), False, None)],
 )
 def test_policy_optimizer_choice_of_the_caller_is_kept(optimizer_kwargs, fused, foreach):
-    model = _train_with_optimizer(optimizer_kwargs=optimizer_kwargs)
+    model = _train(FastRecurrentPPO, optimizer_kwargs=optimizer_kwargs)
     assert model.policy.optimizer.defaults["fused"] == fused and model.policy.optimizer.defaults["foreach"] == foreach
 
 
 def test_other_optimizers_get_the_multi_tensor_step():
-    model = _train_with_optimizer(optimizer_class=torch.optim.SGD, optimizer_kwargs=dict(momentum=0.9))
+    model = _train(FastRecurrentPPO, optimizer_class=torch.optim.SGD, optimizer_kwargs=dict(momentum=0.9))
     assert isinstance(model.policy.optimizer, torch.optim.SGD)
     assert model.policy.optimizer.defaults["foreach"] is True and not model.policy.optimizer.defaults["fused"]
 
