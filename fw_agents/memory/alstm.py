@@ -123,7 +123,7 @@ class AssociativeLSTMCore(MemoryCore):
         self.num_units = hidden_size // 2
         n = self.num_units
         proj_size = 3 * n + num_heads * 6 * n  # three real gates, then per head three complex vectors
-        self.input_proj = nn.Linear(input_size, proj_size)
+        self.input_proj = nn.Linear(self.input_size, proj_size)
         self.recurrent_proj = nn.Linear(hidden_size, proj_size, bias=False)
         self.register_buffer("permutations", torch.stack([torch.randperm(n) for _ in range(num_copies)]))
 

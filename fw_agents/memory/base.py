@@ -9,6 +9,7 @@ into a flat ``[B, state_size]`` matrix (see :meth:`MemoryCore.pack_state`).
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -29,8 +30,8 @@ class MemoryCore(nn.Module, ABC):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
 
     # ------------------------------------------------------------------ state
     @property
@@ -167,6 +168,7 @@ def run_in_segments(
 
 
 def check_positive_int(name: str, value: int) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1 (a Python or
+    numpy integer: SB3 computes feature sizes with numpy)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

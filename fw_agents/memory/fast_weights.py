@@ -28,6 +28,22 @@ class FastWeightsRNN(MemoryCore):
     Layer norm normalises each example over its ``H`` hidden units (never across
     the batch), with a learned gain and bias.
 
+    **Two units for η.** With ``normalize=False`` (the default) ``fast_lr`` is the paper's
+    η of Eq. 1, exactly. That η is an absolute scale: after layer norm and the ReLU
+    ``|h|² ≈ H/2``, and the decayed sum of writes grows to ``1/(1-λ)`` of one write, so
+    ``A h`` grows like ``η·H/(1-λ)`` against an input drive ``W h + C x`` of order one,
+    and an η that suits one width and decay drowns the input at another.
+    With ``normalize=True`` the write is divided by both factors::
+
+        A(t) = λ A(t-1) + η (1-λ)/H · h(t) h(t)^T     # i.e. η_paper = η (1-λ)/H
+
+    ``A`` is then η times an exponential moving average of ``h hᵀ/H`` with horizon
+    ``1/(1-λ)`` steps (Eq. 4: ``A h_s = η (1-λ) Σ_k λ^k h(τ) (h(τ)·h_s / H)``). With a unit
+    layer-norm gain ``|h|² ≤ H``, so ``‖A‖_F ≤ η`` whatever ``H`` and the sequence length,
+    and ``|A h_s| ≤ η |h_s|``: η is the fast memory's share of the drive, λ its time scale,
+    and the two no longer interact. The recurrence is the paper's with η replaced by
+    :attr:`paper_fast_lr`, so every path stays held to the Eq. 1/5 reference.
+
     How ``A(t-1) h_s`` is computed (all exact, same numbers):
 
     * ``"attention"``: never forms ``A`` inside a call; attends over the call's past
@@ -40,11 +56,13 @@ class FastWeightsRNN(MemoryCore):
 
     :param input_size: Number of input features.
     :param hidden_size: Number of recurrent units ``H``.
-    :param fast_lr: Fast learning rate η (> 0). Paper: 0.5.
+    :param fast_lr: Fast learning rate η (> 0). Paper: 0.5 (``normalize=False``).
     :param decay: Fast-weight decay λ, in (0, 1). Paper: 0.95 (0.9 for associative retrieval).
     :param inner_steps: Inner-loop steps S (>= 1). Paper: 1.
     :param layer_norm: Layer norm on every inner step (paper: yes).
     :param mode: One of ``"auto"``, ``"matrix"``, ``"attention"``, ``"reference"``.
+    :param normalize: Read ``fast_lr`` as the fast memory's share of the drive rather than
+        the paper's η: the write is scaled by ``(1-λ)/H`` (see above). Default: the paper's η.
 
     State: ``(h [B, H], A [B, H, H])``.
     """
@@ -58,6 +76,7 @@ class FastWeightsRNN(MemoryCore):
         inner_steps: int = 1,
         layer_norm: bool = True,
         mode: str = "auto",
+        normalize: bool = False,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
@@ -67,14 +86,25 @@ class FastWeightsRNN(MemoryCore):
         check_positive_int("inner_steps", inner_steps)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
         self.fast_lr = float(fast_lr)
         self.decay = float(decay)
         self.inner_steps = inner_steps
         self.mode = mode
-        self.W = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.C = nn.Linear(input_size, hidden_size)
-        self.ln = nn.LayerNorm(hidden_size) if layer_norm else None
+        self.normalize = normalize
+        self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+        self.C = nn.Linear(self.input_size, self.hidden_size)
+        self.ln = nn.LayerNorm(self.hidden_size) if layer_norm else None
         self.reset_parameters()
+
+    @property
+    def paper_fast_lr(self) -> float:
+        """The η of the paper's Eq. 1 this core computes with: ``fast_lr``, times ``(1-λ)/H``
+        when ``normalize`` is set."""
+        if self.normalize:
+            return self.fast_lr * (1.0 - self.decay) / self.hidden_size
+        return self.fast_lr
 
     @property
     def layer_norm(self) -> bool:
@@ -154,7 +184,7 @@ class FastWeightsRNN(MemoryCore):
         eps = self.ln.eps if self.ln is not None else 1e-5
         if self.mode == "reference":
             y, h, A = fast_weights_reference(
-                zx, h, A, self.W.weight, ln_weight, ln_bias, self.decay, self.fast_lr,
+                zx, h, A, self.W.weight, ln_weight, ln_bias, self.decay, self.paper_fast_lr,
                 self.inner_steps, starts, write_mask, self.layer_norm, eps, hidden_resets,
             )  # fmt: skip
             return y, (h, A)
@@ -166,7 +196,7 @@ class FastWeightsRNN(MemoryCore):
             final_A=final_state,
             hidden_resets=hidden_resets,
         )
-        args = (zx, h, None if fresh else A, self.W.weight, ln_weight, ln_bias, self.decay, self.fast_lr)
+        args = (zx, h, None if fresh else A, self.W.weight, ln_weight, ln_bias, self.decay, self.paper_fast_lr)
         if x.shape[0] == 1 and self.mode != "attention":  # a rollout step: matrix form, fewest ops
             y, h, A = fast_weights_step(*args, self.inner_steps, **common)
         else:
@@ -176,5 +206,6 @@ class FastWeightsRNN(MemoryCore):
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, {self.hidden_size}, fast_lr={self.fast_lr}, decay={self.decay}, "
-            f"inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}"
+            f"inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}, "
+            f"normalize={self.normalize}"
         )

@@ -23,7 +23,7 @@ class NoMemoryCore(MemoryCore):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
-        self.linear = nn.Linear(input_size, hidden_size)
+        self.linear = nn.Linear(self.input_size, hidden_size)
 
     @property
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:

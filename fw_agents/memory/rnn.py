@@ -76,7 +76,7 @@ class LSTMCore(_TorchRNNCore):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
-        self.rnn = nn.LSTM(input_size, hidden_size)
+        self.rnn = nn.LSTM(self.input_size, self.hidden_size)
 
 
 class GRUCore(_TorchRNNCore):
@@ -90,7 +90,7 @@ class GRUCore(_TorchRNNCore):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
-        self.rnn = nn.GRU(input_size, hidden_size)
+        self.rnn = nn.GRU(self.input_size, self.hidden_size)
 
 
 class IRNNCore(_TorchRNNCore):
@@ -116,7 +116,7 @@ class IRNNCore(_TorchRNNCore):
         ):
             raise ValueError(f"identity_scale must be a finite number > 0, got {identity_scale!r}")
         self.identity_scale = float(identity_scale)
-        self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="relu")
+        self.rnn = nn.RNN(self.input_size, self.hidden_size, nonlinearity="relu")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
