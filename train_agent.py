@@ -37,9 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-epochs", type=int, default=d.n_epochs)
     p.add_argument("--ent-coef", type=float, default=d.ent_coef)
     p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="memory core width")
-    p.add_argument("--fast-lr", type=float, default=d.fast_lr, help="fast weights: η")
+    p.add_argument("--fast-lr", type=float, default=d.fast_lr, help="fast weights: η (the memory's share; see --fast-normalize)")
     p.add_argument("--decay", type=float, default=d.decay, help="fast weights: λ")
     p.add_argument("--inner-steps", type=int, default=d.inner_steps, help="fast weights: S")
+    p.add_argument(
+        "--fast-normalize",
+        action=argparse.BooleanOptionalAction,
+        default=d.fast_normalize,
+        help="fast weights: η is the fast memory's share of the drive (write scaled by (1-λ)/H); "
+        "--no-fast-normalize reads it as the paper's absolute η",
+    )
     p.add_argument("--critic", default=d.critic, choices=CRITIC_MODES, help="value head on the actor's core or its own")
     p.add_argument("--eval-freq", type=int, default=d.eval_freq, help="env steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)

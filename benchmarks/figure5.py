@@ -41,7 +41,7 @@ from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 
 TARGET = 0.9
-FAST_KEYS = ("fast_lr", "decay", "inner_steps")
+FAST_KEYS = ("fast_lr", "decay", "inner_steps", "fast_normalize")
 Curve = tuple[np.ndarray, np.ndarray]
 
 
@@ -61,7 +61,7 @@ def sample_hyperparameters(memory: str, rng: np.random.Generator) -> dict[str, A
 
     Ranges: learning rate log-uniform in [1e-4, 3e-3]; η log-uniform in [1e-4, 0.1] (on
     Catch-v0, η >= 0.01 already stalled learning, see README); λ uniform in [0.5, 0.99];
-    S in {1, 2}.
+    S in {1, 2}. η is the paper's absolute one (``fast_normalize=False``), as the paper searched it.
     """
     params: dict[str, Any] = dict(learning_rate=float(math.exp(rng.uniform(math.log(1e-4), math.log(3e-3)))))
     if memory == "fastweights":
@@ -69,6 +69,7 @@ def sample_hyperparameters(memory: str, rng: np.random.Generator) -> dict[str, A
             fast_lr=float(math.exp(rng.uniform(math.log(1e-4), math.log(0.1)))),
             decay=float(rng.uniform(0.5, 0.99)),
             inner_steps=int(rng.choice([1, 2])),
+            fast_normalize=False,
         )
     return params
 
@@ -88,6 +89,7 @@ def best_trial(search_dir: Path, memory: str) -> dict[str, Any]:
             continue
         score = float(load_curve(run_dir)[1].mean())
         config = json.loads((run_dir / "config.json").read_text())
+        config.setdefault("fast_normalize", False)  # runs from before it existed used the paper's η
         params = {key: config[key] for key in ("learning_rate", *(FAST_KEYS if memory == "fastweights" else ()))}
         if best is None or score > best[0]:
             best = (score, params)

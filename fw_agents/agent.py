@@ -32,10 +32,11 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
-from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy
+from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy, default_memory_kwargs
 from fw_agents.tracking import WANDB_MODES, start_run
 
 DEVICES = ("auto", "cpu", "cuda")
+_FAST_DEFAULTS = default_memory_kwargs("fastweights")
 
 
 @dataclass
@@ -56,14 +57,12 @@ class TrainConfig:
     gae_lambda: float = 0.95
     ent_coef: float = 0.01
     hidden_size: int = 128
-    # The core's default is the paper's eta = 0.5, but with per-example layer norm
-    # |h|^2 ~ H/2, so A h ~ eta * H/2 * h_prev drowns the input drive W h + C x of
-    # this agent: at eta = 0.5 Catch-v0 reached a 0.35 catch rate after 80k steps,
-    # at eta = 0.001 a 0.945 one (README, "The default command"). On the blind variants,
-    # where memory matters, the Figure 5 search preferred eta ~0.003-0.05 with S = 2.
-    fast_lr: float = 0.001
-    decay: float = 0.95
-    inner_steps: int = 1
+    # Fast weights: the policies' defaults (fw_agents.policies.DEFAULT_MEMORY_KWARGS), η as the
+    # fast memory's share of the drive (fast_normalize); --no-fast-normalize reads η as the paper's.
+    fast_lr: float = _FAST_DEFAULTS["fast_lr"]
+    decay: float = _FAST_DEFAULTS["decay"]
+    inner_steps: int = _FAST_DEFAULTS["inner_steps"]
+    fast_normalize: bool = _FAST_DEFAULTS["normalize"]
     critic: str = "shared"
     eval_freq: int = 25_000
     eval_episodes: int = 200
@@ -106,7 +105,9 @@ class TrainConfig:
     def policy_kwargs(self) -> dict[str, Any]:
         memory_kwargs: dict[str, Any] = {}
         if self.memory == "fastweights":
-            memory_kwargs = dict(fast_lr=self.fast_lr, decay=self.decay, inner_steps=self.inner_steps)
+            memory_kwargs = dict(
+                normalize=self.fast_normalize, fast_lr=self.fast_lr, decay=self.decay, inner_steps=self.inner_steps
+            )
         return dict(memory=self.memory, hidden_size=self.hidden_size, memory_kwargs=memory_kwargs, critic=self.critic)
 
 

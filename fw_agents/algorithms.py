@@ -24,6 +24,7 @@ models saved by either class load in either.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Generator
 from typing import Any
 
@@ -36,7 +37,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
-from fw_agents.policies import joined_halves
+from fw_agents.policies import RecurrentMemoryPolicy, joined_halves
+
+#: The fast-weights core options of policies saved before ``normalize`` existed: the core's own
+#: (paper) defaults, which those policies used for every key they did not set.
+_LEGACY_FAST_WEIGHTS_KWARGS = dict(normalize=False, fast_lr=0.5, decay=0.95, inner_steps=1)
 
 
 class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
@@ -158,10 +163,27 @@ class FastRecurrentPPO(RecurrentPPO):
     Same arguments, behaviour and results as :class:`sb3_contrib.RecurrentPPO`; faster when the
     policy's recurrent state is large (e.g. :class:`fw_agents.policies.FastWeightsPolicy`).
     Dict observation spaces keep the stock buffer.
+
+    With a :class:`~fw_agents.policies.RecurrentMemoryPolicy`, the core options the policy
+    resolved (its defaults filled in) are written back into ``policy_kwargs``, so a saved model
+    rebuilds the same core even if the defaults change later.
     """
 
+    def __init__(self, *args: Any, _init_setup_model: bool = True, **kwargs: Any) -> None:
+        # SB3's ``load`` constructs with ``_init_setup_model=False``, then sets the saved
+        # attributes and calls ``_setup_model``: the one moment a checkpoint's kwargs are seen.
+        self._loading_checkpoint = not _init_setup_model
+        super().__init__(*args, _init_setup_model=_init_setup_model, **kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_loading_checkpoint"]
+
     def _setup_model(self) -> None:
+        if self._loading_checkpoint:
+            self.policy_kwargs = _upgrade_legacy_policy_kwargs(self.policy_class, self.policy_kwargs)
         super()._setup_model()
+        if isinstance(self.policy, RecurrentMemoryPolicy):
+            self.policy_kwargs = {**self.policy_kwargs, "memory_kwargs": dict(self.policy.memory_kwargs)}
         stock = self.rollout_buffer
         if type(stock) is RecurrentRolloutBuffer:
             self.rollout_buffer = CompactRecurrentRolloutBuffer(
@@ -190,6 +212,18 @@ class FastRecurrentPPO(RecurrentPPO):
         callback_outside = _OutsideInferenceMode(callback)
         with th.inference_mode():
             return super().collect_rollouts(env, callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+
+
+def _upgrade_legacy_policy_kwargs(policy_class: Any, policy_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``policy_kwargs`` of a checkpoint, with the core options a fast-weights policy saved
+    before ``normalize`` existed made explicit (the paper's η, as it was trained with)."""
+    if not (isinstance(policy_class, type) and issubclass(policy_class, RecurrentMemoryPolicy)):
+        return policy_kwargs
+    memory = policy_kwargs.get("memory", inspect.signature(policy_class).parameters["memory"].default)
+    memory_kwargs = policy_kwargs.get("memory_kwargs") or {}
+    if memory != "fastweights" or "normalize" in memory_kwargs:
+        return policy_kwargs
+    return {**policy_kwargs, "memory_kwargs": {**_LEGACY_FAST_WEIGHTS_KWARGS, **memory_kwargs}}
 
 
 class _OutsideInferenceMode:

@@ -35,9 +35,10 @@ import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.distributions import BernoulliDistribution, CategoricalDistribution, Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.distributions import Categorical
@@ -46,23 +47,58 @@ from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
 from fw_agents.memory.base import check_positive_int
 
 CRITIC_MODES = ("shared", "separate")
+
+#: The core options every entry point starts from (:class:`FastWeightsPolicy`,
+#: ``RecurrentMemoryPolicy(memory="fastweights")``, ``train_agent.py``); a caller's
+#: ``memory_kwargs`` override them key by key. Fast weights: η as the fast memory's share of
+#: the drive (``normalize=True``, see :class:`fw_agents.memory.FastWeightsRNN`), so that one
+#: setting transfers across widths, episode lengths and tasks; chosen by measurement
+#: (docs/fast_weights_defaults.md).
+DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {
+    "fastweights": dict(normalize=True, fast_lr=1.0, decay=0.95, inner_steps=1),
+}
+
+
+def default_memory_kwargs(memory: str) -> dict[str, Any]:
+    """A copy of :data:`DEFAULT_MEMORY_KWARGS` for ``memory`` (empty for cores without any)."""
+    return dict(DEFAULT_MEMORY_KWARGS.get(memory, {}))
 Slots = tuple[torch.Tensor, torch.Tensor]
 
 
 class MlpEncoder(BaseFeaturesExtractor):
-    """The paper's agent input layer: flatten the observation, then ``features_dim`` ReLU units.
+    """The paper's agent input layer: the observation as a flat vector, then ``features_dim``
+    ReLU units.
 
-    :param observation_space: A ``Box`` observation space.
+    Any observation space SB3 supports: the policy hands over what SB3's ``preprocess_obs``
+    makes of it (``Discrete`` / ``MultiDiscrete`` one-hot, ``MultiBinary`` as floats, image
+    ``Box`` scaled to [0, 1]), so the input width is SB3's own
+    ``get_flattened_obs_dim``; a ``Dict`` space goes through SB3's ``CombinedExtractor``
+    (its vector keys flattened, its image keys through ``NatureCNN``) first.
+
+    :param observation_space: The observation space.
     :param features_dim: Number of ReLU units (paper: 128).
+    :param cnn_output_dim: ``Dict`` spaces only: features per image key (as ``CombinedExtractor``).
+    :param normalized_image: ``Dict`` spaces only: images are already in [0, 1] (as
+        ``CombinedExtractor``).
     """
 
-    def __init__(self, observation_space: spaces.Box, features_dim: int = 128) -> None:
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        features_dim: int = 128,
+        cnn_output_dim: int = 256,
+        normalized_image: bool = False,
+    ) -> None:
         super().__init__(observation_space, features_dim)
-        self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(int(math.prod(observation_space.shape)), features_dim), nn.ReLU()
-        )
+        flatten: nn.Module
+        if isinstance(observation_space, spaces.Dict):
+            flatten = CombinedExtractor(observation_space, cnn_output_dim, normalized_image)
+            input_dim = flatten.features_dim
+        else:
+            flatten, input_dim = nn.Flatten(), get_flattened_obs_dim(observation_space)
+        self.net = nn.Sequential(flatten, nn.Linear(int(input_dim), features_dim), nn.ReLU())
 
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+    def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(observations)
 
 
@@ -165,7 +201,9 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     :param lr_schedule: Learning-rate schedule.
     :param memory: Core name, one of :data:`fw_agents.memory.MEMORY_NAMES`.
     :param hidden_size: Width of the memory core (paper: 128).
-    :param memory_kwargs: Core options, e.g. ``dict(fast_lr=0.5, decay=0.95, inner_steps=1)``.
+    :param memory_kwargs: Core options, e.g. ``dict(fast_lr=2.0, decay=0.9, inner_steps=2)``;
+        the keys it omits keep :data:`DEFAULT_MEMORY_KWARGS`. For the paper's absolute η
+        (Eq. 1 as written) pass ``dict(normalize=False, fast_lr=0.5)``.
     :param critic: ``"shared"``: the value head reads the actor's core and its loss trains
         the core too (the paper's A3C agents); ``"separate"``: the critic has its own core.
     :param net_arch: Hidden layers between the core and the heads (default: none).
@@ -198,7 +236,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         if features_extractor_class is MlpEncoder and features_extractor_kwargs is None:
             features_extractor_kwargs = dict(features_dim=128)
         self.memory = memory
-        self.memory_kwargs = dict(memory_kwargs or {})
+        self.memory_kwargs = {**default_memory_kwargs(memory), **(memory_kwargs or {})}
         self.critic_mode = critic
         self.lstm_output_dim = hidden_size  # read by _build_mlp_extractor
         # Skip RecurrentActorCriticPolicy.__init__, which builds nn.LSTM cores.
@@ -302,6 +340,10 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts, return_states=False)
         distribution = self._get_action_dist_from_latent(latent_pi)
+        if isinstance(distribution, BernoulliDistribution):
+            # RecurrentPPO's buffer hands MultiBinary actions back in the space's integer dtype,
+            # which torch's Bernoulli log-prob rejects (the stock MlpLstmPolicy crashes there)
+            actions = actions.to(latent_pi.dtype)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
     def predict_values(self, obs: torch.Tensor, lstm_states: Slots, episode_starts: torch.Tensor) -> torch.Tensor:
@@ -317,8 +359,11 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
 class FastWeightsPolicy(RecurrentMemoryPolicy):
     """:class:`RecurrentMemoryPolicy` with the fast-weights core (``memory="fastweights"``).
 
-    Fast-weight hyper-parameters go in ``memory_kwargs``:
-    ``RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=dict(memory_kwargs=dict(fast_lr=0.5, decay=0.95)))``.
+    With no options it uses :data:`DEFAULT_MEMORY_KWARGS` (η as the fast memory's share of the
+    drive, ``normalize=True``), the same core as ``train_agent.py``'s defaults. Fast-weight
+    hyper-parameters go in ``memory_kwargs``, each overriding its default:
+    ``RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=dict(memory_kwargs=dict(fast_lr=2.0)))``;
+    the paper's absolute η: ``memory_kwargs=dict(normalize=False, fast_lr=0.5)``.
     """
 
     def __init__(self, *args: Any, memory: str = "fastweights", **kwargs: Any) -> None:

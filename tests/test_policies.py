@@ -14,7 +14,13 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
-from fw_agents.policies import CoreAdapter, FastWeightsPolicy, RecurrentMemoryPolicy, sample_categorical
+from fw_agents.policies import (
+    DEFAULT_MEMORY_KWARGS,
+    CoreAdapter,
+    FastWeightsPolicy,
+    RecurrentMemoryPolicy,
+    sample_categorical,
+)
 
 SMALL = dict(n_steps=16, batch_size=32, n_epochs=1)
 
@@ -93,7 +99,10 @@ def test_fast_weights_state_travels_whole_through_the_buffer():
     half = adapter.hidden_size
     h4, A4 = adapter.from_slots((swapped[:, half:].unsqueeze(0), swapped[:, :half].unsqueeze(0)))
     assert torch.equal(h4, h) and torch.equal(A4, A)
-    assert core.fast_lr == 0.5 and core.decay == 0.95 and core.inner_steps == 1
+    defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
+    assert (core.normalize, core.fast_lr, core.decay, core.inner_steps) == (
+        defaults["normalize"], defaults["fast_lr"], defaults["decay"], defaults["inner_steps"]
+    )
 
 
 def test_fast_weight_hyperparameters_through_policy_kwargs():

@@ -1,0 +1,178 @@
+"""The recurrent policy on every observation / action space SB3 supports, and the one set of
+fast-weights defaults shared by every entry point."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+
+import envs
+from fw_agents.agent import TrainConfig
+from fw_agents.algorithms import FastRecurrentPPO
+from fw_agents.memory import MEMORY_NAMES
+from fw_agents.policies import DEFAULT_MEMORY_KWARGS, FastWeightsPolicy, MlpEncoder, RecurrentMemoryPolicy
+
+SMALL = dict(n_steps=8, batch_size=16, n_epochs=1)
+
+OBSERVATION_SPACES = {
+    "box-vector": spaces.Box(-1, 1, (3,), np.float32),
+    "box-matrix": spaces.Box(-1, 1, (2, 3, 2), np.float32),
+    "box-image": spaces.Box(0, 255, (3, 8, 8), np.uint8),  # scaled to [0, 1] by SB3, then flattened
+    "discrete": spaces.Discrete(5),
+    "multi-discrete": spaces.MultiDiscrete([2, 3, 4]),
+    "multi-binary": spaces.MultiBinary(4),
+    "multi-binary-2d": spaces.MultiBinary([2, 3]),
+    "dict": spaces.Dict({"pos": spaces.Box(-1, 1, (2,), np.float32), "card": spaces.Discrete(3)}),
+}
+ACTION_SPACES = {
+    "discrete": spaces.Discrete(3),
+    "box": spaces.Box(-2, 2, (2,), np.float32),
+    "multi-discrete": spaces.MultiDiscrete([3, 2]),
+    "multi-binary": spaces.MultiBinary(2),
+}
+
+
+class SpaceEnv(gym.Env):
+    """Random observations of ``observation_space``; episodes of 5 steps; reward 1 for action 0."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        self._t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self._t += 1
+        reward = float(np.all(np.asarray(action) == 0))
+        return self.observation_space.sample(), reward, self._t >= 5, False, {}
+
+
+def _env(obs: str, act: str = "discrete", n_envs: int = 2):
+    return make_vec_env(lambda: SpaceEnv(OBSERVATION_SPACES[obs], ACTION_SPACES[act]), n_envs=n_envs, seed=0)
+
+
+def _policy_kwargs(memory: str) -> dict:
+    return dict(memory=memory, hidden_size=8, features_extractor_kwargs=dict(features_dim=8))
+
+
+@pytest.mark.parametrize("obs", OBSERVATION_SPACES)
+@pytest.mark.parametrize("memory", MEMORY_NAMES)
+def test_every_observation_space_with_every_core(obs, memory, one_thread):
+    model = FastRecurrentPPO(RecurrentMemoryPolicy, _env(obs), policy_kwargs=_policy_kwargs(memory), seed=0,
+                             device="cpu", **SMALL)  # fmt: skip
+    model.learn(32)
+    assert model.num_timesteps == 32
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize("obs", OBSERVATION_SPACES)
+def test_encoder_input_is_sb3s_preprocessed_width(obs):
+    """The encoder reads what SB3's preprocessing makes of the observation (one-hot, scaled)."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    space = OBSERVATION_SPACES[obs]
+    encoder = MlpEncoder(space, features_dim=4)
+    batch = torch.as_tensor(np.stack([space.sample() for _ in range(3)])) if not isinstance(space, spaces.Dict) else {
+        k: torch.as_tensor(np.stack([space[k].sample() for _ in range(3)])) for k in space.spaces
+    }
+    assert encoder(preprocess_obs(batch, space)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("act", ACTION_SPACES)
+@pytest.mark.parametrize("algorithm", [RecurrentPPO, FastRecurrentPPO])
+def test_every_action_space(act, algorithm, tmp_path, one_thread):
+    model = algorithm(FastWeightsPolicy, _env("box-vector", act), policy_kwargs=dict(hidden_size=8), seed=0,
+                      device="cpu", **SMALL)  # fmt: skip
+    model.learn(32)
+    obs = model.env.reset()
+    actions, _ = model.predict(obs, episode_start=np.ones(2, dtype=bool))
+    assert actions.shape == (2, *ACTION_SPACES[act].shape) and ACTION_SPACES[act].contains(actions[0])
+    model.save(tmp_path / "m.zip")
+    loaded = algorithm.load(tmp_path / "m.zip", device="cpu")
+    again, _ = loaded.predict(obs, episode_start=np.ones(2, dtype=bool), deterministic=True)
+    expected, _ = model.predict(obs, episode_start=np.ones(2, dtype=bool), deterministic=True)
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_stock_lstm_policy_fails_on_multi_discrete_where_ours_builds():
+    """The reason our encoder sizes itself: SB3's width of a MultiDiscrete space is a numpy
+    integer, which nn.LSTM rejects (sb3-contrib's own policy)."""
+    with pytest.raises(TypeError, match="int"):
+        RecurrentPPO("MlpLstmPolicy", _env("multi-discrete"), device="cpu", **SMALL)
+    FastRecurrentPPO(RecurrentMemoryPolicy, _env("multi-discrete"), device="cpu", **SMALL)
+
+
+# ----------------------------------------------------------------------- one set of defaults
+def _core(policy_class, **policy_kwargs):
+    env = envs.CatchVecEnv.from_id("Catch-v0", 2)
+    return FastRecurrentPPO(policy_class, env, policy_kwargs=policy_kwargs, device="cpu", **SMALL).policy.lstm_actor.core
+
+
+def _settings(core) -> tuple:
+    return (type(core).__name__, core.hidden_size, core.normalize, core.fast_lr, core.decay, core.inner_steps,
+            core.layer_norm, core.mode)  # fmt: skip
+
+
+def test_three_entry_points_build_the_same_fast_weights_core():
+    from_policy = _settings(_core(FastWeightsPolicy))
+    from_memory_policy = _settings(_core(RecurrentMemoryPolicy, memory="fastweights"))
+    config = TrainConfig()
+    assert config.memory == "fastweights"
+    from_train_agent = _settings(_core(RecurrentMemoryPolicy, **config.policy_kwargs()))
+    assert from_policy == from_memory_policy == from_train_agent
+    defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
+    assert from_policy[2:6] == (defaults["normalize"], defaults["fast_lr"], defaults["decay"], defaults["inner_steps"])
+    assert defaults["normalize"] is True
+
+
+def test_train_agent_cli_defaults_are_the_policy_defaults():
+    import train_agent
+
+    args = train_agent.build_parser().parse_args([])
+    defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
+    assert (args.fast_normalize, args.fast_lr, args.decay, args.inner_steps) == (
+        defaults["normalize"], defaults["fast_lr"], defaults["decay"], defaults["inner_steps"]
+    )
+    assert train_agent.build_parser().parse_args(["--no-fast-normalize"]).fast_normalize is False
+
+
+def test_memory_kwargs_override_the_defaults_key_by_key():
+    core = _core(FastWeightsPolicy, memory_kwargs=dict(decay=0.9))
+    defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
+    assert (core.decay, core.fast_lr, core.normalize) == (0.9, defaults["fast_lr"], True)
+    paper = _core(FastWeightsPolicy, memory_kwargs=dict(normalize=False, fast_lr=0.5))
+    assert paper.normalize is False and paper.paper_fast_lr == 0.5
+    assert _core(RecurrentMemoryPolicy, memory="lstm").__class__.__name__ == "LSTMCore"  # no fast options
+
+
+def test_saved_model_keeps_its_resolved_core_options(tmp_path, monkeypatch):
+    """A model records the options its core was built with, so a later change of the defaults
+    does not change a saved model."""
+    import fw_agents.policies as policies
+
+    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
+    model.save(tmp_path / "m.zip")
+    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(normalize=True, fast_lr=123.0))
+    loaded = FastRecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
+    assert _core(FastWeightsPolicy).fast_lr == 123.0  # the patched defaults do apply to new models
+
+
+@pytest.mark.parametrize("memory_kwargs", [None, dict(fast_lr=0.001, decay=0.95, inner_steps=1)])
+def test_checkpoints_from_before_normalize_load_with_the_papers_eta(memory_kwargs, tmp_path):
+    """Policies saved before ``normalize`` existed computed with the paper's η (core default 0.5)."""
+    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
+    model.policy_kwargs = {} if memory_kwargs is None else dict(memory_kwargs=memory_kwargs)  # as saved then
+    model.save(tmp_path / "old.zip")
+    core = FastRecurrentPPO.load(tmp_path / "old.zip", device="cpu").policy.lstm_actor.core
+    assert core.normalize is False
+    assert core.fast_lr == (0.5 if memory_kwargs is None else 0.001)
