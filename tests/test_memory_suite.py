@@ -1,0 +1,213 @@
+"""benchmarks/memory_suite.py: normalisation, AUC, the report, argument checks and one tiny run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE_PATH = ROOT / "benchmarks" / "memory_suite.py"
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """The benchmark module (benchmarks/ is not a package), registered as ``memory_suite``."""
+    spec = importlib.util.spec_from_file_location("memory_suite", SUITE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["memory_suite"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("memory_suite", None)
+
+
+def _record(task, model, seed, final=0.0, status="ok", wall=10.0, timesteps=1000, curve=((500, 1000), (0.0, 0.0))):
+    record = dict(task=task, model=model, seed=seed, timesteps=timesteps, status=status, command="python x")
+    if status == "ok":
+        record.update(final_return=final, wall_time_s=wall, trained_steps=timesteps,
+                      curve_steps=list(curve[0]), curve_returns=list(curve[1]))  # fmt: skip
+    else:
+        record["error"] = "TypeError: input_size should be of type int, got: int64"
+    return record
+
+
+def _write(out: Path, record: dict) -> None:
+    path = out / "runs" / record["task"] / record["model"] / f"seed{record['seed']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_tables_cover_every_task(suite):
+    assert set(suite.BUDGETS) == set(suite.TASKS) == set(suite.RETURN_BOUNDS)
+    assert all(high > low for low, high in suite.RETURN_BOUNDS.values())
+
+
+def test_normalise(suite):
+    np.testing.assert_allclose(suite.normalise("CatchBlind16", [-1.0, 0.0, 1.0]), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(suite.normalise("RepeatFirstEasy", -1.0), 0.0)
+    np.testing.assert_allclose(suite.normalise("PositionOnlyCartPoleEasy", [0.0, 0.25, 1.0]), [0.0, 0.25, 1.0])
+
+
+def test_area_under_curve(suite):
+    # Raw Catch returns rising linearly from -1 to 1: normalised k/20 on the grid k/20 * budget.
+    auc = suite.area_under_curve("CatchBlind16", [0, 2000], [-1.0, 1.0], 2000)
+    assert auc == pytest.approx(np.mean(np.arange(1, 21) / 20))
+    # Held constant past the curve's ends; the grid follows the budget, not the points.
+    assert suite.area_under_curve("CatchBlind16", [1000], [0.0], 4000) == pytest.approx(0.5)
+    assert np.isnan(suite.area_under_curve("CatchBlind16", [], [], 1000))
+
+
+def test_report(suite, tmp_path):
+    catch, cart = "CatchBlind16", "PositionOnlyCartPoleEasy"
+    for seed, final in enumerate([0.0, 1.0]):  # normalised 0.5, 1.0
+        _write(tmp_path, _record(catch, "fastweights", seed, final, wall=20.0, curve=((1000,), (1.0,))))
+        _write(tmp_path, _record(catch, "stock-lstm", seed, -1.0, wall=60.0))  # normalised 0
+        _write(tmp_path, _record(cart, "fastweights", seed, 0.2))
+        _write(tmp_path, _record(cart, "stock-lstm", seed, status="cannot build"))
+    text = suite.write_report(tmp_path, "python benchmarks/memory_suite.py --report-only")
+    assert text == (tmp_path / "memory_suite.md").read_text()
+    assert (tmp_path / "memory_suite.png").stat().st_size > 0
+    assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob(".*.png"))  # atomic writes cleaned up
+    lines = text.splitlines()
+    assert lines[2] == "Command: `python benchmarks/memory_suite.py --report-only`"
+    assert "Runs made by: `python x`" in text
+    final, auc, wall = (text.split("\n## ")[i] for i in (1, 2, 3))
+    assert "| task | steps | fastweights | stock-lstm |" in final
+    assert f"| {cart} | 1,000 | **0.200 ± 0.000** | cannot build |" in final  # tasks in TASKS order
+    assert f"| {catch} | 1,000 | **0.750 ± 0.250** | 0.000 ± 0.000 |" in final
+    assert "| **mean** | | **0.750** | 0.000 |" in final  # only CatchBlind16 has every model
+    assert f"left out: {cart}" in text
+    assert f"| {catch} | 1,000 | **1.000 ± 0.000** | 0.500 ± 0.000 |" in auc
+    assert "| **mean** | | **20.0 s** | 60.0 s |" in wall
+    assert "cannot build: TypeError: input_size" in text  # listed under "Runs without results"
+
+
+def test_report_without_runs(suite, tmp_path):
+    with pytest.raises(ValueError, match="no runs"):
+        suite.write_report(tmp_path, "cmd")
+
+
+def _status(suite, argv, capsys):
+    try:
+        status = suite.run_cli(suite.main, argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--tasks", "CatchBlind16", "Nope"], "'Nope'; choose from RepeatPreviousEasy"),
+        (["--tasks", "CatchBlind16", "--models", "lstm", "transformer"], "'transformer'; choose from fastweights"),
+        (["--fast-variant", 'eta={"fast_lr": 2.0'], "invalid JSON"),
+        (["--fast-variant", "eta"], "LABEL=JSON"),
+        (["--fast-variant", 'a/b={"fast_lr": 2.0}'], "LABEL=JSON"),
+        (["--fast-variant", "eta=[2.0]"], "must be an object"),
+        (["--fast-variant", 'eta={"fast_lr": 2.0, "nope": 1}'], "nope"),
+        (["--fast-variant", 'eta={"decay": 1.5}'], "decay"),
+        (["--fast-variant", 'a={"decay": 0.9}', "--fast-variant", 'a={"decay": 0.8}'], "distinct"),
+        (["--workers", "0"], "--workers"),
+        (["--budget-scale", "-1"], "--budget-scale"),
+        (["--seeds", "x"], "--seeds"),
+    ],
+)
+def test_bad_arguments(suite, capsys, argv, needle):
+    status, err = _status(suite, [*argv, "--out", "/nonexistent/never"], capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_bad_argument_subprocess_is_one_line():
+    result = subprocess.run([sys.executable, str(SUITE_PATH), "--models", "nope"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown model 'nope'") and result.stderr.count("\n") == 1
+
+
+def test_popgym_missing(suite, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "popgym", None)  # `import popgym` raises ImportError
+    status, err = _status(suite, ["--tasks", "RepeatFirstEasy", "--out", "/nonexistent/never"], capsys)
+    assert status == 2 and err == "error: popgym is not installed; pip install -e '.[bench]'\n"
+
+
+def test_models_and_variants(suite):
+    name, kwargs = suite.parse_variant('eta2={"fast_lr": 2.0}')
+    assert (name, kwargs) == ("fastweights[eta2]", {"fast_lr": 2.0})
+    assert suite.resolve_models(None, {name: kwargs}) == [*suite.MODELS, name]
+    assert suite.resolve_models(["lstm"], {name: kwargs}) == ["lstm", name]
+    tasks = suite.resolve_tasks(["CatchBlind16-v0", "CatchBlind16", "RepeatFirstEasy"])  # ids accepted, once each
+    assert tasks == ["CatchBlind16", "RepeatFirstEasy"]
+
+
+def test_make_jobs_skips_finished_runs(suite, tmp_path):
+    args = argparse.Namespace(seeds=[0, 1], timesteps=None, budget_scale=0.5, hidden_size=8, eval_episodes=3,
+                              retry_errors=False)  # fmt: skip
+    _write(tmp_path, _record("CatchBlind16", "lstm", 0, timesteps=suite.BUDGETS["CatchBlind16"] // 2))
+    _write(tmp_path, _record("CatchBlind16", "gru", 1, status="error"))
+    jobs = suite.make_jobs(args, ["CatchBlind16"], ["lstm", "gru"], {}, tmp_path, "cmd")
+    assert [(j.model, j.seed) for j in jobs] == [("gru", 0), ("lstm", 1)]  # seed by seed
+    assert jobs[0].timesteps == round(suite.BUDGETS["CatchBlind16"] * 0.5)
+    assert jobs[0].path == str(tmp_path / "runs" / "CatchBlind16" / "gru" / "seed0.json")
+    args.retry_errors = True
+    jobs = suite.make_jobs(args, ["CatchBlind16"], ["lstm", "gru"], {}, tmp_path, "cmd")
+    assert [(j.model, j.seed) for j in jobs] == [("gru", 0), ("lstm", 1), ("gru", 1)]
+
+
+def test_build_model_uses_policy_defaults_unless_a_variant(suite, one_thread):
+    default = suite.Job("CatchBlind16", "fastweights", 0, 64, "x", hidden_size=8)
+    variant = suite.Job("CatchBlind16", "fastweights[eta2]", 0, 64, "x", hidden_size=8, memory_kwargs={"fast_lr": 2.0})
+    assert suite.policy_kwargs(default) == dict(memory="fastweights", hidden_size=8)  # the policy's own defaults
+    assert suite.policy_kwargs(variant) == dict(memory="fastweights", hidden_size=8, memory_kwargs={"fast_lr": 2.0})
+    env = suite.make_task_env("CatchBlind16", 2, 0)
+    try:
+        default = suite.build_model(default, env)
+        assert default.policy.memory == "fastweights"
+        assert suite.build_model(variant, env).policy.memory_kwargs["fast_lr"] == 2.0
+        stock = suite.build_model(suite.Job("CatchBlind16", "stock-lstm", 0, 64, "x", hidden_size=8), env)
+        assert stock.policy.lstm_actor.hidden_size == 8
+        assert default.n_steps == stock.n_steps == suite.ppo_settings()["n_steps"]
+    finally:
+        env.close()
+
+
+def test_tiny_run_writes_its_json(suite, tmp_path, one_thread):
+    path = tmp_path / "runs" / "CatchBlind16" / "fastweights" / "seed0.json"
+    job = suite.Job("CatchBlind16", "fastweights", 0, 512, str(path), hidden_size=16, eval_episodes=4)
+    record = suite.run_job(job)
+    assert record["status"] == "ok", record.get("error")
+    assert json.loads(path.read_text()) == record
+    assert record["trained_steps"] >= 512 and record["wall_time_s"] > 0
+    assert len(record["curve_steps"]) == len(record["curve_returns"]) >= 1
+    assert len(record["eval_returns"]) == 4 and 0.0 <= record["final_normalised"] <= 1.0
+    assert 0.0 <= record["auc"] <= 1.0 and record["memory_kwargs"] is None
+    assert isinstance(record["core_options"], dict)  # what the policy's defaults resolved to
+    assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]
+
+
+def test_stock_lstm_cannot_build_on_multidiscrete(suite, tmp_path, one_thread):
+    pytest.importorskip("popgym")
+    path = tmp_path / "seed0.json"
+    record = suite.run_job(suite.Job("CountRecallEasy", "stock-lstm", 0, 64, str(path), hidden_size=8, eval_episodes=2))
+    assert record["status"] == "cannot build" and "input_size" in record["error"]
+    assert json.loads(path.read_text())["status"] == "cannot build"
+
+
+def test_cli_runs_in_a_worker_and_resumes(suite, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(SUITE_PATH.parent))  # the spawned worker imports memory_suite by name
+    argv = ["--tasks", "CatchBlind16", "--models", "irnn", "--seeds", "0", "--timesteps", "256", "--hidden-size", "8",
+            "--eval-episodes", "2", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert suite.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 runs to do" in out and "CatchBlind16 irnn seed 0: ok" in out
+    assert json.loads((tmp_path / "runs" / "CatchBlind16" / "irnn" / "seed0.json").read_text())["status"] == "ok"
+    assert (tmp_path / "memory_suite.md").is_file() and (tmp_path / "memory_suite.png").is_file()
+    assert suite.main(argv) == 0  # finished: skipped
+    assert "0 runs to do" in capsys.readouterr().out
+    assert suite.main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert "| CatchBlind16 | 256 |" in capsys.readouterr().out
