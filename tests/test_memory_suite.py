@@ -211,3 +211,17 @@ def test_cli_runs_in_a_worker_and_resumes(suite, tmp_path, capsys, monkeypatch):
     assert "0 runs to do" in capsys.readouterr().out
     assert suite.main(["--report-only", "--out", str(tmp_path)]) == 0
     assert "| CatchBlind16 | 256 |" in capsys.readouterr().out
+
+
+def test_popgym_games_that_answer_the_previous_action_observe_it(suite):
+    """MineSweeper and Concentration as POPGym runs them: PreviousAction + Flatten, so the
+    observation is one flat one-hot Box holding the last action; other games are untouched."""
+    pytest.importorskip("popgym")
+    from gymnasium import spaces
+
+    mines = suite.make_task_env("MineSweeperEasy", 2, 0)
+    assert isinstance(mines.observation_space, spaces.Box) and mines.observation_space.shape == (3 + 4 + 4,)
+    mines.reset()
+    obs, *_ = mines.step(np.array([[1, 2], [3, 0]]))
+    np.testing.assert_array_equal(obs[:, 3:], [[0, 1, 0, 0, 0, 0, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0]])
+    assert isinstance(suite.make_task_env("RepeatFirstEasy", 2, 0).observation_space, spaces.Discrete)
