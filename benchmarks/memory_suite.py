@@ -443,11 +443,46 @@ def build_report(
             means.append(float(np.mean(values)) if complete and None not in values else None)
         texts = [("—" if m is None else _seconds(m) if metric == "wall" else f"{m:.3f}") for m in means]
         lines.append(f"| **mean** | | {' | '.join(_bold_best(means, texts, best))} |")
+    if "fastweights" in models and STOCK in models:
+        lines += ["", *target_check(runs, tasks)]
     errors = [f"- {t} / {m} / seed {r['seed']}: {r['status']}: {r.get('error', '')}" for t in tasks for m in models
               for r in runs.get((t, m), []) if r["status"] != "ok"]  # fmt: skip
     if errors:
         lines += ["", "## Runs without results", "", *errors]
     return "\n".join(lines) + "\n"
+
+
+def _final_values(records: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([run_value(r, "final") for r in records if r["status"] == "ok"])
+
+
+def target_check(runs: dict[tuple[str, str], list[dict[str, Any]]], tasks: Sequence[str]) -> list[str]:
+    """Markdown lines: the suite's target for fast weights with their defaults, task by task:
+    a final normalised return no lower than the stock LSTM's mean minus one standard deviation
+    over seeds, and at least the stock LSTM's on the mean over the tasks both ran.
+
+    :param runs: Records by (task, model).
+    :param tasks: Tasks, in order.
+    """
+    lines = ["## Target: fast weights (defaults) against the stock LSTM", "",
+             "| task | fastweights | stock-lstm − 1 std | met |", "|---|---|---|---|"]  # fmt: skip
+    fast_means, stock_means = [], []
+    for task in tasks:
+        fast, stock = _final_values(runs.get((task, "fastweights"), [])), _final_values(runs.get((task, STOCK), []))
+        if not len(fast):
+            continue
+        if not len(stock):
+            lines.append(f"| {task} | {fast.mean():.3f} | stock cannot run | — |")
+            continue
+        bar = stock.mean() - stock.std()
+        lines.append(f"| {task} | {fast.mean():.3f} | {bar:.3f} | {'yes' if fast.mean() >= bar else '**no**'} |")
+        fast_means.append(fast.mean())
+        stock_means.append(stock.mean())
+    if fast_means:
+        met = "yes" if np.mean(fast_means) >= np.mean(stock_means) else "**no**"
+        lines.append(f"| mean of {len(fast_means)} tasks | {np.mean(fast_means):.3f} | "
+                     f"{np.mean(stock_means):.3f} (stock's mean) | {met} |")  # fmt: skip
+    return lines
 
 
 def plot_curves(

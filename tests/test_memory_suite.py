@@ -225,3 +225,20 @@ def test_popgym_games_that_answer_the_previous_action_observe_it(suite):
     obs, *_ = mines.step(np.array([[1, 2], [3, 0]]))
     np.testing.assert_array_equal(obs[:, 3:], [[0, 1, 0, 0, 0, 0, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0]])
     assert isinstance(suite.make_task_env("RepeatFirstEasy", 2, 0).observation_space, spaces.Discrete)
+
+
+def test_report_checks_the_target_against_the_stock_lstm(suite):
+    task = "RepeatFirstEasy"
+    runs = {
+        (task, "fastweights"): [_record(task, "fastweights", s, final=f) for s, f in enumerate((0.2, 0.4))],
+        (task, "stock-lstm"): [_record(task, "stock-lstm", s, final=f) for s, f in enumerate((0.5, 0.9))],
+        ("CountRecallEasy", "fastweights"): [_record("CountRecallEasy", "fastweights", 0, final=0.0)],
+        ("CountRecallEasy", "stock-lstm"): [_record("CountRecallEasy", "stock-lstm", 0, status="cannot build")],
+    }
+    lines = suite.target_check(runs, [task, "CountRecallEasy"])
+    # normalised: fast 0.6, 0.7 (mean 0.65); stock 0.75, 0.95 (mean 0.85, std 0.1): bar 0.75
+    assert f"| {task} | 0.650 | 0.750 | **no** |" in lines
+    assert "| CountRecallEasy | 0.500 | stock cannot run | — |" in lines
+    assert "| mean of 1 tasks | 0.650 | 0.850 (stock's mean) | **no** |" in lines
+    runs[(task, "fastweights")] = [_record(task, "fastweights", 0, final=0.5)]
+    assert f"| {task} | 0.750 | 0.750 | yes |" in suite.target_check(runs, [task])
