@@ -182,6 +182,7 @@ def _init_worker() -> None:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*render_mode.*")  # make_vec_env asks popgym for rgb_array
+    warnings.filterwarnings("ignore", message=".*share an object.*")  # popgym reuses its info dicts
 
 
 def _init_pool_worker() -> None:
