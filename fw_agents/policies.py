@@ -55,7 +55,7 @@ CRITIC_MODES = ("shared", "separate")
 #: setting transfers across widths, episode lengths and tasks; chosen by measurement
 #: (docs/fast_weights_defaults.md).
 DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {
-    "fastweights": dict(normalize=True, fast_lr=1.0, decay=0.95, inner_steps=1),
+    "fastweights": dict(normalize=True, fast_lr=0.5, decay=0.95, inner_steps=1),
 }
 
 
