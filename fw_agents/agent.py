@@ -13,6 +13,7 @@ catch rate) and the run directory::
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -76,9 +77,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value and what is accepted."""
-        if self.env not in gym.registry:
+        if not env_registered(self.env):
             catch = ", ".join(envs.CATCH_IDS)
-            raise ValueError(f"unknown env id {self.env!r}; use a registered Gymnasium id, e.g. {catch}")
+            raise ValueError(
+                f"unknown env id {self.env!r}; use a registered Gymnasium id, e.g. {catch}, "
+                "or module:id to import the module that registers it (e.g. popgym:popgym-RepeatFirstEasy-v0)"
+            )
         _choice("memory", self.memory, MEMORY_NAMES)
         _choice("device", self.device, DEVICES)
         _choice("critic", self.critic, CRITIC_MODES)
@@ -109,6 +113,19 @@ class TrainConfig:
                 normalize=self.fast_normalize, fast_lr=self.fast_lr, decay=self.decay, inner_steps=self.inner_steps
             )
         return dict(memory=self.memory, hidden_size=self.hidden_size, memory_kwargs=memory_kwargs, critic=self.critic)
+
+
+def env_registered(env_id: str) -> bool:
+    """Whether ``env_id`` names a registered Gymnasium env. Gymnasium's ``module:id`` form
+    (e.g. ``popgym:popgym-RepeatFirstEasy-v0``) imports ``module`` first, as ``gym.make`` does."""
+    module, sep, name = env_id.partition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return False
+        env_id = name
+    return env_id in gym.registry
 
 
 def make_env(env_id: str, n_envs: int, seed: int, render_mode: str | None = None) -> VecEnv:

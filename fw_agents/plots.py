@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -88,8 +89,9 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
             state, start, done = None, np.ones(1, dtype=bool), False
             while not done:
                 frames.append(env.render())
-                action, state = model.predict(obs[None], state=state, episode_start=start, deterministic=True)
-                obs, _, terminated, truncated, _ = env.step(int(action[0]))
+                batch = {k: np.asarray(v)[None] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
+                action, state = model.predict(batch, state=state, episode_start=start, deterministic=True)
+                obs, _, terminated, truncated, _ = env.step(action[0])  # any action space
                 start = np.zeros(1, dtype=bool)
                 done = terminated or truncated
             frames.append(env.render())
@@ -98,5 +100,8 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
         return None
     finally:
         env.close()
-    imageio.mimsave(path, frames, duration=1 / fps, loop=0)
-    return Path(path)
+    path = Path(path)
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
+    imageio.mimsave(partial, frames, duration=1000 / fps, loop=0)  # milliseconds per frame (pillow)
+    os.replace(partial, path)  # never a half-written GIF under the final name
+    return path

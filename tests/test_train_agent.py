@@ -99,3 +99,32 @@ def test_any_gymnasium_env_trains_without_catch_specifics(tmp_path):
     summary = train(TrainConfig(env="CartPole-v1", memory="gru", run_dir=str(run), **config))
     assert "catch_rate" not in summary and summary["episodes"] == 4 and summary["mean_return"] > 0
     assert (run / "learning_curve.png").is_file() and (run / "model.zip").is_file()
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "popgym:popgym-MineSweeperEasy-v0"])
+def test_continuous_and_multi_discrete_action_envs_train(env_id, tmp_path):
+    """Box actions (Pendulum) and an env registered by its module on demand (``module:id``, as
+    ``gym.make`` takes it), with MultiDiscrete actions and a Discrete observation."""
+    if env_id.startswith("popgym"):
+        pytest.importorskip("popgym")
+    run = tmp_path / "run"
+    summary = train(TrainConfig(env=env_id, run_dir=str(run), **dict(TINY, timesteps=256, eval_freq=128, n_steps=32)))
+    assert summary["timesteps"] == 256 and "catch_rate" not in summary
+    assert (run / "model.zip").is_file()
+
+
+def test_gif_frames_play_at_the_requested_rate(tmp_path):
+    from PIL import Image
+
+    from fw_agents.plots import record_gif
+
+    model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 1, 0), n_steps=8, device="cpu",
+                         policy_kwargs=dict(hidden_size=8))  # fmt: skip
+    path = record_gif(model, "Catch-v0", tmp_path / "e.gif", episodes=1, fps=10)
+    with Image.open(path) as gif:
+        durations = []
+        for frame in range(gif.n_frames):
+            gif.seek(frame)
+            durations.append(gif.info["duration"])
+    assert gif.n_frames > 10 and set(durations) == {100}  # 1000 / 10 ms each (was 0: seconds read as ms)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.gif"]
