@@ -62,6 +62,8 @@ DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {
 def default_memory_kwargs(memory: str) -> dict[str, Any]:
     """A copy of :data:`DEFAULT_MEMORY_KWARGS` for ``memory`` (empty for cores without any)."""
     return dict(DEFAULT_MEMORY_KWARGS.get(memory, {}))
+
+
 Slots = tuple[torch.Tensor, torch.Tensor]
 
 
