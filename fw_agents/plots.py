@@ -79,6 +79,12 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
 
     frames = []
     try:
+        probe = gym.make(env_id)
+        modes = probe.metadata.get("render_modes") or []
+        probe.close()
+        if "rgb_array" not in modes:
+            print(f"no GIF: {env_id} has no rgb_array rendering (render modes: {', '.join(modes) or 'none'})")
+            return None
         env = gym.make(env_id, render_mode="rgb_array")
     except Exception as error:  # noqa: BLE001 - an env without rgb_array rendering simply gets no GIF
         print(f"no GIF: {env_id} cannot render rgb_array frames ({type(error).__name__})")
