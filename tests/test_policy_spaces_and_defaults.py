@@ -10,6 +10,7 @@ import torch
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.torch_layers import FlattenExtractor
 
 import envs
 from fw_agents.agent import TrainConfig
@@ -103,12 +104,14 @@ def test_every_action_space(act, algorithm, tmp_path, one_thread):
     np.testing.assert_array_equal(again, expected)
 
 
-def test_stock_lstm_policy_fails_on_multi_discrete_where_ours_builds():
-    """The reason our encoder sizes itself: SB3's width of a MultiDiscrete space is a numpy
-    integer, which nn.LSTM rejects (sb3-contrib's own policy)."""
-    with pytest.raises(TypeError, match="int"):
-        RecurrentPPO("MlpLstmPolicy", _env("multi-discrete"), device="cpu", **SMALL)
-    FastRecurrentPPO(RecurrentMemoryPolicy, _env("multi-discrete"), device="cpu", **SMALL)
+def test_numpy_integer_feature_sizes_build_every_core():
+    """SB3 sizes a MultiDiscrete space with a numpy integer (``sum(nvec)``), which ``nn.LSTM``
+    rejects (sb3-contrib's own MlpLstmPolicy fails there): the cores take it as an int."""
+    for memory in MEMORY_NAMES:
+        policy_kwargs = dict(memory=memory, features_extractor_class=FlattenExtractor, features_extractor_kwargs={})
+        model = FastRecurrentPPO(RecurrentMemoryPolicy, _env("multi-discrete"), policy_kwargs=policy_kwargs,
+                                 device="cpu", **SMALL)  # fmt: skip
+        assert type(model.policy.lstm_actor.core.input_size) is int
 
 
 # ----------------------------------------------------------------------- one set of defaults
