@@ -61,13 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(argv: list[str] | None) -> int:
-    from fw_agents.agent import TrainConfig, train
+    from fw_agents.agent import NonFiniteError, TrainConfig, train
 
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
     try:
         summary = train(config)
     except KeyboardInterrupt:
         return 130  # the checkpoint was saved and reported by train()
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
     print(
         f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"

@@ -99,8 +99,10 @@ class TrainConfig:
         _in_open_interval("decay", self.decay, 0.0, 1.0)
         _in_open_interval("gamma", self.gamma, 0.0, 1.0, closed_high=True)
         _in_open_interval("gae_lambda", self.gae_lambda, 0.0, 1.0, closed_high=True)
-        if self.ent_coef < 0:
-            raise ValueError(f"ent_coef must be >= 0, got {self.ent_coef!r}")
+        if not (isinstance(self.ent_coef, (int, float)) and 0 <= self.ent_coef < math.inf):
+            raise ValueError(f"ent_coef must be a finite number >= 0, got {self.ent_coef!r}")
+        if self.batch_size < 2:  # PPO normalises advantages over the minibatch: one sample gives NaN
+            raise ValueError(f"batch_size must be an integer >= 2, got {self.batch_size!r}")
         if self.resume is not None:
             path = Path(self.resume)
             if not path.is_file() or not os.access(path, os.R_OK):
@@ -165,6 +167,30 @@ class EvalCatchRate(BaseCallback):
         return True
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or parameter; the run stops (see :class:`StopOnNonFinite`)."""
+
+
+class StopOnNonFinite(BaseCallback):
+    """Stops training with :class:`NonFiniteError` as soon as an update leaves a non-finite loss
+    or policy parameter, before the next rollout samples from it (where torch would otherwise
+    fail on a NaN probability, or training would go on silently). Checked once per update."""
+
+    def _on_rollout_start(self) -> None:
+        loss = self.logger.name_to_value.get("train/loss")  # the last update's, not yet dumped
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.policy.parameters()]).all()
+        if bool(finite) and (loss is None or math.isfinite(loss)):
+            return
+        what = "loss" if loss is not None and not math.isfinite(loss) else "parameters"
+        raise NonFiniteError(
+            f"non-finite {what} after the update ending at step {self.num_timesteps}; training stopped, "
+            "earlier checkpoints are kept. Try a lower --learning-rate (or --fast-lr for fast weights)"
+        )
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def build_model(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
     """``FastRecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``."""
     if config.resume:
@@ -211,6 +237,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         model.set_logger(tracker.logger)
         steps_per_call = config.n_envs
         callbacks = [
+            StopOnNonFinite(),
             CatchRateCallback(),
             CheckpointCallback(max(config.checkpoint_freq // steps_per_call, 1), str(run_dir / "checkpoints"), "model"),
             EvalCallback(

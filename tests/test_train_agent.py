@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from sb3_contrib import RecurrentPPO
 
 import fw_agents.agent as agent
@@ -57,6 +58,11 @@ def test_cli_end_to_end(tmp_path):
         (["--n-envs", "x"], "n-envs"),
         (["--resume", "/no/such/checkpoint.zip"], "/no/such/checkpoint.zip"),
         (["--device", "tpu"], "tpu"),
+        (["--ent-coef", "nan"], "ent_coef"),
+        (["--ent-coef", "inf"], "ent_coef"),
+        (["--learning-rate", "nan"], "learning_rate"),
+        (["--gamma", "nan"], "gamma"),
+        (["--batch-size", "1"], "batch_size"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, needle, tmp_path):
@@ -128,3 +134,44 @@ def test_gif_frames_play_at_the_requested_rate(tmp_path):
             durations.append(gif.info["duration"])
     assert gif.n_frames > 10 and set(durations) == {100}  # 1000 / 10 ms each (was 0: seconds read as ms)
     assert [p.name for p in tmp_path.iterdir()] == ["e.gif"]
+
+
+def test_non_finite_parameters_stop_training_with_one_line(tmp_path, monkeypatch, capsys):
+    """An update that leaves a NaN parameter stops the run before the next rollout samples from
+    it: one line naming the step, exit 1, no model.zip, earlier checkpoints intact."""
+    import train_agent
+    from fw_agents.algorithms import FastRecurrentPPO
+
+    real_train = FastRecurrentPPO.train
+
+    def diverging_train(self) -> None:
+        real_train(self)
+        if self.num_timesteps >= 256:
+            with torch.no_grad():
+                next(self.policy.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(FastRecurrentPPO, "train", diverging_train)
+    run = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress_bar"]
+    assert train_agent.main(["--env", "CatchBlind16-v0", "--run-dir", str(run), "--no-progress-bar", *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite parameters" in err[0] and "step 256" in err[0] and "--learning-rate" in err[0]
+    assert not (run / "model.zip").exists()
+    checkpoints = list((run / "checkpoints").glob("model_*_steps.zip"))
+    assert checkpoints and all(
+        all(torch.isfinite(p).all() for p in RecurrentPPO.load(c, device="cpu").policy.parameters()) for c in checkpoints
+    )
+
+
+def test_non_finite_loss_is_named(monkeypatch):
+    from stable_baselines3.common.logger import Logger
+
+    callback = agent.StopOnNonFinite()
+    model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
+                         policy_kwargs=dict(hidden_size=8))  # fmt: skip
+    model.set_logger(Logger(None, []))
+    callback.init_callback(model)
+    callback.on_rollout_start()  # finite: nothing happens
+    model.logger.record("train/loss", float("inf"))
+    with pytest.raises(agent.NonFiniteError, match="non-finite loss"):
+        callback.on_rollout_start()
