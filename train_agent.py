@@ -5,13 +5,14 @@
     python train_agent.py --env CatchBlind16-v0 --memory lstm --timesteps 2000000 --wandb offline
 
 Writes a run directory (model.zip, checkpoints/, progress.csv, TensorBoard events,
-learning_curve.png, eval_summary.json, episodes.gif). Ctrl-C saves a checkpoint;
---resume continues from it.
+learning_curve.png, eval_summary.json, episodes.gif). Ctrl-C or SIGTERM saves a
+checkpoint; --resume continues from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from fw_agents.cli import OneLineArgumentParser, run_cli
@@ -64,13 +65,22 @@ def _train(argv: list[str] | None) -> int:
     from fw_agents.agent import NonFiniteError, TrainConfig, train
 
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:  # SIGTERM (schedulers, `timeout`) acts as Ctrl-C
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         summary = train(config)
     except KeyboardInterrupt:
-        return 130  # the checkpoint was saved and reported by train()
+        return 128 + (received[0] if received else signal.SIGINT)  # the checkpoint was saved and reported
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
     print(
         f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"

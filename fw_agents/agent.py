@@ -13,10 +13,12 @@ catch rate) and the run directory::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -213,10 +215,47 @@ def build_model(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
 
 
 def _save_atomically(model: RecurrentPPO, path: Path) -> None:
-    """Write ``path`` via a temporary file, so a crash never leaves a half-written model."""
-    tmp = path.with_name(path.stem + ".partial.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Write ``path`` through a hidden temporary file in the same folder, flushed to disk, then
+    renamed over it: a crash, a kill or a full disk mid-save never leaves a truncated model
+    under the final name (the temporary file is removed when the save fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial.zip")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class AtomicCheckpointCallback(CheckpointCallback):
+    """SB3's ``CheckpointCallback`` (same arguments, same ``<prefix>_<steps>_steps.zip`` names)
+    with every zip written atomically (:func:`_save_atomically`); SB3's own writes in place."""
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            _save_atomically(self.model, Path(self._checkpoint_path(extension="zip")))
+        return True
+
+
+class SaveBestAtomically(BaseCallback):
+    """``EvalCallback``'s ``callback_on_new_best``: writes the new best model to ``path``
+    atomically (``EvalCallback``'s own ``best_model_save_path`` writes in place).
+
+    :param path: Where the best model goes, e.g. ``best/best_model.zip``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def _on_step(self) -> bool:
+        _save_atomically(self.model, self.path)
+        return True
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -239,13 +278,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         callbacks = [
             StopOnNonFinite(),
             CatchRateCallback(),
-            CheckpointCallback(max(config.checkpoint_freq // steps_per_call, 1), str(run_dir / "checkpoints"), "model"),
+            AtomicCheckpointCallback(
+                max(config.checkpoint_freq // steps_per_call, 1), str(run_dir / "checkpoints"), "model"
+            ),
             EvalCallback(
                 eval_env,
                 n_eval_episodes=config.eval_episodes,
                 eval_freq=max(config.eval_freq // steps_per_call, 1),
                 log_path=str(run_dir),
-                best_model_save_path=str(run_dir / "best"),
+                callback_on_new_best=SaveBestAtomically(run_dir / "best" / "best_model.zip"),
                 deterministic=True,
                 callback_after_eval=EvalCatchRate() if is_catch else None,
             ),
@@ -261,7 +302,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 )
         except KeyboardInterrupt:
             path = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
-            path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomically(model, path)
             print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}")
             raise

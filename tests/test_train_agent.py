@@ -39,6 +39,7 @@ def test_cli_end_to_end(tmp_path):
                  "evaluations.npz", "config.json"]:  # fmt: skip
         assert (run / name).is_file(), name
     assert list((run / "checkpoints").glob("model_*_steps.zip"))
+    assert RecurrentPPO.load(run / "best" / "best_model.zip", device="cpu").policy.memory == "fastweights"
     assert list(run.glob("events.out.tfevents.*"))
     summary = json.loads((run / "eval_summary.json").read_text())
     assert summary["episodes"] == 4 and -1 <= summary["mean_return"] <= 1 and 0 <= summary["catch_rate"] <= 1
@@ -175,3 +176,48 @@ def test_non_finite_loss_is_named(monkeypatch):
     model.logger.record("train/loss", float("inf"))
     with pytest.raises(agent.NonFiniteError, match="non-finite loss"):
         callback.on_rollout_start()
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    """What schedulers and `timeout` send: the run saves `interrupted_<steps>_steps.zip` and
+    exits 128 + SIGTERM; every zip in the run folder loads."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in dict(TINY, timesteps=10_000_000).items() if k != "progress_bar"]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_agent.py"), "--env", "CatchBlind16-v0", "--run-dir",
+                                str(run), "--no-progress-bar", *flags], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("model_*_steps.zip")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    saved = list((run / "checkpoints").glob("interrupted_*_steps.zip"))
+    assert len(saved) == 1 and "checkpoint saved" in out
+    for path in run.rglob("*.zip"):
+        RecurrentPPO.load(path, device="cpu")
+    assert not list(run.rglob("*.partial.zip"))
+
+
+def test_a_failed_save_keeps_the_previous_file_and_no_partial_one(tmp_path, monkeypatch):
+    """A full disk (or a kill) mid-save: the earlier zip under the final name is untouched."""
+    import errno
+
+    model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
+                         policy_kwargs=dict(hidden_size=8))  # fmt: skip
+    path = tmp_path / "best" / "best_model.zip"
+    agent._save_atomically(model, path)
+    good = path.read_bytes()
+
+    def disk_full(self, target, *args, **kwargs):
+        Path(target).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RecurrentPPO, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        agent._save_atomically(model, path)
+    assert path.read_bytes() == good and [p.name for p in path.parent.iterdir()] == ["best_model.zip"]
