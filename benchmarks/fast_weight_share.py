@@ -14,11 +14,10 @@ setting "transfers" when the ratio stays in one band as ``H``, λ and ``t`` chan
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import torch
 
+from fw_agents.files import write_text_atomically
 from fw_agents.memory import FastWeightsRNN
 
 WIDTHS = (32, 64, 128, 256, 512)
@@ -70,11 +69,7 @@ def main() -> None:
         *table(True, 1.0),
         "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    write_text_atomically(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -51,12 +51,10 @@ import concurrent.futures
 import json
 import math
 import multiprocessing
-import os
 import re
 import shlex
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -67,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from fw_agents.cli import OneLineArgumentParser, run_cli
+from fw_agents.files import atomic_path, write_text_atomically
 
 POPGYM_TASKS = (
     "RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "HigherLowerEasy", "PositionOnlyCartPoleEasy",
@@ -123,19 +122,6 @@ class Job:
 def one_line(error: BaseException) -> str:
     """``Type: message`` of an exception, on one line."""
     return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    :param path: Destination.
-    :param text: Content.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    os.replace(tmp, path)
 
 
 def normalise(task: str, returns: Any) -> np.ndarray:
@@ -330,7 +316,7 @@ def run_job(job: Job) -> dict[str, Any]:
     finally:
         for env in envs:
             env.close()
-    write_atomically(Path(job.path), json.dumps(record, indent=1, default=str) + "\n")
+    write_text_atomically(job.path, json.dumps(record, indent=1, default=str) + "\n")
     return record
 
 
@@ -525,12 +511,11 @@ def plot_curves(
     handles = [plt.Line2D([], [], color=colours[m], label=m) for m in models]
     fig.legend(handles=handles, loc="lower center", ncol=len(models), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
+    finally:
+        plt.close(fig)
 
 
 def write_report(out: Path, command: str, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
@@ -551,7 +536,7 @@ def write_report(out: Path, command: str, tasks: Sequence[str] | None = None, mo
     if not runs:
         raise ValueError(f"no runs in {out / 'runs'}; run the suite first")
     text = build_report(runs, tasks, models, command)
-    write_atomically(out / "memory_suite.md", text)
+    write_text_atomically(out / "memory_suite.md", text)
     plot_curves(runs, tasks, models, out / "memory_suite.png")
     return text
 

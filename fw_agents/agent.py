@@ -13,12 +13,10 @@ catch rate) and the run directory::
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
+from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy, default_memory_kwargs
 from fw_agents.tracking import WANDB_MODES, start_run
@@ -215,21 +214,10 @@ def build_model(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
 
 
 def _save_atomically(model: RecurrentPPO, path: Path) -> None:
-    """Write ``path`` through a hidden temporary file in the same folder, flushed to disk, then
-    renamed over it: a crash, a kill or a full disk mid-save never leaves a truncated model
-    under the final name (the temporary file is removed when the save fails)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial.zip")
-    os.close(fd)
-    try:
+    """``model.save(path)`` through :func:`fw_agents.files.atomic_path`: a crash, a kill or a
+    full disk mid-save never leaves a truncated model under the final name."""
+    with atomic_path(path) as tmp:
         model.save(tmp)
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class AtomicCheckpointCallback(CheckpointCallback):
@@ -308,7 +296,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         _save_atomically(model, run_dir / "model.zip")
         summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch)
         summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
-        (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomically(run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
         tracker.log_summary(summary)
         from fw_agents.plots import plot_learning_curve, record_gif
 

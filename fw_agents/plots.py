@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from fw_agents.files import atomic_path  # noqa: E402
 
 
 def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,7 +65,8 @@ def plot_learning_curve(run_dir: str | Path, title: str = "", catch: bool = True
     fig.suptitle(title)
     fig.tight_layout()
     path = run_dir / "learning_curve.png"
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -106,8 +108,6 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
         return None
     finally:
         env.close()
-    path = Path(path)
-    partial = path.with_name(path.stem + ".partial" + path.suffix)
-    imageio.mimsave(partial, frames, duration=1000 / fps, loop=0)  # milliseconds per frame (pillow)
-    os.replace(partial, path)  # never a half-written GIF under the final name
-    return path
+    with atomic_path(path) as tmp:
+        imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)  # milliseconds per frame (pillow)
+    return Path(path)
