@@ -1,17 +1,30 @@
 """Command-line plumbing shared by every command (``train_agent.py``, the task CLIs).
 
-Bad input ends a command with **one** line on stderr and exit status 2, never a
-traceback: :class:`OneLineArgumentParser` drops argparse's usage block, and
-:func:`run_cli` turns a ``ValueError`` raised while setting up or running into
-the same kind of line.
+**One source for every option.** A command's options are the fields of its config
+dataclass, each declared once with :func:`option` (default + help);
+:func:`add_config_arguments` generates the flags from them (``learning_rate`` ->
+``--learning-rate``, the field's type as the flag's type, ``bool`` as ``--x/--no-x``,
+``dict`` as ``KEY=VALUE ...``, defaults shown by ``--help``) and
+:func:`config_from_args` builds the dataclass back from the parsed flags.
+
+**One-line errors.** Bad input ends a command with **one** line on stderr and exit
+status 2, never a traceback: :class:`OneLineArgumentParser` drops argparse's usage
+block, and :func:`run_cli` turns a ``ValueError`` raised while setting up or running
+into the same kind of line.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
+
+C = TypeVar("C")
 
 #: Exit status for bad input (argparse's own convention).
 EXIT_BAD_INPUT = 2
@@ -37,3 +50,101 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    aliases: Sequence[str] = (),
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config dataclass field that documents itself and becomes a command-line flag.
+
+    :param default: The field's default.
+    :param help: One line for ``--help`` (and the reader of the dataclass).
+    :param default_factory: For mutable defaults (``dict``), instead of ``default``.
+    :param aliases: Extra flag spellings (``("--lr",)``).
+    :param choices: The accepted values, checked by the parser and listed by ``--help``.
+    :param metavar: The value's name in ``--help``.
+    :param cli: False keeps the field out of the command line (set by code only).
+    """
+    metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar, "cli": cli}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    config_class: type,
+    exclude: Sequence[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> list[str]:
+    """Add one flag per :func:`option` field of ``config_class``.
+
+    :param parser: The parser (or argument group) to extend.
+    :param config_class: A dataclass whose fields were declared with :func:`option`.
+    :param exclude: Field names to leave out (a command that sets them itself).
+    :param defaults: Per-command defaults replacing the dataclass's.
+    :return: The names of the fields added (what :func:`config_from_args` reads back).
+    """
+    hints = typing.get_type_hints(config_class)
+    added = []
+    for field in dataclasses.fields(config_class):
+        meta = field.metadata
+        if "help" not in meta or not meta["cli"] or field.name in exclude:
+            continue
+        default = (defaults or {}).get(field.name, _field_default(field))
+        kind = _plain_type(hints[field.name])
+        flags = ["--" + field.name.replace("_", "-"), *meta["aliases"]]
+        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"])
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            kwargs.update(type=_key_value, nargs="*", metavar=meta["metavar"] or "KEY=VALUE")
+        else:
+            kwargs.update(type=kind, choices=meta["choices"], metavar=meta["metavar"])
+        parser.add_argument(*flags, **kwargs)
+        added.append(field.name)
+    return added
+
+
+def config_from_args(config_class: type[C], args: argparse.Namespace, names: Sequence[str], **overrides: Any) -> C:
+    """Build ``config_class`` from the parsed flags ``names`` (as returned by
+    :func:`add_config_arguments`), plus ``overrides``."""
+    values = {name: getattr(args, name) for name in names}
+    for name, value in values.items():
+        if isinstance(value, list):  # KEY=VALUE pairs; later ones win, as on any command line
+            values[name] = dict(value)
+    return config_class(**values, **overrides)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _plain_type(hint: Any) -> type:
+    """``int | None`` -> ``int``; ``dict[str, Any]`` -> ``dict``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return typing.get_origin(hint) or hint
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``"decay=0.9"`` -> ``("decay", 0.9)``: the value as a Python literal (number, bool,
+    None, string, list), else the plain string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a Python name, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value

@@ -1,0 +1,124 @@
+"""The shared argument checks (fw_agents.validation) and the dataclass-generated CLI (fw_agents.cli)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, option
+from fw_agents.validation import check_bool, check_choice, check_float, check_int
+
+
+@pytest.mark.parametrize("value", [1, 7, np.int64(3), np.int32(1)])
+def test_check_int_accepts_python_and_numpy_integers(value):
+    result = check_int("size", value)
+    assert result == int(value) and type(result) is int
+
+
+@pytest.mark.parametrize(
+    "value,low,high,message",
+    [
+        (0, 1, None, "size must be an integer >= 1, got 0"),
+        (2.0, 1, None, "size must be an integer >= 1, got 2.0"),
+        (True, 1, None, "size must be an integer >= 1, got True"),
+        ("3", 1, None, "size must be an integer >= 1, got '3'"),
+        (11, 0, 10, "size must be an integer in [0, 10], got 11"),
+        (-1, 0, None, "size must be an integer >= 0, got -1"),
+    ],
+)
+def test_check_int_refuses_with_one_message_style(value, low, high, message):
+    with pytest.raises(ValueError) as error:
+        check_int("size", value, low, high)
+    assert str(error.value) == message
+
+
+def test_check_float_bounds_and_non_finite():
+    assert check_float("decay", 0.5, 0, 1) == 0.5
+    assert check_float("gamma", 1, 0, 1, high_inclusive=True) == 1.0
+    assert check_float("ent", 0, 0, low_inclusive=True) == 0.0
+    assert type(check_float("x", np.float32(0.25))) is float
+    for bad in (0.0, 1.0, float("nan"), float("inf"), -float("inf"), True, "0.5", None):
+        with pytest.raises(ValueError, match=r"^decay must be a finite number in \(0, 1\), got"):
+            check_float("decay", bad, 0, 1)
+    with pytest.raises(ValueError, match=r"^lr must be a finite number > 0, got nan$"):
+        check_float("lr", float("nan"), 0)
+    with pytest.raises(ValueError, match=r"^x must be a finite number, got inf$"):
+        check_float("x", float("inf"))
+
+
+def test_check_choice_and_bool():
+    assert check_choice("memory", "gru", ("lstm", "gru")) == "gru"
+    with pytest.raises(ValueError, match=r"^unknown memory 'rnn'; choose one of lstm, gru$"):
+        check_choice("memory", "rnn", ("lstm", "gru"))
+    assert check_bool("flag", np.bool_(True)) is True
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(ValueError, match="flag must be True or False"):
+            check_bool("flag", bad)
+
+
+@dataclass
+class _Config:
+    learning_rate: float = option(1e-3, help="Adam step size", aliases=("--lr",))
+    n_envs: int = option(16, help="parallel envs")
+    memory: str = option("lstm", help="memory core", choices=("lstm", "gru"))
+    run_dir: str | None = option(None, help="where to write")
+    progress_bar: bool = option(True, help="show a progress bar")
+    memory_kwargs: dict[str, Any] = option(default_factory=dict, help="core options")
+    internal: int = option(5, help="set by code", cli=False)
+    plain: int = 3  # declared without option(): never a flag
+
+
+def _parse(argv: list[str], **kwargs: Any) -> _Config:
+    parser = OneLineArgumentParser(prog="prog")
+    names = add_config_arguments(parser, _Config, **kwargs)
+    return config_from_args(_Config, parser.parse_args(argv), names)
+
+
+def test_generated_flags_round_trip_every_field_kind():
+    assert _parse([]) == _Config()
+    config = _parse(
+        ["--lr", "0.01", "--n-envs", "4", "--memory", "gru", "--run-dir", "x", "--no-progress-bar",
+         "--memory-kwargs", "decay=0.9", "name=abc", "flags=[1, 2]", "decay=0.8"]
+    )  # fmt: skip
+    assert config == _Config(0.01, 4, "gru", "x", False, {"decay": 0.8, "name": "abc", "flags": [1, 2]})
+    assert _parse(["--learning-rate", "0.5"]).learning_rate == 0.5
+    assert _parse([], defaults={"n_envs": 2}).n_envs == 2
+    assert _parse([], exclude=("memory",)).memory == "lstm"
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--n-envs", "1e8"], "invalid int value: '1e8'"),
+        (["--memory", "rnn"], "invalid choice: 'rnn'"),
+        (["--memory-kwargs", "0bad=1"], "expected KEY=VALUE"),
+        (["--internal", "3"], "unrecognized arguments: --internal"),
+        (["--plain", "3"], "unrecognized arguments: --plain"),
+        (["--exclude-me"], "unrecognized arguments"),
+    ],
+)
+def test_generated_flags_reject_bad_input_in_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parse(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_help_shows_each_fields_doc_and_default():
+    script = (
+        "import sys; sys.argv[0] = 'prog'\n"
+        "from tests.test_cli_and_validation import _Config\n"
+        "from fw_agents.cli import HelpFormatter, OneLineArgumentParser, add_config_arguments\n"
+        "p = OneLineArgumentParser(formatter_class=HelpFormatter)\n"
+        "add_config_arguments(p, _Config)\n"
+        "p.print_help()\n"
+    )
+    text = " ".join(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split())
+    assert "--learning-rate LEARNING_RATE, --lr LEARNING_RATE Adam step size (default: 0.001)" in text
+    assert "--progress-bar, --no-progress-bar show a progress bar (default: True)" in text
+    assert "{lstm,gru}" in text and "--internal" not in text
