@@ -34,7 +34,7 @@ PEER = "stock MlpLstmPolicy"
 
 def make_env(kind: str) -> VecEnv:
     if kind == "numpy":
-        return envs.CatchVecEnv.from_id(ENV_ID, N_ENVS)
+        return envs.CatchSB3VecEnv.from_id(ENV_ID, N_ENVS)
     return make_vec_env(ENV_ID, n_envs=N_ENVS)
 
 
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per contestant (median kept)")
     parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm"], help="cores to time with our policy")
     parser.add_argument("--env", choices=["numpy", "dummy"], default="numpy",
-                        help="numpy: batched envs.CatchVecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
+                        help="numpy: batched envs.CatchSB3VecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for every run (default: torch's)")
     args = parser.parse_args()
     if args.threads:

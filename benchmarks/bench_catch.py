@@ -2,8 +2,8 @@
 
 Rows: the raw single env (``envs.catch.CatchEnv``); the same made through ``gymnasium.make``
 (which adds the ``PassiveEnvChecker`` and ``OrderEnforcing`` wrappers); the batched
-``envs.vector.CatchVectorEnv`` at 1,024 and 4,096 games; Gymnasium's ``SyncVectorEnv`` over the
-single env at the same sizes (the peer); and the SB3 adapter ``envs.sb3.CatchVecEnv``.
+``envs.vector.CatchGymnasiumVectorEnv`` at 1,024 and 4,096 games; Gymnasium's ``SyncVectorEnv`` over the
+single env at the same sizes (the peer); and the SB3 adapter ``envs.sb3.CatchSB3VecEnv``.
 
 Steps are environment steps (one game advanced by one frame); resets are timed but not counted.
 Actions are pre-generated (Python ints for the single env, ``int64`` arrays for the batched ones,
@@ -26,7 +26,7 @@ import numpy as np
 
 import envs  # noqa: F401  (registers the ids)
 from envs.catch import CatchEnv
-from envs.vector import CatchVectorEnv
+from envs.vector import CatchGymnasiumVectorEnv
 
 ACTION_BANK_ROWS = 256
 
@@ -91,19 +91,19 @@ def main() -> None:
     add("CatchEnv (raw)", 1, best_rate(single_env_runner(CatchEnv(size=n), n), 1, sec, rep))
     add("gym.make('Catch-v0')", 1, best_rate(single_env_runner(gym.make("Catch-v0", size=n), n), 1, sec, rep))
     for games in (1024, 4096):
-        vec = CatchVectorEnv(games, size=n)
+        vec = CatchGymnasiumVectorEnv(games, size=n)
         vec.reset(seed=0)
-        add("CatchVectorEnv", games, best_rate(vector_env_runner(vec.step, games), games, sec, rep))
+        add("CatchGymnasiumVectorEnv", games, best_rate(vector_env_runner(vec.step, games), games, sec, rep))
     for games in (1024, 4096):
         sync = gym.vector.SyncVectorEnv([lambda: CatchEnv(size=n) for _ in range(games)])
         sync.reset(seed=0)
         add("SyncVectorEnv(CatchEnv)", games, best_rate(vector_env_runner(sync.step, games), games, sec, rep))
     if not args.no_sb3:
-        from envs.sb3 import CatchVecEnv
+        from envs.sb3 import CatchSB3VecEnv
 
-        sb3 = CatchVecEnv(4096, size=n)
+        sb3 = CatchSB3VecEnv(4096, size=n)
         sb3.reset()
-        add("envs.sb3.CatchVecEnv (SB3)", 4096, best_rate(vector_env_runner(sb3.step, 4096), 4096, sec, rep))
+        add("envs.sb3.CatchSB3VecEnv (SB3)", 4096, best_rate(vector_env_runner(sb3.step, 4096), 4096, sec, rep))
 
     single = rows[0][2]
     sync_rate = {g: r for name, g, r in rows if name.startswith("SyncVectorEnv")}
@@ -116,7 +116,7 @@ def main() -> None:
         vs_sync = f"{rate / sync_rate[games]:.1f}x" if games in sync_rate else "-"
         print(f"| {name} | {games:,} | {rate:,.0f} | {rate / single:.2f}x | {vs_sync} |")
     print()
-    vec4096 = next(r for name, g, r in rows if name == "CatchVectorEnv" and g == 4096)
+    vec4096 = next(r for name, g, r in rows if name == "CatchGymnasiumVectorEnv" and g == 4096)
     print(f"target >= 10,000,000 steps/s vectorised at 4,096 games: {'met' if vec4096 >= 1e7 else 'NOT met'}")
     print(f"target >= 50,000 steps/s for the single env (raw): {'met' if single >= 5e4 else 'NOT met'}")
 

@@ -68,7 +68,7 @@ class CatchEnv(Env[np.ndarray, int]):
     or, with ``center_paddle=True``, at column ``(N - paddle_width) // 2``. Every episode draws
     exactly ``2 (+ N with flicker)`` doubles from ``self.np_random`` when it starts (the flicker
     pattern of the whole episode is drawn up front), which is what lets the batched
-    :class:`envs.vector.CatchVectorEnv` reproduce this env game for game.
+    :class:`envs.vector.CatchGymnasiumVectorEnv` reproduce this env game for game.
 
     ## Episode End
 
@@ -104,7 +104,7 @@ class CatchEnv(Env[np.ndarray, int]):
     | ``CatchFlicker16-v0`` | 16   | None        | 0.5          |
     | ``CatchFlicker24-v0`` | 24   | None        | 0.5          |
 
-    Every id takes the arguments above as overrides and has :class:`envs.vector.CatchVectorEnv`
+    Every id takes the arguments above as overrides and has :class:`envs.vector.CatchGymnasiumVectorEnv`
     as its ``vector_entry_point`` (``gymnasium.make_vec(id, num_envs=...)``).
 
     Memory matters on the blind variants: remembering the ball's column wins every episode,

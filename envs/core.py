@@ -15,6 +15,8 @@ and :class:`envs.batch.CatchBatch`, so the two implementations cannot drift apar
 from __future__ import annotations
 
 import operator
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,3 +192,20 @@ def render_ansi(config: CatchConfig, frame: int, ball_col: int, paddle: int, vis
     status = f"frame {frame}/{n}" + ("" if visible else " (blank to the agent)")
     return "\n".join("".join(r) for r in rows) + "\n" + status + "\n"
 
+
+
+def renamed_names(module: str, renames: dict[str, tuple[str, Callable[[], Any]]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that keeps old names working with a ``DeprecationWarning``.
+
+    :param module: The module's name, for the messages.
+    :param renames: ``old name -> (new name, loader of the object)``.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in renames:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new, load = renames[name]
+        warnings.warn(f"{module}.{name} was renamed {module}.{new}", DeprecationWarning, stacklevel=2)
+        return load()
+
+    return __getattr__

@@ -1,7 +1,7 @@
-"""``CatchVecEnv``: many Catch games as one Stable-Baselines3 ``VecEnv``.
+"""``CatchSB3VecEnv``: many Catch games as one Stable-Baselines3 ``VecEnv``.
 
 This is the only module of :mod:`envs` that imports Stable-Baselines3 (and, through it, torch);
-``import envs`` does not import it. Use ``from envs.sb3 import CatchVecEnv`` (or ``envs.CatchVecEnv``,
+``import envs`` does not import it. Use ``from envs.sb3 import CatchSB3VecEnv`` (or ``envs.CatchSB3VecEnv``,
 which loads this module on first access).
 """
 
@@ -17,12 +17,12 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from envs.batch import CatchBatch, check_actions
 from envs.catch import CatchEnv
-from envs.core import CatchConfig, check_render_mode
+from envs.core import CatchConfig, check_render_mode, renamed_names
 
 _CONFIG_FIELDS = ("size", "blank_after", "paddle_width", "flicker_prob", "center_paddle")
 
 
-class CatchVecEnv(VecEnv):
+class CatchSB3VecEnv(VecEnv):
     """``num_envs`` Catch games stepped together in numpy, as an SB3 ``VecEnv``.
 
     A drop-in, much faster replacement for ``DummyVecEnv([lambda: CatchEnv(...)] * num_envs)``
@@ -71,8 +71,8 @@ class CatchVecEnv(VecEnv):
         self._started = False
 
     @classmethod
-    def from_id(cls, env_id: str, num_envs: int, **kwargs: Any) -> CatchVecEnv:
-        """Build one from a registered id, e.g. ``CatchVecEnv.from_id("CatchBlind16-v0", 64)``.
+    def from_id(cls, env_id: str, num_envs: int, **kwargs: Any) -> CatchSB3VecEnv:
+        """Build one from a registered id, e.g. ``CatchSB3VecEnv.from_id("CatchBlind16-v0", 64)``.
 
         :param env_id: a Gymnasium id whose entry point is :class:`envs.catch.CatchEnv`.
         :param num_envs: number of games.
@@ -101,9 +101,9 @@ class CatchVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         """Step every game; games that end are restarted in the same call."""
         if not self._started:
-            raise RuntimeError("CatchVecEnv.step() called before reset()")
+            raise RuntimeError("CatchSB3VecEnv.step() called before reset()")
         if self._actions is None:
-            raise RuntimeError("CatchVecEnv.step_wait() called without step_async()")
+            raise RuntimeError("CatchSB3VecEnv.step_wait() called without step_async()")
         batch = self._batch
         rewards, dones, caught = batch.step(self._actions)
         self._actions = None
@@ -145,15 +145,15 @@ class CatchVecEnv(VecEnv):
         if attr_name == "np_random_seed":
             return [self._batch.seeds[g] for g in targets]
         raise AttributeError(
-            f"CatchVecEnv games have no attribute {attr_name!r}; available: "
+            f"CatchSB3VecEnv games have no attribute {attr_name!r}; available: "
             f"{[*_CONFIG_FIELDS, 'render_mode', 'observation_space', 'action_space', 'config', 'np_random_seed']}"
         )
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        """Not supported: the games share one configuration; build a new ``CatchVecEnv`` instead."""
+        """Not supported: the games share one configuration; build a new ``CatchSB3VecEnv`` instead."""
         raise AttributeError(
-            f"cannot set {attr_name!r}: CatchVecEnv games are numpy arrays sharing one configuration; "
-            "build a new CatchVecEnv instead"
+            f"cannot set {attr_name!r}: CatchSB3VecEnv games are numpy arrays sharing one configuration; "
+            "build a new CatchSB3VecEnv instead"
         )
 
     def env_method(
@@ -166,9 +166,12 @@ class CatchVecEnv(VecEnv):
         if method_name == "get_wrapper_attr":
             return self.get_attr(*method_args, indices=targets)
         raise AttributeError(
-            f"CatchVecEnv does not support env_method({method_name!r}); supported: ['render', 'get_wrapper_attr']"
+            f"CatchSB3VecEnv does not support env_method({method_name!r}); supported: ['render', 'get_wrapper_attr']"
         )
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """The games are not ``gymnasium.Env`` objects, so none is wrapped."""
         return [False] * len(list(self._get_indices(indices)))
+
+
+__getattr__ = renamed_names("envs.sb3", {"CatchVecEnv": ("CatchSB3VecEnv", lambda: CatchSB3VecEnv)})

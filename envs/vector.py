@@ -1,4 +1,4 @@
-"""``CatchVectorEnv``: many Catch games as one Gymnasium ``VectorEnv`` (pure numpy)."""
+"""``CatchGymnasiumVectorEnv``: many Catch games as one Gymnasium ``VectorEnv`` (pure numpy)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.batch import CatchBatch, check_actions
-from envs.core import RENDER_MODES, CatchConfig, check_render_mode
+from envs.core import RENDER_MODES, CatchConfig, check_render_mode, renamed_names
 
 
-class CatchVectorEnv(VectorEnv):
+class CatchGymnasiumVectorEnv(VectorEnv):
     """``num_envs`` Catch games stepped together in numpy, with Gymnasium's ``VectorEnv`` API.
 
     Same games as ``num_envs`` :class:`envs.catch.CatchEnv` in a ``gymnasium.vector.SyncVectorEnv``
@@ -141,7 +141,7 @@ class CatchVectorEnv(VectorEnv):
         :return: ``(observations, rewards float64, terminations, truncations (all False), infos)``.
         """
         if not self._started:
-            raise RuntimeError("CatchVectorEnv.step() called before reset()")
+            raise RuntimeError("CatchGymnasiumVectorEnv.step() called before reset()")
         acts = check_actions(actions, self.num_envs)
         batch = self._batch
         mode = self.autoreset_mode
@@ -186,15 +186,18 @@ class CatchVectorEnv(VectorEnv):
     def render(self) -> tuple[np.ndarray | str, ...] | None:
         """Render every game's true state (a tuple with one frame per game), as ``SyncVectorEnv`` does."""
         if self.render_mode is None:
-            logger.warn("CatchVectorEnv.render() was called without a render_mode; pass render_mode at construction.")
+            logger.warn("CatchGymnasiumVectorEnv.render() was called without a render_mode; pass render_mode at construction.")
             return None
         if not self._started:
-            raise RuntimeError("CatchVectorEnv.render() called before reset()")
+            raise RuntimeError("CatchGymnasiumVectorEnv.render() called before reset()")
         return tuple(self._batch.render_game(g, self.render_mode) for g in range(self.num_envs))
 
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"CatchVectorEnv(num_envs={self.num_envs}, size={c.size}, blank_after={c.blank_after}, "
+            f"CatchGymnasiumVectorEnv(num_envs={self.num_envs}, size={c.size}, blank_after={c.blank_after}, "
             f"paddle_width={c.paddle_width}, flicker_prob={c.flicker_prob}, center_paddle={c.center_paddle})"
         )
+
+
+__getattr__ = renamed_names("envs.vector", {"CatchVectorEnv": ("CatchGymnasiumVectorEnv", lambda: CatchGymnasiumVectorEnv)})

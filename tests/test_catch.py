@@ -493,7 +493,7 @@ def test_make_without_importing_envs_and_no_torch() -> None:
         "env = gym.make('envs:CatchBlind24-v0')\n"
         "assert env.unwrapped.blank_after == 5\n"
         "vec = gym.make_vec('envs:Catch-v0', num_envs=3)\n"
-        "assert type(vec).__name__ == 'CatchVectorEnv'\n"
+        "assert type(vec).__name__ == 'CatchGymnasiumVectorEnv'\n"
         "assert 'torch' not in sys.modules, 'envs must not import torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

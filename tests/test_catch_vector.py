@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import warnings
@@ -16,7 +17,7 @@ import envs  # noqa: F401  (registers the ids)
 from envs.batch import CatchBatch
 from envs.catch import CatchEnv
 from envs.core import CatchConfig
-from envs.vector import CatchVectorEnv
+from envs.vector import CatchGymnasiumVectorEnv
 
 CONFIGS: list[dict[str, Any]] = [
     {"size": 3},
@@ -58,7 +59,7 @@ def assert_steps_equal(expected: tuple, actual: tuple) -> None:
 def test_vector_env_equals_sync_vector_env_of_single_envs(kwargs: dict, mode: AutoresetMode) -> None:
     num = 5
     reference = SyncVectorEnv([lambda: CatchEnv(**kwargs) for _ in range(num)], autoreset_mode=mode)
-    vector = CatchVectorEnv(num, **kwargs, autoreset_mode=mode)
+    vector = CatchGymnasiumVectorEnv(num, **kwargs, autoreset_mode=mode)
     assert vector.observation_space == reference.observation_space
     assert vector.action_space == reference.action_space
     assert vector.metadata["autoreset_mode"] == mode
@@ -83,7 +84,7 @@ def test_partial_resets_desynchronise_games_identically() -> None:
     num = 6
     for mode in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
         reference = SyncVectorEnv([lambda: CatchEnv(**kwargs) for _ in range(num)], autoreset_mode=mode)
-        vector = CatchVectorEnv(num, **kwargs, autoreset_mode=mode)
+        vector = CatchGymnasiumVectorEnv(num, **kwargs, autoreset_mode=mode)
         seeds = [3, 4, 50, 7, 8, 9]
         np.testing.assert_array_equal(reference.reset(seed=seeds)[0], vector.reset(seed=seeds)[0])
         rng = np.random.default_rng(1)
@@ -104,7 +105,7 @@ def test_partial_resets_desynchronise_games_identically() -> None:
 
 
 def test_disabled_autoreset_refuses_to_step_finished_games() -> None:
-    vector = CatchVectorEnv(3, size=3, autoreset_mode="Disabled")
+    vector = CatchGymnasiumVectorEnv(3, size=3, autoreset_mode="Disabled")
     vector.reset(seed=0)
     vector.step(np.ones(3, dtype=np.int64))
     _, _, terminated, _, _ = vector.step(np.ones(3, dtype=np.int64))
@@ -143,7 +144,7 @@ def test_generator_random_is_block_invariant() -> None:
 
 def test_seeding_is_reproducible_and_unseeded_games_differ() -> None:
     def run(seed: int | None) -> np.ndarray:
-        vector = CatchVectorEnv(64, size=8)
+        vector = CatchGymnasiumVectorEnv(64, size=8)
         frames = [vector.reset(seed=seed)[0]]
         for t in range(30):
             frames.append(vector.step(np.full(64, t % 3))[0])
@@ -152,7 +153,7 @@ def test_seeding_is_reproducible_and_unseeded_games_differ() -> None:
     np.testing.assert_array_equal(run(3), run(3))
     assert not np.array_equal(run(3), run(4))
     assert not np.array_equal(run(None), run(None))
-    vector = CatchVectorEnv(4)
+    vector = CatchGymnasiumVectorEnv(4)
     vector.reset(seed=10)
     assert vector.np_random_seed == (10, 11, 12, 13)
 
@@ -162,7 +163,7 @@ def test_seeding_is_reproducible_and_unseeded_games_differ() -> None:
 
 def test_make_vec_uses_the_vector_entry_point() -> None:
     vector = gym.make_vec("CatchBlind24-v0", num_envs=8)
-    assert isinstance(vector, CatchVectorEnv)
+    assert isinstance(vector, CatchGymnasiumVectorEnv)
     assert vector.config == CatchConfig(size=24, blank_after=5)
     assert vector.observation_space.shape == (8, 24, 24)
     sync = gym.make_vec("CatchBlind24-v0", num_envs=8, vectorization_mode="sync")
@@ -173,7 +174,7 @@ def test_make_vec_uses_the_vector_entry_point() -> None:
 
 
 def test_vector_observations_are_fresh_arrays() -> None:
-    vector = CatchVectorEnv(4, size=5)
+    vector = CatchGymnasiumVectorEnv(4, size=5)
     kept = [vector.reset(seed=0)[0]]
     copies = [kept[0].copy()]
     for _ in range(10):
@@ -196,7 +197,7 @@ def test_vector_observations_are_fresh_arrays() -> None:
     ],
 )
 def test_bad_vector_actions_raise(actions: Any, match: str) -> None:
-    vector = CatchVectorEnv(3)
+    vector = CatchGymnasiumVectorEnv(3)
     vector.reset(seed=0)
     with pytest.raises(ValueError, match=match):
         vector.step(actions)
@@ -205,18 +206,18 @@ def test_bad_vector_actions_raise(actions: Any, match: str) -> None:
 
 def test_bad_vector_arguments_raise() -> None:
     with pytest.raises(ValueError, match="num_envs"):
-        CatchVectorEnv(0)
+        CatchGymnasiumVectorEnv(0)
     with pytest.raises(ValueError, match="'sometimes'"):
-        CatchVectorEnv(2, autoreset_mode="sometimes")
+        CatchGymnasiumVectorEnv(2, autoreset_mode="sometimes")
     with pytest.raises(ValueError, match="blank_after"):
-        CatchVectorEnv(2, blank_after=0)
+        CatchGymnasiumVectorEnv(2, blank_after=0)
     with pytest.raises(RuntimeError, match="reset"):
-        CatchVectorEnv(2).step(np.ones(2, dtype=np.int64))
+        CatchGymnasiumVectorEnv(2).step(np.ones(2, dtype=np.int64))
 
 
 def test_vector_render_matches_single_env() -> None:
     for mode in ("rgb_array", "ansi"):
-        vector = CatchVectorEnv(3, size=6, blank_after=2, render_mode=mode)
+        vector = CatchGymnasiumVectorEnv(3, size=6, blank_after=2, render_mode=mode)
         singles = [CatchEnv(size=6, blank_after=2, render_mode=mode) for _ in range(3)]
         vector.reset(seed=4)
         for i, env in enumerate(singles):
@@ -238,12 +239,12 @@ def test_vector_render_matches_single_env() -> None:
 def test_sb3_vec_env_equals_dummy_vec_env_of_single_envs() -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from envs.sb3 import CatchVecEnv
+    from envs.sb3 import CatchSB3VecEnv
 
     kwargs = {"size": 6, "blank_after": 4, "flicker_prob": 0.2}
     num = 5
     reference = DummyVecEnv([lambda: CatchEnv(**kwargs) for _ in range(num)])
-    adapter = CatchVecEnv(num, **kwargs)
+    adapter = CatchSB3VecEnv(num, **kwargs)
     assert adapter.observation_space == reference.observation_space
     assert adapter.action_space == reference.action_space
     reference.seed(21)
@@ -272,15 +273,15 @@ def test_sb3_vec_env_trains_with_an_sb3_algorithm() -> None:
     from stable_baselines3 import A2C
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from envs.sb3 import CatchVecEnv
+    from envs.sb3 import CatchSB3VecEnv
 
-    env = VecMonitor(CatchVecEnv.from_id("CatchBlind16-v0", 8))
+    env = VecMonitor(CatchSB3VecEnv.from_id("CatchBlind16-v0", 8))
     assert env.get_attr("size") == [16] * 8
     model = A2C("MlpPolicy", env, n_steps=16, seed=0, device="cpu")
     model.learn(total_timesteps=8 * 16)
     assert len(model.ep_info_buffer) > 0 and {e["r"] for e in model.ep_info_buffer} <= {-1.0, 1.0}
     with pytest.raises(ValueError, match="not a Catch id"):
-        CatchVecEnv.from_id("CartPole-v1", 2)
+        CatchSB3VecEnv.from_id("CartPole-v1", 2)
 
 
 def test_envs_package_and_engine_do_not_import_torch() -> None:
@@ -299,3 +300,20 @@ def test_vector_random_play_is_quiet() -> None:
         vector.reset(seed=0)
         for _ in range(40):
             vector.step(vector.action_space.sample())
+
+
+@pytest.mark.parametrize(
+    "module,old,new",
+    [
+        ("envs", "CatchVectorEnv", "CatchGymnasiumVectorEnv"),
+        ("envs", "CatchVecEnv", "CatchSB3VecEnv"),
+        ("envs.vector", "CatchVectorEnv", "CatchGymnasiumVectorEnv"),
+        ("envs.sb3", "CatchVecEnv", "CatchSB3VecEnv"),
+    ],
+)
+def test_old_class_names_still_work_with_a_deprecation_warning(module, old, new):
+    namespace = importlib.import_module(module)
+    with pytest.warns(DeprecationWarning, match=f"{module}.{old} was renamed {module}.{new}"):
+        assert getattr(namespace, old) is getattr(namespace, new)
+    with pytest.raises(AttributeError, match="no attribute 'CatchNothing'"):
+        namespace.CatchNothing
