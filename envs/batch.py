@@ -39,6 +39,7 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from envs.core import CatchConfig, columns_from_uniform, render_ansi, render_rgb
+from fw_agents.validation import check_int
 
 #: Per-game pool size, in doubles, aimed at by :class:`CatchBatch` (rounded to whole episodes).
 POOL_DOUBLES = 512
@@ -54,9 +55,7 @@ class CatchBatch:
     """
 
     def __init__(self, num_games: int, config: CatchConfig, pool_episodes: int | None = None) -> None:
-        if isinstance(num_games, bool) or not isinstance(num_games, (int, np.integer)) or num_games < 1:
-            raise ValueError(f"num_envs must be an integer >= 1, got {num_games!r}")
-        num_games = int(num_games)
+        num_games = check_int("num_envs", num_games)
         self.config = config
         self.num_games = num_games
         n = config.size
@@ -69,8 +68,7 @@ class CatchBatch:
         d = config.draws_per_episode
         if pool_episodes is None:
             pool_episodes = max(4, POOL_DOUBLES // d)
-        if pool_episodes < 1:
-            raise ValueError(f"pool_episodes must be >= 1, got {pool_episodes!r}")
+        pool_episodes = check_int("pool_episodes", pool_episodes)
         self._draws = d
         self._pool_episodes = pool_episodes
         self._pool = np.zeros((num_games, pool_episodes, d), dtype=np.float64)

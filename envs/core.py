@@ -14,13 +14,14 @@ and :class:`envs.batch.CatchBatch`, so the two implementations cannot drift apar
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fw_agents.validation import check_bool, check_float, check_int
 
 #: Actions of ``Discrete(3)``: index -> paddle displacement in pixels.
 ACTION_MEANINGS: tuple[str, str, str] = ("left", "stay", "right")
@@ -31,16 +32,6 @@ CELL_PIXELS = 16
 
 _VISIBLE_GREY = 255  # ball and paddle while the agent sees them
 _HIDDEN_GREY = 80  # ball and paddle on a frame that the agent sees blank
-
-
-def _as_int(name: str, value: Any) -> int:
-    """Return ``value`` as an ``int`` or raise ``ValueError`` naming it (floats are refused)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got the bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}") from None
 
 
 def check_render_mode(render_mode: str | None) -> str | None:
@@ -70,34 +61,17 @@ class CatchConfig:
     center_paddle: bool = False
 
     def __post_init__(self) -> None:
-        size = _as_int("size", self.size)
-        if size < 3:
-            raise ValueError(f"size must be an integer >= 3, got {self.size!r}")
-        paddle_width = _as_int("paddle_width", self.paddle_width)
-        if not 1 <= paddle_width <= size:
-            raise ValueError(
-                f"paddle_width must be an integer in [1, size={size}] (the paddle must fit on the screen), "
-                f"got {self.paddle_width!r}"
-            )
-        blank_after = self.blank_after
-        if blank_after is not None:
-            blank_after = _as_int("blank_after", blank_after)
-            if blank_after < 1:
-                raise ValueError(f"blank_after must be None or an integer >= 1, got {self.blank_after!r}")
-        numeric = (int, float, np.floating, np.integer)
-        if isinstance(self.flicker_prob, bool) or not isinstance(self.flicker_prob, numeric):
-            raise ValueError(f"flicker_prob must be a float in [0, 1), got {self.flicker_prob!r}")
-        flicker_prob = float(self.flicker_prob)
-        if not 0.0 <= flicker_prob < 1.0:  # also refuses NaN
-            raise ValueError(f"flicker_prob must be a float in [0, 1), got {self.flicker_prob!r}")
-        if not isinstance(self.center_paddle, (bool, np.bool_)):
-            raise ValueError(f"center_paddle must be a bool, got {self.center_paddle!r}")
+        size = check_int("size", self.size, low=3)
+        paddle_width = check_int("paddle_width", self.paddle_width, 1, size)  # the paddle fits on the screen
+        blank_after = None if self.blank_after is None else check_int("blank_after", self.blank_after, low=1)
+        flicker_prob = check_float("flicker_prob", self.flicker_prob, 0.0, 1.0, low_inclusive=True)
+        center_paddle = check_bool("center_paddle", self.center_paddle)
         # Normalise numpy scalars to Python scalars (the dataclass is frozen).
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "paddle_width", paddle_width)
         object.__setattr__(self, "blank_after", blank_after)
         object.__setattr__(self, "flicker_prob", flicker_prob)
-        object.__setattr__(self, "center_paddle", bool(self.center_paddle))
+        object.__setattr__(self, "center_paddle", center_paddle)
 
     @property
     def num_paddle_positions(self) -> int:
