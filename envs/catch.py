@@ -16,6 +16,10 @@ from envs.core import (
     render_ansi,
     render_rgb,
 )
+from envs.human import HumanWindow
+
+#: The single env's render modes: the shared ones and a window.
+CATCH_RENDER_MODES = ("human", *RENDER_MODES)
 
 
 class CatchEnv(Env[np.ndarray, int]):
@@ -88,7 +92,9 @@ class CatchEnv(Env[np.ndarray, int]):
     * ``blank_after`` (int | None, default None): M; frames after the M-th are zeros; >= 1.
     * ``paddle_width`` (int, default 2): paddle width in pixels; 1 <= paddle_width <= size.
     * ``render_mode`` (str | None): ``"rgb_array"`` (``(16 N, 16 N, 3)`` uint8 image of the true
-      state; ball and paddle are dark grey on frames the agent sees blank) or ``"ansi"`` (text).
+      state; ball and paddle are dark grey on frames the agent sees blank), ``"ansi"`` (text) or
+      ``"human"`` (that image in a pygame window after every ``reset`` and ``step``, at
+      ``render_fps``; needs ``pip install "fw-agents[human]"``).
     * ``flicker_prob`` (float, default 0): probability that a frame is blanked; 0 <= p < 1.
     * ``center_paddle`` (bool, default False): start the paddle centred instead of at random.
 
@@ -117,7 +123,7 @@ class CatchEnv(Env[np.ndarray, int]):
     * v0: initial version.
     """
 
-    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": 8}
+    metadata: dict[str, Any] = {"render_modes": list(CATCH_RENDER_MODES), "render_fps": 8}
 
     def __init__(
         self,
@@ -135,7 +141,8 @@ class CatchEnv(Env[np.ndarray, int]):
             flicker_prob=flicker_prob,
             center_paddle=center_paddle,
         )
-        self.render_mode = check_render_mode(render_mode)
+        self.render_mode = check_render_mode(render_mode, CATCH_RENDER_MODES)
+        self._window = HumanWindow("Catch", self.metadata["render_fps"]) if render_mode == "human" else None
         n = self.config.size
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n, n), dtype=np.float32)
         self.action_space = spaces.Discrete(3)
@@ -196,6 +203,8 @@ class CatchEnv(Env[np.ndarray, int]):
         if self._visible[0]:
             obs[0, self._ball] = 1.0
             obs[self._n - 1, self._paddle : self._paddle + self._width] = 1.0
+        if self._window is not None:
+            self.render()
         return obs, {}
 
     def step(self, action: int) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -231,6 +240,8 @@ class CatchEnv(Env[np.ndarray, int]):
         if self._visible[frame]:
             obs[frame, self._ball] = 1.0
             obs[n - 1, paddle : paddle + self._width] = 1.0
+        if self._window is not None:
+            self.render()
         if frame + 1 < n:
             return obs, 0.0, False, False, {}
         caught = paddle <= self._ball < paddle + self._width
@@ -247,6 +258,16 @@ class CatchEnv(Env[np.ndarray, int]):
         if self._frame == 0:
             raise RuntimeError("CatchEnv.render() called before reset()")
         visible = self._visible[self._frame - 1]
-        if self.render_mode == "rgb_array":
-            return render_rgb(self.config, self._frame - 1, self._ball, self._paddle, visible)
-        return render_ansi(self.config, self._frame, self._ball, self._paddle, visible)
+        if self.render_mode == "ansi":
+            return render_ansi(self.config, self._frame, self._ball, self._paddle, visible)
+        rgb = render_rgb(self.config, self._frame - 1, self._ball, self._paddle, visible)
+        if self._window is None:
+            return rgb
+        self._window.show(rgb)
+        return None
+
+    def close(self) -> None:
+        """Close the ``"human"`` window, if one is open."""
+        if self._window is not None:
+            self._window.close()
+        super().close()

@@ -25,7 +25,7 @@ from fw_agents.validation import check_bool, check_float, check_int
 
 #: Actions of ``Discrete(3)``: index -> paddle displacement in pixels.
 ACTION_MEANINGS: tuple[str, str, str] = ("left", "stay", "right")
-#: Render modes every Catch implementation supports.
+#: Render modes every Catch implementation supports (the single env adds ``"human"``).
 RENDER_MODES: tuple[str, str] = ("rgb_array", "ansi")
 #: Side of one screen pixel in the ``"rgb_array"`` image, in image pixels.
 CELL_PIXELS = 16
@@ -34,10 +34,10 @@ _VISIBLE_GREY = 255  # ball and paddle while the agent sees them
 _HIDDEN_GREY = 80  # ball and paddle on a frame that the agent sees blank
 
 
-def check_render_mode(render_mode: str | None) -> str | None:
-    """Return ``render_mode`` if it is ``None`` or one of :data:`RENDER_MODES`, else raise ``ValueError``."""
-    if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(f"render_mode must be None or one of {list(RENDER_MODES)}, got {render_mode!r}")
+def check_render_mode(render_mode: str | None, modes: tuple[str, ...] = RENDER_MODES) -> str | None:
+    """Return ``render_mode`` if it is ``None`` or one of ``modes``, else raise ``ValueError``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {list(modes)}, got {render_mode!r}")
     return render_mode
 
 

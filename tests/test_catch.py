@@ -382,7 +382,7 @@ def test_integer_actions_of_any_type_are_accepted(action) -> None:
         ({"flicker_prob": 1.0}, "1.0"),
         ({"flicker_prob": -0.1}, "-0.1"),
         ({"flicker_prob": float("nan")}, "nan"),
-        ({"render_mode": "human"}, "'human'"),
+        ({"render_mode": "window"}, "'window'"),
         ({"center_paddle": "yes"}, "'yes'"),
     ],
 )
@@ -497,3 +497,34 @@ def test_make_without_importing_envs_and_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'envs must not import torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_human_render_mode_draws_every_step_in_a_window(monkeypatch):
+    """Gymnasium's convention: a human-mode env draws itself after reset and every step."""
+    pytest.importorskip("pygame")  # the `human` extra; CI installs it through `dev`
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # no display needed
+    env = gym.make("CatchBlind16-v0", render_mode="human")
+    assert "HumanRendering" not in str(env), "the env renders natively, not through Gymnasium's wrapper"
+    catch = env.unwrapped
+    shown = []
+    monkeypatch.setattr(catch._window, "fps", 10_000)  # do not wait 1/8 s per frame
+    original = catch._window.show
+    monkeypatch.setattr(catch._window, "show", lambda rgb: (shown.append(rgb.copy()), original(rgb)))
+    env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, _ = env.step(1)
+    assert len(shown) == 16 and all(frame.shape == (256, 256, 3) for frame in shown)
+    rgb = CatchEnv(size=16, blank_after=3, render_mode="rgb_array")
+    rgb.reset(seed=0)
+    assert np.array_equal(shown[0], rgb.render()), "the window shows the rgb_array image"
+    assert env.render() is None
+    env.close()
+    assert catch._window._screen is None
+
+
+def test_human_render_mode_without_pygame_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pygame", None)  # as if not installed
+    env = CatchEnv(render_mode="human")
+    with pytest.raises(gym.error.DependencyNotInstalled, match=r'pip install "fw-agents\[human\]"'):
+        env.reset(seed=0)
