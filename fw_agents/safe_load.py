@@ -1,0 +1,156 @@
+"""Loading Stable-Baselines3 model files without running code from them.
+
+An SB3 ``.zip`` keeps its tensors in ``.pth`` entries (which SB3 reads with
+``torch.load(weights_only=True)``) and its other attributes in a JSON ``data``
+entry, where every value JSON cannot hold (the spaces, the policy class, the
+schedules, the episode buffers, ...) is a base64 cloudpickle. SB3's ``load``
+unpickles those, and unpickling can run any code the file's author chose: a
+crafted model file can run a shell command when it is loaded.
+
+:func:`safe_custom_objects` decodes each pickled value here instead, with an
+unpickler that may only build an allowlist of plain data types (Gymnasium
+spaces, numpy arrays and dtypes, ``deque``, SB3's schedule classes, and SB3
+policy classes from ``stable_baselines3``, ``sb3_contrib`` and ``fw_agents``),
+and hands the results to SB3 as ``custom_objects``, so SB3 unpickles nothing.
+A value that needs anything else (a lambda schedule, a class from another
+package) stops the load with :class:`UnsafeModelError`, unless the caller says
+the file is trusted. The keys SB3 rebuilds itself on load (the last
+observation and recurrent states of the collection loop) are not decoded at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+#: Attributes SB3 / RecurrentPPO rebuild on load (``_setup_model``, ``force_reset``): never decoded.
+REBUILT_ON_LOAD = ("_last_obs", "_last_original_obs", "_last_episode_starts", "_last_lstm_states")
+
+_PLAIN_GLOBALS = {
+    ("builtins", name) for name in ("object", "set", "frozenset", "slice", "complex", "bytearray", "range")
+} | {
+    ("collections", "deque"),
+    ("collections", "OrderedDict"),
+    ("copyreg", "_reconstructor"),
+    ("stable_baselines3.common.utils", "FloatSchedule"),
+    ("stable_baselines3.common.utils", "ConstantSchedule"),
+    ("stable_baselines3.common.utils", "LinearSchedule"),
+}
+_NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                  "numpy._core.numeric", "numpy.dtypes", "numpy.random._pickle")  # fmt: skip
+_NUMPY_NAMES = {"dtype", "ndarray", "_reconstruct", "_frombuffer", "scalar", "__generator_ctor", "__bit_generator_ctor",
+                "__randomstate_ctor", "PCG64", "Generator", "MT19937", "Philox", "SFC64", "SeedSequence",
+                "__pyx_unpickle_SeedSequence"}  # fmt: skip  (a seeded space's generator)
+_POLICY_PACKAGES = ("stable_baselines3.", "sb3_contrib.", "fw_agents.")
+
+A = TypeVar("A")
+
+
+class UnsafeModelError(ValueError):
+    """A model file holds a pickled value that only a trusted file may be allowed to build."""
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    """Builds only the allowlisted types; anything else raises :class:`UnsafeModelError`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN_GLOBALS:
+            return super().find_class(module, name)
+        numpy = module in _NUMPY_MODULES or module.startswith("numpy.random.")
+        if numpy and (name in _NUMPY_NAMES or name.endswith("DType")):
+            return super().find_class(module, name)
+        if module.startswith("gymnasium.spaces."):
+            found = super().find_class(module, name)
+            from gymnasium.spaces import Space
+
+            if isinstance(found, type) and issubclass(found, Space):
+                return found
+        if module.startswith(_POLICY_PACKAGES):
+            found = super().find_class(module, name)
+            from stable_baselines3.common.policies import BasePolicy
+
+            if isinstance(found, type) and issubclass(found, BasePolicy):
+                return found
+        raise UnsafeModelError(f"{module}.{name}")
+
+
+def safe_custom_objects(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+    """``custom_objects`` for SB3's ``load`` that leave SB3 nothing to unpickle.
+
+    :param path: The model ``.zip``.
+    :param trusted: Decode nothing here and let SB3 unpickle the values (only for files you
+        made or trust: unpickling runs code).
+    :return: Every pickled key of the file's ``data``, decoded by the allowlist unpickler
+        (or ``None`` for :data:`REBUILT_ON_LOAD`); ``{}`` when ``trusted``.
+    :raises ValueError: The file is not a readable SB3 model zip (one line, naming the file).
+    :raises UnsafeModelError: A value needs a type outside the allowlist.
+    """
+    data = read_model_data(path)
+    if trusted:
+        return {}
+    objects: dict[str, Any] = {}
+    for key, item in data.items():
+        if not (isinstance(item, dict) and ":serialized:" in item):
+            continue
+        if key in REBUILT_ON_LOAD:
+            objects[key] = None
+            continue
+        try:
+            objects[key] = _AllowlistUnpickler(io.BytesIO(base64.b64decode(item[":serialized:"]))).load()
+        except UnsafeModelError as error:
+            raise UnsafeModelError(
+                f"{path}: the saved {key!r} needs {error}, which is not built from an untrusted file "
+                "(unpickling can run code); load it only if you trust the file (trusted=True)"
+            ) from None
+        except Exception as error:  # a corrupt pickle: base64, truncation, bad opcodes
+            raise ValueError(f"{path}: the saved {key!r} is corrupt ({type(error).__name__}: {error})") from None
+    return objects
+
+
+def read_model_data(path: str | Path) -> dict[str, Any]:
+    """The JSON ``data`` entry of an SB3 model zip, undecoded.
+
+    :raises ValueError: No such file, not a zip (e.g. a half-written checkpoint), no ``data``
+        entry, or ``data`` that is not a JSON object; the message names the file.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "data" not in archive.namelist():
+                raise ValueError(f"{path} is not a Stable-Baselines3 model: it has no 'data' entry")
+            text = archive.read("data").decode()
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"cannot read model {str(path)!r}: {error}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: its 'data' entry is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: its 'data' entry is not a JSON object")
+    return data
+
+
+def load_model(
+    algorithm: type[A] | Callable[..., A],
+    path: str | Path,
+    env: Any = None,
+    trusted: bool = False,
+    custom_objects: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> A:
+    """``algorithm.load(path, env, ...)`` without unpickling anything from the file.
+
+    :param algorithm: An SB3 algorithm class (``RecurrentPPO``, ``FastRecurrentPPO``, ``PPO``, ...).
+    :param path: The model ``.zip``.
+    :param env: The env to attach (as SB3's ``load``).
+    :param trusted: Let SB3 unpickle the file's values (only for files you trust).
+    :param custom_objects: Your own replacements; they win over the decoded values.
+    :param kwargs: Passed on to ``load`` (``device``, ...).
+    """
+    objects = {**safe_custom_objects(path, trusted), **(custom_objects or {})}
+    return algorithm.load(path, env=env, custom_objects=objects, **kwargs)

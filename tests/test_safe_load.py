@@ -1,0 +1,101 @@
+"""Model files load without running code from them (fw_agents.safe_load)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+
+import envs  # noqa: F401  (registers the ids)
+from fw_agents.safe_load import UnsafeModelError, load_model, safe_custom_objects
+
+
+class _RunsAShellCommand:
+    """What a crafted file pickles: unpickling it calls ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, one_thread):
+    folder = tmp_path_factory.mktemp("models")
+    env = make_vec_env("CatchBlind16-v0", n_envs=2, seed=0)
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0,
+                         policy_kwargs=dict(lstm_hidden_size=8))  # fmt: skip
+    model.learn(64)
+    model.save(folder / "model.zip")
+    return folder, env, model
+
+
+def _with_data(source: Path, target: Path, **replaced: object) -> Path:
+    data = json.loads(zipfile.ZipFile(source).read("data"))
+    data.update(replaced)
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, json.dumps(data) if name == "data" else src.read(name))
+    return target
+
+
+def test_a_plain_model_loads_the_same_without_unpickling(saved):
+    folder, env, model = saved
+    objects = safe_custom_objects(folder / "model.zip")
+    serialized = {k for k, v in json.loads(zipfile.ZipFile(folder / "model.zip").read("data")).items()
+                  if isinstance(v, dict) and ":serialized:" in v}  # fmt: skip
+    assert serialized and serialized <= objects.keys(), "SB3 is left nothing to unpickle"
+    loaded = load_model(RecurrentPPO, folder / "model.zip", env=env, device="cpu")
+    assert loaded.observation_space == model.observation_space and loaded.num_timesteps == 64
+    obs = env.reset()
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    loaded.learn(32, reset_num_timesteps=False)  # training continues from the decoded schedules
+    assert loaded.num_timesteps == 96
+
+
+def test_a_crafted_file_is_refused_before_its_code_runs(saved, tmp_path):
+    folder, env, _ = saved
+    marker = tmp_path / "ran"
+    evil = {":type:": "<class 'collections.deque'>", ":serialized:": base64.b64encode(pickle.dumps(_RunsAShellCommand(marker))).decode()}  # fmt: skip
+    crafted = _with_data(folder / "model.zip", tmp_path / "crafted.zip", ep_success_buffer=evil)
+    with pytest.raises(UnsafeModelError, match=r"'ep_success_buffer' needs (posix|os)\.system.*trusted=True"):
+        load_model(RecurrentPPO, crafted, env=env)
+    assert not marker.exists(), "the file's code must not have run"
+
+
+def test_code_in_a_schedule_needs_trust(saved, tmp_path):
+    _, env, _ = saved
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=16, batch_size=16, learning_rate=lambda done: 1e-3 * done,
+                         policy_kwargs=dict(lstm_hidden_size=8))  # fmt: skip
+    model.save(tmp_path / "lambda.zip")
+    with pytest.raises(UnsafeModelError, match="cloudpickle"):
+        load_model(RecurrentPPO, tmp_path / "lambda.zip", env=env)
+    assert load_model(RecurrentPPO, tmp_path / "lambda.zip", env=env, trusted=True).learning_rate(0.5) == 5e-4
+
+
+def test_unreadable_files_are_one_line_value_errors(saved, tmp_path):
+    folder, _, _ = saved
+    whole = (folder / "model.zip").read_bytes()
+    (tmp_path / "half.zip").write_bytes(whole[: len(whole) // 2])
+    with zipfile.ZipFile(tmp_path / "no_data.zip", "w") as archive:
+        archive.writestr("policy.pth", b"")
+    corrupt = {":type:": "x", ":serialized:": base64.b64encode(b"\x80\x05garbage").decode()}
+    cases = {
+        tmp_path / "missing.zip": "cannot read model",
+        tmp_path / "half.zip": "half.zip",  # not a zip, or (the .pth entries are zips) one without 'data'
+        tmp_path / "no_data.zip": "has no 'data' entry",
+        _with_data(folder / "model.zip", tmp_path / "corrupt.zip", ep_info_buffer=corrupt): "'ep_info_buffer' is corrupt",
+    }
+    for path, needle in cases.items():
+        with pytest.raises(ValueError) as error:
+            safe_custom_objects(path)
+        assert needle in str(error.value) and "\n" not in str(error.value)
