@@ -35,13 +35,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 
 TARGET = 0.9
-FAST_KEYS = ("fast_lr", "decay", "inner_steps", "fast_normalize")
+#: Before ``TrainConfig.memory_kwargs``, the fast-weights options were fields of their own:
+#: old field -> core option (runs of an old search, old JSON tables).
+LEGACY_FAST_FIELDS = dict(fast_lr="fast_lr", decay="decay", inner_steps="inner_steps", fast_normalize="normalize")
 Curve = tuple[np.ndarray, np.ndarray]
 
 
@@ -57,40 +58,58 @@ def steps_to_target(steps: np.ndarray, returns: np.ndarray, target: float = TARG
 
 
 def sample_hyperparameters(memory: str, rng: np.random.Generator) -> dict[str, Any]:
-    """One random-search draw: the learning rate for every memory; η, λ and S for fast weights.
+    """One random-search draw (``TrainConfig`` keyword arguments): the learning rate for every
+    memory; η, λ and S for fast weights, as ``memory_kwargs``.
 
     Ranges: learning rate log-uniform in [1e-4, 3e-3]; η log-uniform in [1e-4, 0.1] (on
     Catch-v0, η >= 0.01 already stalled learning, see README); λ uniform in [0.5, 0.99];
-    S in {1, 2}. η is the paper's absolute one (``fast_normalize=False``), as the paper searched it.
+    S in {1, 2}. η is the paper's absolute one (``normalize=False``), as the paper searched it.
     """
     params: dict[str, Any] = dict(learning_rate=float(math.exp(rng.uniform(math.log(1e-4), math.log(3e-3)))))
     if memory == "fastweights":
-        params.update(
+        params["memory_kwargs"] = dict(
             fast_lr=float(math.exp(rng.uniform(math.log(1e-4), math.log(0.1)))),
             decay=float(rng.uniform(0.5, 0.99)),
             inner_steps=int(rng.choice([1, 2])),
-            fast_normalize=False,
+            normalize=False,
         )
+    return params
+
+
+def trial_params(entry: dict[str, Any], memory: str) -> dict[str, Any]:
+    """The ``TrainConfig`` keyword arguments of a trial (``learning_rate``, ``memory_kwargs``) from
+    its ``config.json`` or a best-of JSON entry, also in the old form with the fast-weights
+    options as fields of their own (:data:`LEGACY_FAST_FIELDS`)."""
+    params: dict[str, Any] = dict(learning_rate=entry["learning_rate"])
+    if "memory_kwargs" in entry:
+        memory_kwargs = dict(entry["memory_kwargs"])
+    elif memory == "fastweights":
+        memory_kwargs = {key: entry[old] for old, key in LEGACY_FAST_FIELDS.items() if old in entry}
+    else:
+        memory_kwargs = {}
+    if memory_kwargs:
+        params["memory_kwargs"] = memory_kwargs
     return params
 
 
 def best_trial(search_dir: Path, memory: str) -> dict[str, Any]:
     """Hyper-parameters of ``memory``'s trial with the highest mean evaluation return in a search
-    directory, or ``memory``'s entry of a JSON file ``{memory: {param: value}}`` (such as
-    ``benchmarks/figure5_best16.json``, the search's winners on CatchBlind16-v0)."""
+    directory, or ``memory``'s entry of a JSON file ``{memory: {"learning_rate": .., "memory_kwargs":
+    {..}}}`` (such as ``benchmarks/figure5_best16.json``, the search's winners on CatchBlind16-v0)."""
     if search_dir.suffix == ".json":
         table = json.loads(search_dir.read_text())
         if memory not in table:
             raise SystemExit(f"{search_dir} has no entry for {memory!r}; it has {', '.join(table)}")
-        return dict(table[memory])
+        return trial_params(table[memory], memory)
     best: tuple[float, dict[str, Any]] | None = None
     for run_dir in sorted(search_dir.glob(f"*-{memory}-t*")):
         if not (run_dir / "evaluations.npz").exists():
             continue
         score = float(load_curve(run_dir)[1].mean())
         config = json.loads((run_dir / "config.json").read_text())
-        config.setdefault("fast_normalize", False)  # runs from before it existed used the paper's η
-        params = {key: config[key] for key in ("learning_rate", *(FAST_KEYS if memory == "fastweights" else ()))}
+        if "memory_kwargs" not in config:
+            config.setdefault("fast_normalize", False)  # runs from before it existed used the paper's η
+        params = trial_params(config, memory)
         if best is None or score > best[0]:
             best = (score, params)
     if best is None:
@@ -104,7 +123,7 @@ def run(run_dir: Path, args: argparse.Namespace, env_id: str, memory: str, seed:
         config = TrainConfig(
             env=env_id, memory=memory, seed=seed, timesteps=args.timesteps, eval_freq=args.eval_freq,
             eval_episodes=args.eval_episodes, run_dir=str(run_dir), wandb="disabled", gif_episodes=0,
-            progress_bar=False, **params,
+            progress_bar=False, threads=args.threads, **params,
         )  # fmt: skip
         train(config)
     return load_curve(run_dir)
@@ -115,7 +134,8 @@ def _steps_text(steps: float) -> str:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    flat = {k: v for k, v in params.items() if k != "memory_kwargs"} | params.get("memory_kwargs", {})
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
 
 
 def main() -> None:
@@ -131,11 +151,11 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=500_000)
     parser.add_argument("--eval-freq", type=int, default=25_000)
     parser.add_argument("--eval-episodes", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two commands share 2 cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (TrainConfig.threads; default: torch's; 1 lets two commands "
+                             "share 2 cores)")  # fmt: skip
     parser.add_argument("--out", default="runs/figure5")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     search = args.trials > 0

@@ -66,6 +66,7 @@ import numpy as np
 
 from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.files import atomic_path, write_text_atomically
+from fw_agents.validation import check_float, check_int
 
 POPGYM_TASKS = (
     "RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "HigherLowerEasy", "PositionOnlyCartPoleEasy",
@@ -217,8 +218,9 @@ def ppo_settings() -> dict[str, Any]:
     """The PPO hyper-parameters every model shares: ``TrainConfig``'s defaults."""
     from fw_agents.agent import TrainConfig
 
+    defaults = TrainConfig()
     keys = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "n_envs")
-    return {key: getattr(TrainConfig, key) for key in keys}
+    return {key: getattr(defaults, key) for key in keys}
 
 
 def policy_kwargs(job: Job) -> dict[str, Any]:
@@ -234,7 +236,7 @@ def policy_kwargs(job: Job) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(job: Job, env: Any) -> Any:
+def build_job_model(job: Job, env: Any) -> Any:
     """The job's model: stock ``RecurrentPPO("MlpLstmPolicy")`` or ``FastRecurrentPPO`` + memory policy.
 
     :param job: The run.
@@ -292,7 +294,7 @@ def run_job(job: Job) -> dict[str, Any]:
         envs.append(make_task_env(job.task, record["ppo"]["n_envs"], job.seed))
         envs.append(make_task_env(job.task, min(job.eval_episodes, 50), job.seed + EVAL_SEED_OFFSET))
         try:
-            model = build_model(job, envs[0])
+            model = build_job_model(job, envs[0])
         except Exception as error:  # e.g. stock MlpLstmPolicy on MultiDiscrete observations
             record.update(status="cannot build", error=one_line(error))
         else:
@@ -545,7 +547,7 @@ def write_report(out: Path, command: str, tasks: Sequence[str] | None = None, mo
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked by building a small core.
+    """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
 
     :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_lr": 2.0}``.
     """
@@ -558,11 +560,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"bad --fast-variant {text!r}: invalid JSON ({error})") from None
     if not isinstance(kwargs, dict):
         raise ValueError(f"bad --fast-variant {text!r}: the JSON must be an object of fast-weights options")
-    from fw_agents.memory import make_memory
+    from fw_agents.agent import check_memory_kwargs
 
     try:
-        make_memory("fastweights", 4, 4, **kwargs)
-    except (TypeError, ValueError) as error:
+        check_memory_kwargs("fastweights", kwargs, hidden_size=4)
+    except ValueError as error:
         raise ValueError(f"bad --fast-variant {text!r}: {error}") from None
     return f"fastweights[{label}]", kwargs
 
@@ -609,13 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace) -> None:
     for name in ("timesteps", "hidden_size", "eval_episodes", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if not args.budget_scale > 0:
-        raise ValueError(f"--budget-scale must be > 0, got {args.budget_scale}")
-    if any(seed < 0 for seed in args.seeds or []):
-        raise ValueError(f"--seeds must be >= 0, got {args.seeds}")
+        if getattr(args, name) is not None:
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    check_float("--budget-scale", args.budget_scale, 0)
+    for seed in args.seeds or []:
+        check_int("--seeds", seed, 0)
 
 
 def make_jobs(args: argparse.Namespace, tasks: list[str], models: list[str], variants: dict[str, dict[str, Any]],

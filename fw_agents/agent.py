@@ -14,6 +14,7 @@ catch rate) and the run directory::
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import os
@@ -32,49 +33,101 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
+from fw_agents.cli import KeyFlag, option
 from fw_agents.files import atomic_path, write_text_atomically
-from fw_agents.memory import MEMORY_NAMES
+from fw_agents.memory import MEMORY_NAMES, make_memory, memory_class
 from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy, default_memory_kwargs
 from fw_agents.tracking import WANDB_MODES, start_run
+from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 DEVICES = ("auto", "cpu", "cuda")
-_FAST_DEFAULTS = default_memory_kwargs("fastweights")
+#: Constructor parameters every core takes from the policy, not from ``memory_kwargs``.
+_CORE_SIZE_PARAMETERS = ("self", "input_size", "hidden_size")
+
+
+def core_options(memory: str) -> tuple[str, ...]:
+    """The ``memory_kwargs`` keys ``memory``'s core accepts: its constructor's parameters after the sizes."""
+    parameters = inspect.signature(memory_class(memory)).parameters
+    return tuple(name for name in parameters if name not in _CORE_SIZE_PARAMETERS)
+
+
+def check_memory_kwargs(memory: str, memory_kwargs: Any, hidden_size: int = 128) -> dict[str, Any]:
+    """``memory_kwargs`` if ``memory``'s core takes them; ``ValueError`` otherwise.
+
+    An unknown key is named with the accepted ones (:func:`core_options`); the values are checked
+    by the core itself, a throwaway one of width ``hidden_size`` built over the policies' defaults
+    without touching torch's random state.
+
+    :return: The resolved options: :func:`fw_agents.policies.default_memory_kwargs` with these over them.
+    """
+    if not isinstance(memory_kwargs, dict):
+        raise ValueError(f"memory_kwargs must be a dict, got {memory_kwargs!r}")
+    accepted = core_options(memory)
+    unknown = [key for key in memory_kwargs if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"unknown memory_kwargs key {unknown[0]!r} for memory {memory}; accepted: {', '.join(accepted) or 'none'}"
+        )
+    resolved = {**default_memory_kwargs(memory), **memory_kwargs}
+    with torch.random.fork_rng(devices=[]):
+        try:
+            make_memory(memory, 1, hidden_size, **resolved)
+        except TypeError as error:
+            raise ValueError(f"memory_kwargs for {memory}: {error}") from None
+    return resolved
+
+
+def _memory_kwargs_help() -> str:
+    per_core = "; ".join(f"{name}: {', '.join(core_options(name)) or '-'}" for name in MEMORY_NAMES)
+    return (
+        "core options as KEY=VALUE (VALUE a Python literal), over the core's defaults "
+        f"(fw_agents.policies.DEFAULT_MEMORY_KWARGS); keys by core: {per_core}"
+    )
 
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; the defaults solve ``Catch-v0`` in a few minutes on 2 CPU cores."""
+    """Every knob of a training run, each declared once: ``train_agent.py``'s flags are generated
+    from these fields (``fw_agents.cli``). The defaults solve ``Catch-v0`` in a few minutes on 2
+    CPU cores."""
 
-    env: str = "Catch-v0"
-    memory: str = "fastweights"
-    timesteps: int = 300_000
-    n_envs: int = 16
-    seed: int = 0
-    device: str = "auto"
-    learning_rate: float = 1e-3
-    n_steps: int = 64
-    batch_size: int = 256
-    n_epochs: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    ent_coef: float = 0.01
-    hidden_size: int = 128
-    # Fast weights: the policies' defaults (fw_agents.policies.DEFAULT_MEMORY_KWARGS), η as the
-    # fast memory's share of the drive (fast_normalize); --no-fast-normalize reads η as the paper's.
-    fast_lr: float = _FAST_DEFAULTS["fast_lr"]
-    decay: float = _FAST_DEFAULTS["decay"]
-    inner_steps: int = _FAST_DEFAULTS["inner_steps"]
-    fast_normalize: bool = _FAST_DEFAULTS["normalize"]
-    critic: str = "shared"
-    eval_freq: int = 25_000
-    eval_episodes: int = 200
-    checkpoint_freq: int = 50_000
-    gif_episodes: int = 3
-    run_dir: str | None = None
-    runs_root: str = "runs"
-    wandb: str | None = None
-    resume: str | None = None
-    progress_bar: bool = True
+    env: str = option(
+        "Catch-v0",
+        help=f"Gymnasium id: a Catch id ({', '.join(envs.CATCH_IDS)}), any registered id, or module:id "
+        "to import the module that registers it first (e.g. popgym:popgym-RepeatFirstEasy-v0)",
+    )
+    memory: str = option("fastweights", help="memory core", choices=MEMORY_NAMES)
+    timesteps: int = option(300_000, help="total env steps")
+    n_envs: int = option(16, help="parallel envs")
+    seed: int = option(0, help="seed of the model and the envs (evaluation envs: seed + 10000)")
+    device: str = option("auto", help="torch device (auto: cuda when available)", choices=DEVICES)
+    threads: int | None = option(
+        1,
+        help="torch CPU threads during the run (None, from Python only: torch's own choice). 1 as in "
+        "rl-baselines3-zoo: on a busy 2-core machine torch's 2 threads trained 20x slower than 1",
+    )
+    learning_rate: float = option(1e-3, help="Adam step size", aliases=("--lr",))
+    n_steps: int = option(64, help="rollout length per env between updates")
+    batch_size: int = option(256, help="minibatch size (>= 2: advantages are normalised over it)")
+    n_epochs: int = option(4, help="passes over each rollout per update")
+    gamma: float = option(0.99, help="discount factor, in (0, 1]")
+    gae_lambda: float = option(0.95, help="GAE lambda, in (0, 1]")
+    ent_coef: float = option(0.01, help="entropy bonus coefficient, >= 0")
+    hidden_size: int = option(128, help="memory core width")
+    memory_kwargs: dict[str, Any] = option(default_factory=dict, help=_memory_kwargs_help())
+    critic: str = option("shared", help="value head on the actor's core (shared) or its own (separate)",
+                         choices=CRITIC_MODES)  # fmt: skip
+    eval_freq: int = option(25_000, help="env steps between evaluations")
+    eval_episodes: int = option(200, help="episodes per evaluation (and in the final one)")
+    checkpoint_freq: int = option(50_000, help="env steps between checkpoints")
+    gif_episodes: int = option(3, help="episodes recorded in episodes.gif (0: no GIF)")
+    run_dir: str | None = option(None, help="run directory (None: <runs-root>/<env>-<memory>-s<seed>-<time>)")
+    runs_root: str = option("runs", help="parent folder of auto-named run directories")
+    wandb: str | None = option(
+        None, help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)", choices=WANDB_MODES
+    )
+    resume: str | None = option(None, help="checkpoint .zip to continue from", metavar="PATH")
+    progress_bar: bool = option(True, help="show a progress bar")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value and what is accepted."""
@@ -84,38 +137,64 @@ class TrainConfig:
                 f"unknown env id {self.env!r}; use a registered Gymnasium id, e.g. {catch}, "
                 "or module:id to import the module that registers it (e.g. popgym:popgym-RepeatFirstEasy-v0)"
             )
-        _choice("memory", self.memory, MEMORY_NAMES)
-        _choice("device", self.device, DEVICES)
-        _choice("critic", self.critic, CRITIC_MODES)
+        check_choice("memory", self.memory, MEMORY_NAMES)
+        check_choice("device", self.device, DEVICES)
+        check_choice("critic", self.critic, CRITIC_MODES)
         if self.wandb is not None:
-            _choice("wandb", self.wandb, WANDB_MODES)
+            check_choice("wandb", self.wandb, WANDB_MODES)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-        for name in ("timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "hidden_size", "inner_steps",
-                     "eval_freq", "eval_episodes", "checkpoint_freq"):  # fmt: skip
-            _at_least(name, getattr(self, name), 1)
-        _at_least("gif_episodes", self.gif_episodes, 0)
-        _in_open_interval("learning_rate", self.learning_rate, 0.0, math.inf)
-        _in_open_interval("fast_lr", self.fast_lr, 0.0, math.inf)
-        _in_open_interval("decay", self.decay, 0.0, 1.0)
-        _in_open_interval("gamma", self.gamma, 0.0, 1.0, closed_high=True)
-        _in_open_interval("gae_lambda", self.gae_lambda, 0.0, 1.0, closed_high=True)
-        if not (isinstance(self.ent_coef, (int, float)) and 0 <= self.ent_coef < math.inf):
-            raise ValueError(f"ent_coef must be a finite number >= 0, got {self.ent_coef!r}")
-        if self.batch_size < 2:  # PPO normalises advantages over the minibatch: one sample gives NaN
-            raise ValueError(f"batch_size must be an integer >= 2, got {self.batch_size!r}")
+        for name in ("timesteps", "n_envs", "n_steps", "n_epochs", "hidden_size", "eval_freq", "eval_episodes",
+                     "checkpoint_freq"):  # fmt: skip
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        check_int("batch_size", self.batch_size, 2)  # PPO normalises advantages over the minibatch: 1 gives NaN
+        check_int("gif_episodes", self.gif_episodes, 0)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
+        check_float("learning_rate", self.learning_rate, 0)
+        check_float("gamma", self.gamma, 0, 1, high_inclusive=True)
+        check_float("gae_lambda", self.gae_lambda, 0, 1, high_inclusive=True)
+        check_float("ent_coef", self.ent_coef, 0, low_inclusive=True)
+        check_bool("progress_bar", self.progress_bar)
+        check_memory_kwargs(self.memory, self.memory_kwargs, self.hidden_size)
         if self.resume is not None:
             path = Path(self.resume)
             if not path.is_file() or not os.access(path, os.R_OK):
                 raise ValueError(f"cannot read resume checkpoint {self.resume!r} (no such readable file)")
 
+    def resolved_memory_kwargs(self) -> dict[str, Any]:
+        """The core's options: :func:`fw_agents.policies.default_memory_kwargs` with ``memory_kwargs`` over them."""
+        return {**default_memory_kwargs(self.memory), **self.memory_kwargs}
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field, ``memory_kwargs`` resolved: what ``config.json`` and W&B record."""
+        return {**asdict(self), "memory_kwargs": self.resolved_memory_kwargs()}
+
     def policy_kwargs(self) -> dict[str, Any]:
-        memory_kwargs: dict[str, Any] = {}
-        if self.memory == "fastweights":
-            memory_kwargs = dict(
-                normalize=self.fast_normalize, fast_lr=self.fast_lr, decay=self.decay, inner_steps=self.inner_steps
-            )
-        return dict(memory=self.memory, hidden_size=self.hidden_size, memory_kwargs=memory_kwargs, critic=self.critic)
+        """``RecurrentMemoryPolicy``'s keyword arguments."""
+        return dict(
+            memory=self.memory,
+            hidden_size=self.hidden_size,
+            memory_kwargs=self.resolved_memory_kwargs(),
+            critic=self.critic,
+        )
+
+
+def _fast_weights_flag(flag: str, key: str, kind: type, help: str) -> KeyFlag:
+    default = default_memory_kwargs("fastweights")[key]
+    return KeyFlag(flag, "memory_kwargs", key, kind, f"fast weights: {help}", ("memory", "fastweights"), default)
+
+
+#: Command-line shortcuts for the fast-weights options (README and docs use them): ``--decay 0.9``
+#: is ``--memory-kwargs decay=0.9``, and an error with another ``--memory``.
+CORE_FLAGS: tuple[KeyFlag, ...] = (
+    _fast_weights_flag("--fast-lr", "fast_lr", float, "η, the fast memory's share of the drive (--fast-normalize)"),
+    _fast_weights_flag("--decay", "decay", float, "λ, the share of the fast memory kept at each step"),
+    _fast_weights_flag("--inner-steps", "inner_steps", int, "S, inner-loop steps per time step"),
+    _fast_weights_flag("--fast-normalize", "normalize", bool, "η is the fast memory's share of the drive (write "
+                       "scaled by (1-λ)/H); --no-fast-normalize reads it as the paper's absolute η"),
+)  # fmt: skip
 
 
 def env_registered(env_id: str) -> bool:
@@ -192,7 +271,7 @@ class StopOnNonFinite(BaseCallback):
         return True
 
 
-def build_model(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
+def build_agent(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
     """``FastRecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``."""
     if config.resume:
         return FastRecurrentPPO.load(config.resume, env=env, device=config.device)
@@ -249,18 +328,29 @@ class SaveBestAtomically(BaseCallback):
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, evaluate and save; returns the evaluation summary (also in ``eval_summary.json``).
 
-    Ctrl-C saves ``checkpoints/interrupted_<steps>_steps.zip`` (resume it with ``--resume``)
-    and re-raises ``KeyboardInterrupt``.
+    Runs with ``config.threads`` torch threads (restored afterwards); ``config.json`` records
+    :meth:`TrainConfig.resolved`. Ctrl-C saves ``checkpoints/interrupted_<steps>_steps.zip``
+    (resume it with ``--resume``) and re-raises ``KeyboardInterrupt``.
     """
     config.validate()
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: TrainConfig) -> dict[str, Any]:
     is_catch = config.env in envs.CATCH_IDS  # reward +1 exactly when the ball is caught
     name = f"{config.env}-{config.memory}-s{config.seed}"
-    tracker = start_run(config.runs_root, name, asdict(config), run_dir=config.run_dir, wandb_mode=config.wandb)
+    tracker = start_run(config.runs_root, name, config.resolved(), run_dir=config.run_dir, wandb_mode=config.wandb)
     run_dir = tracker.run_dir
     env = make_env(config.env, config.n_envs, config.seed)
     eval_env = make_env(config.env, min(config.eval_episodes, 50), config.seed + 10_000)
     try:
-        model = build_model(config, env)
+        model = build_agent(config, env)
         model.set_logger(tracker.logger)
         steps_per_call = config.n_envs
         callbacks = [
@@ -325,22 +415,3 @@ def evaluate(model: RecurrentPPO, env: VecEnv, episodes: int, catch_rate: bool =
     if catch_rate:
         summary["catch_rate"] = float(np.mean(returns > 0))
     return summary
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-
-
-def _at_least(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _in_open_interval(
-    name: str, value: float, low: float, high: float, closed_high: bool = False
-) -> None:
-    ok = isinstance(value, (int, float)) and low < value and (value <= high if closed_high else value < high)
-    if not ok:
-        bracket = "]" if closed_high else ")"
-        raise ValueError(f"{name} must be in ({low}, {high}{bracket}, got {value!r}")

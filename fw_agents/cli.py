@@ -5,7 +5,8 @@ dataclass, each declared once with :func:`option` (default + help);
 :func:`add_config_arguments` generates the flags from them (``learning_rate`` ->
 ``--learning-rate``, the field's type as the flag's type, ``bool`` as ``--x/--no-x``,
 ``dict`` as ``KEY=VALUE ...``, defaults shown by ``--help``) and
-:func:`config_from_args` builds the dataclass back from the parsed flags.
+:func:`config_from_args` builds the dataclass back from the parsed flags. A :class:`KeyFlag`
+is a shortcut for one key of a ``dict`` field (``--decay 0.9`` for ``--memory-kwargs decay=0.9``).
 
 **One-line errors.** Bad input ends a command with **one** line on stderr and exit
 status 2, never a traceback: :class:`OneLineArgumentParser` drops argparse's usage
@@ -123,6 +124,90 @@ def config_from_args(config_class: type[C], args: argparse.Namespace, names: Seq
         if isinstance(value, list):  # KEY=VALUE pairs; later ones win, as on any command line
             values[name] = dict(value)
     return config_class(**values, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyFlag:
+    """A flag that sets one key of a ``dict`` field of the config, valid for one value of another field.
+
+    ``KeyFlag("--decay", "memory_kwargs", "decay", float, "λ", when=("memory", "fastweights"))``
+    makes ``--decay 0.9`` mean ``--memory-kwargs decay=0.9``, and an error with any other ``--memory``.
+    Add them with :func:`add_key_flags`; :func:`fold_key_flags` moves the given ones into their field.
+
+    :param flag: The flag (``--decay``); a ``bool`` one also gets ``--no-...``.
+    :param field: The ``dict`` field it writes into.
+    :param key: The key it sets.
+    :param type: The value's type (``bool``: a ``--x/--no-x`` switch).
+    :param help: One line for ``--help``.
+    :param when: ``(field, value)``: the flag applies only when that field has that value.
+    :param default: What ``--help`` shows (the value the key has when the flag is not given).
+    """
+
+    flag: str
+    field: str
+    key: str
+    type: type
+    help: str
+    when: tuple[str, Any]
+    default: Any = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+_GIVEN = "_given_key_flags"
+
+
+def _note_given(namespace: argparse.Namespace, dest: str, option_string: str | None) -> None:
+    given = dict(getattr(namespace, _GIVEN, {}))  # a fresh dict per parse, never the parser's default
+    given[dest] = option_string
+    setattr(namespace, _GIVEN, given)
+
+
+class _KeyFlagAction(argparse.Action):
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        _note_given(namespace, self.dest, option_string)
+
+
+class _KeySwitchAction(argparse.BooleanOptionalAction):
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest, option_string)
+
+
+def add_key_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flags: Sequence[KeyFlag]) -> None:
+    """Add the :class:`KeyFlag` s; ``args.<dest>`` holds each one's value (its ``default`` if not given)."""
+    for flag in flags:
+        kwargs: dict[str, Any] = dict(dest=flag.dest, default=flag.default, help=flag.help)
+        if flag.type is bool:
+            parser.add_argument(flag.flag, action=_KeySwitchAction, **kwargs)
+        else:
+            parser.add_argument(flag.flag, action=_KeyFlagAction, type=flag.type, **kwargs)
+
+
+def fold_key_flags(args: argparse.Namespace, flags: Sequence[KeyFlag]) -> None:
+    """Write each :class:`KeyFlag` given on the command line into its ``dict`` field of ``args``.
+
+    :raises ValueError: A flag given while its ``when`` field has another value, or a key set both
+        by its flag and in the field itself.
+    """
+    given = getattr(args, _GIVEN, {})
+    for flag in flags:
+        if flag.dest not in given:
+            continue
+        spelled = given[flag.dest] or flag.flag
+        selector, value = flag.when
+        if getattr(args, selector) != value:
+            raise ValueError(f"{spelled} applies to --{selector.replace('_', '-')} {value} only")
+        values = getattr(args, flag.field)
+        values = dict(values or ())  # KEY=VALUE pairs or a dict
+        if flag.key in values:
+            field = "--" + flag.field.replace("_", "-")
+            raise ValueError(f"{spelled} and {field} {flag.key}=... both set {flag.key}; give one")
+        values[flag.key] = getattr(args, flag.dest)
+        setattr(args, flag.field, values)
 
 
 def _field_default(field: dataclasses.Field) -> Any:

@@ -159,17 +159,17 @@ def test_make_jobs_skips_finished_runs(suite, tmp_path):
     assert [(j.model, j.seed) for j in jobs] == [("gru", 0), ("lstm", 1), ("gru", 1)]
 
 
-def test_build_model_uses_policy_defaults_unless_a_variant(suite, one_thread):
+def test_build_job_model_uses_policy_defaults_unless_a_variant(suite, one_thread):
     default = suite.Job("CatchBlind16", "fastweights", 0, 64, "x", hidden_size=8)
     variant = suite.Job("CatchBlind16", "fastweights[eta2]", 0, 64, "x", hidden_size=8, memory_kwargs={"fast_lr": 2.0})
     assert suite.policy_kwargs(default) == dict(memory="fastweights", hidden_size=8)  # the policy's own defaults
     assert suite.policy_kwargs(variant) == dict(memory="fastweights", hidden_size=8, memory_kwargs={"fast_lr": 2.0})
     env = suite.make_task_env("CatchBlind16", 2, 0)
     try:
-        default = suite.build_model(default, env)
+        default = suite.build_job_model(default, env)
         assert default.policy.memory == "fastweights"
-        assert suite.build_model(variant, env).policy.memory_kwargs["fast_lr"] == 2.0
-        stock = suite.build_model(suite.Job("CatchBlind16", "stock-lstm", 0, 64, "x", hidden_size=8), env)
+        assert suite.build_job_model(variant, env).policy.memory_kwargs["fast_lr"] == 2.0
+        stock = suite.build_job_model(suite.Job("CatchBlind16", "stock-lstm", 0, 64, "x", hidden_size=8), env)
         assert stock.policy.lstm_actor.hidden_size == 8
         assert default.n_steps == stock.n_steps == suite.ppo_settings()["n_steps"]
     finally:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sb3_contrib import RecurrentPPO
 
 import fw_agents.agent as agent
 from fw_agents.agent import TrainConfig, train
+from fw_agents.policies import default_memory_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -32,7 +34,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_cli_end_to_end(tmp_path):
     run = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress_bar"]
-    result = _cli("--env", "CatchBlind16-v0", "--memory", "fastweights", "--run-dir", str(run), *flags)
+    result = _cli("--env", "CatchBlind16-v0", "--memory", "fastweights", "--decay", "0.9", "--run-dir", str(run), *flags)
     assert result.returncode == 0, result.stderr
     assert "catch rate" in result.stdout
     for name in ["model.zip", "progress.csv", "learning_curve.png", "eval_summary.json", "episodes.gif",
@@ -46,6 +48,10 @@ def test_cli_end_to_end(tmp_path):
     assert summary["timesteps"] == 512
     model = RecurrentPPO.load(run / "model.zip", device="cpu")
     assert model.policy.memory == "fastweights" and model.num_timesteps == 512
+    assert model.policy.lstm_actor.core.decay == 0.9
+    config = json.loads((run / "config.json").read_text())  # the full resolved config
+    assert config["memory_kwargs"] == dict(default_memory_kwargs("fastweights"), decay=0.9)
+    assert config["threads"] == 1 and config["gamma"] == 0.99 and set(config) == {f.name for f in fields(TrainConfig)}
 
 
 @pytest.mark.parametrize(
@@ -64,6 +70,15 @@ def test_cli_end_to_end(tmp_path):
         (["--learning-rate", "nan"], "learning_rate"),
         (["--gamma", "nan"], "gamma"),
         (["--batch-size", "1"], "batch_size"),
+        (["--memory-kwargs", "nope=1"], "unknown memory_kwargs key 'nope' for memory fastweights; accepted: fast_lr"),
+        (["--memory", "irnn", "--memory-kwargs", "decay=0.9"], "accepted: identity_scale"),
+        (["--decay", "0.9", "--memory", "lstm"], "--decay applies to --memory fastweights only"),
+        (["--memory", "gru", "--no-fast-normalize"], "--no-fast-normalize applies to --memory fastweights only"),
+        (["--decay", "0.9", "--memory-kwargs", "decay=0.8"], "both set decay"),
+        (["--gae-lambda", "1.5"], "gae_lambda"),
+        (["--gamma", "0"], "gamma"),
+        (["--threads", "0"], "threads"),
+        (["--n-envs", "1e8"], "n-envs"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, needle, tmp_path):
@@ -72,6 +87,70 @@ def test_bad_input_exits_2_with_one_line(args, needle, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_help_documents_every_field_with_its_default():
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for field in fields(TrainConfig):  # each field is a flag with its doc and its default
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in text, flag
+    assert text.count("(default: ") >= len(fields(TrainConfig)) + len(agent.CORE_FLAGS)
+    assert all(env_id in text for env_id in agent.envs.CATCH_IDS) and "CatchFlicker16-v0" in text
+    assert "module:id" in text and "--lr LEARNING_RATE" in text and "--no-progress-bar" in text
+    for flag in ("--fast-lr FAST_LR", "--decay DECAY", "--inner-steps INNER_STEPS", "--no-fast-normalize"):
+        assert flag in text
+    assert "--decay DECAY fast weights: λ, the share of the fast memory kept at each step (default: 0.95)" in text
+
+
+def test_command_line_and_python_api_build_the_same_config():
+    import train_agent
+
+    assert train_agent.parse_config([]) == TrainConfig()
+    config = train_agent.parse_config(["--fast-lr", "0.3", "--no-fast-normalize", "--memory-kwargs", "decay=0.9",
+                                       "--gamma", "0.9", "--threads", "2", "--lr", "0.01"])  # fmt: skip
+    assert config == TrainConfig(memory_kwargs=dict(decay=0.9, fast_lr=0.3, normalize=False), gamma=0.9, threads=2,
+                                 learning_rate=0.01)  # fmt: skip
+    assert config.policy_kwargs()["memory_kwargs"] == dict(normalize=False, fast_lr=0.3, decay=0.9, inner_steps=1)
+    assert TrainConfig(memory="lstm").policy_kwargs()["memory_kwargs"] == {}
+    assert TrainConfig(memory="irnn", memory_kwargs={"identity_scale": 1.0}).resolved()["memory_kwargs"] == {
+        "identity_scale": 1.0
+    }
+    assert train_agent.parse_config(["--memory", "lstm"]).memory_kwargs == {}  # the shortcuts' defaults stay out
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(memory_kwargs={"nope": 1}), "unknown memory_kwargs key 'nope' for memory fastweights; accepted: fast_lr, "
+                                          "decay, inner_steps, layer_norm, mode, normalize"),  # fmt: skip
+        (dict(memory="lstm", memory_kwargs={"decay": 0.9}), "unknown memory_kwargs key 'decay' for memory lstm; "
+                                                            "accepted: none"),  # fmt: skip
+        (dict(memory_kwargs={"decay": 1.5}), "decay"),
+        (dict(memory_kwargs=[("decay", 0.9)]), "memory_kwargs must be a dict"),
+        (dict(memory="alstm", hidden_size=7), "hidden_size must be even"),
+        (dict(threads=0), "threads must be an integer >= 1, got 0"),
+        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(gamma=0), "gamma must be a finite number in (0, 1], got 0"),
+        (dict(progress_bar=1), "progress_bar must be True or False, got 1"),
+    ],
+)
+def test_validate_names_the_bad_value(changes, message):
+    with pytest.raises(ValueError) as error:
+        TrainConfig(**changes).validate()
+    assert message in str(error.value)
+    TrainConfig(threads=None).validate()  # torch's own thread count
+
+
+def test_threads_apply_during_training_only(monkeypatch):
+    seen = []
+    monkeypatch.setattr(agent, "_train", lambda config: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    for threads in (1, 2, None):
+        train(TrainConfig(threads=threads))
+        assert torch.get_num_threads() == before
+    assert seen == [1, 2, before]
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_keeps_step_count(tmp_path, monkeypatch):
