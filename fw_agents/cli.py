@@ -4,7 +4,8 @@
 dataclass, each declared once with :func:`option` (default + help);
 :func:`add_config_arguments` generates the flags from them (``learning_rate`` ->
 ``--learning-rate``, the field's type as the flag's type, ``bool`` as ``--x/--no-x``,
-``dict`` as ``KEY=VALUE ...``, defaults shown by ``--help``) and
+``dict`` as ``KEY=VALUE ...``, a field without a default as a required flag,
+defaults shown by ``--help``) and
 :func:`config_from_args` builds the dataclass back from the parsed flags.
 
 **One-line errors.** Bad input ends a command with **one** line on stderr and exit
@@ -104,6 +105,8 @@ def add_config_arguments(
         kind = _plain_type(hints[field.name])
         flags = ["--" + field.name.replace("_", "-"), *meta["aliases"]]
         kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"])
+        if default is dataclasses.MISSING:  # a field without a default is a required flag
+            kwargs.update(default=argparse.SUPPRESS, required=True)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is dict:
@@ -115,9 +118,14 @@ def add_config_arguments(
     return added
 
 
-def config_from_args(config_class: type[C], args: argparse.Namespace, names: Sequence[str], **overrides: Any) -> C:
+def config_from_args(
+    config_class: type[C], args: argparse.Namespace, names: Sequence[str] | None = None, **overrides: Any
+) -> C:
     """Build ``config_class`` from the parsed flags ``names`` (as returned by
-    :func:`add_config_arguments`), plus ``overrides``."""
+    :func:`add_config_arguments`; default: every field of ``config_class`` found in ``args``),
+    plus ``overrides``."""
+    if names is None:
+        names = [f.name for f in dataclasses.fields(config_class) if hasattr(args, f.name) and f.name not in overrides]
     values = {name: getattr(args, name) for name in names}
     for name, value in values.items():
         if isinstance(value, list):  # KEY=VALUE pairs; later ones win, as on any command line

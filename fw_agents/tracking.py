@@ -435,12 +435,12 @@ def start_run(
 class TrackingOptions:
     """Where a command's run goes: the ``--run-dir``/``--runs-root``/``--wandb*`` flags."""
 
-    run_dir: str | None = option(None, help="directory of this run (default: <runs-root>/<name>-<time>)")
+    run_dir: str | None = option(None, help="directory of this run (None: <runs-root>/<name>-<time>)")
     runs_root: str = option("runs", help="parent folder of auto-named runs")
     wandb: str | None = option(
         None,
         choices=WANDB_MODES,
-        help="W&B mode (default: $WANDB_MODE, else online with credentials, else offline)",
+        help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)",
     )
     wandb_project: str = option(DEFAULT_WANDB_PROJECT, help="W&B project name")
 

@@ -29,6 +29,7 @@ def test_check_int_accepts_python_and_numpy_integers(value):
         ("3", 1, None, "size must be an integer >= 1, got '3'"),
         (11, 0, 10, "size must be an integer in [0, 10], got 11"),
         (-1, 0, None, "size must be an integer >= 0, got -1"),
+        (-1, 0, 2**64 - 1, "size must be an integer in [0, 18446744073709551615], got -1"),
     ],
 )
 def test_check_int_refuses_with_one_message_style(value, low, high, message):
@@ -107,6 +108,23 @@ def test_generated_flags_reject_bad_input_in_one_line(argv, needle, capsys):
         _parse(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+@dataclass(kw_only=True)
+class _Required(_Config):
+    data_dir: str = option(help="where the data are")
+
+
+def test_a_field_without_default_is_a_required_flag(capsys):
+    parser = OneLineArgumentParser(prog="prog")
+    add_config_arguments(parser, _Required)
+    config = config_from_args(_Required, parser.parse_args(["--data-dir", "d", "--n-envs", "2"]))  # names: all found
+    assert config.data_dir == "d" and config.n_envs == 2 and config.internal == 5
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--n-envs", "2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "the following arguments are required: --data-dir" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_help_shows_each_fields_doc_and_default():
