@@ -133,6 +133,30 @@ def config_from_args(
     return config_class(**values, **overrides)
 
 
+def config_to_argv(config: Any, names: Sequence[str] | None = None) -> list[str]:
+    """The flags that give a command ``config``'s values: the inverse of
+    :func:`config_from_args`, for running a command from code (a sweep's cells).
+
+    :param config: A dataclass instance whose fields were declared with :func:`option`.
+    :param names: The fields to pass (default: every command-line field). ``None`` values
+        are left out (the flag's own default).
+    """
+    argv: list[str] = []
+    for field in dataclasses.fields(config):
+        if "help" not in field.metadata or not field.metadata["cli"] or (names is not None and field.name not in names):
+            continue
+        flag, value = "--" + field.name.replace("_", "-"), getattr(config, field.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            argv += [flag, *(f"{key}={item!r}" for key, item in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _field_default(field: dataclasses.Field) -> Any:
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, option
+from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, config_to_argv, option
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 
@@ -108,6 +108,14 @@ def test_generated_flags_reject_bad_input_in_one_line(argv, needle, capsys):
         _parse(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_config_to_argv_round_trips():
+    config = _Config(0.01, 4, "gru", None, False, {"decay": 0.8, "name": "a b"}, internal=7)
+    argv = config_to_argv(config)
+    assert "--internal" not in argv and "--run-dir" not in argv and "--no-progress-bar" in argv
+    assert _parse(argv) == _Config(0.01, 4, "gru", None, False, {"decay": 0.8, "name": "a b"})
+    assert config_to_argv(config, names=("n_envs",)) == ["--n-envs", "4"]
 
 
 @dataclass(kw_only=True)

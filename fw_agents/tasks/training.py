@@ -272,13 +272,11 @@ def plot_curves(curve: list[Mapping[str, float]], path: Path, title: str = "") -
     :param path: Output PNG.
     :param title: Figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn off-screen: no pyplot, the user's backend untouched
 
     updates = [entry["updates"] for entry in curve]
-    fig, (ax_nll, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_nll, ax_err = fig.subplots(1, 2)
     for key, label, style in (("train_loss", "train", ":"), ("val_nll", "validation", "--"), ("test_nll", "test", "-")):
         points = [(u, e[key]) for u, e in zip(updates, curve) if key in e]
         if points:
@@ -296,4 +294,3 @@ def plot_curves(curve: list[Mapping[str, float]], path: Path, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
