@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fw_agents.tasks import retrieval
-from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.tasks.sweep import Cell, markdown_table, run_grid
+from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli
+from fw_agents.tasks.sweep import Cell, add_cell_arguments, cell_argv, markdown_table, run_grid
 
 MODELS = ("fastweights", "lstm", "alstm", "irnn")
 SIZES = (20, 50, 100)
@@ -41,32 +41,26 @@ PAPER = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="benchmarks/table1_retrieval.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20_000, help="updates per cell (the budget)")
+    parser = OneLineArgumentParser(
+        prog="benchmarks/table1_retrieval.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="values of R")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--eval-every", type=int, default=1_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
-    parser.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"))
     parser.add_argument("--out-dir", default=None, help="default: runs/table1-<time>")
     parser.add_argument("--force", action="store_true", help="re-run cells that already have results")
+    add_cell_arguments(parser, steps=20_000, eval_every=1_000)  # --steps: the budget of each cell
     return parser
 
 
 def plot_figure2(results: dict, models: Sequence[str], path: Path, size: int = 50) -> bool:
     """Test NLL against updates at R = ``size`` for each model; False when no such run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn off-screen: no pyplot, the user's backend untouched
 
     curves = {m: results[(m, size)]["curve"] for m in models if "curve" in results.get((m, size), {})}
     if not curves:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for model, curve in curves.items():
         ax.plot([e["updates"] for e in curve], [e["test_nll"] for e in curve], label=LABELS[model])
     ax.set(xlabel="updates", ylabel="test negative log-likelihood", title=f"Associative retrieval, R = {size}")
@@ -75,17 +69,13 @@ def plot_figure2(results: dict, models: Sequence[str], path: Path, size: int = 5
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.steps < 1 or any(size < 1 for size in args.sizes):
-        raise ValueError(f"steps and sizes must be >= 1, got steps={args.steps} sizes={args.sizes}")
+    common = cell_argv(args, args.sizes)
     out_dir = Path(args.out_dir or f"runs/table1-{time.strftime('%Y%m%d-%H%M%S')}")
-    common = ["--steps", str(args.steps), "--lr", str(args.lr), "--eval-every", str(args.eval_every)]
-    common += ["--seed", str(args.seed), "--device", args.device, "--threads", str(args.threads), "--wandb", args.wandb]
     cells = [
         Cell(model, size, ("--memory", model, "--hidden", str(size), *common))
         for model in args.models
@@ -96,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(results, args.models, args.sizes, PAPER, LABELS, size_label="R")
     note = (
         f"Associative retrieval (K=4), test error at the best validation checkpoint; "
-        f"budget {args.steps} updates per cell (batch 128, Adam lr {args.lr}; the paper trained up to ~700k); "
+        f"budget {args.steps} updates per cell (batch {args.batch_size}, Adam lr {args.lr}; the paper trained up to ~700k); "
         f"paper's Table 1 in parentheses.\n\n"
     )
     (out_dir / "table1.md").write_text("# Table 1: associative retrieval\n\n" + note + table)

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fw_agents.tasks import glimpses
-from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.tasks.sweep import Cell, markdown_table, run_grid
+from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli
+from fw_agents.tasks.sweep import Cell, add_cell_arguments, cell_argv, markdown_table, run_grid
 
 MODELS = ("irnn", "lstm", "convnet", "fastweights")
 SIZES = (50, 100, 200)
@@ -37,32 +37,25 @@ DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="benchmarks/table2_glimpses.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5_000, help="updates per cell (the budget)")
+    parser = OneLineArgumentParser(
+        prog="benchmarks/table2_glimpses.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--data-dir", default=DEFAULT_DATA, help="folder of MNIST-format IDX files")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="units / features")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images only")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
-    parser.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"))
     parser.add_argument("--out-dir", default=None, help="default: runs/table2-<time>")
     parser.add_argument("--force", action="store_true", help="re-run cells that already have results")
+    add_cell_arguments(parser, steps=5_000, eval_every=500)  # --steps: the budget of each cell
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.steps < 1 or any(size < 1 for size in args.sizes):
-        raise ValueError(f"steps and sizes must be >= 1, got steps={args.steps} sizes={args.sizes}")
+    common = cell_argv(args, args.sizes)
     glimpses.load_dataset("mnist", args.data_dir)  # fail early, in one line, on missing data
     out_dir = Path(args.out_dir or f"runs/table2-{time.strftime('%Y%m%d-%H%M%S')}")
-    common = ["--dataset", "mnist", "--data-dir", args.data_dir, "--steps", str(args.steps), "--lr", str(args.lr)]
-    common += ["--eval-every", str(args.eval_every), "--seed", str(args.seed), "--device", args.device]
-    common += ["--threads", str(args.threads), "--wandb", args.wandb]
+    common += ["--dataset", "mnist", "--data-dir", args.data_dir]
     if args.train_limit:
         common += ["--train-limit", str(args.train_limit)]
     cells = [
@@ -75,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(results, args.models, args.sizes, PAPER, LABELS, size_label="features")
     note = (
         f"Multi-level glimpses (24 glimpses of 7x7), data: `{args.data_dir}`; test error at the best "
-        f"validation checkpoint, budget {args.steps} updates per cell (batch 128, Adam lr {args.lr}). "
+        f"validation checkpoint, budget {args.steps} updates per cell (batch {args.batch_size}, Adam lr {args.lr}). "
         f"The paper's numbers (in parentheses) are on MNIST; Fashion-MNIST errors are several times higher.\n\n"
     )
     (out_dir / "table2.md").write_text("# Table 2: multi-level glimpses\n\n" + note + table)

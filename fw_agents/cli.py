@@ -4,9 +4,10 @@
 dataclass, each declared once with :func:`option` (default + help);
 :func:`add_config_arguments` generates the flags from them (``learning_rate`` ->
 ``--learning-rate``, the field's type as the flag's type, ``bool`` as ``--x/--no-x``,
-``dict`` as ``KEY=VALUE ...``, defaults shown by ``--help``) and
-:func:`config_from_args` builds the dataclass back from the parsed flags. A :class:`KeyFlag`
-is a shortcut for one key of a ``dict`` field (``--decay 0.9`` for ``--memory-kwargs decay=0.9``).
+``dict`` as ``KEY=VALUE ...``, a field without a default as a required flag,
+defaults shown by ``--help``) and :func:`config_from_args` builds the dataclass back from
+the parsed flags (:func:`config_to_argv` is its inverse). A :class:`KeyFlag` is a shortcut
+for one key of a ``dict`` field (``--decay 0.9`` for ``--memory-kwargs decay=0.9``).
 
 **One-line errors.** Bad input ends a command with **one** line on stderr and exit
 status 2, never a traceback: :class:`OneLineArgumentParser` drops argparse's usage
@@ -105,6 +106,8 @@ def add_config_arguments(
         kind = _plain_type(hints[field.name])
         flags = ["--" + field.name.replace("_", "-"), *meta["aliases"]]
         kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"])
+        if default is dataclasses.MISSING:  # a field without a default is a required flag
+            kwargs.update(default=argparse.SUPPRESS, required=True)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is dict:
@@ -116,9 +119,14 @@ def add_config_arguments(
     return added
 
 
-def config_from_args(config_class: type[C], args: argparse.Namespace, names: Sequence[str], **overrides: Any) -> C:
+def config_from_args(
+    config_class: type[C], args: argparse.Namespace, names: Sequence[str] | None = None, **overrides: Any
+) -> C:
     """Build ``config_class`` from the parsed flags ``names`` (as returned by
-    :func:`add_config_arguments`), plus ``overrides``."""
+    :func:`add_config_arguments`; default: every field of ``config_class`` found in ``args``),
+    plus ``overrides``."""
+    if names is None:
+        names = [f.name for f in dataclasses.fields(config_class) if hasattr(args, f.name) and f.name not in overrides]
     values = {name: getattr(args, name) for name in names}
     for name, value in values.items():
         if isinstance(value, list):  # KEY=VALUE pairs; later ones win, as on any command line
@@ -208,6 +216,30 @@ def fold_key_flags(args: argparse.Namespace, flags: Sequence[KeyFlag]) -> None:
             raise ValueError(f"{spelled} and {field} {flag.key}=... both set {flag.key}; give one")
         values[flag.key] = getattr(args, flag.dest)
         setattr(args, flag.field, values)
+
+
+def config_to_argv(config: Any, names: Sequence[str] | None = None) -> list[str]:
+    """The flags that give a command ``config``'s values: the inverse of
+    :func:`config_from_args`, for running a command from code (a sweep's cells).
+
+    :param config: A dataclass instance whose fields were declared with :func:`option`.
+    :param names: The fields to pass (default: every command-line field). ``None`` values
+        are left out (the flag's own default).
+    """
+    argv: list[str] = []
+    for field in dataclasses.fields(config):
+        if "help" not in field.metadata or not field.metadata["cli"] or (names is not None and field.name not in names):
+            continue
+        flag, value = "--" + field.name.replace("_", "-"), getattr(config, field.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            argv += [flag, *(f"{key}={item!r}" for key, item in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def _field_default(field: dataclasses.Field) -> Any:

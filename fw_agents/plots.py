@@ -6,13 +6,10 @@ import csv
 from pathlib import Path
 
 import gymnasium as gym
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fw_agents.files import atomic_path  # noqa: E402
+from fw_agents.files import atomic_path
 
 
 def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,7 +36,8 @@ def plot_learning_curve(run_dir: str | Path, title: str = "", catch: bool = True
     :return: Path of the PNG.
     """
     run_dir = Path(run_dir)
-    fig, axes = plt.subplots(1, 2 if catch else 1, figsize=(11 if catch else 6, 4), squeeze=False)
+    fig = Figure(figsize=(11 if catch else 6, 4))  # drawn off-screen: no pyplot, the user's backend untouched
+    axes = fig.subplots(1, 2 if catch else 1, squeeze=False)
     ax_ret = axes[0, 0]
     steps, train_return, train_catch = _training_curve(run_dir)
     if steps.size:
@@ -67,7 +65,6 @@ def plot_learning_curve(run_dir: str | Path, title: str = "", catch: bool = True
     path = run_dir / "learning_curve.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return path
 
 

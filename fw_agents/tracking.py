@@ -1,19 +1,24 @@
-"""Run tracking shared by every command: run directory, SB3 logger, Weights & Biases.
+"""Run tracking shared by every command: run directory, ``config.json``, curves, W&B.
 
-One :class:`Tracker` per run. Curves go through Stable-Baselines3's logger
-(``stdout``, ``progress.csv``, TensorBoard events), and the same key/values are
-mirrored into W&B by :class:`WandbOutputFormat`, so an RL agent
-(``model.set_logger(tracker.logger)``) and a supervised task log identically.
+One :class:`Tracker` per run, started by :func:`start_run`: it creates the run
+directory, writes ``config.json`` (atomically), starts W&B, and writes every
+logged set of scalars to ``stdout``, ``progress.csv`` and TensorBoard events,
+mirrored into W&B.
+
+This module never imports Stable-Baselines3. The supervised heads
+(:mod:`fw_agents.tasks`) write their curves with the writers here
+(``start_run(..., sb3_logger=False)``); an RL agent gets an SB3 ``Logger``
+instead (``tracker.logger``, for ``model.set_logger``), built by
+:mod:`fw_agents.sb3_logging`, which is imported only then. Either way the run
+directory holds the same files.
 
 W&B must never stop or hang a run: ``wandb.init`` runs with a short
 ``init_timeout``; any failure (no network, bad credentials, wandb bug) falls
 back to ``disabled`` with a one-line warning, and a failing ``wandb.log`` turns
 mirroring off for the rest of the run.
 
->>> tracker = start_run("runs", "retrieval-lstm", config={"lr": 1e-3}, wandb_mode="disabled")
->>> tracker.logger.record("train/loss", 0.5)
->>> tracker.logger.dump(step=100)
->>> tracker.close()
+>>> with start_run("runs", "retrieval-lstm", config={"lr": 1e-3}, wandb_mode="disabled", sb3_logger=False) as tracker:
+...     tracker.log_scalars({"train/loss": 0.5}, step=100)
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
-from stable_baselines3.common.logger import KVWriter, Logger, configure
+
+from fw_agents.cli import add_config_arguments, option
+from fw_agents.files import write_text_atomically
+from fw_agents.validation import check_choice
 
 #: Accepted values of ``--wandb`` (``None`` / ``"auto"`` picks online or offline).
 WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
@@ -42,6 +50,8 @@ DEFAULT_WANDB_INIT_TIMEOUT = 20.0
 #: Seconds ``run.finish()`` may wait for uploads (0 would mean: wait forever).
 DEFAULT_WANDB_FINISH_TIMEOUT = 60.0
 DEFAULT_LOG_FORMATS: tuple[str, ...] = ("stdout", "csv", "tensorboard")
+#: Formats the writers of this module provide (an SB3 logger also has ``log`` and ``json``).
+NATIVE_LOG_FORMATS: tuple[str, ...] = DEFAULT_LOG_FORMATS
 
 
 # --------------------------------------------------------------------- run dir
@@ -97,9 +107,7 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
         if env_mode in WANDB_MODES:
             return env_mode
         return "online" if wandb_credentials_available() else "offline"
-    if mode not in WANDB_MODES:
-        raise ValueError(f"unknown wandb mode {mode!r}; choose one of {', '.join(WANDB_MODES)}")
-    return mode
+    return check_choice("wandb mode", mode, WANDB_MODES)
 
 
 def init_wandb(
@@ -154,7 +162,7 @@ def init_wandb(
             settings=settings,
             reinit="create_new",
         )
-        # Plot every mirrored metric against the SB3 step, not W&B's call counter.
+        # Plot every mirrored metric against the logged step, not W&B's call counter.
         run.define_metric("global_step")
         run.define_metric("*", step_metric="global_step")
         return run
@@ -165,11 +173,19 @@ def init_wandb(
         return None
 
 
-class WandbOutputFormat(KVWriter):
-    """SB3 ``KVWriter`` that mirrors logged scalars into a W&B run.
+# -------------------------------------------------------------------- writers
+class ScalarWriter(Protocol):
+    """Where :meth:`Tracker.log_scalars` sends a set of scalars."""
 
-    Non-scalar values (videos, figures, images, text) are skipped, as are keys
-    whose exclusion tuple names ``"wandb"``. The first failing ``run.log`` prints
+    def write(self, values: Mapping[str, Any], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WandbScalars:
+    """Mirrors logged scalars into a W&B run, plotted against ``global_step``.
+
+    Non-scalar values (text, figures) are skipped. The first failing ``run.log`` prints
     one warning and turns mirroring off (training continues).
 
     :param run: A ``wandb`` run (anything with ``log(dict)``).
@@ -178,19 +194,11 @@ class WandbOutputFormat(KVWriter):
     def __init__(self, run: Any) -> None:
         self.run = run
 
-    def write(
-        self,
-        key_values: dict[str, Any],
-        key_excluded: dict[str, tuple[str, ...]],
-        step: int = 0,
-    ) -> None:
+    def write(self, values: Mapping[str, Any], step: int) -> None:
         if self.run is None:
             return
         payload: dict[str, float | int] = {"global_step": int(step)}
-        for key, value in key_values.items():
-            excluded = key_excluded.get(key) or ()
-            if "wandb" in excluded:
-                continue
+        for key, value in values.items():
             scalar = _as_scalar(value)
             if scalar is not None:
                 payload[key] = scalar
@@ -204,27 +212,121 @@ class WandbOutputFormat(KVWriter):
         """Nothing to do: the run is finished by :meth:`Tracker.close`."""
 
 
+class CsvScalars:
+    """``progress.csv`` in SB3's layout: one row per write, one column per key; a key first
+    logged later adds a column (the header is rewritten, earlier rows get it empty).
+
+    :param path: The CSV file (created now, replacing any old one).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.keys: list[str] = []
+        self.file: IO[str] = open(path, "w+t")
+
+    def write(self, values: Mapping[str, Any], step: int) -> None:
+        new = [key for key in values if key not in self.keys]
+        if new:
+            self.keys += new
+            self.file.seek(0)
+            rows = self.file.readlines()[1:]
+            self.file.seek(0)  # the new header and padded rows are longer: they overwrite all
+            self.file.write(",".join(self.keys) + "\n")
+            self.file.writelines(row[:-1] + "," * len(new) + "\n" for row in rows)
+        self.file.write(",".join(_csv_cell(values.get(key)) for key in self.keys) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardScalars:
+    """TensorBoard event file in ``log_dir`` (``torch.utils.tensorboard``): numbers as
+    scalars, text as text.
+
+    :param log_dir: Folder of the ``events.out.tfevents.*`` file.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, values: Mapping[str, Any], step: int) -> None:
+        for key, value in values.items():
+            if isinstance(value, str):
+                self.writer.add_text(key, value, step)
+            elif (scalar := _as_scalar(value)) is not None:
+                self.writer.add_scalar(key, scalar, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class StdoutScalars:
+    """A table per write on stdout, as SB3 prints it (keys sorted, grouped by their
+    ``prefix/``; floats with 3 significant digits)."""
+
+    def write(self, values: Mapping[str, Any], step: int) -> None:
+        rows: list[tuple[str, str]] = []
+        tag = ""
+        for key in sorted(values):
+            prefix, sep, rest = key.partition("/")
+            if sep and prefix and prefix + "/" != tag:
+                tag = prefix + "/"
+                rows.append((tag, ""))
+            value = values[key]
+            text = f"{value:<8.3g}" if isinstance(value, float) else str(value)
+            rows.append((f"   {rest}" if sep and prefix else key, text))
+        if not rows:
+            return
+        key_width = max(len(key) for key, _ in rows)
+        value_width = max(len(text) for _, text in rows)
+        dashes = "-" * (key_width + value_width + 7)
+        lines = [dashes, *(f"| {key:<{key_width}} | {text:<{value_width}} |" for key, text in rows), dashes]
+        print("\n".join(lines), flush=True)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def make_writers(run_dir: Path, log_formats: Sequence[str], wandb_run: Any | None = None) -> list[ScalarWriter]:
+    """The writers of ``log_formats`` (a subset of :data:`NATIVE_LOG_FORMATS`) for ``run_dir``,
+    plus W&B mirroring when ``wandb_run`` is given."""
+    kinds = {
+        "stdout": StdoutScalars,
+        "csv": lambda: CsvScalars(run_dir / "progress.csv"),
+        "tensorboard": lambda: TensorBoardScalars(run_dir),
+    }
+    writers: list[ScalarWriter] = [kinds[check_choice("log format", kind, NATIVE_LOG_FORMATS)]() for kind in log_formats]
+    if wandb_run is not None:
+        writers.append(WandbScalars(wandb_run))
+    return writers
+
+
 # -------------------------------------------------------------------- tracker
 @dataclass
 class Tracker:
     """Everything one run logs to.
 
     :param run_dir: The run's directory (``progress.csv``, TensorBoard events, results).
-    :param logger: SB3 logger writing stdout/csv/TensorBoard (and W&B when active).
     :param wandb_run: The W&B run, or ``None`` when W&B is disabled/unavailable.
     :param config: The run's configuration (also written to ``config.json``).
+    :param writers: Where :meth:`log_scalars` writes.
+    :param logger: The SB3 ``Logger`` of an RL run (``model.set_logger(tracker.logger)``);
+        ``None`` for a run started with ``sb3_logger=False``.
     """
 
     run_dir: Path
-    logger: Logger
     wandb_run: Any | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    writers: list[ScalarWriter] = field(default_factory=list)
+    logger: Any | None = None
 
-    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
-        """Record several scalars and write them out at ``step``."""
-        for key, value in values.items():
-            self.logger.record(key, value)
-        self.logger.dump(step=step)
+    def log_scalars(self, values: Mapping[str, Any], step: int) -> None:
+        """Write several scalars out at ``step``."""
+        for writer in self.writers:
+            writer.write(values, step)
 
     def log_summary(self, values: Mapping[str, Any]) -> None:
         """Store final results in the W&B run summary (no-op without W&B)."""
@@ -247,8 +349,10 @@ class Tracker:
             _warn(f"W&B save failed: {_one_line(error)}")
 
     def close(self) -> None:
-        """Flush and close the logger outputs and finish the W&B run."""
-        self.logger.close()
+        """Flush and close the outputs and finish the W&B run."""
+        for writer in self.writers:
+            writer.close()
+        self.writers = []
         if self.wandb_run is not None:
             try:
                 self.wandb_run.finish()
@@ -263,6 +367,14 @@ class Tracker:
         self.close()
 
 
+def write_config(path: str | os.PathLike[str], config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Write ``config`` as sorted, indented JSON, atomically (values that JSON cannot hold
+    are stringified). :return: The dictionary written."""
+    config_dict = {key: _jsonable(value) for key, value in (config or {}).items()}
+    write_text_atomically(path, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    return config_dict
+
+
 def start_run(
     root: str | os.PathLike[str] = "runs",
     name: str = "run",
@@ -274,8 +386,9 @@ def start_run(
     wandb_tags: Sequence[str] | None = None,
     log_formats: Sequence[str] = DEFAULT_LOG_FORMATS,
     wandb_init_timeout: float = DEFAULT_WANDB_INIT_TIMEOUT,
+    sb3_logger: bool = True,
 ) -> Tracker:
-    """Create the run directory, write ``config.json``, configure the SB3 logger and W&B.
+    """Create the run directory, write ``config.json``, start W&B and the outputs.
 
     :param root: Parent folder of auto-named run directories.
     :param name: Prefix of the auto-named run directory (and W&B run name).
@@ -285,14 +398,16 @@ def start_run(
     :param wandb_project: W&B project.
     :param wandb_group: Optional W&B group.
     :param wandb_tags: Optional W&B tags.
-    :param log_formats: SB3 output formats (subset of ``stdout``, ``log``, ``csv``, ``json``, ``tensorboard``).
+    :param log_formats: Outputs: a subset of ``stdout``, ``csv`` (``progress.csv``) and
+        ``tensorboard`` (with ``sb3_logger`` also SB3's ``log`` and ``json``).
     :param wandb_init_timeout: Seconds ``wandb.init`` may take before falling back to disabled.
+    :param sb3_logger: Write the outputs through an SB3 ``Logger`` (``tracker.logger``), as an
+        RL agent needs (``model.set_logger``); this imports Stable-Baselines3. False: write
+        them with this module's writers, without SB3 (the supervised heads).
     :return: The :class:`Tracker`; close it (or use it as a context manager) at the end.
     """
     path = make_run_dir(root, name, run_dir)
-    config_dict = {key: _jsonable(value) for key, value in (config or {}).items()}
-    (path / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-    logger = configure(str(path), list(log_formats))
+    config_dict = write_config(path / "config.json", config)
     run = init_wandb(
         wandb_mode,
         path,
@@ -303,24 +418,49 @@ def start_run(
         tags=wandb_tags,
         init_timeout=wandb_init_timeout,
     )
-    if run is not None:
-        logger.output_formats.append(WandbOutputFormat(run))
-    return Tracker(run_dir=path, logger=logger, wandb_run=run, config=config_dict)
+    tracker = Tracker(run_dir=path, wandb_run=run, config=config_dict)
+    if sb3_logger:
+        from fw_agents.sb3_logging import sb3_logger_writer
+
+        writer = sb3_logger_writer(path, log_formats, run)
+        tracker.writers, tracker.logger = [writer], writer.logger
+    else:
+        tracker.writers = make_writers(path, log_formats, run)
+        if "stdout" in log_formats and list(log_formats) != ["stdout"]:
+            print(f"Logging to {path}")  # as SB3's configure() says it
+    return tracker
 
 
-def add_tracking_args(parser: argparse.ArgumentParser, default_root: str = "runs") -> None:
-    """Add ``--run-dir``, ``--runs-root``, ``--wandb``, ``--wandb-project`` to a CLI parser."""
-    group = parser.add_argument_group("tracking")
-    group.add_argument("--run-dir", default=None, help="directory of this run (default: <runs-root>/<name>-<time>)")
-    group.add_argument("--runs-root", default=default_root, help="parent folder of auto-named runs")
-    group.add_argument(
-        "--wandb",
-        default=None,
+@dataclass
+class TrackingOptions:
+    """Where a command's run goes: the ``--run-dir``/``--runs-root``/``--wandb*`` flags."""
+
+    run_dir: str | None = option(None, help="directory of this run (None: <runs-root>/<name>-<time>)")
+    runs_root: str = option("runs", help="parent folder of auto-named runs")
+    wandb: str | None = option(
+        None,
         choices=WANDB_MODES,
-        help="W&B mode (default: $WANDB_MODE, else online with credentials, else offline)",
+        help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)",
     )
-    group.add_argument("--wandb-project", default=DEFAULT_WANDB_PROJECT, help="W&B project name")
+    wandb_project: str = option(DEFAULT_WANDB_PROJECT, help="W&B project name")
 
+    def __post_init__(self) -> None:
+        if self.wandb is not None:
+            check_choice("wandb mode", self.wandb, WANDB_MODES)
+
+    def start(self, name: str, config: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None, **kwargs: Any) -> Tracker:
+        """:func:`start_run` with these options; ``kwargs`` go to it as well."""
+        return start_run(
+            self.runs_root, name, config, run_dir=self.run_dir, wandb_mode=self.wandb,
+            wandb_project=self.wandb_project, wandb_tags=tags, **kwargs,
+        )  # fmt: skip
+
+
+def add_tracking_args(parser: argparse.ArgumentParser, default_root: str = "runs") -> list[str]:
+    """Add the flags of :class:`TrackingOptions` (``--run-dir``, ``--runs-root``, ``--wandb``,
+    ``--wandb-project``) to a CLI parser. :return: Their field names."""
+    group = parser.add_argument_group("tracking")
+    return add_config_arguments(group, TrackingOptions, defaults={"runs_root": default_root})
 
 # -------------------------------------------------------------------- helpers
 def _as_scalar(value: Any) -> float | int | None:
@@ -356,3 +496,12 @@ def _one_line(error: BaseException) -> str:
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV field as SB3 writes it: empty for a missing value, text quoted."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '""') + '"'
+    return str(value)

@@ -96,10 +96,15 @@ def _range(low: Any, high: Any, low_inclusive: bool, high_inclusive: bool) -> st
     if low is None and high is None:
         return ""
     if high is None:
-        return f" {'>=' if low_inclusive else '>'} {low:g}"
+        return f" {'>=' if low_inclusive else '>'} {_number(low)}"
     if low is None:
-        return f" {'<=' if high_inclusive else '<'} {high:g}"
-    return f" in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+        return f" {'<=' if high_inclusive else '<'} {_number(high)}"
+    return f" in {'[' if low_inclusive else '('}{_number(low)}, {_number(high)}{']' if high_inclusive else ')'}"
+
+
+def _number(bound: Any) -> str:
+    """An integer bound in full (``18446744073709551615``), a float one short (``0.001``)."""
+    return str(int(bound)) if isinstance(bound, numbers.Integral) else f"{bound:g}"
 
 
 def _numpy_bool() -> type:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, option
+from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, config_to_argv, option
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 
@@ -29,6 +29,7 @@ def test_check_int_accepts_python_and_numpy_integers(value):
         ("3", 1, None, "size must be an integer >= 1, got '3'"),
         (11, 0, 10, "size must be an integer in [0, 10], got 11"),
         (-1, 0, None, "size must be an integer >= 0, got -1"),
+        (-1, 0, 2**64 - 1, "size must be an integer in [0, 18446744073709551615], got -1"),
     ],
 )
 def test_check_int_refuses_with_one_message_style(value, low, high, message):
@@ -107,6 +108,31 @@ def test_generated_flags_reject_bad_input_in_one_line(argv, needle, capsys):
         _parse(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_config_to_argv_round_trips():
+    config = _Config(0.01, 4, "gru", None, False, {"decay": 0.8, "name": "a b"}, internal=7)
+    argv = config_to_argv(config)
+    assert "--internal" not in argv and "--run-dir" not in argv and "--no-progress-bar" in argv
+    assert _parse(argv) == _Config(0.01, 4, "gru", None, False, {"decay": 0.8, "name": "a b"})
+    assert config_to_argv(config, names=("n_envs",)) == ["--n-envs", "4"]
+
+
+@dataclass(kw_only=True)
+class _Required(_Config):
+    data_dir: str = option(help="where the data are")
+
+
+def test_a_field_without_default_is_a_required_flag(capsys):
+    parser = OneLineArgumentParser(prog="prog")
+    add_config_arguments(parser, _Required)
+    config = config_from_args(_Required, parser.parse_args(["--data-dir", "d", "--n-envs", "2"]))  # names: all found
+    assert config.data_dir == "d" and config.n_envs == 2 and config.internal == 5
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--n-envs", "2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "the following arguments are required: --data-dir" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_help_shows_each_fields_doc_and_default():

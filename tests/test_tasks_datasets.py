@@ -65,6 +65,16 @@ def test_mnist_roundtrip(tmp_path: Path, gz: bool) -> None:
     assert dataset.image_size == 28 and dataset.num_classes == 10
 
 
+@pytest.mark.parametrize("n_train", [30, 1, 0])
+def test_val_size_must_leave_training_images(tmp_path: Path, n_train: int) -> None:
+    write_mnist(tmp_path, n_train=n_train)
+    with pytest.raises(DataError, match=rf"^val-size must leave at least one of the {n_train} training images .* got 30$"):
+        load_mnist(tmp_path, val_size=30)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"^val-size must be an integer >= 1, got"):
+            load_mnist(tmp_path, val_size=bad)
+
+
 def test_dotted_file_names(tmp_path: Path) -> None:
     write_mnist(tmp_path, gz=False)
     for path in tmp_path.iterdir():

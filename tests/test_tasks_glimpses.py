@@ -21,7 +21,8 @@ from fw_agents.tasks.glimpse_geometry import (
     level_segments,
     store_flags,
 )
-from fw_agents.tasks.glimpses import GlimpseConvNet, GlimpseRNN, build_model
+from fw_agents.memory import make_memory
+from fw_agents.tasks.glimpses import GlimpseConvNet, GlimpseRNN, build_glimpse_model, supports_multi_level
 
 os.environ["WANDB_MODE"] = "disabled"
 
@@ -134,6 +135,24 @@ def test_multi_level_requires_fast_weights() -> None:
     with pytest.raises(ValueError, match="multi-level"):
         GlimpseRNN("lstm", 8, 10, 28, multi_level=True)
     assert not GlimpseRNN("lstm", 8, 10, 28).multi_level
+    assert GlimpseRNN("fastweights", 8, 10, 28).multi_level
+
+
+def test_multi_level_capability_is_explicit() -> None:
+    fast, lstm = make_memory("fastweights", 4, 4), make_memory("lstm", 4, 4)
+    assert supports_multi_level(fast) and not supports_multi_level(lstm)
+    lstm.supports_write_mask = True  # a core opts in with the attribute (and out with False)
+    fast.supports_write_mask = False
+    assert supports_multi_level(lstm) and not supports_multi_level(fast)
+
+
+def test_val_size_too_large_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_idx_dir(tmp_path, n_train=1)
+    argv = ["--data-dir", str(tmp_path), "--memory", "convnet", "--val-size", "5", "--wandb", "disabled"]
+    assert run_cli(glimpses.main, [*argv, "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "val-size must leave at least one of the 1 training images" in err and "-1" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def _toy_images(n: int, size: int, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +172,7 @@ def _toy_images(n: int, size: int, classes: int = 4, seed: int = 0) -> tuple[tor
 def test_few_steps_reduce_loss(model_name: str, size: int) -> None:
     torch.manual_seed(0)
     images, labels = _toy_images(64, size)
-    model = build_model(model_name, 16, 4, size, conv_layers=3 if size == 28 else 2)
+    model = build_glimpse_model(model_name, 16, 4, size, conv_layers=3 if size == 28 else 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(25):
@@ -218,6 +237,11 @@ def test_cli_faces_csv_end_to_end(tmp_path: Path) -> None:
         (["--data-dir", "X", "--dataset", "cifar"], "cifar"),
         (["--memory", "lstm"], "--data-dir"),
         (["--data-dir", "X", "--hidden", "-3"], "hidden"),
+        (["--data-dir", "X", "--val-size", "0"], "val-size must be an integer >= 1, got 0"),
+        (["--data-dir", "X", "--train-limit", "0"], "train-limit must be an integer >= 1, got 0"),
+        (["--data-dir", "X", "--conv-layers", "1"], "conv-layers must be an integer >= 2, got 1"),
+        (["--data-dir", "X", "--device", "meta"], "unknown device 'meta'; choose auto, cpu, cuda or cuda:<index>"),
+        (["--data-dir", "X", "--threads", "-2"], "threads must be an integer >= 1, got -2"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(

@@ -153,6 +153,16 @@ def test_cli_writes_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--steps", "0"], "steps"),
         (["--hidden", "ten"], "ten"),
         (["--device", "tpu"], "tpu"),
+        (["--device", "mps"], "unknown device 'mps'; choose auto, cpu, cuda or cuda:<index>"),
+        (["--device", "meta"], "unknown device 'meta'; choose auto, cpu, cuda or cuda:<index>"),
+        (["--threads", "0"], "threads must be an integer >= 1, got 0"),
+        (["--data-seed", "-1"], "data-seed must be an integer >= 0, got -1"),
+        (["--seed", "-1"], "seed must be an integer in [0, 18446744073709551615], got -1"),
+        (["--num-pairs", "27"], "num-pairs must be an integer in [1, 26], got 27"),
+        (["--batch-size", "0"], "batch-size must be an integer >= 1, got 0"),
+        (["--eval-every", "0"], "eval-every must be an integer >= 1, got 0"),
+        (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+        (["--grad-clip", "-1"], "grad-clip must be a finite number >= 0, got -1.0"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(
@@ -168,6 +178,34 @@ def test_cli_bad_input_is_one_line_exit_2(
     assert len(err.strip().splitlines()) == 1, err
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "r").exists(), "no run dir for rejected input"
+
+
+def test_help_shows_every_default() -> None:
+    text = " ".join(retrieval.build_parser().format_help().split())
+    for expected in (
+        "--hidden HIDDEN R, number of recurrent units (default: 20)",
+        "--steps STEPS number of parameter updates (default: 20000)",
+        "--eval-every EVAL_EVERY updates between evaluations (also the logging period) (default: 1000)",
+        "--decay DECAY fast weights: lambda (paper: 0.9 here) (default: 0.9)",
+        "--wandb-project WANDB_PROJECT W&B project name (default: fw-agents)",
+    ):
+        assert expected in text, expected
+
+
+@needs_core
+def test_training_does_not_import_stable_baselines3(tmp_path: Path) -> None:
+    """The supervised heads log without SB3 (only the RL side knows it)."""
+    script = (
+        "import sys\n"
+        "from fw_agents.tasks import retrieval\n"
+        f"argv = ['--memory', 'lstm', '--hidden', '4', '--steps', '2', '--eval-every', '1', '--run-dir', {str(tmp_path / 'r')!r}]\n"
+        "assert retrieval.main([*argv, '--threads', '1', '--wandb', 'disabled']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'stable_baselines3'))\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    assert (tmp_path / "r" / "progress.csv").is_file() and list((tmp_path / "r").glob("events.out.tfevents.*"))
 
 
 def test_cli_unknown_memory_lists_choices_subprocess() -> None:

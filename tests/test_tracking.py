@@ -1,4 +1,4 @@
-"""Run tracking: run dir, SB3 logger outputs, W&B modes and its failure fallback (no network)."""
+"""Run tracking: run dir, SB3 logger and SB3-free outputs, W&B modes and its failure fallback (no network)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fw_agents.tracking import WandbOutputFormat, make_run_dir, resolve_wandb_mode, start_run
+from fw_agents.sb3_logging import WandbOutputFormat
+from fw_agents.tracking import WandbScalars, make_run_dir, resolve_wandb_mode, start_run
 
 os.environ["WANDB_MODE"] = "disabled"
 
@@ -32,8 +33,11 @@ def test_run_dir_is_unique(tmp_path: Path) -> None:
     assert explicit == tmp_path / "a" / "b" and explicit.is_dir()
 
 
-def test_logger_writes_csv_and_tensorboard(tmp_path: Path) -> None:
-    with start_run(tmp_path, "job", config={"lr": 1e-3, "device": torch.device("cpu")}, wandb_mode="disabled") as tracker:
+@pytest.mark.parametrize("sb3_logger", [True, False])
+def test_logger_writes_csv_and_tensorboard(tmp_path: Path, sb3_logger: bool) -> None:
+    config = {"lr": 1e-3, "device": torch.device("cpu")}
+    with start_run(tmp_path, "job", config=config, wandb_mode="disabled", sb3_logger=sb3_logger) as tracker:
+        assert (tracker.logger is not None) == sb3_logger
         assert tracker.wandb_run is None
         for step in range(3):
             tracker.log_scalars({"train/loss": 1.0 / (step + 1), "train/updates": step}, step=step)
@@ -42,6 +46,39 @@ def test_logger_writes_csv_and_tensorboard(tmp_path: Path) -> None:
     assert [float(r["train/loss"]) for r in rows] == pytest.approx([1.0, 0.5, 1 / 3])
     assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert '"device": "cpu"' in (run_dir / "config.json").read_text()
+
+
+def test_sb3_free_writers_match_the_sb3_logger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """progress.csv byte for byte and the stdout tables: the supervised heads' files keep their format."""
+    rows = [
+        {"train/updates": 0},
+        {"train/updates": 10, "val/error": 0.5},  # one new key per row: SB3 orders new keys as a set
+        {"train/updates": 20, "val/error": 0.25, "time/note": 'a "b", c'},
+        {"train/updates": 30, "val/error": 1 / 3},  # a key missing
+    ]
+    csv_text, stdout = {}, {}
+    for sb3_logger in (True, False):
+        run_dir = tmp_path / str(sb3_logger)
+        with start_run(run_dir=str(run_dir), wandb_mode="disabled", log_formats=("stdout", "csv"), sb3_logger=sb3_logger) as tracker:
+            for step, values in enumerate(rows):
+                tracker.log_scalars(values, step)
+        csv_text[sb3_logger] = (run_dir / "progress.csv").read_text()
+        stdout[sb3_logger] = capsys.readouterr().out.replace(str(run_dir), "RUN")
+    assert csv_text[True] == csv_text[False]
+    assert csv_text[False].splitlines()[0] == "train/updates,val/error,time/note"
+    assert stdout[True] == stdout[False]
+
+
+def test_config_json_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fw_agents.tracking as tracking
+
+    written = []
+    real = tracking.write_text_atomically
+    monkeypatch.setattr(tracking, "write_text_atomically", lambda path, text: (written.append(Path(path)), real(path, text)))
+    with start_run(tmp_path, "job", config={"b": 1, "a": [1, 2]}, wandb_mode="disabled", sb3_logger=False) as tracker:
+        pass
+    assert written == [tracker.run_dir / "config.json"]
+    assert (tracker.run_dir / "config.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
 
 
 def test_resolve_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -92,11 +129,15 @@ def test_unreachable_server_does_not_hang(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert time.monotonic() - start < 20
 
 
-def test_offline_run_mirrors_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("sb3_logger", [True, False])
+def test_offline_run_mirrors_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sb3_logger: bool) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    with start_run(tmp_path, "job", config={"a": 1}, wandb_mode=None, log_formats=("csv",)) as tracker:
+    with start_run(tmp_path, "job", config={"a": 1}, wandb_mode=None, log_formats=("csv",), sb3_logger=sb3_logger) as tracker:
         assert tracker.wandb_run is not None
-        assert any(isinstance(f, WandbOutputFormat) for f in tracker.logger.output_formats)
+        if sb3_logger:
+            assert any(isinstance(f, WandbOutputFormat) for f in tracker.logger.output_formats)
+        else:
+            assert any(isinstance(w, WandbScalars) for w in tracker.writers)
         tracker.log_scalars({"train/loss": 0.5}, step=10)
         tracker.log_summary({"test_error": 0.1})
         run_dir = tracker.run_dir

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fw_agents.validation import check_int
+
 #: IDX magic numbers: 0x0000 then type 0x08 (unsigned byte) then the number of dimensions.
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
@@ -121,6 +123,7 @@ def load_mnist(data_dir: str | Path, val_size: int = 10_000) -> ImageDataset:
     :return: The data set, 28x28 images and 10 classes for MNIST.
     :raises DataError: Folder or files missing, malformed, or inconsistent.
     """
+    check_int("val-size", val_size)
     data_dir = _existing_dir(data_dir)
     arrays = {}
     for split, (images_stem, labels_stem) in MNIST_FILES.items():
@@ -135,8 +138,11 @@ def load_mnist(data_dir: str | Path, val_size: int = 10_000) -> ImageDataset:
             raise DataError(f"{labels_path} has label {labels.max()}, expected digits 0-9")
         arrays[split] = (images, labels)
     train_images, train_labels = arrays["train"]
-    if not 0 < val_size < len(train_labels):
-        raise DataError(f"val-size must be between 1 and {len(train_labels) - 1}, got {val_size}")
+    if val_size >= len(train_labels):
+        raise DataError(
+            f"val-size must leave at least one of the {len(train_labels)} training images in {data_dir} "
+            f"for training, got {val_size}"
+        )
     cut = len(train_labels) - val_size
     splits = {
         "train": (train_images[:cut], train_labels[:cut]),

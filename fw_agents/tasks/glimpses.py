@@ -24,7 +24,6 @@ Command::
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.tasks.cli import add_training_args, training_setup
+from fw_agents.cli import option, run_cli
+from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory, memory_class
+from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
     NUM_GLIMPSES,
@@ -46,13 +45,22 @@ from fw_agents.tasks.glimpse_geometry import (
     store_flags,
 )
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
-from fw_agents.tracking import start_run
+from fw_agents.validation import check_choice, check_int
 
 CONVNET = "convnet"
 MODEL_NAMES: tuple[str, ...] = (*MEMORY_NAMES, CONVNET)
 DATASETS: tuple[str, ...] = ("mnist", "faces")
+MULTI_LEVEL_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 #: ConvNet depth per data set (paper: 3-layer ConvNet for MNIST, 2-layer for faces).
 CONV_LAYERS = {"mnist": 3, "faces": 2}
+
+
+def supports_multi_level(core: MemoryCore) -> bool:
+    """Whether ``core`` runs the multi-level model: its ``outputs`` takes ``write_mask`` and
+    ``hidden_resets`` and its state starts with ``h``. A core says so with a class attribute
+    ``supports_write_mask = True``; the fast-weights core, which has no such attribute, is
+    recognised by its class."""
+    return bool(getattr(core, "supports_write_mask", isinstance(core, memory_class("fastweights"))))
 
 
 class GlimpseRNN(nn.Module):
@@ -63,8 +71,8 @@ class GlimpseRNN(nn.Module):
     :param num_classes: Number of classes.
     :param image_size: Side ``S`` of the square input images (28 or 48).
     :param multi_level: Write into the fast weights and wipe the hidden state between
-        levels. ``None``: on for ``fastweights``, off otherwise. Needs a core whose
-        ``forward`` takes ``write_mask`` and whose state starts with ``h`` (``(h, A)``).
+        levels. ``None``: on for ``fastweights``, off otherwise. Needs a core that
+        :func:`supports_multi_level` (fast weights).
     :param memory_kwargs: Extra arguments of the core.
     """
 
@@ -83,7 +91,7 @@ class GlimpseRNN(nn.Module):
         self.core = make_memory(memory, patch * patch + 1, hidden_size, **(memory_kwargs or {}))
         if multi_level is None:
             multi_level = memory == "fastweights"
-        if multi_level and not {"write_mask", "hidden_resets"} <= set(inspect.signature(self.core.forward).parameters):
+        if multi_level and not supports_multi_level(self.core):
             raise ValueError(f"multi-level needs a core with fast weights (write_mask); {memory!r} has none")
         self.multi_level = multi_level
         self.segments = level_segments(image_size)
@@ -129,10 +137,8 @@ class GlimpseConvNet(nn.Module):
 
     def __init__(self, features: int, num_classes: int, image_size: int = 28, num_layers: int = 3) -> None:
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 2:
-            raise ValueError(f"conv-layers must be an integer >= 2, got {num_layers!r}")
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"hidden (features) must be an integer >= 1, got {features!r}")
+        check_int("conv-layers", num_layers, 2)
+        check_int("hidden (features)", features)
         patch = glimpse_size(image_size)
         self.register_buffer("glimpse_index", glimpse_index(image_size), persistent=False)
         self.conv = nn.Linear(patch * patch, features)  # == Conv2d(1, F, kernel=P, stride=P) per glimpse
@@ -149,7 +155,7 @@ class GlimpseConvNet(nn.Module):
         return self.classifier(torch.relu(self.conv(extract_glimpses(images, self.glimpse_index))))
 
 
-def build_model(
+def build_glimpse_model(
     model: str,
     hidden: int,
     num_classes: int,
@@ -164,39 +170,31 @@ def build_model(
     return GlimpseRNN(model, hidden, num_classes, image_size, multi_level, memory_kwargs)
 
 
-@dataclass
-class GlimpseConfig:
-    """Everything one glimpse run depends on besides the training loop.
+@dataclass(kw_only=True)
+class GlimpseConfig(FastWeightsOptions):
+    """Everything one glimpse run depends on besides the training loop (the command's own
+    flags; ``fast_lr``, ``decay``, ``inner_steps`` from :class:`FastWeightsOptions`)."""
 
-    :param dataset: ``mnist`` (IDX files, also Fashion-MNIST) or ``faces`` (48x48).
-    :param data_dir: Where the data are.
-    :param memory: A memory core name or ``convnet``.
-    :param hidden: Recurrent units / ConvNet features.
-    :param multi_level: ``auto`` (on for fast weights), ``on`` or ``off``.
-    :param conv_layers: ConvNet depth (``None``: 3 for mnist, 2 for faces).
-    :param train_limit: Use only the first N training images (``None``: all).
-    :param fast_lr: η of the fast-weights core (``None``: core default).
-    :param decay: λ of the fast-weights core (``None``: core default, 0.95).
-    :param inner_steps: S of the fast-weights core (``None``: core default, 1).
-    """
+    dataset: str = option("mnist", choices=DATASETS, help="mnist: IDX files (also Fashion-MNIST); faces: 48x48")
+    data_dir: str = option(help="IDX folder, FER-2013 CSV, or class-folder tree")
+    memory: str = option("fastweights", choices=MODEL_NAMES, help="memory core or convnet")
+    hidden: int = option(100, help="recurrent units / ConvNet features")
+    multi_level: str = option("auto", choices=MULTI_LEVEL_CHOICES, help="Figure 3 model: auto (on for fast weights), on, off")
+    conv_layers: int | None = option(None, help="ConvNet depth (None: 3 for mnist, 2 for faces)")
+    val_size: int = option(10_000, help="mnist: training images held out for validation")
+    train_limit: int | None = option(None, help="use only the first N training images (None: all)")
 
-    dataset: str = "mnist"
-    data_dir: str = ""
-    memory: str = "fastweights"
-    hidden: int = 100
-    multi_level: str = "auto"
-    conv_layers: int | None = None
-    train_limit: int | None = None
-    fast_lr: float | None = None
-    decay: float | None = None
-    inner_steps: int | None = None
-
-    def memory_kwargs(self) -> dict[str, Any]:
-        """η, λ, S for the fast-weights core; nothing for the others."""
-        if self.memory != "fastweights":
-            return {}
-        options = {"fast_lr": self.fast_lr, "decay": self.decay, "inner_steps": self.inner_steps}
-        return {key: value for key, value in options.items() if value is not None}
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("memory", self.memory, MODEL_NAMES)
+        check_choice("multi-level", self.multi_level, MULTI_LEVEL_CHOICES)
+        check_int("hidden", self.hidden)
+        if self.conv_layers is None:
+            self.conv_layers = CONV_LAYERS[self.dataset]
+        check_int("conv-layers", self.conv_layers, 2)
+        check_int("val-size", self.val_size)
+        if self.train_limit is not None:
+            check_int("train-limit", self.train_limit)
 
     def multi_level_flag(self) -> bool | None:
         """``None`` for auto, else the boolean."""
@@ -215,57 +213,31 @@ def to_splits(data: ImageDataset, device: torch.device, train_limit: int | None 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    parser = OneLineArgumentParser(
-        prog="python -m fw_agents.tasks.glimpses",
-        description="Multi-level glimpse classification (Ba et al. 2016, Tables 2-3).",
+    return task_parser(
+        "python -m fw_agents.tasks.glimpses",
+        "Multi-level glimpse classification (Ba et al. 2016, Tables 2-3).",
+        GlimpseConfig,
+        steps=10_000,
+        eval_every=500,
     )
-    parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="mnist: IDX files; faces: 48x48")
-    parser.add_argument("--data-dir", required=True, help="IDX folder, FER-2013 CSV, or class-folder tree")
-    parser.add_argument("--memory", default="fastweights", choices=MODEL_NAMES, help="memory core or convnet")
-    parser.add_argument("--hidden", type=int, default=100, help="recurrent units / ConvNet features")
-    parser.add_argument("--multi-level", default="auto", choices=("auto", "on", "off"), help="Figure 3 model")
-    parser.add_argument("--conv-layers", type=int, default=None, help="ConvNet depth (default 3 mnist, 2 faces)")
-    parser.add_argument("--val-size", type=int, default=10_000, help="mnist: training images held out")
-    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--fast-lr", type=float, default=None, help="fast weights: eta (default 0.5)")
-    parser.add_argument("--decay", type=float, default=None, help="fast weights: lambda (default 0.95)")
-    parser.add_argument("--inner-steps", type=int, default=None, help="fast weights: S (default 1)")
-    add_training_args(parser, steps=10_000, lr=1e-3, eval_every=500)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train and evaluate one model; write the run directory. :return: exit status."""
-    args = build_parser().parse_args(argv)
-    task = GlimpseConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        memory=args.memory,
-        hidden=args.hidden,
-        multi_level=args.multi_level,
-        conv_layers=CONV_LAYERS[args.dataset] if args.conv_layers is None else args.conv_layers,
-        train_limit=args.train_limit,
-        fast_lr=args.fast_lr,
-        decay=args.decay,
-        inner_steps=args.inner_steps,
-    )
-    if args.hidden < 1:
-        raise ValueError(f"hidden must be an integer >= 1, got {args.hidden}")
-    if args.train_limit is not None and args.train_limit < 1:
-        raise ValueError(f"train-limit must be >= 1, got {args.train_limit}")
-    train_config, device = training_setup(args)
+    setup = setup_task(GlimpseConfig, build_parser().parse_args(argv))
+    task, train_config, device = setup.task, setup.training, setup.device
 
     tick = time.perf_counter()
-    data = load_dataset(task.dataset, task.data_dir, seed=0, val_size=args.val_size)
+    data = load_dataset(task.dataset, task.data_dir, seed=0, val_size=task.val_size)
     splits = to_splits(data, device, task.train_limit)
     data_seconds = time.perf_counter() - tick
-    torch.manual_seed(args.seed)
-    model = build_model(
+    torch.manual_seed(train_config.seed)
+    model = build_glimpse_model(
         task.memory,
         task.hidden,
         data.num_classes,
         data.image_size,
-        task.conv_layers if task.conv_layers is not None else CONV_LAYERS[task.dataset],
+        task.conv_layers,
         task.multi_level_flag(),
         task.memory_kwargs(),
     ).to(device)
@@ -279,17 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image_size": data.image_size,
         "num_classes": data.num_classes,
         "multi_level_active": multi_level,
-        "val_size": args.val_size,
     }
-    with start_run(
-        args.runs_root,
-        f"glimpses-{task.dataset}-{task.memory}-H{task.hidden}",
-        config=config,
-        run_dir=args.run_dir,
-        wandb_mode=args.wandb,
-        wandb_project=args.wandb_project,
-        wandb_tags=("glimpses", task.dataset, task.memory),
-    ) as tracker:
+    name = f"glimpses-{task.dataset}-{task.memory}-H{task.hidden}"
+    with setup.tracking.start(name, config, ("glimpses", task.dataset, task.memory), sb3_logger=False) as tracker:
         results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker)
         results = {
             "task": "glimpses",

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fw_agents.cli import option, run_cli
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.tasks.cli import add_training_args, training_setup
+from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
-from fw_agents.tracking import start_run
+from fw_agents.validation import check_choice, check_int
 
 NUM_LETTERS = 26
 NUM_DIGITS = 10
@@ -94,10 +94,11 @@ def make_splits(
     :param seed: Data seed (independent of the model's seed).
     :return: ``{"train": (tokens, targets), "val": ..., "test": ...}``.
     """
-    if not 1 <= num_pairs <= NUM_LETTERS or isinstance(num_pairs, bool):
-        raise ValueError(f"num-pairs must be between 1 and {NUM_LETTERS}, got {num_pairs!r}")
-    if len(sizes) != 3 or any(int(s) < 1 for s in sizes):
+    check_int("num-pairs", num_pairs, 1, NUM_LETTERS)
+    if len(sizes) != 3:
         raise ValueError(f"split sizes must be three integers >= 1, got {tuple(sizes)!r}")
+    sizes = [check_int(f"{name} size", size) for name, size in zip(SPLIT_NAMES, sizes)]
+    check_int("data-seed", seed, 0)
     seen = np.empty(0, dtype=np.int64)
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for index, (name, size) in enumerate(zip(SPLIT_NAMES, sizes)):
@@ -176,33 +177,22 @@ class RetrievalModel(nn.Module):
         return self.head(y[-1])
 
 
-@dataclass
-class RetrievalConfig:
-    """Everything one retrieval run depends on.
+@dataclass(kw_only=True)
+class RetrievalConfig(FastWeightsOptions):
+    """Everything one retrieval run depends on besides the training loop (the command's own
+    flags; ``fast_lr``, ``decay``, ``inner_steps`` from :class:`FastWeightsOptions`)."""
 
-    :param memory: Memory core name.
-    :param hidden: R, number of recurrent units.
-    :param num_pairs: K.
-    :param data_seed: Seed of the fixed data sets.
-    :param fast_lr: η of the fast-weights core (``None``: the core's default, 0.5).
-    :param decay: λ of the fast-weights core (paper's retrieval experiment: 0.9).
-    :param inner_steps: S of the fast-weights core.
-    """
+    memory: str = option("fastweights", choices=MEMORY_NAMES, help="memory core")
+    hidden: int = option(20, help="R, number of recurrent units")
+    num_pairs: int = option(4, help="K, key/value pairs per example")
+    data_seed: int = option(0, help="seed of the fixed data sets")
+    decay: float | None = option(0.9, help="fast weights: lambda (paper: 0.9 here)")
 
-    memory: str = "fastweights"
-    hidden: int = 20
-    num_pairs: int = 4
-    data_seed: int = 0
-    fast_lr: float | None = None
-    decay: float | None = 0.9
-    inner_steps: int | None = None
-
-    def memory_kwargs(self) -> dict[str, Any]:
-        """Core-specific keyword arguments (only the fast-weights core takes η, λ, S)."""
-        if self.memory != "fastweights":
-            return {}
-        options = {"fast_lr": self.fast_lr, "decay": self.decay, "inner_steps": self.inner_steps}
-        return {key: value for key, value in options.items() if value is not None}
+    def __post_init__(self) -> None:
+        check_choice("memory", self.memory, MEMORY_NAMES)
+        check_int("hidden", self.hidden)
+        check_int("num-pairs", self.num_pairs, 1, NUM_LETTERS)
+        check_int("data-seed", self.data_seed, 0)
 
 
 def load_splits(config: RetrievalConfig, device: torch.device) -> dict[str, Split]:
@@ -215,53 +205,29 @@ def load_splits(config: RetrievalConfig, device: torch.device) -> dict[str, Spli
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    parser = OneLineArgumentParser(
-        prog="python -m fw_agents.tasks.retrieval",
-        description="Associative retrieval (Ba et al. 2016, Table 1) with one memory core.",
+    return task_parser(
+        "python -m fw_agents.tasks.retrieval",
+        "Associative retrieval (Ba et al. 2016, Table 1) with one memory core.",
+        RetrievalConfig,
+        steps=20_000,
+        eval_every=1_000,
     )
-    parser.add_argument("--memory", default="fastweights", choices=MEMORY_NAMES, help="memory core")
-    parser.add_argument("--hidden", type=int, default=20, help="R, number of recurrent units")
-    parser.add_argument("--num-pairs", type=int, default=4, help="K, key/value pairs per example")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the fixed data sets")
-    parser.add_argument("--fast-lr", type=float, default=None, help="fast weights: eta (default 0.5)")
-    parser.add_argument("--decay", type=float, default=0.9, help="fast weights: lambda (paper: 0.9 here)")
-    parser.add_argument("--inner-steps", type=int, default=None, help="fast weights: S (default 1)")
-    add_training_args(parser, steps=20_000, lr=1e-3, eval_every=1_000)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train and evaluate one model; write the run directory. :return: exit status."""
-    args = build_parser().parse_args(argv)
-    task = RetrievalConfig(
-        memory=args.memory,
-        hidden=args.hidden,
-        num_pairs=args.num_pairs,
-        data_seed=args.data_seed,
-        fast_lr=args.fast_lr,
-        decay=args.decay,
-        inner_steps=args.inner_steps,
-    )
-    if args.hidden < 1:
-        raise ValueError(f"hidden must be an integer >= 1, got {args.hidden}")
-    train_config, device = training_setup(args)
+    setup = setup_task(RetrievalConfig, build_parser().parse_args(argv))
+    task, train_config, device = setup.task, setup.training, setup.device
 
     tick = time.perf_counter()
     splits = load_splits(task, device)
     data_seconds = time.perf_counter() - tick
-    torch.manual_seed(args.seed)
+    torch.manual_seed(train_config.seed)
     model = RetrievalModel(task.memory, task.hidden, memory_kwargs=task.memory_kwargs()).to(device)
 
     config = {"task": "retrieval", **asdict(task), **asdict(train_config), "device": str(device)}
-    with start_run(
-        args.runs_root,
-        f"retrieval-{task.memory}-R{task.hidden}",
-        config=config,
-        run_dir=args.run_dir,
-        wandb_mode=args.wandb,
-        wandb_project=args.wandb_project,
-        wandb_tags=("retrieval", task.memory),
-    ) as tracker:
+    tags = ("retrieval", task.memory)
+    with setup.tracking.start(f"retrieval-{task.memory}-R{task.hidden}", config, tags, sb3_logger=False) as tracker:
         results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker)
         results = {"task": "retrieval", **asdict(task), "data_seconds": data_seconds, **results}
         paths = write_outputs(tracker.run_dir, results, model, f"retrieval: {task.memory}, R={task.hidden}", tracker)

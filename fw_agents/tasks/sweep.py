@@ -8,6 +8,7 @@ A failing cell is recorded with its one-line error and the sweep goes on.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import traceback
@@ -15,6 +16,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fw_agents.cli import add_config_arguments, config_from_args, config_to_argv
+from fw_agents.tasks.cli import DeviceOptions
+from fw_agents.tasks.training import SupervisedConfig
+from fw_agents.tracking import TrackingOptions
+from fw_agents.validation import check_int
+
+#: Tracking flags a sweep passes on to every cell (each cell has its own run directory).
+_CELL_TRACKING = ("wandb", "wandb_project")
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,33 @@ class Cell:
     def name(self) -> str:
         """Folder name of the cell's run."""
         return f"{self.model}-{self.size}"
+
+
+def add_cell_arguments(parser: argparse.ArgumentParser, **training_defaults: Any) -> None:
+    """Add the task flags a sweep passes on to every cell: the training loop's
+    (:class:`SupervisedConfig`, with ``training_defaults``), ``--device``, ``--threads``
+    (default 1: cells run one after another on a shared machine) and ``--wandb``
+    (default ``disabled``), ``--wandb-project``."""
+    group = parser.add_argument_group("every cell")
+    add_config_arguments(group, SupervisedConfig, defaults=training_defaults)
+    add_config_arguments(group, DeviceOptions, defaults={"threads": 1})
+    tracking = [name for name in TrackingOptions.__dataclass_fields__ if name not in _CELL_TRACKING]
+    add_config_arguments(group, TrackingOptions, exclude=tracking, defaults={"wandb": "disabled"})
+
+
+def cell_argv(args: argparse.Namespace, sizes: Sequence[int] = ()) -> list[str]:
+    """The flags of :func:`add_cell_arguments` as every cell's command line, checked here
+    (with the grid's ``sizes``) so that bad input stops the sweep before its first cell.
+
+    :raises ValueError: A bad value, named by its flag.
+    """
+    for size in sizes:
+        check_int("sizes", size)
+    training = config_from_args(SupervisedConfig, args)
+    device = config_from_args(DeviceOptions, args)
+    device.apply()  # only to check it
+    tracking = config_from_args(TrackingOptions, args, _CELL_TRACKING)
+    return [*config_to_argv(training), *config_to_argv(device), *config_to_argv(tracking, _CELL_TRACKING)]
 
 
 def run_grid(

@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fw_agents.cli import option
 from fw_agents.tracking import Tracker
+from fw_agents.validation import check_float, check_int
+
+#: Largest seed torch's generators take.
+MAX_SEED = 2**64 - 1
 
 
 @dataclass
@@ -52,35 +57,26 @@ class Split:
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of :func:`train_classifier`.
+class SupervisedConfig:
+    """Hyper-parameters of :func:`train_classifier`, and the training flags of every task
+    command (generated from these fields by :func:`fw_agents.tasks.cli.add_training_args`,
+    each task with its own defaults for the first four)."""
 
-    :param steps: Number of parameter updates.
-    :param batch_size: Mini-batch size (paper: 128).
-    :param lr: Adam learning rate.
-    :param eval_every: Updates between two evaluations (also the logging period).
-    :param eval_batch_size: Batch size for evaluation (memory only, results do not depend on it).
-    :param seed: Seed of the batch order.
-    :param grad_clip: Clip the global gradient norm to this value (``None`` or 0: off).
-    """
-
-    steps: int = 10_000
-    batch_size: int = 128
-    lr: float = 1e-3
-    eval_every: int = 500
-    eval_batch_size: int = 2_000
-    seed: int = 0
-    grad_clip: float | None = None
+    steps: int = option(10_000, help="number of parameter updates")
+    batch_size: int = option(128, help="mini-batch size (paper: 128)")
+    lr: float = option(1e-3, help="Adam learning rate")
+    eval_every: int = option(500, help="updates between evaluations (also the logging period)")
+    eval_batch_size: int = option(2_000, help="evaluation batch size (memory only; results do not depend on it)", cli=False)
+    seed: int = option(0, help="seed of the model initialisation and batch order")
+    grad_clip: float | None = option(None, help="clip the global gradient norm to this value (None or 0: off)")
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ValueError(f"grad-clip must be >= 0, got {self.grad_clip!r}")
+            check_int(name.replace("_", "-"), getattr(self, name))
+        check_float("lr", self.lr, 0)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        if self.grad_clip is not None:
+            check_float("grad-clip", self.grad_clip, 0, low_inclusive=True)
 
 
 def _adam(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -118,7 +114,7 @@ def train_classifier(
     train: Split,
     val: Split,
     test: Split,
-    config: TrainConfig,
+    config: SupervisedConfig,
     tracker: Tracker | None = None,
     on_eval: Callable[[Mapping[str, float]], None] | None = None,
 ) -> dict[str, Any]:
@@ -129,7 +125,7 @@ def train_classifier(
     :param val: Validation split, used for checkpoint selection.
     :param test: Test split, reported at every evaluation and at the best checkpoint.
     :param config: Hyper-parameters.
-    :param tracker: Where curves go (SB3 logger -> csv/TensorBoard/W&B); ``None``: nowhere.
+    :param tracker: Where curves go (progress.csv, TensorBoard, W&B); ``None``: nowhere.
     :param on_eval: Optional callback with each evaluation's record.
     :return: Results: best checkpoint's ``val_error``/``test_error``/``test_nll``, the curve
         (one record per evaluation), timings (``sec_per_update`` excludes evaluation).
@@ -276,13 +272,11 @@ def plot_curves(curve: list[Mapping[str, float]], path: Path, title: str = "") -
     :param path: Output PNG.
     :param title: Figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn off-screen: no pyplot, the user's backend untouched
 
     updates = [entry["updates"] for entry in curve]
-    fig, (ax_nll, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_nll, ax_err = fig.subplots(1, 2)
     for key, label, style in (("train_loss", "train", ":"), ("val_nll", "validation", "--"), ("test_nll", "test", "-")):
         points = [(u, e[key]) for u, e in zip(updates, curve) if key in e]
         if points:
@@ -300,4 +294,3 @@ def plot_curves(curve: list[Mapping[str, float]], path: Path, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

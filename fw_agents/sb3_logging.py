@@ -1,0 +1,69 @@
+"""The Stable-Baselines3 side of run tracking: an SB3 ``Logger`` for an RL run.
+
+:func:`fw_agents.tracking.start_run` imports this module only for a run that needs
+an SB3 logger (``sb3_logger=True``, what :mod:`fw_agents.agent` uses), so the
+supervised heads never import Stable-Baselines3. The logger writes SB3's own
+outputs (``stdout``, ``progress.csv``, TensorBoard, ...) into the run directory
+and mirrors every dump into W&B through :class:`WandbOutputFormat`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.logger import KVWriter, Logger, configure
+
+from fw_agents.tracking import WandbScalars
+
+
+class WandbOutputFormat(KVWriter):
+    """SB3 ``KVWriter`` that mirrors logged scalars into a W&B run
+    (:class:`fw_agents.tracking.WandbScalars`), skipping keys whose exclusion tuple names
+    ``"wandb"``.
+
+    :param run: A ``wandb`` run (anything with ``log(dict)``).
+    """
+
+    def __init__(self, run: Any) -> None:
+        self.scalars = WandbScalars(run)
+
+    @property
+    def run(self) -> Any | None:
+        """The W&B run; ``None`` once mirroring was turned off by a failure."""
+        return self.scalars.run
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        kept = {key: value for key, value in key_values.items() if "wandb" not in (key_excluded.get(key) or ())}
+        self.scalars.write(kept, step)
+
+    def close(self) -> None:
+        """Nothing to do: the run is finished by :meth:`fw_agents.tracking.Tracker.close`."""
+
+
+class LoggerWriter:
+    """A :class:`fw_agents.tracking.Tracker` writer that records into an SB3 logger and dumps it.
+
+    :param logger: The SB3 logger (the one the RL model logs to as well).
+    """
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def write(self, values: Mapping[str, Any], step: int) -> None:
+        for key, value in values.items():
+            self.logger.record(key, value)
+        self.logger.dump(step=step)
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def sb3_logger_writer(run_dir: Path, log_formats: Sequence[str], wandb_run: Any | None = None) -> LoggerWriter:
+    """An SB3 logger writing ``log_formats`` into ``run_dir`` (mirrored into ``wandb_run``
+    when given), wrapped as a tracker writer."""
+    logger = configure(str(run_dir), list(log_formats))
+    if wandb_run is not None:
+        logger.output_formats.append(WandbOutputFormat(wandb_run))
+    return LoggerWriter(logger)

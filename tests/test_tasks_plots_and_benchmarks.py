@@ -1,0 +1,77 @@
+"""Figures drawn without touching the user's matplotlib backend; the Table 1/2 sweeps' command lines."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_figures_leave_the_backend_alone(tmp_path: Path) -> None:
+    """No matplotlib.use() and no pyplot: a user's interactive backend stays theirs."""
+    script = f"""
+import sys
+import matplotlib
+matplotlib.use("svg")
+from fw_agents import plots
+from fw_agents.tasks.training import plot_curves
+curve = [{{"updates": 0, "val_nll": 2.0, "test_nll": 2.1, "val_error": 0.9, "test_error": 0.9}},
+         {{"updates": 5, "train_loss": 1.5, "train_error": 0.5, "val_nll": 1.0, "test_nll": 1.1, "val_error": 0.4, "test_error": 0.5}}]
+plot_curves(curve, __import__("pathlib").Path({str(tmp_path / "curves.png")!r}), title="t")
+plots.plot_learning_curve({str(tmp_path)!r}, title="t")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True, timeout=120).stdout
+    assert out.split() == ["svg", "False"]
+    for name in ("curves.png", "learning_curve.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["--sizes", "20", "0"], "sizes must be an integer >= 1, got 0"),
+        (["--threads", "0"], "threads must be an integer >= 1, got 0"),
+        (["--device", "mps"], "unknown device 'mps'"),
+        (["--wandb", "sometimes"], "invalid choice: 'sometimes'"),
+    ],
+)
+def test_table1_bad_input_is_one_line(argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fw_agents.cli import run_cli
+
+    table1 = _benchmark("table1_retrieval")
+    try:
+        status = run_cli(table1.main, [*argv, "--out-dir", str(tmp_path / "out")])
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_table1_passes_its_flags_to_every_cell(tmp_path: Path) -> None:
+    table1 = _benchmark("table1_retrieval")
+    argv = ["--models", "lstm", "--sizes", "4", "--steps", "2", "--eval-every", "1", "--batch-size", "8"]
+    assert table1.main([*argv, "--lr", "0.01", "--seed", "3", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "lstm-4" / "config.json").read_text())
+    expected = {"steps": 2, "eval_every": 1, "batch_size": 8, "lr": 0.01, "seed": 3, "device": "cpu", "hidden": 4}
+    assert {key: config[key] for key in expected} == expected
+    assert "(batch 8, Adam lr 0.01" in (tmp_path / "table1.md").read_text()
