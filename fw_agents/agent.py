@@ -1,7 +1,7 @@
 """Train, evaluate and save a recurrent PPO agent with any memory core.
 
 ``train(TrainConfig(...))`` is what ``train_agent.py`` runs: it builds the env (the
-batched :class:`envs.CatchVecEnv` for Catch ids, ``DummyVecEnv`` otherwise),
+batched :class:`envs.CatchSB3VecEnv` for Catch ids, ``DummyVecEnv`` otherwise),
 :class:`fw_agents.algorithms.FastRecurrentPPO` (sb3-contrib's ``RecurrentPPO`` with
 inference-mode rollouts and a compact rollout buffer, same results) with
 :class:`fw_agents.policies.RecurrentMemoryPolicy`, the callbacks (evaluation, checkpoints,
@@ -213,7 +213,7 @@ def env_registered(env_id: str) -> bool:
 def make_env(env_id: str, n_envs: int, seed: int, render_mode: str | None = None) -> VecEnv:
     """Vectorised env with episode statistics: batched numpy Catch for Catch ids, else ``DummyVecEnv``."""
     if env_id in envs.CATCH_IDS:
-        env = VecMonitor(envs.CatchVecEnv.from_id(env_id, n_envs, render_mode=render_mode))
+        env = VecMonitor(envs.CatchSB3VecEnv.from_id(env_id, n_envs, render_mode=render_mode))
         env.seed(seed)
         return env
     env_kwargs = {"render_mode": render_mode} if render_mode else None
