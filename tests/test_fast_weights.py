@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from fw_agents.memory import FastWeightsRNN, make_memory
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 
+FAST = dict(decay=0.9, fast_lr=0.5)  # λ and η of the op-level tests
+
 DT = torch.float64
 
 
@@ -31,9 +33,9 @@ def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1
 def block_reads(request, monkeypatch):
     """Both ways the scan reads a chunk's past: the whole block (zero weights ahead, short
     chunks) and a slice h(< t) per step (long chunks), forced here at any length."""
-    from fw_agents.memory.ops import fused
+    from fw_agents.memory.ops import chunking
 
-    monkeypatch.setattr(fused, "WHOLE_BLOCK_STEPS", 64 if request.param == "whole" else 0)
+    monkeypatch.setattr(chunking, "WHOLE_BLOCK_STEPS", 64 if request.param == "whole" else 0)
     return request.param
 
 
@@ -68,10 +70,9 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
     for t in tensors:
         t.requires_grad_(True)
     ln = (gain, bias) if layer_norm else (None, None)
-    A_ref = A if init else torch.zeros(3, 5, 5, dtype=DT)
-    ref = fast_weights_reference(zx, h, A_ref, W, *ln, 0.9, 0.5, inner_steps, starts, write, layer_norm)
-    keep = None if starts is None else 1 - starts
-    out = fast_weights_scan(zx, h, A, W, *ln, 0.9, 0.5, inner_steps, chunk, keep, write, layer_norm)
+    kw = dict(FAST, inner_steps=inner_steps, episode_starts=starts, write_mask=write, layer_norm=layer_norm)
+    ref = fast_weights_reference(zx, h, A, W, *ln, **kw)
+    out = fast_weights_scan(zx, h, A, W, *ln, **kw, chunk_size=chunk)
     assert_same_values_and_gradients(ref, out, tensors)
 
 
@@ -80,14 +81,14 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
 @pytest.mark.parametrize("final_A", [True, False])
 def test_scan_with_constant_initial_state_and_no_final_A(chunk, resets, final_A):
     """The PPO-update case: ``A_in`` from a buffer (no gradient wanted) and, with
-    ``final_A=False``, no final ``A`` formed. ``y``, ``h_T`` and every gradient as the reference."""
+    ``output_final_state=False``, no final ``A`` formed (None). ``y``, ``h_T`` and every gradient as the reference."""
     zx, h, A, W, gain, bias, starts, _ = _inputs(resets=resets)
     tensors = [t.requires_grad_(True) for t in (zx, h, W, gain, bias)]
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, None)
-    keep = None if starts is None else 1 - starts
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, None, final_A=final_A)
+    kw = dict(FAST, inner_steps=2, episode_starts=starts, output_final_state=final_A)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
     count = 3 if final_A else 2
-    assert final_A or out[2].numel() == 0
+    assert final_A or (out[2] is None and ref[2] is None)
     assert_same_values_and_gradients(ref[:count], out[:count], tensors)
 
 
@@ -96,9 +97,10 @@ def test_reference_hidden_resets_equal_wiping_h_between_calls():
     zx, h, A, W, gain, bias, _, write = _inputs(T=7, writes=True)
     wipe = torch.zeros(7, 3, dtype=DT)
     wipe[3] = 1.0
-    y, h_T, A_T = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, None, write, hidden_resets=wipe)
-    y1, h1, A1 = fast_weights_reference(zx[:3], h, A, W, gain, bias, 0.9, 0.5, 2, None, write[:3])
-    y2, h2, A2 = fast_weights_reference(zx[3:], torch.zeros_like(h1), A1, W, gain, bias, 0.9, 0.5, 2, None, write[3:])
+    kw = dict(FAST, inner_steps=2)
+    y, h_T, A_T = fast_weights_reference(zx, h, A, W, gain, bias, **kw, write_mask=write, hidden_resets=wipe)
+    y1, h1, A1 = fast_weights_reference(zx[:3], h, A, W, gain, bias, **kw, write_mask=write[:3])
+    y2, h2, A2 = fast_weights_reference(zx[3:], torch.zeros_like(h1), A1, W, gain, bias, **kw, write_mask=write[3:])
     torch.testing.assert_close(y, torch.cat([y1, y2]), rtol=0, atol=0)
     torch.testing.assert_close(A_T, A2, rtol=0, atol=0)
 
@@ -109,17 +111,18 @@ def test_scan_hidden_resets_match_reference(chunk, resets):
     zx, h, A, W, gain, bias, starts, write = _inputs(T=7, resets=resets, writes=True, seed=4)
     wipe = (torch.rand(7, 3, generator=torch.Generator().manual_seed(5)) < 0.4).to(DT)
     tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write, hidden_resets=wipe)
-    keep = None if starts is None else 1 - starts
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, write, hidden_resets=wipe)
+    kw = dict(FAST, inner_steps=2, episode_starts=starts, write_mask=write, hidden_resets=wipe)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
     assert_same_values_and_gradients(ref, out, tensors)
 
 
 def test_step_hidden_resets_match_reference():
     zx, h, A, W, gain, bias, _, _ = _inputs(T=1)
     wipe = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT)
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 1, None, None, hidden_resets=wipe)
-    out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, 1, hidden_resets=wipe)
+    kw = dict(FAST, inner_steps=1, hidden_resets=wipe)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_step(zx, h, A, W, gain, bias, **kw)
     for a, b in zip(ref, out):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
@@ -144,8 +147,9 @@ def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers, uniform, f
     else:
         starts[4, 1] = 1.0
     tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write)
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, 1 - starts, write, final_A=final_A)
+    kw = dict(FAST, inner_steps=2, episode_starts=starts, write_mask=write, output_final_state=final_A)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
     if not readers:  # A_in never read: its gradient is zero (the scan returns None for it)
         tensors = [t for t in tensors if t is not A]
     count = 3 if final_A else 2
@@ -153,21 +157,22 @@ def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers, uniform, f
 
 
 @pytest.mark.parametrize(
-    "keep,order,readers",
+    "keep,order,readers,in_place_restarts",
     [
-        (None, None, 6),
-        ([0, 0, 0, 0, 0, 0], None, 0),
-        ([1, 1, 0, 0, 0, 0], None, 2),
-        ([0, 1, 0, 0, 1, 0], [1, 4, 0, 2, 3, 5], 2),
-        ([1, 0, 1, 1, 0, 1], None, 6),  # most rows read: in place, no reordering
+        (None, None, 6, False),
+        ([0, 0, 0, 0, 0, 0], None, 0, False),
+        ([1, 1, 0, 0, 0, 0], None, 2, False),
+        ([0, 1, 0, 0, 1, 0], [1, 4, 0, 2, 3, 5], 2, False),
+        ([1, 0, 1, 1, 0, 1], None, 6, True),  # most rows read: in place, no reordering
+        ([1, 1, 1, 1, 1, 1], None, 6, False),
     ],
 )
-def test_scan_puts_rows_that_read_A_in_first(keep, order, readers):
-    from fw_agents.memory.ops.fused import _readers_first
+def test_scan_puts_rows_that_read_A_in_first(keep, order, readers, in_place_restarts):
+    from fw_agents.memory.ops.chunking import readers_first
 
-    mask = None if keep is None else torch.tensor([keep, [1] * 6], dtype=DT)
-    got_order, got_readers = _readers_first(mask, 6)
-    assert got_readers == readers
+    starts = None if keep is None else torch.tensor([keep, [1] * 6]) == 0
+    got_order, got_readers, got_in_place = readers_first(starts, 6)
+    assert got_readers == readers and got_in_place == in_place_restarts
     assert (got_order is None and order is None) or got_order.tolist() == order
 
 
@@ -191,10 +196,10 @@ def test_single_step_matches_reference(inner_steps, init, reset, write):
     keep = torch.tensor([[0.0, 1.0, 1.0]], dtype=DT) if reset else None
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT) if write else None
     tensors = [t.requires_grad_(True) for t in (zx, h, W, gain, bias)] + ([A.requires_grad_(True)] if init else [])
-    A_ref = A if init else torch.zeros(3, 5, 5, dtype=DT)
     starts = None if keep is None else 1 - keep
-    ref = fast_weights_reference(zx, h, A_ref, W, gain, bias, 0.9, 0.5, inner_steps, starts, mask)
-    out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, keep, mask)
+    kw = dict(FAST, inner_steps=inner_steps, episode_starts=starts, write_mask=mask)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_step(zx, h, A, W, gain, bias, **kw)
     assert_same_values_and_gradients(ref, out, tensors)
 
 
@@ -202,10 +207,10 @@ def test_single_step_matches_reference(inner_steps, init, reset, write):
 @pytest.mark.parametrize("inner_steps", [1, 2])
 def test_scan_gradcheck(chunk, inner_steps):
     zx, h, A, W, gain, bias, starts, write = _inputs(T=5, B=2, H=3, seed=1, writes=True)
-    keep = 1 - starts
 
     def fn(zx, h, A, W, gain, bias):
-        return fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, chunk, keep, write)
+        kw = dict(FAST, inner_steps=inner_steps, episode_starts=starts, write_mask=write, chunk_size=chunk)
+        return fast_weights_scan(zx, h, A, W, gain, bias, **kw)
 
     args = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
     assert torch.autograd.gradcheck(fn, args)
@@ -418,9 +423,8 @@ def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay
     starts[3, 1] = starts[5, 2] = 1
     y, (h, A) = core(x, (h0, A0), starts)
     zx = core.C(x)
-    ref = fast_weights_reference(
-        zx, h0, A0, core.W.weight, core.ln.weight, core.ln.bias, decay, 2.5 * (1 - decay) / hidden, 2, starts
-    )
+    paper = dict(decay=decay, fast_lr=2.5 * (1 - decay) / hidden, inner_steps=2, episode_starts=starts)
+    ref = fast_weights_reference(zx, h0, A0, core.W.weight, core.ln.weight, core.ln.bias, **paper)
     tensors = [x, h0, A0, core.W.weight, core.C.weight, core.ln.weight]
     assert_same_values_and_gradients(ref, (y, h, A), tensors)
 
