@@ -459,3 +459,111 @@ def test_normalized_fast_weights_are_bounded_by_eta_at_any_width_and_length(hidd
 def test_normalize_must_be_a_bool(bad):
     with pytest.raises(ValueError, match="normalize"):
         FastWeightsRNN(4, 8, normalize=bad)
+
+
+# ------------------------------------------- the scan's two passes, each on its own
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_scan_fwd_alone_equals_the_reference(chunk, block_reads):
+    """:func:`fast_weights_scan_fwd` (no autograd) returns the reference's y, h_T and A_T."""
+    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunking import hidden_reset_mask
+
+    zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=9)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
+    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    starts_b = starts > 0.5
+    *out, residuals = fast_weights_scan_fwd(zx, h, A, W, gain, bias, starts_b, write, hidden_reset_mask(starts_b, None), config)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    assert [c.stop - c.start for c in residuals.chunks] == [min(chunk, 7 - s) for s in range(0, 7, chunk)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_scan_bwd_alone_equals_autograd_of_the_reference(chunk, block_reads):
+    """:func:`fast_weights_scan_bwd`, fed the forward's residuals and output cotangents,
+    returns autograd's gradients of the float64 reference for every input."""
+    from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
+    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+
+    zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=10)
+    inputs = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
+    ref = fast_weights_reference(*inputs, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
+    cotangents = [torch.randn_like(o) for o in ref]
+    expected = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), inputs)
+    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    with torch.no_grad():
+        *_, residuals = fast_weights_scan_fwd(*inputs, starts > 0.5, write, starts > 0.5, config)
+        got = fast_weights_scan_bwd(residuals, *cotangents)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+def test_ops_share_one_signature():
+    """Reference, scan and step take the same arguments, in the same order, options keyword-only."""
+    import inspect
+
+    signatures = {f.__name__: inspect.signature(f) for f in (fast_weights_reference, fast_weights_scan, fast_weights_step)}
+    params = [[(p.name, p.kind, p.default) for p in s.parameters.values()] for s in signatures.values()]
+    assert params[0] == params[1] == params[2], signatures
+    positional = [p.name for p in signatures["fast_weights_scan"].parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == ["zx", "h", "A", "W", "ln_weight", "ln_bias"]
+
+
+# ------------------------------------------- a start clears a non-finite carried state
+def _state_with_bad_rows(batch, hidden, rows, bad):
+    torch.manual_seed(11)
+    h0 = torch.rand(batch, hidden, dtype=DT)
+    A0 = 0.1 * torch.randn(batch, hidden, hidden, dtype=DT)
+    for b in rows:
+        h0[b, ::2] = bad
+        A0[b, 1] = bad
+    return h0, A0
+
+
+@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("steps", [1, 7])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("rows", [(1,), (0, 2, 3, 5), (2, 3, 4, 5), (0, 1, 2, 3, 4, 5)])
+def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, rows):
+    """Rows that start an episode at t = 0 give a fresh start's outputs (and final state) even
+    when their carried h and A hold NaN/inf; their state gradient is exactly zero. ``rows``
+    covers the scan's layouts: one restarting row (read in place), scattered restarting rows
+    (reordered), a suffix of them, all of them."""
+    core = FastWeightsRNN(3, 5, inner_steps=2, mode=mode).double()
+    x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(12))
+    starts = torch.zeros(steps, 6, dtype=DT)
+    starts[0, list(rows)] = 1.0
+    if steps > 1:
+        starts[4, 1] = 1.0
+    h0, A0 = _state_with_bad_rows(6, 5, rows, bad)
+    clean = (h0.clone(), A0.clone())
+    clean[0][list(rows)] = 0.0
+    clean[1][list(rows)] = 0.0
+    h0.requires_grad_(True)
+    A0.requires_grad_(True)
+    y, (h, A) = core(x, (h0, A0), starts)
+    y_clean, (h_clean, A_clean) = core(x, clean, starts)
+    assert torch.isfinite(y).all() and torch.isfinite(A).all()
+    for got, want in ((y, y_clean), (h, h_clean), (A, A_clean)):
+        assert torch.equal(got, want)
+    y_fresh, _ = core(x[:, list(rows)], None, starts[:, list(rows)])
+    torch.testing.assert_close(y[:, list(rows)], y_fresh, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(y.sum() + A.sum(), [h0, A0, *core.parameters()], allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)  # None: not read at all
+    assert all(g is None or not g[list(rows)].any() for g in grads[:2])
+
+
+@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("steps", [1, 7])
+def test_non_finite_state_without_a_start_stays_non_finite(mode, steps):
+    """No start: a NaN carried state is not hidden (its row's outputs stay non-finite), and
+    it does not leak into the other rows."""
+    core = FastWeightsRNN(3, 5, mode=mode).double()
+    x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(13))
+    state = _state_with_bad_rows(6, 5, (2,), float("nan"))
+    starts = torch.zeros(steps, 6, dtype=DT)
+    starts[0, 4] = 1.0  # another row restarts: the scan's reader layouts are in play
+    y, (h, A) = core(x, state, starts)
+    assert not torch.isfinite(y[:, 2]).any() and not torch.isfinite(h[2]).any()
+    others = [0, 1, 3, 4, 5]
+    assert torch.isfinite(y[:, others]).all() and torch.isfinite(A[others]).all()
