@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from fw_agents.memory import FastWeightsRNN, make_memory
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 
+FAST = dict(decay=0.9, fast_lr=0.5)  # λ and η of the op-level tests
+
 DT = torch.float64
 
 
@@ -31,9 +33,9 @@ def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1
 def block_reads(request, monkeypatch):
     """Both ways the scan reads a chunk's past: the whole block (zero weights ahead, short
     chunks) and a slice h(< t) per step (long chunks), forced here at any length."""
-    from fw_agents.memory.ops import fused
+    from fw_agents.memory.ops import chunking
 
-    monkeypatch.setattr(fused, "WHOLE_BLOCK_STEPS", 64 if request.param == "whole" else 0)
+    monkeypatch.setattr(chunking, "WHOLE_BLOCK_STEPS", 64 if request.param == "whole" else 0)
     return request.param
 
 
@@ -68,10 +70,9 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
     for t in tensors:
         t.requires_grad_(True)
     ln = (gain, bias) if layer_norm else (None, None)
-    A_ref = A if init else torch.zeros(3, 5, 5, dtype=DT)
-    ref = fast_weights_reference(zx, h, A_ref, W, *ln, 0.9, 0.5, inner_steps, starts, write, layer_norm)
-    keep = None if starts is None else 1 - starts
-    out = fast_weights_scan(zx, h, A, W, *ln, 0.9, 0.5, inner_steps, chunk, keep, write, layer_norm)
+    kw = dict(FAST, inner_steps=inner_steps, episode_starts=starts, write_mask=write, layer_norm=layer_norm)
+    ref = fast_weights_reference(zx, h, A, W, *ln, **kw)
+    out = fast_weights_scan(zx, h, A, W, *ln, **kw, chunk_size=chunk)
     assert_same_values_and_gradients(ref, out, tensors)
 
 
@@ -80,14 +81,14 @@ def test_scan_matches_reference_forward_and_gradients(inner_steps, layer_norm, c
 @pytest.mark.parametrize("final_A", [True, False])
 def test_scan_with_constant_initial_state_and_no_final_A(chunk, resets, final_A):
     """The PPO-update case: ``A_in`` from a buffer (no gradient wanted) and, with
-    ``final_A=False``, no final ``A`` formed. ``y``, ``h_T`` and every gradient as the reference."""
+    ``output_final_state=False``, no final ``A`` formed (None). ``y``, ``h_T`` and every gradient as the reference."""
     zx, h, A, W, gain, bias, starts, _ = _inputs(resets=resets)
     tensors = [t.requires_grad_(True) for t in (zx, h, W, gain, bias)]
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, None)
-    keep = None if starts is None else 1 - starts
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, None, final_A=final_A)
+    kw = dict(FAST, inner_steps=2, episode_starts=starts, output_final_state=final_A)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
     count = 3 if final_A else 2
-    assert final_A or out[2].numel() == 0
+    assert final_A or (out[2] is None and ref[2] is None)
     assert_same_values_and_gradients(ref[:count], out[:count], tensors)
 
 
@@ -96,9 +97,10 @@ def test_reference_hidden_resets_equal_wiping_h_between_calls():
     zx, h, A, W, gain, bias, _, write = _inputs(T=7, writes=True)
     wipe = torch.zeros(7, 3, dtype=DT)
     wipe[3] = 1.0
-    y, h_T, A_T = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, None, write, hidden_resets=wipe)
-    y1, h1, A1 = fast_weights_reference(zx[:3], h, A, W, gain, bias, 0.9, 0.5, 2, None, write[:3])
-    y2, h2, A2 = fast_weights_reference(zx[3:], torch.zeros_like(h1), A1, W, gain, bias, 0.9, 0.5, 2, None, write[3:])
+    kw = dict(FAST, inner_steps=2)
+    y, h_T, A_T = fast_weights_reference(zx, h, A, W, gain, bias, **kw, write_mask=write, hidden_resets=wipe)
+    y1, h1, A1 = fast_weights_reference(zx[:3], h, A, W, gain, bias, **kw, write_mask=write[:3])
+    y2, h2, A2 = fast_weights_reference(zx[3:], torch.zeros_like(h1), A1, W, gain, bias, **kw, write_mask=write[3:])
     torch.testing.assert_close(y, torch.cat([y1, y2]), rtol=0, atol=0)
     torch.testing.assert_close(A_T, A2, rtol=0, atol=0)
 
@@ -109,17 +111,18 @@ def test_scan_hidden_resets_match_reference(chunk, resets):
     zx, h, A, W, gain, bias, starts, write = _inputs(T=7, resets=resets, writes=True, seed=4)
     wipe = (torch.rand(7, 3, generator=torch.Generator().manual_seed(5)) < 0.4).to(DT)
     tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write, hidden_resets=wipe)
-    keep = None if starts is None else 1 - starts
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, keep, write, hidden_resets=wipe)
+    kw = dict(FAST, inner_steps=2, episode_starts=starts, write_mask=write, hidden_resets=wipe)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
     assert_same_values_and_gradients(ref, out, tensors)
 
 
 def test_step_hidden_resets_match_reference():
     zx, h, A, W, gain, bias, _, _ = _inputs(T=1)
     wipe = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT)
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 1, None, None, hidden_resets=wipe)
-    out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, 1, hidden_resets=wipe)
+    kw = dict(FAST, inner_steps=1, hidden_resets=wipe)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_step(zx, h, A, W, gain, bias, **kw)
     for a, b in zip(ref, out):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
@@ -144,8 +147,9 @@ def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers, uniform, f
     else:
         starts[4, 1] = 1.0
     tensors = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
-    ref = fast_weights_reference(zx, h, A, W, gain, bias, 0.9, 0.5, 2, starts, write)
-    out = fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, 2, chunk, 1 - starts, write, final_A=final_A)
+    kw = dict(FAST, inner_steps=2, episode_starts=starts, write_mask=write, output_final_state=final_A)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
     if not readers:  # A_in never read: its gradient is zero (the scan returns None for it)
         tensors = [t for t in tensors if t is not A]
     count = 3 if final_A else 2
@@ -153,21 +157,22 @@ def test_scan_reads_initial_A_in_the_rows_that_see_it(chunk, readers, uniform, f
 
 
 @pytest.mark.parametrize(
-    "keep,order,readers",
+    "keep,order,readers,in_place_restarts",
     [
-        (None, None, 6),
-        ([0, 0, 0, 0, 0, 0], None, 0),
-        ([1, 1, 0, 0, 0, 0], None, 2),
-        ([0, 1, 0, 0, 1, 0], [1, 4, 0, 2, 3, 5], 2),
-        ([1, 0, 1, 1, 0, 1], None, 6),  # most rows read: in place, no reordering
+        (None, None, 6, False),
+        ([0, 0, 0, 0, 0, 0], None, 0, False),
+        ([1, 1, 0, 0, 0, 0], None, 2, False),
+        ([0, 1, 0, 0, 1, 0], [1, 4, 0, 2, 3, 5], 2, False),
+        ([1, 0, 1, 1, 0, 1], None, 6, True),  # most rows read: in place, no reordering
+        ([1, 1, 1, 1, 1, 1], None, 6, False),
     ],
 )
-def test_scan_puts_rows_that_read_A_in_first(keep, order, readers):
-    from fw_agents.memory.ops.fused import _readers_first
+def test_scan_puts_rows_that_read_A_in_first(keep, order, readers, in_place_restarts):
+    from fw_agents.memory.ops.chunking import readers_first
 
-    mask = None if keep is None else torch.tensor([keep, [1] * 6], dtype=DT)
-    got_order, got_readers = _readers_first(mask, 6)
-    assert got_readers == readers
+    starts = None if keep is None else torch.tensor([keep, [1] * 6]) == 0
+    got_order, got_readers, got_in_place = readers_first(starts, 6)
+    assert got_readers == readers and got_in_place == in_place_restarts
     assert (got_order is None and order is None) or got_order.tolist() == order
 
 
@@ -191,10 +196,10 @@ def test_single_step_matches_reference(inner_steps, init, reset, write):
     keep = torch.tensor([[0.0, 1.0, 1.0]], dtype=DT) if reset else None
     mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT) if write else None
     tensors = [t.requires_grad_(True) for t in (zx, h, W, gain, bias)] + ([A.requires_grad_(True)] if init else [])
-    A_ref = A if init else torch.zeros(3, 5, 5, dtype=DT)
     starts = None if keep is None else 1 - keep
-    ref = fast_weights_reference(zx, h, A_ref, W, gain, bias, 0.9, 0.5, inner_steps, starts, mask)
-    out = fast_weights_step(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, keep, mask)
+    kw = dict(FAST, inner_steps=inner_steps, episode_starts=starts, write_mask=mask)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    out = fast_weights_step(zx, h, A, W, gain, bias, **kw)
     assert_same_values_and_gradients(ref, out, tensors)
 
 
@@ -202,10 +207,10 @@ def test_single_step_matches_reference(inner_steps, init, reset, write):
 @pytest.mark.parametrize("inner_steps", [1, 2])
 def test_scan_gradcheck(chunk, inner_steps):
     zx, h, A, W, gain, bias, starts, write = _inputs(T=5, B=2, H=3, seed=1, writes=True)
-    keep = 1 - starts
 
     def fn(zx, h, A, W, gain, bias):
-        return fast_weights_scan(zx, h, A, W, gain, bias, 0.9, 0.5, inner_steps, chunk, keep, write)
+        kw = dict(FAST, inner_steps=inner_steps, episode_starts=starts, write_mask=write, chunk_size=chunk)
+        return fast_weights_scan(zx, h, A, W, gain, bias, **kw)
 
     args = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
     assert torch.autograd.gradcheck(fn, args)
@@ -418,9 +423,8 @@ def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay
     starts[3, 1] = starts[5, 2] = 1
     y, (h, A) = core(x, (h0, A0), starts)
     zx = core.C(x)
-    ref = fast_weights_reference(
-        zx, h0, A0, core.W.weight, core.ln.weight, core.ln.bias, decay, 2.5 * (1 - decay) / hidden, 2, starts
-    )
+    paper = dict(decay=decay, fast_lr=2.5 * (1 - decay) / hidden, inner_steps=2, episode_starts=starts)
+    ref = fast_weights_reference(zx, h0, A0, core.W.weight, core.ln.weight, core.ln.bias, **paper)
     tensors = [x, h0, A0, core.W.weight, core.C.weight, core.ln.weight]
     assert_same_values_and_gradients(ref, (y, h, A), tensors)
 
@@ -455,3 +459,111 @@ def test_normalized_fast_weights_are_bounded_by_eta_at_any_width_and_length(hidd
 def test_normalize_must_be_a_bool(bad):
     with pytest.raises(ValueError, match="normalize"):
         FastWeightsRNN(4, 8, normalize=bad)
+
+
+# ------------------------------------------- the scan's two passes, each on its own
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_scan_fwd_alone_equals_the_reference(chunk, block_reads):
+    """:func:`fast_weights_scan_fwd` (no autograd) returns the reference's y, h_T and A_T."""
+    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunking import hidden_reset_mask
+
+    zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=9)
+    ref = fast_weights_reference(zx, h, A, W, gain, bias, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
+    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    starts_b = starts > 0.5
+    *out, residuals = fast_weights_scan_fwd(zx, h, A, W, gain, bias, starts_b, write, hidden_reset_mask(starts_b, None), config)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    assert [c.stop - c.start for c in residuals.chunks] == [min(chunk, 7 - s) for s in range(0, 7, chunk)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_scan_bwd_alone_equals_autograd_of_the_reference(chunk, block_reads):
+    """:func:`fast_weights_scan_bwd`, fed the forward's residuals and output cotangents,
+    returns autograd's gradients of the float64 reference for every input."""
+    from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
+    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+
+    zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=10)
+    inputs = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
+    ref = fast_weights_reference(*inputs, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
+    cotangents = [torch.randn_like(o) for o in ref]
+    expected = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), inputs)
+    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    with torch.no_grad():
+        *_, residuals = fast_weights_scan_fwd(*inputs, starts > 0.5, write, starts > 0.5, config)
+        got = fast_weights_scan_bwd(residuals, *cotangents)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+def test_ops_share_one_signature():
+    """Reference, scan and step take the same arguments, in the same order, options keyword-only."""
+    import inspect
+
+    signatures = {f.__name__: inspect.signature(f) for f in (fast_weights_reference, fast_weights_scan, fast_weights_step)}
+    params = [[(p.name, p.kind, p.default) for p in s.parameters.values()] for s in signatures.values()]
+    assert params[0] == params[1] == params[2], signatures
+    positional = [p.name for p in signatures["fast_weights_scan"].parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == ["zx", "h", "A", "W", "ln_weight", "ln_bias"]
+
+
+# ------------------------------------------- a start clears a non-finite carried state
+def _state_with_bad_rows(batch, hidden, rows, bad):
+    torch.manual_seed(11)
+    h0 = torch.rand(batch, hidden, dtype=DT)
+    A0 = 0.1 * torch.randn(batch, hidden, hidden, dtype=DT)
+    for b in rows:
+        h0[b, ::2] = bad
+        A0[b, 1] = bad
+    return h0, A0
+
+
+@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("steps", [1, 7])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("rows", [(1,), (0, 2, 3, 5), (2, 3, 4, 5), (0, 1, 2, 3, 4, 5)])
+def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, rows):
+    """Rows that start an episode at t = 0 give a fresh start's outputs (and final state) even
+    when their carried h and A hold NaN/inf; their state gradient is exactly zero. ``rows``
+    covers the scan's layouts: one restarting row (read in place), scattered restarting rows
+    (reordered), a suffix of them, all of them."""
+    core = FastWeightsRNN(3, 5, inner_steps=2, mode=mode).double()
+    x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(12))
+    starts = torch.zeros(steps, 6, dtype=DT)
+    starts[0, list(rows)] = 1.0
+    if steps > 1:
+        starts[4, 1] = 1.0
+    h0, A0 = _state_with_bad_rows(6, 5, rows, bad)
+    clean = (h0.clone(), A0.clone())
+    clean[0][list(rows)] = 0.0
+    clean[1][list(rows)] = 0.0
+    h0.requires_grad_(True)
+    A0.requires_grad_(True)
+    y, (h, A) = core(x, (h0, A0), starts)
+    y_clean, (h_clean, A_clean) = core(x, clean, starts)
+    assert torch.isfinite(y).all() and torch.isfinite(A).all()
+    for got, want in ((y, y_clean), (h, h_clean), (A, A_clean)):
+        assert torch.equal(got, want)
+    y_fresh, _ = core(x[:, list(rows)], None, starts[:, list(rows)])
+    torch.testing.assert_close(y[:, list(rows)], y_fresh, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(y.sum() + A.sum(), [h0, A0, *core.parameters()], allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)  # None: not read at all
+    assert all(g is None or not g[list(rows)].any() for g in grads[:2])
+
+
+@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("steps", [1, 7])
+def test_non_finite_state_without_a_start_stays_non_finite(mode, steps):
+    """No start: a NaN carried state is not hidden (its row's outputs stay non-finite), and
+    it does not leak into the other rows."""
+    core = FastWeightsRNN(3, 5, mode=mode).double()
+    x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(13))
+    state = _state_with_bad_rows(6, 5, (2,), float("nan"))
+    starts = torch.zeros(steps, 6, dtype=DT)
+    starts[0, 4] = 1.0  # another row restarts: the scan's reader layouts are in play
+    y, (h, A) = core(x, state, starts)
+    assert not torch.isfinite(y[:, 2]).any() and not torch.isfinite(h[2]).any()
+    others = [0, 1, 3, 4, 5]
+    assert torch.isfinite(y[:, others]).all() and torch.isfinite(A[others]).all()

@@ -370,3 +370,28 @@ def test_no_memory_is_a_per_step_relu_layer_and_ignores_state() -> None:
     x2 = x.clone()
     x2[:-1] = torch.randn(STEPS - 1, BATCH, INPUT)
     torch.testing.assert_close(core(x2)[0][-1], y[-1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_alstm_start_clears_a_non_finite_carried_state(bad: float) -> None:
+    """A start at t = 0 zeroes the row's h and memory exactly, even when they hold NaN/inf
+    (torch.where, not a product); without a start the NaN is not hidden."""
+    torch.manual_seed(14)
+    core = AssociativeLSTMCore(INPUT, HIDDEN, num_copies=2, num_heads=2).double()
+    x, starts = inputs(54)
+    starts[0] = torch.tensor([1.0, 0.0, 1.0])
+    h0 = torch.rand(BATCH, HIDDEN, dtype=torch.float64)
+    c0 = torch.randn(BATCH, 2, HIDDEN, dtype=torch.float64)
+    h0[[0, 1], 1] = bad
+    c0[[0, 1], 0, 2] = bad
+    clean = (h0.clone(), c0.clone())
+    clean[0][[0, 2]] = 0.0
+    clean[1][[0, 2]] = 0.0
+    y, (h, c) = core(x, (h0, c0), starts)
+    y_clean, (h_clean, c_clean) = core(x, clean, starts)
+    rows = [0, 2]
+    assert torch.equal(y[:, rows], y_clean[:, rows]) and torch.equal(c[rows], c_clean[rows])
+    y_fresh, _ = core(x[:, rows], None, starts[:, rows])
+    torch.testing.assert_close(y[:, rows], y_fresh, rtol=1e-12, atol=1e-12)
+    # row 1 carries the NaN/inf without a start at t = 0: its first output is not finite
+    assert not torch.isfinite(y[0, 1]).all()

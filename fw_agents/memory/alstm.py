@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fw_agents.memory.base import MemoryCore, State, check_positive_int
+from fw_agents.memory.base import MemoryCore, State, check_positive_int, reset_rows
 
 
 def complex_bound(z: torch.Tensor) -> torch.Tensor:
@@ -150,12 +150,11 @@ class AssociativeLSTMCore(MemoryCore):
         # W_x x(t) + b for all steps in one matmul. unbind() rather than x_proj[t]: the backward
         # of T unbinds is one stack, that of T selects is T full-size zero-filled buffers, O(T²).
         x_steps = self.input_proj(x).unbind(0)
-        keeps = (1.0 - starts).unbind(0) if starts is not None else (None,) * len(x_steps)
+        starts_t = starts.unbind(0) if starts is not None else (None,) * len(x_steps)
         outputs = []
-        for x_t, keep in zip(x_steps, keeps):
-            if keep is not None:
-                h = h * keep[:, None]
-                cells = cells * keep[:, None, None]
+        for x_t, start in zip(x_steps, starts_t):
+            if start is not None:  # torch.where, not a product: a NaN/inf row is cleared too
+                h, cells = reset_rows((h, cells), start)
             h, cells = self._step(x_t, h, cells)
             outputs.append(h)
         return torch.stack(outputs), (h, torch.cat([cells.real, cells.imag], dim=-1))

@@ -9,8 +9,18 @@ from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State, check_positive_int
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
+from fw_agents.memory.ops.chunking import default_chunk_size
 
-MODES = ("auto", "matrix", "attention", "reference")
+# The op that runs a call, by mode: (a sequence, a one-step call). All three share one signature.
+# A rollout step in "auto"/"matrix" mode takes the matrix-form step (fewest ops); "attention"
+# keeps the scan even then, so that mode is the scan alone.
+_OPS = {
+    "auto": (fast_weights_scan, fast_weights_step),
+    "matrix": (fast_weights_scan, fast_weights_step),
+    "attention": (fast_weights_scan, fast_weights_scan),
+    "reference": (fast_weights_reference, fast_weights_reference),
+}
+MODES = tuple(_OPS)
 
 
 class FastWeightsRNN(MemoryCore):
@@ -130,7 +140,7 @@ class FastWeightsRNN(MemoryCore):
             return 1
         if self.mode == "attention":
             return steps
-        return min(steps, 2 * self.hidden_size)
+        return default_chunk_size(steps, self.hidden_size)
 
     def forward(
         self,
@@ -178,29 +188,25 @@ class FastWeightsRNN(MemoryCore):
         for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
             if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        zx = self.C(x)  # C x(t) for every step at once
-        ln_weight = self.ln.weight if self.ln is not None else None
-        ln_bias = self.ln.bias if self.ln is not None else None
-        eps = self.ln.eps if self.ln is not None else 1e-5
-        if self.mode == "reference":
-            y, h, A = fast_weights_reference(
-                zx, h, A, self.W.weight, ln_weight, ln_bias, self.decay, self.paper_fast_lr,
-                self.inner_steps, starts, write_mask, self.layer_norm, eps, hidden_resets,
-            )  # fmt: skip
-            return y, (h, A)
-        common = dict(
-            keep=None if starts is None else 1.0 - starts,
+        op = _OPS[self.mode][x.shape[0] == 1]
+        y, h, A = op(
+            self.C(x),  # C x(t) for every step at once
+            h,
+            None if fresh else A,  # None: known zeros, never read
+            self.W.weight,
+            self.ln.weight if self.ln is not None else None,
+            self.ln.bias if self.ln is not None else None,
+            decay=self.decay,
+            fast_lr=self.paper_fast_lr,
+            inner_steps=self.inner_steps,
+            episode_starts=starts,
             write_mask=write_mask,
-            layer_norm=self.layer_norm,
-            eps=eps,
-            final_A=final_state,
             hidden_resets=hidden_resets,
+            layer_norm=self.layer_norm,
+            eps=self.ln.eps if self.ln is not None else 1e-5,
+            output_final_state=final_state,
+            chunk_size=self.chunk_size(x.shape[0]),
         )
-        args = (zx, h, None if fresh else A, self.W.weight, ln_weight, ln_bias, self.decay, self.paper_fast_lr)
-        if x.shape[0] == 1 and self.mode != "attention":  # a rollout step: matrix form, fewest ops
-            y, h, A = fast_weights_step(*args, self.inner_steps, **common)
-        else:
-            y, h, A = fast_weights_scan(*args, self.inner_steps, self.chunk_size(x.shape[0]), **common)
         return y, (h, A)
 
     def extra_repr(self) -> str:

@@ -1,8 +1,10 @@
 """The slow, obviously-correct fast-weights recurrence: one Python step per time step.
 
 It follows the paper's equations literally, forms the fast-weight matrix ``A``
-explicitly and lets autograd do the backward pass. Every fast path in
-:mod:`fw_agents.memory.ops.fused` is tested against it (forward and gradients).
+explicitly and lets autograd do the backward pass. The chunked scan
+(:mod:`fw_agents.memory.ops.chunked_scan`) and the single step
+(:mod:`fw_agents.memory.ops.step`) are tested against it (values and gradients);
+all three share one signature, so a caller or a test can swap them.
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ import torch.nn.functional as F
 def fast_weights_reference(
     zx: torch.Tensor,
     h: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     W: torch.Tensor,
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
+    *,
     decay: float,
     fast_lr: float,
     inner_steps: int,
     episode_starts: torch.Tensor | None = None,
     write_mask: torch.Tensor | None = None,
+    hidden_resets: torch.Tensor | None = None,
     layer_norm: bool = True,
     eps: float = 1e-5,
-    hidden_resets: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the fast-weights RNN over a sequence, one step at a time.
 
     For each step t (a start resets ``h`` and ``A`` to zero first, a hidden reset ``h`` alone)::
@@ -37,31 +42,39 @@ def fast_weights_reference(
         h(t)   = h_S
         A(t)   = decay A(t-1) + fast_lr h(t) h(t)^T    # Eq. 1 (where write_mask is 1)
 
-    :param zx: ``C x(t)`` with its bias, ``[T, B, H]``.
-    :param h: Hidden state before the first step, ``[B, H]``.
-    :param A: Fast weights before the first step, ``[B, H, H]``.
-    :param W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``, as ``nn.Linear``).
-    :param ln_weight: Layer-norm gain ``[H]`` (None: no layer norm).
-    :param ln_bias: Layer-norm bias ``[H]``.
-    :param decay: λ.
-    :param fast_lr: η.
-    :param inner_steps: S.
-    :param episode_starts: ``[T, B]``, 1 resets the row before step t.
-    :param write_mask: ``[T, B]``, 0 leaves ``A`` unchanged after step t (default: write every step).
-    :param layer_norm: Apply layer norm in the inner loop.
-    :param eps: Layer-norm epsilon.
-    :param hidden_resets: ``[T, B]``, 1 zeroes the row's ``h`` (not ``A``) before step t
-        (the multi-level glimpse model's wipe between levels).
-    :return: ``(y [T, B, H], h [B, H], A [B, H, H])``.
+    Args:
+        zx: ``C x(t)`` with its bias, ``[T, B, H]``.
+        h: Hidden state before the first step, ``[B, H]``.
+        A: Fast weights before the first step, ``[B, H, H]``; None for zeros.
+        W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``, as ``nn.Linear``).
+        ln_weight: Layer-norm gain ``[H]`` (None: no gain).
+        ln_bias: Layer-norm bias ``[H]``.
+        decay: λ.
+        fast_lr: η.
+        inner_steps: S.
+        episode_starts: ``[T, B]`` 0/1; 1 resets the row's ``h`` and ``A`` to exact zeros before
+            step t (``torch.where``: a NaN or inf carried there is cleared too).
+        write_mask: ``[T, B]`` 0/1; 0 leaves ``A`` unchanged after step t (default: write every step).
+        hidden_resets: ``[T, B]`` 0/1; 1 zeroes the row's ``h`` (not ``A``) before step t
+            (the multi-level glimpse model's wipe between levels).
+        layer_norm: Apply layer norm in the inner loop.
+        eps: Layer-norm epsilon.
+        output_final_state: False returns None for the final ``A``.
+        chunk_size: Accepted for the common signature and ignored (there are no chunks here).
+
+    Returns:
+        ``(y [T, B, H], h [B, H], A [B, H, H] or None)``.
     """
+    if A is None:
+        A = zx.new_zeros(zx.shape[1], zx.shape[2], zx.shape[2])
     outputs = []
     for t in range(zx.shape[0]):
         if episode_starts is not None:
-            keep = 1.0 - episode_starts[t]
-            h = h * keep[:, None]
-            A = A * keep[:, None, None]
+            start = episode_starts[t] > 0.5
+            h = torch.where(start[:, None], 0.0, h)
+            A = torch.where(start[:, None, None], 0.0, A)
         if hidden_resets is not None:
-            h = h * (1.0 - hidden_resets[t])[:, None]
+            h = torch.where(hidden_resets[t][:, None] > 0.5, 0.0, h)
         z = h @ W.T + zx[t]
         hs = torch.relu(z)
         for _ in range(inner_steps):
@@ -75,4 +88,4 @@ def fast_weights_reference(
         decay_t = 1.0 - write * (1.0 - decay)
         A = decay_t[:, None, None] * A + fast_lr * write[:, None, None] * torch.einsum("bi,bj->bij", h, h)
         outputs.append(h)
-    return torch.stack(outputs), h, A
+    return torch.stack(outputs), h, A if output_final_state else None
