@@ -160,8 +160,11 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
             **kwargs,
         )
         self.lstm_kwargs = self.memory_kwargs
-        self.shared_lstm = critic == "shared"
-        self.enable_critic_lstm = critic == "separate"
+        # Our critic is ``critic_mode``; ``lstm_critic`` is None exactly when it is "shared"
+        # (what the buffer goes by: :func:`fw_agents.state_slots.critic_has_own_state`).
+        # sb3-contrib's ``shared_lstm`` is not set: it means a critic reading the actor's LSTM
+        # *detached*, which ours is not, and only the methods overridden here read it.
+        self.enable_critic_lstm = critic == "separate"  # sb3-contrib's meaning: own critic core
         self.critic = None
         self.lstm_actor = CoreAdapter(make_memory(memory, self.features_dim, hidden_size, **self.memory_kwargs))
         self.lstm_critic = (
