@@ -4,14 +4,16 @@ The algorithm, the sampling and the numbers are the stock ones (a test trains bo
 side by side and compares every parameter). Two things change: rollouts run under
 ``torch.inference_mode`` (see :meth:`FastRecurrentPPO.collect_rollouts`), and the
 buffer's bookkeeping of the recurrent state, which matters when the state is big: the
-fast-weights state ``(h, A)`` is ``H + H^2`` floats per environment and step.
+fast-weights state ``(h, A)`` is ``H + H^2`` floats per environment and step. How a
+state is laid out in the buffer, and why the critic's copy may be skipped, is the contract of
+:mod:`fw_agents.state_slots`, which stores it here.
 
 What the stock ``RecurrentRolloutBuffer`` does with it, and what this one does:
 
 * ``reset``: allocates four state arrays (actor and critic ``h``/``c``) every rollout;
   here they are allocated once and overwritten.
 * ``add``: copies each slot twice (``np.array(t.cpu().numpy())``); here once, and the
-  critic's copy is skipped when the critic shares the actor's state (same tensors).
+  critic's copy is skipped when the policy's update never reads it (a shared critic).
 * ``get``: swaps and flattens the whole state arrays; here they stay ``[n_steps, n_envs, ...]``.
 * ``_get_samples``: indexes ``states[batch_inds]`` (a copy of every row of the minibatch)
   before picking the sequence starts, and pads every field through a Python list of one
@@ -37,7 +39,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
-from fw_agents.policies import RecurrentMemoryPolicy, joined_halves
+from fw_agents.policies import RecurrentMemoryPolicy
+from fw_agents.state_slots import SlotStore, critic_has_own_state
 
 #: The fast-weights core options of policies saved before ``normalize`` existed: the core's own
 #: (paper) defaults, which those policies used for every key they did not set.
@@ -48,25 +51,28 @@ class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
     """Drop-in ``RecurrentRolloutBuffer`` that stores and samples recurrent states without bulk copies.
 
     Same constructor as :class:`~sb3_contrib.common.recurrent.buffers.RecurrentRolloutBuffer`;
-    ``hidden_state_shape`` is ``(n_steps, num_layers, n_envs, hidden_size)``.
+    ``hidden_state_shape`` is ``(n_steps, num_layers, n_envs, hidden_size)``. The states live in
+    a :class:`fw_agents.state_slots.SlotStore` (``slots``), whose layout is the contract of
+    :mod:`fw_agents.state_slots`.
+
+    :param critic_state: Store the critic's states too; False when the policy's update never
+        reads them (:func:`fw_agents.state_slots.critic_has_own_state`), as ``FastRecurrentPPO``
+        passes it. Minibatches then carry the actor's states as the critic's.
     """
+
+    def __init__(self, *args: Any, critic_state: bool = True, **kwargs: Any) -> None:
+        self.critic_state = critic_state
+        self.slots: SlotStore | None = None
+        super().__init__(*args, **kwargs)
 
     def reset(self) -> None:
         RolloutBuffer.reset(self)
-        n_steps, layers, n_envs, size = self.hidden_state_shape
-        shape = (n_steps, n_envs, 2, layers, size)  # (h, c) per step and env
-        if getattr(self, "states_pi", None) is None or self.states_pi.shape != shape:
-            self.states_pi = np.zeros(shape, dtype=np.float32)
-            self.states_vf: np.ndarray | None = None
-        self.shared_critic_state = True
+        # allocated once, overwritten every rollout
+        if self.slots is None or self.slots.hidden_state_shape != tuple(self.hidden_state_shape):
+            self.slots = SlotStore(self.hidden_state_shape, self.critic_state)
 
     def add(self, *args, lstm_states: RNNStates, **kwargs) -> None:
-        _store(self.states_pi[self.pos], lstm_states.pi)
-        if lstm_states.vf[0] is not lstm_states.pi[0] or lstm_states.vf[1] is not lstm_states.pi[1]:
-            if self.states_vf is None:
-                self.states_vf = np.zeros_like(self.states_pi)
-            _store(self.states_vf[self.pos], lstm_states.vf)
-            self.shared_critic_state = False
+        self.slots.add(self.pos, lstm_states)
         RolloutBuffer.add(self, *args, **kwargs)
 
     def get(self, batch_size: int | None = None) -> Generator[RecurrentRolloutBufferSamples, None, None]:
@@ -115,8 +121,6 @@ class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
         # Flat (env-major) index -> (step, env): gather just the rows that start a sequence.
         first = batch_inds[starts]
         steps, envs = first % self.buffer_size, first // self.buffer_size
-        states_pi = self._states_at(self.states_pi, steps, envs)
-        states_vf = states_pi if self.shared_critic_state else self._states_at(self.states_vf, steps, envs)
         return RecurrentRolloutBufferSamples(
             observations=pad(self.observations).reshape((padded_batch_size, *self.obs_shape)),
             actions=pad(self.actions).reshape((padded_batch_size, *self.actions.shape[1:])),
@@ -124,36 +128,10 @@ class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
             old_log_prob=pad_and_flatten(self.log_probs),
             advantages=pad_and_flatten(self.advantages),
             returns=pad_and_flatten(self.returns),
-            lstm_states=RNNStates(states_pi, states_vf),
+            lstm_states=self.slots.initial_states(steps, envs, self.device),
             episode_starts=pad_and_flatten(self.episode_starts),
             mask=self.to_torch(valid.astype(np.float32).flatten(), copy=False),
         )
-
-    def _states_at(self, states: np.ndarray, steps: np.ndarray, envs: np.ndarray) -> tuple:
-        rows = states[steps, envs]  # [n_seq, 2, num_layers, size]: one gather, a fresh array
-        if rows.shape[2] == 1 and self.device.type == "cpu":
-            # h and c as [1, n_seq, size] views of that array: the policy's core adapter reads
-            # the whole state through them without another copy.
-            flat = self.to_torch(rows.reshape(len(rows), -1), copy=False)
-            size = rows.shape[3]
-            return flat[:, :size].unsqueeze(0), flat[:, size:].unsqueeze(0)
-        h = self.to_torch(np.ascontiguousarray(rows[:, 0].swapaxes(0, 1)))  # [num_layers, n_seq, size]
-        c = self.to_torch(np.ascontiguousarray(rows[:, 1].swapaxes(0, 1)))
-        return h, c
-
-
-def _store(slot: np.ndarray, state: tuple) -> None:
-    """Copy an ``(h, c)`` pair of ``[num_layers, n_envs, size]`` tensors into ``slot[n_envs, 2, ...]``
-    (torch's copy: from any device, and about twice as fast as numpy's for these sizes)."""
-    target = th.from_numpy(slot)
-    h, c = state[0].detach(), state[1].detach()
-    if h.shape[0] == 1:
-        flat = joined_halves(h[0], c[0])  # the policy's slots: one [n_envs, 2 * size] buffer
-        if flat is not None:
-            target.view(len(slot), -1).copy_(flat)
-            return
-    target[:, 0].copy_(h.transpose(0, 1))
-    target[:, 1].copy_(c.transpose(0, 1))
 
 
 class FastRecurrentPPO(RecurrentPPO):
@@ -195,6 +173,7 @@ class FastRecurrentPPO(RecurrentPPO):
                 gamma=self.gamma,
                 gae_lambda=self.gae_lambda,
                 n_envs=self.n_envs,
+                critic_state=critic_has_own_state(self.policy),
             )
 
     def collect_rollouts(

@@ -1,34 +1,15 @@
 """Recurrent actor-critic policies over any memory core, for sb3-contrib's ``RecurrentPPO``.
 
-The only module that knows Stable-Baselines3's internals.
-
-How a core's state travels through the unmodified ``RecurrentPPO``
---------------------------------------------------------------------
-``RecurrentPPO`` sizes its rollout buffer from ``policy.lstm_actor.num_layers``
-and ``.hidden_size`` and stores an LSTM-shaped pair ``(h, c)`` of
-``[num_layers, n_envs, hidden_size]`` per step. :class:`CoreAdapter` presents
-any core as such an "LSTM" with ``num_layers = 1`` and ``hidden_size = slot``:
-the core's state is packed into one ``[B, state_size]`` row per environment
-(:meth:`MemoryCore.pack_state`), zero-padded to ``2 * slot`` floats and split
-into the ``h`` half and the ``c`` half. Nothing is lost or approximated: the
-fast-weights state ``(h [H], A [H, H])`` is stored whole, so each training
-sequence restarts from exactly the state the rollout saw. The cost is memory:
-``n_steps * n_envs * (H + H^2)`` floats per core (67 MB for 8 envs x 128 steps at
-H = 128), twice with a separate critic core, since RecurrentPPO also keeps a
-critic copy.
-
-Training sequences are processed by one call of the core over ``[T, n_seq]``
-with the episode starts as a mask, never by a Python loop over time steps, and
-through :meth:`MemoryCore.outputs`, since the update drops the final state.
-Slots that are the two halves of one buffer (as :meth:`CoreAdapter.to_slots`
-and :class:`fw_agents.algorithms.CompactRecurrentRolloutBuffer` make them) are
-read back as views, without a copy.
+A core runs inside the unmodified ``RecurrentPPO`` as the policy's ``lstm_actor`` (and
+``lstm_critic``): a :class:`fw_agents.state_slots.CoreAdapter`, which carries the core's whole
+state in RecurrentPPO's LSTM slots (the contract is :mod:`fw_agents.state_slots`). Training
+sequences are processed by one call of the core over ``[T, n_seq]`` with the episode starts as
+a mask, and through :meth:`MemoryCore.outputs`, since the update drops the final state.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import torch
@@ -43,8 +24,9 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.distributions import Categorical
 
-from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
+from fw_agents.memory import MEMORY_NAMES, make_memory
 from fw_agents.memory.base import check_positive_int
+from fw_agents.state_slots import CoreAdapter, Slots
 
 CRITIC_MODES = ("shared", "separate")
 
@@ -62,9 +44,6 @@ DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {
 def default_memory_kwargs(memory: str) -> dict[str, Any]:
     """A copy of :data:`DEFAULT_MEMORY_KWARGS` for ``memory`` (empty for cores without any)."""
     return dict(DEFAULT_MEMORY_KWARGS.get(memory, {}))
-
-
-Slots = tuple[torch.Tensor, torch.Tensor]
 
 
 class MlpEncoder(BaseFeaturesExtractor):
@@ -102,79 +81,6 @@ class MlpEncoder(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(observations)
-
-
-class CoreAdapter(nn.Module):
-    """A memory core dressed as the ``nn.LSTM`` that ``RecurrentPPO`` expects.
-
-    ``num_layers`` and ``hidden_size`` describe the state slots (see module docstring);
-    ``output_size`` is the core's width.
-
-    :param core: The memory core.
-    """
-
-    num_layers = 1
-
-    def __init__(self, core: MemoryCore) -> None:
-        super().__init__()
-        self.core = core
-        self.input_size = core.input_size
-        self.output_size = core.hidden_size
-        self.state_size = core.state_size
-        self.hidden_size = max(1, math.ceil(self.state_size / 2))  # floats per slot
-
-    def to_slots(self, state: tuple[torch.Tensor, ...]) -> Slots:
-        """Core state -> ``(h, c)``, each ``[1, B, slot]``."""
-        flat = self.core.pack_state(state)
-        pad = 2 * self.hidden_size - self.state_size
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], dim=1)
-        return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
-
-    def from_slots(self, slots: Slots) -> tuple[torch.Tensor, ...]:
-        """``(h, c)`` slots -> core state (views of the slots when they are the two halves
-        of one buffer, as :meth:`to_slots` and the compact rollout buffer make them)."""
-        left, right = slots[0][0], slots[1][0]
-        flat = joined_halves(left, right)
-        if flat is None:
-            flat = torch.cat([left, right], dim=1)
-        return self.core.unpack_state(flat[:, : self.state_size])
-
-    def forward(
-        self, features: torch.Tensor, slots: Slots, episode_starts: torch.Tensor, return_slots: bool = True
-    ) -> tuple[torch.Tensor, Slots | None]:
-        """Run the core over RecurrentPPO's sequence-major batch.
-
-        :param features: ``[n_seq * T, F]``, sequence-major (``T = 1`` during rollouts).
-        :param slots: State slots before each sequence, ``[1, n_seq, slot]`` each.
-        :param episode_starts: ``[n_seq * T]``.
-        :param return_slots: False when the caller drops the final state (a PPO update):
-            the core then skips it (:meth:`MemoryCore.outputs`) and None is returned for it.
-        :return: Outputs ``[n_seq * T, H]`` and the slots after the last step.
-        """
-        n_seq = slots[0].shape[1]
-        x = features.reshape(n_seq, -1, self.input_size).transpose(0, 1)
-        starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
-        if return_slots:
-            y, state = self.core(x, self.from_slots(slots), starts)
-        else:
-            y, state = self.core.outputs(x, self.from_slots(slots), starts), None
-        return y.transpose(0, 1).reshape(-1, self.output_size), None if state is None else self.to_slots(state)
-
-
-def joined_halves(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | None:
-    """``[B, 2n]`` view of ``cat([left, right], 1)`` when ``left``/``right`` (``[B, n]``) are the
-    left and right halves of one row-major buffer; None otherwise (the caller then copies)."""
-    if left.shape != right.shape or left.dtype != right.dtype or left.device != right.device or left.dim() != 2:
-        return None
-    rows, n = left.shape
-    if left.stride() != (2 * n, 1) or right.stride() != (2 * n, 1):
-        return None
-    if left.untyped_storage().data_ptr() != right.untyped_storage().data_ptr():
-        return None
-    if right.data_ptr() != left.data_ptr() + n * left.element_size():
-        return None
-    return left.as_strided((rows, 2 * n), (2 * n, 1))
 
 
 def sample_categorical(logits: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,8 +160,11 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
             **kwargs,
         )
         self.lstm_kwargs = self.memory_kwargs
-        self.shared_lstm = critic == "shared"
-        self.enable_critic_lstm = critic == "separate"
+        # Our critic is ``critic_mode``; ``lstm_critic`` is None exactly when it is "shared"
+        # (what the buffer goes by: :func:`fw_agents.state_slots.critic_has_own_state`).
+        # sb3-contrib's ``shared_lstm`` is not set: it means a critic reading the actor's LSTM
+        # *detached*, which ours is not, and only the methods overridden here read it.
+        self.enable_critic_lstm = critic == "separate"  # sb3-contrib's meaning: own critic core
         self.critic = None
         self.lstm_actor = CoreAdapter(make_memory(memory, self.features_dim, hidden_size, **self.memory_kwargs))
         self.lstm_critic = (

@@ -31,7 +31,8 @@ def test_same_parameters_as_stock_recurrent_ppo(memory, critic):
     stock = _train(RecurrentPPO, memory, critic)
     fast = _train(FastRecurrentPPO, memory, critic)
     assert isinstance(fast.rollout_buffer, CompactRecurrentRolloutBuffer)
-    assert fast.rollout_buffer.shared_critic_state == (critic == "shared")
+    assert fast.rollout_buffer.critic_state == (critic == "separate")  # a shared critic's states: not stored
+    assert (fast.rollout_buffer.slots.vf is None) == (critic == "shared")
     for a, b in zip(stock.policy.parameters(), fast.policy.parameters()):
         assert torch.equal(a, b)
 
@@ -49,15 +50,17 @@ def test_models_load_across_classes(tmp_path):
 
 
 @pytest.mark.parametrize("batch_size", [5, 24, 96])
-def test_buffer_samples_equal_stock_samples(batch_size):
-    """Every field of every minibatch, padded sequences included, as the stock buffer's."""
+@pytest.mark.parametrize("layers", [1, 2])
+def test_buffer_samples_equal_stock_samples(batch_size, layers):
+    """Every field of every minibatch, padded sequences included, as the stock buffer's
+    (one layer: the states come back as halves of one array; more: as separate copies)."""
     from gymnasium import spaces
     from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
     from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
     n_steps, n_envs, size = 24, 4, 6
     obs_space, act_space = spaces.Box(-1, 1, (2, 3)), spaces.Discrete(3)
-    args = (n_steps, obs_space, act_space, (n_steps, 1, n_envs, size), "cpu")
+    args = (n_steps, obs_space, act_space, (n_steps, layers, n_envs, size), "cpu")
     stock = RecurrentRolloutBuffer(*args, n_envs=n_envs)
     compact = CompactRecurrentRolloutBuffer(*args, n_envs=n_envs)
     rng = np.random.default_rng(0)
@@ -70,7 +73,7 @@ def test_buffer_samples_equal_stock_samples(batch_size):
             value=torch.randn(n_envs, 1),
             log_prob=torch.randn(n_envs),
         )
-        states = RNNStates(*[(torch.randn(1, n_envs, size), torch.randn(1, n_envs, size)) for _ in range(2)])
+        states = RNNStates(*[(torch.randn(layers, n_envs, size), torch.randn(layers, n_envs, size)) for _ in range(2)])
         for buffer in (stock, compact):
             buffer.add(**step, lstm_states=states)
     last_values = torch.randn(n_envs, 1)
