@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -238,13 +239,20 @@ class CatchRateCallback(BaseCallback):
             self.logger.record("rollout/catch_rate", float(np.mean(self._caught[-100:])))
 
 
-class EvalCatchRate(BaseCallback):
-    """Run after each evaluation: logs ``eval/catch_rate`` (Catch: return +1 means caught)."""
+class CatchEvalCallback(EvalCallback):
+    """SB3's ``EvalCallback`` that also logs ``eval/catch_rate`` (the fraction of evaluation
+    episodes whose ball was caught, from the env's ``info["caught"]``) in the same logger dump
+    as ``eval/mean_reward``: the value is recorded as each episode ends, before SB3 dumps."""
 
     def _on_step(self) -> bool:
-        returns = self.parent.evaluations_results[-1]  # type: ignore[union-attr]
-        self.logger.record("eval/catch_rate", float(np.mean(np.asarray(returns) > 0)))
-        return True
+        self._caught: list[bool] = []
+        return super()._on_step()
+
+    def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        super()._log_success_callback(locals_, globals_)
+        if locals_["done"] and "caught" in locals_["info"]:
+            self._caught.append(bool(locals_["info"]["caught"]))
+            self.logger.record("eval/catch_rate", float(np.mean(self._caught)))
 
 
 class NonFiniteError(RuntimeError):
@@ -325,8 +333,20 @@ class SaveBestAtomically(BaseCallback):
         return True
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(
+    config: TrainConfig, callbacks: Sequence[BaseCallback] = (), eval_callbacks: Sequence[BaseCallback] = ()
+) -> dict[str, Any]:
     """Train, evaluate and save; returns the evaluation summary (also in ``eval_summary.json``).
+
+    :param config: The run's settings.
+    :param callbacks: SB3 callbacks called at every step after the project's own (non-finite
+        check, catch rate, checkpoints, periodic evaluation). One whose ``_on_step`` returns
+        False stops training early; the run then saves, evaluates and returns as usual.
+    :param eval_callbacks: SB3 callbacks called after each periodic evaluation, as
+        ``EvalCallback``'s ``callback_after_eval``: their ``self.parent`` is the
+        ``EvalCallback`` (``last_mean_reward``, ``evaluations_timesteps``, ...), so they can
+        report, prune or stop (return False) on the evaluation, like SB3's
+        ``StopTrainingOnNoModelImprovement``.
 
     Runs with ``config.threads`` torch threads (restored afterwards); ``config.json`` records
     :meth:`TrainConfig.resolved`. Ctrl-C saves ``checkpoints/interrupted_<steps>_steps.zip``
@@ -337,12 +357,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config)
+        return _train(config, callbacks, eval_callbacks)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(config: TrainConfig) -> dict[str, Any]:
+def _train(
+    config: TrainConfig, user_callbacks: Sequence[BaseCallback], after_eval: Sequence[BaseCallback]
+) -> dict[str, Any]:
     is_catch = config.env in envs.CATCH_IDS  # reward +1 exactly when the ball is caught
     name = f"{config.env}-{config.memory}-s{config.seed}"
     tracker = start_run(config.runs_root, name, config.resolved(), run_dir=config.run_dir, wandb_mode=config.wandb)
@@ -353,28 +375,31 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         model = build_agent(config, env)
         model.set_logger(tracker.logger)
         steps_per_call = config.n_envs
+        evaluation = (CatchEvalCallback if is_catch else EvalCallback)(
+            eval_env,
+            n_eval_episodes=config.eval_episodes,
+            eval_freq=max(config.eval_freq // steps_per_call, 1),
+            log_path=str(run_dir),
+            callback_on_new_best=SaveBestAtomically(run_dir / "best" / "best_model.zip"),
+            deterministic=True,
+            callback_after_eval=CallbackList(list(after_eval)) if after_eval else None,
+        )
+        for callback in after_eval:  # a CallbackList does not pass its parent on
+            callback.parent = evaluation
         callbacks = [
             StopOnNonFinite(),
             CatchRateCallback(),
             AtomicCheckpointCallback(
                 max(config.checkpoint_freq // steps_per_call, 1), str(run_dir / "checkpoints"), "model"
             ),
-            EvalCallback(
-                eval_env,
-                n_eval_episodes=config.eval_episodes,
-                eval_freq=max(config.eval_freq // steps_per_call, 1),
-                log_path=str(run_dir),
-                callback_on_new_best=SaveBestAtomically(run_dir / "best" / "best_model.zip"),
-                deterministic=True,
-                callback_after_eval=EvalCatchRate() if is_catch else None,
-            ),
+            evaluation,
         ]
         remaining = config.timesteps - model.num_timesteps
         try:
             if remaining > 0:
                 model.learn(
                     remaining,
-                    callback=CallbackList(callbacks),
+                    callback=CallbackList([*callbacks, *user_callbacks]),
                     reset_num_timesteps=not config.resume,
                     progress_bar=config.progress_bar,
                 )

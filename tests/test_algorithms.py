@@ -15,7 +15,7 @@ from fw_agents.policies import RecurrentMemoryPolicy
 def _train(cls, memory: str = "fastweights", critic: str = "shared", timesteps: int = 128, **policy_kwargs):
     """A small model after ``timesteps`` steps (128: two rollouts and updates; batch 24 cuts
     sequences mid-episode); ``policy_kwargs`` go to the policy on top of the small sizes."""
-    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4)
     policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16),
                          **policy_kwargs)  # fmt: skip
     model = cls(RecurrentMemoryPolicy, env, n_steps=16, batch_size=24, n_epochs=2, seed=3, device="cpu",
@@ -44,7 +44,7 @@ def test_models_load_across_classes(tmp_path):
     for a, b in zip(stock.policy.parameters(), fast.policy.parameters()):
         assert torch.equal(a, b)
     stock.save(tmp_path / "stock.zip")
-    again = FastRecurrentPPO.load(tmp_path / "stock.zip", env=envs.CatchVecEnv.from_id("CatchBlind16-v0", 4))
+    again = FastRecurrentPPO.load(tmp_path / "stock.zip", env=envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4))
     again.learn(64, reset_num_timesteps=False)
     assert again.num_timesteps == 128 + 64
 
@@ -99,7 +99,7 @@ def test_stock_lstm_policy_same_parameters_as_stock():
     """FastRecurrentPPO with sb3-contrib's own MlpLstmPolicy (nn.LSTM reads the buffer's state views)."""
 
     def train(cls):
-        env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
+        env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4)
         model = cls("MlpLstmPolicy", env, n_steps=16, batch_size=24, n_epochs=2, seed=3, device="cpu",
                     policy_kwargs=dict(lstm_hidden_size=8, net_arch=[]))  # fmt: skip
         model.learn(128)
@@ -183,7 +183,7 @@ def test_rollout_in_inference_mode_callbacks_outside_it():
         def _on_rollout_end(self) -> None:
             self.modes.append(torch.is_inference_mode_enabled())
 
-    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 2)
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
     model = FastRecurrentPPO(RecurrentMemoryPolicy, env, n_steps=8, batch_size=16, n_epochs=1, seed=0, device="cpu",
                              policy_kwargs=dict(memory="fastweights", hidden_size=8))  # fmt: skip
     policy_modes: list[bool] = []

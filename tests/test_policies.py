@@ -21,7 +21,7 @@ SMALL = dict(n_steps=16, batch_size=32, n_epochs=1)
 
 
 def _model(memory: str, env=None, critic: str = "shared", algorithm=RecurrentPPO, **kwargs) -> RecurrentPPO:
-    env = env if env is not None else envs.CatchVecEnv.from_id("CatchBlind16-v0", 4)
+    env = env if env is not None else envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4)
     policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16))
     return algorithm(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL, **kwargs)
 
@@ -77,7 +77,7 @@ def test_rollout_and_training_give_same_log_probs_and_values(memory, critic, alg
 def test_fast_weights_state_travels_whole_through_the_buffer():
     """The whole (h, A) in the LSTM slots RecurrentPPO sizes its buffer from (the packing itself:
     tests/test_state_slots.py)."""
-    model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 2), device="cpu", **SMALL)
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2), device="cpu", **SMALL)
     adapter = model.policy.lstm_actor
     assert isinstance(adapter, CoreAdapter)
     H = 128
@@ -91,7 +91,7 @@ def test_fast_weights_state_travels_whole_through_the_buffer():
 
 
 def test_fast_weight_hyperparameters_through_policy_kwargs():
-    env = envs.CatchVecEnv.from_id("Catch-v0", 2)
+    env = envs.CatchSB3VecEnv.from_id("Catch-v0", 2)
     kwargs = dict(hidden_size=32, memory_kwargs=dict(fast_lr=0.3, decay=0.9, inner_steps=2), critic="separate")
     model = RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=kwargs, device="cpu", **SMALL)
     for adapter in (model.policy.lstm_actor, model.policy.lstm_critic):
@@ -100,7 +100,7 @@ def test_fast_weight_hyperparameters_through_policy_kwargs():
 
 
 def test_paper_architecture_by_default():
-    model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 2), device="cpu", **SMALL)
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2), device="cpu", **SMALL)
     policy = model.policy
     assert policy.features_dim == 128  # 128 ReLU units
     assert policy.lstm_actor.core.hidden_size == 128
@@ -115,7 +115,7 @@ def test_paper_architecture_by_default():
 )
 def test_bad_policy_kwargs_raise(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
-        RecurrentPPO(RecurrentMemoryPolicy, envs.CatchVecEnv.from_id("Catch-v0", 2), policy_kwargs=kwargs, device="cpu")
+        RecurrentPPO(RecurrentMemoryPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), policy_kwargs=kwargs, device="cpu")
 
 
 def test_dummy_and_subproc_vec_envs_and_evaluate_policy():
@@ -135,13 +135,13 @@ def test_dummy_and_subproc_vec_envs_and_evaluate_policy():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_policy_learns():
-    model = RecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", 4), device="cuda", **SMALL)
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4), device="cuda", **SMALL)
     model.learn(128)
     assert next(model.policy.parameters()).is_cuda
 
 
 def test_net_arch_layers_between_core_and_heads():
-    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 2)
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
     policy_kwargs = dict(memory="gru", hidden_size=16, net_arch=dict(pi=[8], vf=[6]))
     model = RecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL)
     assert model.policy.action_net.in_features == 8 and model.policy.value_net.in_features == 6

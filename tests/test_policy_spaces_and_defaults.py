@@ -116,7 +116,7 @@ def test_numpy_integer_feature_sizes_build_every_core():
 
 # ----------------------------------------------------------------------- one set of defaults
 def _core(policy_class, **policy_kwargs):
-    env = envs.CatchVecEnv.from_id("Catch-v0", 2)
+    env = envs.CatchSB3VecEnv.from_id("Catch-v0", 2)
     return FastRecurrentPPO(policy_class, env, policy_kwargs=policy_kwargs, device="cpu", **SMALL).policy.lstm_actor.core
 
 
@@ -162,7 +162,7 @@ def test_saved_model_keeps_its_resolved_core_options(tmp_path, monkeypatch):
     does not change a saved model."""
     import fw_agents.policies as policies
 
-    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
+    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
     model.save(tmp_path / "m.zip")
     monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(normalize=True, fast_lr=123.0))
     loaded = FastRecurrentPPO.load(tmp_path / "m.zip", device="cpu")
@@ -173,7 +173,7 @@ def test_saved_model_keeps_its_resolved_core_options(tmp_path, monkeypatch):
 @pytest.mark.parametrize("memory_kwargs", [None, dict(fast_lr=0.001, decay=0.95, inner_steps=1)])
 def test_checkpoints_from_before_normalize_load_with_the_papers_eta(memory_kwargs, tmp_path):
     """Policies saved before ``normalize`` existed computed with the paper's η (core default 0.5)."""
-    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchVecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
+    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
     model.policy_kwargs = {} if memory_kwargs is None else dict(memory_kwargs=memory_kwargs)  # as saved then
     model.save(tmp_path / "old.zip")
     core = FastRecurrentPPO.load(tmp_path / "old.zip", device="cpu").policy.lstm_actor.core

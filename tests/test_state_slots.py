@@ -70,7 +70,7 @@ def test_joined_halves_only_for_the_two_halves_of_one_buffer():
 
 
 def test_critic_has_own_state():
-    env = envs.CatchVecEnv.from_id("CatchBlind16-v0", 2)
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
     small = dict(n_steps=8, batch_size=16, device="cpu")
     for critic, own in (("shared", False), ("separate", True)):
         model = RecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=dict(memory="gru", hidden_size=4, critic=critic),
@@ -110,7 +110,7 @@ def test_buffer_rebuilds_the_stock_buffers_initial_states(memory, critic):
     starts its sequences from the same actor and critic states, and those are the states the
     core saw (decoded through the adapter)."""
     n_envs, n_steps = 3, 16
-    model = FastRecurrentPPO(RecurrentMemoryPolicy, envs.CatchVecEnv.from_id("CatchBlind16-v0", n_envs),
+    model = FastRecurrentPPO(RecurrentMemoryPolicy, envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", n_envs),
                              n_steps=n_steps, batch_size=16, n_epochs=1, seed=2, device="cpu",
                              policy_kwargs=dict(memory=memory, hidden_size=5, critic=critic,
                                                 features_extractor_kwargs=dict(features_dim=8)))  # fmt: skip

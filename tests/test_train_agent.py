@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 import fw_agents.agent as agent
 from fw_agents.agent import TrainConfig, train
@@ -300,3 +302,31 @@ def test_a_failed_save_keeps_the_previous_file_and_no_partial_one(tmp_path, monk
     with pytest.raises(OSError, match="No space"):
         agent._save_atomically(model, path)
     assert path.read_bytes() == good and [p.name for p in path.parent.iterdir()] == ["best_model.zip"]
+
+
+class _Record(BaseCallback):
+    """Counts its calls; returns False (stop) from the ``stop_at``-th on."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        super().__init__()
+        self.calls, self.stop_at, self.seen = 0, stop_at, []
+
+    def _on_step(self) -> bool:
+        self.calls += 1
+        if self.parent is not None:  # an after-evaluation callback sees the EvalCallback
+            self.seen.append((self.parent.evaluations_timesteps[-1], self.parent.last_mean_reward))
+        return self.stop_at is None or self.calls < self.stop_at
+
+
+def test_train_takes_callbacks_that_observe_evaluations_and_can_stop(tmp_path):
+    every_step, after_eval = _Record(), _Record(stop_at=2)
+    config = TrainConfig(env="CatchBlind16-v0", run_dir=str(tmp_path / "r"), **dict(TINY, timesteps=2048, eval_freq=256))
+    summary = train(config, callbacks=[every_step], eval_callbacks=[after_eval])
+    assert [step for step, _ in after_eval.seen] == [256, 512], "the second evaluation stopped training"
+    assert all(-1 <= reward <= 1 for _, reward in after_eval.seen)
+    assert summary["timesteps"] < 2048 and every_step.calls == summary["timesteps"] // config.n_envs
+    rows = list(csv.DictReader((tmp_path / "r" / "progress.csv").open()))
+    evaluated = [row for row in rows if row.get("eval/mean_reward")]
+    assert evaluated and all(row["eval/catch_rate"] != "" for row in evaluated), "catch rate in the same row"
+    for row in evaluated:  # Catch: +1 exactly when caught, so the rate follows from the mean return
+        assert float(row["eval/catch_rate"]) == pytest.approx((float(row["eval/mean_reward"]) + 1) / 2)
