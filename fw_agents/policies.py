@@ -25,8 +25,8 @@ from torch import nn
 from torch.distributions import Categorical
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.memory.base import check_positive_int
 from fw_agents.state_slots import CoreAdapter, Slots
+from fw_agents.validation import check_int
 
 CRITIC_MODES = ("shared", "separate")
 
@@ -140,7 +140,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
             raise ValueError(f"unknown memory {memory!r}; choose one of {', '.join(MEMORY_NAMES)}")
         if critic not in CRITIC_MODES:
             raise ValueError(f"critic must be one of {', '.join(CRITIC_MODES)}; got {critic!r}")
-        check_positive_int("hidden_size", hidden_size)
+        check_int("hidden_size", hidden_size)
         if features_extractor_class is MlpEncoder and features_extractor_kwargs is None:
             features_extractor_kwargs = dict(features_dim=128)
         self.memory = memory

@@ -291,3 +291,19 @@ def test_reset_clears_non_finite_rows():
     state = (torch.tensor([[float("nan"), 1.0], [2.0, 3.0]]),)
     (cleared,) = reset_rows(state, torch.tensor([1.0, 0.0]))
     assert torch.equal(cleared, torch.tensor([[0.0, 0.0], [2.0, 3.0]]))
+
+
+@pytest.mark.parametrize("name", MEMORY_NAMES)
+def test_supports_write_mask_says_whether_the_masks_are_honoured(name):
+    """A core that claims the masks must take them and act on them; the others must refuse them."""
+    core = make_memory(name, 3, 8).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    masks = dict(write_mask=torch.zeros(4, 2, dtype=torch.float64), hidden_resets=torch.ones(4, 2, dtype=torch.float64))
+    if not core.supports_write_mask:
+        with pytest.raises(TypeError):
+            core(x, **masks)
+        return
+    y, _ = core(x, **masks)  # never writes and wipes h before every step: each step sees only its own input
+    alone = torch.stack([core(x[t : t + 1])[0][0] for t in range(4)])
+    assert torch.allclose(y, alone)
+    assert not torch.allclose(core(x)[0], alone), "without the masks the steps interact"

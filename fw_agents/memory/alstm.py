@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fw_agents.memory.base import MemoryCore, State, check_positive_int, reset_rows
+from fw_agents.memory.base import MemoryCore, State, reset_rows
+from fw_agents.validation import check_int
 
 
 def complex_bound(z: torch.Tensor) -> torch.Tensor:
@@ -116,10 +117,8 @@ class AssociativeLSTMCore(MemoryCore):
         super().__init__(input_size, hidden_size)
         if hidden_size % 2 != 0:
             raise ValueError(f"hidden_size must be even (H/2 complex units), got {hidden_size!r}")
-        check_positive_int("num_copies", num_copies)
-        check_positive_int("num_heads", num_heads)
-        self.num_copies = num_copies
-        self.num_heads = num_heads
+        self.num_copies = check_int("num_copies", num_copies)
+        self.num_heads = check_int("num_heads", num_heads)
         self.num_units = hidden_size // 2
         n = self.num_units
         proj_size = 3 * n + num_heads * 6 * n  # three real gates, then per head three complex vectors

@@ -9,12 +9,14 @@ into a flat ``[B, state_size]`` matrix (see :meth:`MemoryCore.pack_state`).
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from fw_agents.validation import check_int
 
 State = tuple[torch.Tensor, ...]
 
@@ -26,12 +28,14 @@ class MemoryCore(nn.Module, ABC):
     :param hidden_size: Number of output features ``H`` (the core's width).
     """
 
+    #: Whether :meth:`forward` takes ``write_mask`` and ``hidden_resets`` (and the state starts
+    #: with ``h``): what the paper's multi-level glimpse model needs of a core.
+    supports_write_mask: ClassVar[bool] = False
+
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
+        self.input_size = check_int("input_size", input_size)  # numpy integers too: SB3 sizes features with numpy
+        self.hidden_size = check_int("hidden_size", hidden_size)
 
     # ------------------------------------------------------------------ state
     @property
@@ -165,10 +169,3 @@ def run_in_segments(
         y, state = step_fn(x[t0:t1], state)
         outputs.append(y)
     return torch.cat(outputs, dim=0), state
-
-
-def check_positive_int(name: str, value: int) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1 (a Python or
-    numpy integer: SB3 computes feature sizes with numpy)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

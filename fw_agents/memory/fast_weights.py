@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from fw_agents.memory.base import MemoryCore, State, check_positive_int
+from fw_agents.memory.base import MemoryCore, State
+from fw_agents.validation import check_bool, check_choice, check_float, check_int
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 from fw_agents.memory.ops.chunking import default_chunk_size
 
@@ -77,6 +78,8 @@ class FastWeightsRNN(MemoryCore):
     State: ``(h [B, H], A [B, H, H])``.
     """
 
+    supports_write_mask = True
+
     def __init__(
         self,
         input_size: int,
@@ -89,20 +92,11 @@ class FastWeightsRNN(MemoryCore):
         normalize: bool = False,
     ) -> None:
         super().__init__(input_size, hidden_size)
-        if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
-            raise ValueError(f"decay (λ) must be in (0, 1), got {decay!r}")
-        if not (isinstance(fast_lr, (int, float)) and fast_lr > 0.0 and math.isfinite(fast_lr)):
-            raise ValueError(f"fast_lr (η) must be a finite number > 0, got {fast_lr!r}")
-        check_positive_int("inner_steps", inner_steps)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True or False, got {normalize!r}")
-        self.fast_lr = float(fast_lr)
-        self.decay = float(decay)
-        self.inner_steps = inner_steps
-        self.mode = mode
-        self.normalize = normalize
+        self.decay = check_float("decay (λ)", decay, 0.0, 1.0)
+        self.fast_lr = check_float("fast_lr (η)", fast_lr, 0.0)
+        self.inner_steps = check_int("inner_steps", inner_steps)
+        self.mode = check_choice("mode", mode, MODES)
+        self.normalize = check_bool("normalize", normalize)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if layer_norm else None

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State, run_in_segments
+from fw_agents.validation import check_float
 
 
 class _TorchRNNCore(MemoryCore):
@@ -109,13 +110,7 @@ class IRNNCore(_TorchRNNCore):
 
     def __init__(self, input_size: int, hidden_size: int, identity_scale: float = 0.5) -> None:
         super().__init__(input_size, hidden_size)
-        if (
-            isinstance(identity_scale, bool)
-            or not isinstance(identity_scale, (int, float))
-            or not (math.isfinite(identity_scale) and identity_scale > 0.0)
-        ):
-            raise ValueError(f"identity_scale must be a finite number > 0, got {identity_scale!r}")
-        self.identity_scale = float(identity_scale)
+        self.identity_scale = check_float("identity_scale", identity_scale, 0.0)
         self.rnn = nn.RNN(self.input_size, self.hidden_size, nonlinearity="relu")
         self.reset_parameters()
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from fw_agents.cli import option, run_cli
-from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory, memory_class
+from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
 from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
@@ -56,11 +56,8 @@ CONV_LAYERS = {"mnist": 3, "faces": 2}
 
 
 def supports_multi_level(core: MemoryCore) -> bool:
-    """Whether ``core`` runs the multi-level model: its ``outputs`` takes ``write_mask`` and
-    ``hidden_resets`` and its state starts with ``h``. A core says so with a class attribute
-    ``supports_write_mask = True``; the fast-weights core, which has no such attribute, is
-    recognised by its class."""
-    return bool(getattr(core, "supports_write_mask", isinstance(core, memory_class("fastweights"))))
+    """Whether ``core`` runs the multi-level model (:attr:`MemoryCore.supports_write_mask`)."""
+    return core.supports_write_mask
 
 
 class GlimpseRNN(nn.Module):
