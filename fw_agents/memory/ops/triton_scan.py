@@ -41,6 +41,10 @@ MAX_HIDDEN = 128
 DEFAULT_CHUNK = 16
 #: Largest checkpoint interval (the backward holds a ``[K, H]`` tile and a ``[K, K]`` one).
 MAX_CHUNK = 64
+#: The kernels reduce with ``tl.reduce(x, axis, _ADD)`` rather than ``tl.sum`` and use no other
+#: ``@triton.jit`` helper of ``triton.language``: the interpreter cannot call those when triton
+#: was imported without TRITON_INTERPRET=1 (as in a test suite that sets it later).
+_ADD = tl.standard._sum_combine if tl is not None else None
 INSTALL_HINT = 'the Triton fast-weights kernel needs triton: pip install "fw-agents[gpu]"'
 
 
@@ -88,7 +92,7 @@ def _fw_forward_kernel(
     if HAS_A0:
         A = tl.load(a0_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
     else:
-        A = tl.zeros((BH, BH), dtype=ACC)
+        A = tl.full((BH, BH), 0.0, ACC)
     for t in range(T):
         if SAVE:
             if t % K == 0:  # A entering the chunk, before this step's reset
@@ -99,18 +103,18 @@ def _fw_forward_kernel(
             A = A * keep
         if HAS_HKEEP:
             h = h * tl.load(hkeep_ptr + t * B + b).to(ACC)
-        z = tl.sum(W * h[None, :], axis=1) + tl.load(zx_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
+        z = tl.reduce(W * h[None, :], 1, _ADD) + tl.load(zx_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
         hs = tl.maximum(z, 0.0)
         for s in tl.static_range(S):
-            u = z + tl.sum(A * hs[None, :], axis=1)
+            u = z + tl.reduce(A * hs[None, :], 1, _ADD)
             if SAVE:
                 base = ((t * B + b) * S + s) * H
                 tl.store(hs_ptr + base + rows, hs, mask=rmask)
                 tl.store(u_ptr + base + rows, u, mask=rmask)
             if LAYER_NORM:
-                mean = tl.sum(u, axis=0) / H
+                mean = tl.reduce(u, 0, _ADD) / H
                 diff = tl.where(rmask, u - mean, 0.0)
-                rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / H + eps)
+                rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                 u = diff * rstd * gain + beta
             hs = tl.maximum(u, 0.0)
         h = hs
@@ -145,18 +149,18 @@ def _fw_backward_kernel(
     W = tl.load(w_ptr + mat, mask=mmask, other=0.0).to(ACC)
     if LAYER_NORM:
         gain = tl.load(lnw_ptr + rows, mask=rmask, other=0.0).to(ACC)
-        dgain = tl.zeros((BH,), dtype=ACC)
-        dbeta = tl.zeros((BH,), dtype=ACC)
+        dgain = tl.full((BH,), 0.0, ACC)
+        dbeta = tl.full((BH,), 0.0, ACC)
     # dh: dL/dh(t) from the future; dA: dL/dA(t)
     if HAS_GHT:
         dh = tl.load(ght_ptr + b * H + rows, mask=rmask, other=0.0).to(ACC)
     else:
-        dh = tl.zeros((BH,), dtype=ACC)
+        dh = tl.full((BH,), 0.0, ACC)
     if HAS_GAT:
         dA = tl.load(gat_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
     else:
-        dA = tl.zeros((BH, BH), dtype=ACC)
-    n_chunks = tl.cdiv(T, K)
+        dA = tl.full((BH, BH), 0.0, ACC)
+    n_chunks = (T + K - 1) // K
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc
         t0 = c * K
@@ -167,10 +171,10 @@ def _fw_backward_kernel(
             mask=(kidx[:, None] < n) & cmask[None, :], other=0.0,
         ).to(ACC)  # fmt: skip
         # A(t0 + j - 1) after step t0 + j's reset = G[j] A_c + sum_i Wt[j, i] h_i h_i^T
-        Wt = tl.zeros((K, K), dtype=ACC)
-        G = tl.zeros((K,), dtype=ACC)
-        wv = tl.zeros((K,), dtype=ACC)
-        g = tl.sum(tl.zeros((K,), dtype=ACC), axis=0) + 1.0
+        Wt = tl.full((K, K), 0.0, ACC)
+        G = tl.full((K,), 0.0, ACC)
+        wv = tl.full((K,), 0.0, ACC)
+        g = tl.full((), 1.0, ACC)
         d_prev = g
         w_prev = g * 0.0
         for j in range(n):
@@ -199,16 +203,16 @@ def _fw_backward_kernel(
                 w = tl.load(write_ptr + t * B + b).to(ACC)
             else:
                 w = 1.0
-            wrow = tl.sum(tl.where(kidx[:, None] == j, Wt, 0.0), axis=0)  # [K] over tau
-            gj = tl.sum(tl.where(kidx == j, G, 0.0), axis=0)
+            wrow = tl.reduce(tl.where(kidx[:, None] == j, Wt, 0.0), 0, _ADD)  # [K] over tau
+            gj = tl.reduce(tl.where(kidx == j, G, 0.0), 0, _ADD)
             h_t = tl.load(y_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
             gh = dh
             if HAS_GY:
                 gh = gh + tl.load(gy_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
             # A(t) = d A_pre + eta w h h^T
-            gh = gh + (fast_lr * w) * (tl.sum(dA * h_t[None, :], axis=1) + tl.sum(dA * h_t[:, None], axis=0))
+            gh = gh + (fast_lr * w) * (tl.reduce(dA * h_t[None, :], 1, _ADD) + tl.reduce(dA * h_t[:, None], 0, _ADD))
             dA = (1.0 - w * (1.0 - decay)) * dA
-            dz = tl.zeros((BH,), dtype=ACC)
+            dz = tl.full((BH,), 0.0, ACC)
             h_next = h_t
             for ss in tl.static_range(S):
                 s = S - 1 - ss
@@ -217,25 +221,25 @@ def _fw_backward_kernel(
                 u = tl.load(u_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
                 gu = tl.where(h_next > 0.0, gh, 0.0)
                 if LAYER_NORM:
-                    mean = tl.sum(u, axis=0) / H
+                    mean = tl.reduce(u, 0, _ADD) / H
                     diff = tl.where(rmask, u - mean, 0.0)
-                    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / H + eps)
+                    rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                     xhat = diff * rstd
                     dgain = dgain + gu * xhat
                     dbeta = dbeta + gu
                     gx = gu * gain
                     gu = tl.where(
-                        rmask, rstd * (gx - tl.sum(gx, axis=0) / H - xhat * (tl.sum(gx * xhat, axis=0) / H)), 0.0
+                        rmask, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
                     )  # fmt: skip
                 dz = dz + gu
                 dA = dA + gu[:, None] * hs[None, :]
                 # dL/dh_s = A_pre^T gu, A_pre = gj A_c + sum_tau wrow[tau] h(tau) h(tau)^T
-                proj = tl.sum(Hc * gu[None, :], axis=1)  # [K]: h(tau) . gu
-                gh = gj * tl.sum(Ac * gu[:, None], axis=0) + tl.sum(Hc * (wrow * proj)[:, None], axis=0)
+                proj = tl.reduce(Hc * gu[None, :], 1, _ADD)  # [K]: h(tau) . gu
+                gh = gj * tl.reduce(Ac * gu[:, None], 0, _ADD) + tl.reduce(Hc * (wrow * proj)[:, None], 0, _ADD)
                 h_next = hs
             dz = dz + tl.where(h_next > 0.0, gh, 0.0)  # h_0 = relu(z)
             tl.store(dzx_ptr + (t * B + b) * H + rows, dz, mask=rmask)
-            dh = tl.sum(W * dz[:, None], axis=0)  # W^T dz
+            dh = tl.reduce(W * dz[:, None], 0, _ADD)  # W^T dz
             if HAS_HKEEP:
                 dh = dh * tl.load(hkeep_ptr + t * B + b).to(ACC)
             if HAS_KEEP:
