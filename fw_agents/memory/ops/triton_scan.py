@@ -70,7 +70,7 @@ def supports(hidden_size: int, device: torch.device | str) -> bool:
 
 
 def _fw_forward_kernel(
-    zx_ptr, h0_ptr, a0_ptr, w_ptr, lnw_ptr, lnb_ptr, keep_ptr, write_ptr, hkeep_ptr,
+    zx_ptr, h0_ptr, a0t_ptr, wt_ptr, lnw_ptr, lnb_ptr, keep_ptr, write_ptr, hkeep_ptr,
     y_ptr, hs_ptr, u_ptr, ckpt_ptr, ht_ptr, at_ptr,
     T, B, H, decay, fast_lr, eps,
     S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
@@ -82,51 +82,55 @@ def _fw_forward_kernel(
     cols = tl.arange(0, BH)
     rmask = rows < H
     cmask = cols < H
-    mat = rows[:, None] * H + cols[None, :]
     mmask = rmask[:, None] & cmask[None, :]
-    W = tl.load(w_ptr + mat, mask=mmask, other=0.0).to(ACC)
+    # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
+    # that every mat-vec reduces over axis 0 of a row-major (coalesced) tile: with Triton's
+    # layout for it the result vectors are spread over the threads, not replicated in each.
+    mat = rows[:, None] * H + cols[None, :]
+    matT = rows[:, None] + cols[None, :] * H  # stores A itself (row-major) from At
+    Wt = tl.load(wt_ptr + mat, mask=mmask, other=0.0).to(ACC)
     if LAYER_NORM:
-        gain = tl.load(lnw_ptr + rows, mask=rmask, other=0.0).to(ACC)
-        beta = tl.load(lnb_ptr + rows, mask=rmask, other=0.0).to(ACC)
+        gain = tl.load(lnw_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        beta = tl.load(lnb_ptr + cols, mask=cmask, other=0.0).to(ACC)
     h = tl.load(h0_ptr + b * H + cols, mask=cmask, other=0.0).to(ACC)
     if HAS_A0:
-        A = tl.load(a0_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
+        At = tl.load(a0t_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
     else:
-        A = tl.full((BH, BH), 0.0, ACC)
+        At = tl.full((BH, BH), 0.0, ACC)
     for t in range(T):
         if SAVE:
             if t % K == 0:  # A entering the chunk, before this step's reset
-                tl.store(ckpt_ptr + ((t // K) * B + b) * H * H + mat, A, mask=mmask)
+                tl.store(ckpt_ptr + ((t // K) * B + b) * H * H + matT, At, mask=mmask)
         if HAS_KEEP:
             keep = tl.load(keep_ptr + t * B + b).to(ACC)
             h = h * keep
-            A = A * keep
+            At = At * keep
         if HAS_HKEEP:
             h = h * tl.load(hkeep_ptr + t * B + b).to(ACC)
-        z = tl.reduce(W * h[None, :], 1, _ADD) + tl.load(zx_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
+        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * H + cols, mask=cmask, other=0.0).to(ACC)
         hs = tl.maximum(z, 0.0)
         for s in tl.static_range(S):
-            u = z + tl.reduce(A * hs[None, :], 1, _ADD)
+            u = z + tl.reduce(At * hs[:, None], 0, _ADD)
             if SAVE:
                 base = ((t * B + b) * S + s) * H
-                tl.store(hs_ptr + base + rows, hs, mask=rmask)
-                tl.store(u_ptr + base + rows, u, mask=rmask)
+                tl.store(hs_ptr + base + cols, hs, mask=cmask)
+                tl.store(u_ptr + base + cols, u, mask=cmask)
             if LAYER_NORM:
                 mean = tl.reduce(u, 0, _ADD) / H
-                diff = tl.where(rmask, u - mean, 0.0)
+                diff = tl.where(cmask, u - mean, 0.0)
                 rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                 u = diff * rstd * gain + beta
             hs = tl.maximum(u, 0.0)
         h = hs
-        tl.store(y_ptr + (t * B + b) * H + rows, h, mask=rmask)
+        tl.store(y_ptr + (t * B + b) * H + cols, h, mask=cmask)
         if HAS_WRITE:
             w = tl.load(write_ptr + t * B + b).to(ACC)
-            A = (1.0 - w * (1.0 - decay)) * A + (fast_lr * w) * (h[:, None] * h[None, :])
+            At = (1.0 - w * (1.0 - decay)) * At + (fast_lr * w) * (h[:, None] * h[None, :])
         else:
-            A = decay * A + fast_lr * (h[:, None] * h[None, :])
-    tl.store(ht_ptr + b * H + rows, h, mask=rmask)
+            At = decay * At + fast_lr * (h[:, None] * h[None, :])
+    tl.store(ht_ptr + b * H + cols, h, mask=cmask)
     if STORE_AT:
-        tl.store(at_ptr + b * H * H + mat, A, mask=mmask)
+        tl.store(at_ptr + b * H * H + matT, At, mask=mmask)
 
 
 def _fw_backward_kernel(
@@ -273,12 +277,15 @@ def _kernels() -> tuple:
 
 
 def _launch_options(block: int, backward: bool) -> dict:
-    """Warps per program: the ``[BH, BH]`` tiles (2 forward, 3 backward) live in registers."""
+    """Warps per program. Chosen without a GPU, from an offline sm_90a compile of each kernel
+    (``benchmarks/triton_resources.py``: registers and spill stack per thread): at H = 128
+    16 warps gives the forward 128 registers and a 240-byte spill stack (8 warps: 255 and
+    288), the backward 128 and 1.4 kB; at H <= 64 nothing spills. To be tuned on a GPU."""
     if block <= 32:
         return {"num_warps": 2}
     if block <= 64:
-        return {"num_warps": 4}
-    return {"num_warps": 16 if backward else 8}
+        return {"num_warps": 8}
+    return {"num_warps": 16}
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -309,7 +316,7 @@ class _FastWeightsTriton(torch.autograd.Function):
         dummy = y
         forward_kernel, _ = _kernels()
         forward_kernel[(B,)](
-            zx, h, dummy if A is None else A, W,
+            zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
             dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
             dummy if keep is None else keep, dummy if write is None else write, dummy if hkeep is None else hkeep,
             y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
