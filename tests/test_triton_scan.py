@@ -226,3 +226,39 @@ def test_cuda_rl_shape_runs(monkeypatch):
     (ref_out, _), (out, grads) = run_both(leaves, masks, torch.float32, S=1, layer_norm=True, chunk=16)
     torch.testing.assert_close(out[2].double(), ref_out[2], rtol=1e-4, atol=1e-4)
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+# --------------------------------------------------------------------------- benchmarks/gpu_check.py
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_{name}_under_test", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine gpu_check would run for real")
+def test_gpu_check_without_cuda_fails_in_one_line(tmp_path, capsys):
+    gpu_check = _load_script("gpu_check")
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpu_check: no CUDA device") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_help_and_training_flags(capsys):
+    gpu_check = _load_script("gpu_check")
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--help"])
+    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_agent
+    finally:
+        sys.path.remove(str(ROOT))
+    argv = gpu_check.train_argv(ROOT / "runs" / "x", 8192)
+    parsed = train_agent.build_parser().parse_args(argv[2:])  # the flags train_agent.py gets
+    assert parsed.device == "cuda" and parsed.memory == "fastweights" and parsed.timesteps == 8192
