@@ -1,0 +1,79 @@
+"""Registers and spill stack per thread of the fused fast-weights kernels, without a GPU.
+
+Compiles both Triton kernels of ``fw_agents.memory.ops.triton_scan`` for a CUDA target
+offline (Triton ships LLVM and ptxas) and reads the cubin's resource usage with the
+bundled ``cuobjdump``: the one performance signal available on a CPU-only machine
+(a non-zero STACK means ptxas spilled registers to local memory).
+
+    python benchmarks/triton_resources.py [--arch 90] [--hidden 32 64 128] [--inner-steps 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fw_agents.memory.ops import triton_scan  # noqa: E402
+
+FORWARD_FLAGS = dict(HAS_A0=True, HAS_KEEP=True, HAS_WRITE=True, HAS_HKEEP=True, SAVE=True, STORE_AT=True)
+BACKWARD_FLAGS = dict(HAS_KEEP=True, HAS_WRITE=True, HAS_HKEEP=True, HAS_GY=True, HAS_GHT=True, HAS_GAT=True,
+                      STORE_DA0=True)  # fmt: skip
+
+
+def resources(fn, flags: dict, *, block: int, inner_steps: int, chunk: int, arch: int, num_warps: int) -> str:
+    kernel = triton.jit(fn)
+    names = list(kernel.arg_names)
+    constants = dict(S=inner_steps, BH=block, K=chunk, ACC=tl.float32, LAYER_NORM=True, **flags)
+    signature = {}
+    for name in names:
+        if name.endswith("_ptr"):
+            signature[name] = "*fp32"
+        elif name in ("T", "B", "H"):
+            signature[name] = "i32"
+        elif name in ("decay", "fast_lr", "eps"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "constexpr"
+    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"{match.group(1)} registers, {match.group(2)} B stack" if match else out.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--inner-steps", type=int, default=1)
+    parser.add_argument("--chunk", type=int, default=triton_scan.DEFAULT_CHUNK)
+    parser.add_argument("--warps", type=int, nargs="*", default=None, help="warps to try (default: the op's choice)")
+    args = parser.parse_args()
+    print("| H | kernel | warps | per thread |\n|---|---|---|---|")
+    for hidden in args.hidden:
+        block = triton.next_power_of_2(hidden)
+        for label, fn, flags, backward in (("forward", triton_scan._fw_forward_kernel, FORWARD_FLAGS, False),
+                                           ("backward", triton_scan._fw_backward_kernel, BACKWARD_FLAGS, True)):  # fmt: skip
+            for warps in args.warps or [triton_scan._launch_options(block, backward)["num_warps"]]:
+                usage = resources(fn, flags, block=block, inner_steps=args.inner_steps, chunk=args.chunk,
+                                  arch=args.arch, num_warps=warps)  # fmt: skip
+                print(f"| {hidden} | {label} | {warps} | {usage} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

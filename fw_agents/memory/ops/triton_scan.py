@@ -1,0 +1,508 @@
+"""A fused Triton kernel pair (forward and backward) for the fast-weights recurrence.
+
+One Triton program per sequence walks the time steps with ``A`` (fast weights) and
+``W`` (slow recurrent weights) held on chip, for ``H <= 128`` (padded to a power of two
+with masks). Same numbers as :func:`fw_agents.memory.ops.reference.fast_weights_reference`;
+the design and the backward's maths are in ``triton_scan.md`` next to this file.
+
+* Forward: matrix form, ``A`` updated every step (O(S·H²) per step). It stores the
+  outputs ``y``, and, when a gradient is needed, every inner step's input ``h_s`` and
+  pre-layer-norm ``u_s`` (``[T, B, S, H]`` each) and ``A`` at the start of every chunk of
+  ``K`` steps (``[ceil(T/K), B, H, H]``): never ``[T, B, H, H]``.
+* Backward: chunks in reverse. Within a chunk ``A(t-1)`` is never formed: with ``A_c``
+  the checkpoint, ``A(t-1) = g_t A_c + sum_tau w[t, tau] h(tau) h(tau)^T`` (Eq. 4, the
+  chunk's ``h(tau)`` held on chip as a ``[K, H]`` tile), so ``A(t-1)^T v`` costs
+  O(H² + K·H). ``dL/dA`` is carried explicitly (``[H, H]`` on chip), ``dL/dW`` is one
+  ``[T·B, H]^T [T·B, H]`` matmul afterwards, the layer-norm gain and bias gradients are
+  summed per program and then over programs.
+
+Triton runs on CUDA tensors, or on CPU tensors under its interpreter
+(``TRITON_INTERPRET=1``, slow: for tests). The environment variable is read when the
+op is called (the kernels are decorated lazily, once per mode), so setting it after
+import works.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # optional dependency: pip install "fw-agents[gpu]"
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    triton = None
+    tl = None
+
+#: Largest hidden size the kernels hold on chip; above it use the PyTorch scan.
+MAX_HIDDEN = 128
+#: Default steps between the forward's checkpoints of ``A`` (the backward's chunk).
+DEFAULT_CHUNK = 16
+#: Largest checkpoint interval (the backward holds a ``[K, H]`` tile and a ``[K, K]`` one).
+MAX_CHUNK = 64
+#: The kernels reduce with ``tl.reduce(x, axis, _ADD)`` rather than ``tl.sum`` and use no other
+#: ``@triton.jit`` helper of ``triton.language``: the interpreter cannot call those when triton
+#: was imported without TRITON_INTERPRET=1 (as in a test suite that sets it later).
+_ADD = tl.standard._sum_combine if tl is not None else None
+INSTALL_HINT = 'the Triton fast-weights kernel needs triton: pip install "fw-agents[gpu]"'
+
+
+def triton_available() -> bool:
+    """True when triton imports (it does not say whether a GPU is present)."""
+    return triton is not None
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def supports(hidden_size: int, device: torch.device | str) -> bool:
+    """Whether :func:`fast_weights_triton` can run at this size on this device (compiled on
+    CUDA, or any device under ``TRITON_INTERPRET=1``). What ``mode="auto"`` should ask."""
+    device = torch.device(device)
+    return triton is not None and 1 <= hidden_size <= MAX_HIDDEN and (device.type == "cuda" or _interpret())
+
+
+# --------------------------------------------------------------------------- kernels
+# Plain functions, decorated with triton.jit on first use (see _kernels): triton picks
+# "compiled" or "interpreted" when it decorates, from TRITON_INTERPRET at that moment.
+
+
+def _fw_forward_kernel(
+    zx_ptr, h0_ptr, a0t_ptr, wt_ptr, lnw_ptr, lnb_ptr, keep_ptr, write_ptr, hkeep_ptr,
+    y_ptr, hs_ptr, u_ptr, ckpt_ptr, ht_ptr, at_ptr,
+    T, B, H, decay, fast_lr, eps,
+    S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
+    LAYER_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_KEEP: tl.constexpr,
+    HAS_WRITE: tl.constexpr, HAS_HKEEP: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    rows = tl.arange(0, BH)
+    cols = tl.arange(0, BH)
+    rmask = rows < H
+    cmask = cols < H
+    mmask = rmask[:, None] & cmask[None, :]
+    # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
+    # that every mat-vec reduces over axis 0 of a row-major (coalesced) tile: with Triton's
+    # layout for it the result vectors are spread over the threads, not replicated in each.
+    mat = rows[:, None] * H + cols[None, :]
+    matT = rows[:, None] + cols[None, :] * H  # stores A itself (row-major) from At
+    Wt = tl.load(wt_ptr + mat, mask=mmask, other=0.0).to(ACC)
+    if LAYER_NORM:
+        gain = tl.load(lnw_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        beta = tl.load(lnb_ptr + cols, mask=cmask, other=0.0).to(ACC)
+    h = tl.load(h0_ptr + b * H + cols, mask=cmask, other=0.0).to(ACC)
+    if HAS_A0:
+        At = tl.load(a0t_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
+    else:
+        At = tl.full((BH, BH), 0.0, ACC)
+    for t in range(T):
+        if SAVE:
+            if t % K == 0:  # A entering the chunk, before this step's reset
+                tl.store(ckpt_ptr + ((t // K) * B + b) * H * H + matT, At, mask=mmask)
+        if HAS_KEEP:
+            keep = tl.load(keep_ptr + t * B + b).to(ACC)
+            h = h * keep
+            At = At * keep
+        if HAS_HKEEP:
+            h = h * tl.load(hkeep_ptr + t * B + b).to(ACC)
+        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * H + cols, mask=cmask, other=0.0).to(ACC)
+        hs = tl.maximum(z, 0.0)
+        for s in tl.static_range(S):
+            u = z + tl.reduce(At * hs[:, None], 0, _ADD)
+            if SAVE:
+                base = ((t * B + b) * S + s) * H
+                tl.store(hs_ptr + base + cols, hs, mask=cmask)
+                tl.store(u_ptr + base + cols, u, mask=cmask)
+            if LAYER_NORM:
+                mean = tl.reduce(u, 0, _ADD) / H
+                diff = tl.where(cmask, u - mean, 0.0)
+                rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
+                u = diff * rstd * gain + beta
+            hs = tl.maximum(u, 0.0)
+        h = hs
+        tl.store(y_ptr + (t * B + b) * H + cols, h, mask=cmask)
+        if HAS_WRITE:
+            w = tl.load(write_ptr + t * B + b).to(ACC)
+            At = (1.0 - w * (1.0 - decay)) * At + (fast_lr * w) * (h[:, None] * h[None, :])
+        else:
+            At = decay * At + fast_lr * (h[:, None] * h[None, :])
+    tl.store(ht_ptr + b * H + cols, h, mask=cmask)
+    if STORE_AT:
+        tl.store(at_ptr + b * H * H + matT, At, mask=mmask)
+
+
+def _fw_backward_kernel(
+    y_ptr, hs_ptr, u_ptr, ckpt_ptr, w_ptr, lnw_ptr, keep_ptr, write_ptr, hkeep_ptr,
+    gy_ptr, ght_ptr, gat_ptr,
+    dzx_ptr, dh0_ptr, da0_ptr, dlnw_ptr, dlnb_ptr,
+    T, B, H, decay, fast_lr, eps,
+    S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
+    LAYER_NORM: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_WRITE: tl.constexpr, HAS_HKEEP: tl.constexpr,
+    HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    rows = tl.arange(0, BH)
+    cols = tl.arange(0, BH)
+    rmask = rows < H
+    cmask = cols < H
+    mat = rows[:, None] * H + cols[None, :]
+    mmask = rmask[:, None] & cmask[None, :]
+    kidx = tl.arange(0, K)
+    W = tl.load(w_ptr + mat, mask=mmask, other=0.0).to(ACC)
+    if LAYER_NORM:
+        gain = tl.load(lnw_ptr + rows, mask=rmask, other=0.0).to(ACC)
+        dgain = tl.full((BH,), 0.0, ACC)
+        dbeta = tl.full((BH,), 0.0, ACC)
+    # dh: dL/dh(t) from the future; dA: dL/dA(t)
+    if HAS_GHT:
+        dh = tl.load(ght_ptr + b * H + rows, mask=rmask, other=0.0).to(ACC)
+    else:
+        dh = tl.full((BH,), 0.0, ACC)
+    if HAS_GAT:
+        dA = tl.load(gat_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
+    else:
+        dA = tl.full((BH, BH), 0.0, ACC)
+    n_chunks = (T + K - 1) // K
+    for cc in range(n_chunks):
+        c = n_chunks - 1 - cc
+        t0 = c * K
+        n = tl.minimum(K, T - t0)
+        Ac = tl.load(ckpt_ptr + (c * B + b) * H * H + mat, mask=mmask, other=0.0).to(ACC)
+        Hc = tl.load(
+            y_ptr + ((t0 + kidx[:, None]) * B + b) * H + cols[None, :],
+            mask=(kidx[:, None] < n) & cmask[None, :], other=0.0,
+        ).to(ACC)  # fmt: skip
+        # A(t0 + j - 1) after step t0 + j's reset = G[j] A_c + sum_i Wt[j, i] h_i h_i^T
+        Wt = tl.full((K, K), 0.0, ACC)
+        G = tl.full((K,), 0.0, ACC)
+        wv = tl.full((K,), 0.0, ACC)
+        g = tl.full((), 1.0, ACC)
+        d_prev = g
+        w_prev = g * 0.0
+        for j in range(n):
+            t = t0 + j
+            if HAS_KEEP:
+                keep = tl.load(keep_ptr + t * B + b).to(ACC)
+            else:
+                keep = 1.0
+            wv = keep * (d_prev * wv + tl.where(kidx == j - 1, fast_lr * w_prev, 0.0))
+            g = keep * d_prev * g
+            Wt = tl.where(kidx[:, None] == j, wv[None, :], Wt)
+            G = tl.where(kidx == j, g, G)
+            if HAS_WRITE:
+                w_prev = tl.load(write_ptr + t * B + b).to(ACC)
+            else:
+                w_prev = g * 0.0 + 1.0
+            d_prev = 1.0 - w_prev * (1.0 - decay)
+        for jj in range(n):
+            j = n - 1 - jj
+            t = t0 + j
+            if HAS_KEEP:
+                keep = tl.load(keep_ptr + t * B + b).to(ACC)
+            else:
+                keep = 1.0
+            if HAS_WRITE:
+                w = tl.load(write_ptr + t * B + b).to(ACC)
+            else:
+                w = 1.0
+            wrow = tl.reduce(tl.where(kidx[:, None] == j, Wt, 0.0), 0, _ADD)  # [K] over tau
+            gj = tl.reduce(tl.where(kidx == j, G, 0.0), 0, _ADD)
+            h_t = tl.load(y_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
+            gh = dh
+            if HAS_GY:
+                gh = gh + tl.load(gy_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
+            # A(t) = d A_pre + eta w h h^T
+            gh = gh + (fast_lr * w) * (tl.reduce(dA * h_t[None, :], 1, _ADD) + tl.reduce(dA * h_t[:, None], 0, _ADD))
+            dA = (1.0 - w * (1.0 - decay)) * dA
+            dz = tl.full((BH,), 0.0, ACC)
+            h_next = h_t
+            for ss in tl.static_range(S):
+                s = S - 1 - ss
+                base = ((t * B + b) * S + s) * H
+                hs = tl.load(hs_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
+                u = tl.load(u_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
+                gu = tl.where(h_next > 0.0, gh, 0.0)
+                if LAYER_NORM:
+                    mean = tl.reduce(u, 0, _ADD) / H
+                    diff = tl.where(rmask, u - mean, 0.0)
+                    rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
+                    xhat = diff * rstd
+                    dgain = dgain + gu * xhat
+                    dbeta = dbeta + gu
+                    gx = gu * gain
+                    gu = tl.where(
+                        rmask, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
+                    )  # fmt: skip
+                dz = dz + gu
+                dA = dA + gu[:, None] * hs[None, :]
+                # dL/dh_s = A_pre^T gu, A_pre = gj A_c + sum_tau wrow[tau] h(tau) h(tau)^T
+                proj = tl.reduce(Hc * gu[None, :], 1, _ADD)  # [K]: h(tau) . gu
+                gh = gj * tl.reduce(Ac * gu[:, None], 0, _ADD) + tl.reduce(Hc * (wrow * proj)[:, None], 0, _ADD)
+                h_next = hs
+            dz = dz + tl.where(h_next > 0.0, gh, 0.0)  # h_0 = relu(z)
+            tl.store(dzx_ptr + (t * B + b) * H + rows, dz, mask=rmask)
+            dh = tl.reduce(W * dz[:, None], 0, _ADD)  # W^T dz
+            if HAS_HKEEP:
+                dh = dh * tl.load(hkeep_ptr + t * B + b).to(ACC)
+            if HAS_KEEP:
+                dh = dh * keep
+                dA = dA * keep
+    tl.store(dh0_ptr + b * H + cols, dh, mask=cmask)
+    if STORE_DA0:
+        tl.store(da0_ptr + b * H * H + mat, dA, mask=mmask)
+    if LAYER_NORM:
+        tl.store(dlnw_ptr + b * H + rows, dgain, mask=rmask)
+        tl.store(dlnb_ptr + b * H + rows, dbeta, mask=rmask)
+
+
+_KERNELS: dict[bool, tuple] = {}
+
+
+def _kernels() -> tuple:
+    """The (forward, backward) kernels, decorated for the current TRITON_INTERPRET."""
+    interpret = _interpret()
+    if interpret not in _KERNELS:
+        previous = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+        try:
+            _KERNELS[interpret] = (triton.jit(_fw_forward_kernel), triton.jit(_fw_backward_kernel))
+        finally:
+            if previous is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = previous
+    return _KERNELS[interpret]
+
+
+def _launch_options(block: int, backward: bool) -> dict:
+    """Warps per program. Chosen without a GPU, from an offline sm_90a compile of each kernel
+    (``benchmarks/triton_resources.py``: registers and spill stack per thread): at H = 128
+    16 warps gives the forward 128 registers and a 240-byte spill stack (8 warps: 255 and
+    288), the backward 128 and 1.4 kB; at H <= 64 nothing spills. To be tuned on a GPU."""
+    if block <= 32:
+        return {"num_warps": 2}
+    if block <= 64:
+        return {"num_warps": 8}
+    return {"num_warps": 16}
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+class _FastWeightsTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, zx, h, A, W, ln_weight, ln_bias, keep, write, hkeep,
+        decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
+    ):  # fmt: skip
+        T, B, H = zx.shape
+        block = triton.next_power_of_2(H)
+        save = any(ctx.needs_input_grad[:6])
+        dev, dtype = zx.device, zx.dtype
+        y = torch.empty(T, B, H, device=dev, dtype=dtype)
+        h_T = torch.empty(B, H, device=dev, dtype=dtype)
+        A_T = torch.empty(B, H, H, device=dev, dtype=dtype) if output_final_state else y.new_empty(0)
+        n_chunks = triton.cdiv(T, chunk)
+        S = inner_steps
+        hs_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
+        u_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
+        ckpt = torch.empty(n_chunks, B, H, H, device=dev, dtype=dtype) if save else y
+        dummy = y
+        forward_kernel, _ = _kernels()
+        forward_kernel[(B,)](
+            zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
+            dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
+            dummy if keep is None else keep, dummy if write is None else write, dummy if hkeep is None else hkeep,
+            y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
+            T, B, H, float(decay), float(fast_lr), float(eps),
+            S=S, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
+            HAS_KEEP=keep is not None, HAS_WRITE=write is not None, HAS_HKEEP=hkeep is not None,
+            SAVE=save, STORE_AT=output_final_state, **_launch_options(block, backward=False),
+        )  # fmt: skip
+        if save:
+            ctx.save_for_backward(h, W, ln_weight, y, hs_buf, u_buf, ckpt, keep, write, hkeep)
+            ctx.config = (decay, fast_lr, inner_steps, layer_norm, eps, chunk, A is not None)
+        if not output_final_state:
+            ctx.mark_non_differentiable(A_T)
+        return y, h_T, A_T
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_T, grad_A_T):  # type: ignore[override]
+        h, W, ln_weight, y, hs_buf, u_buf, ckpt, keep, write, hkeep = ctx.saved_tensors
+        decay, fast_lr, inner_steps, layer_norm, eps, chunk, has_A = ctx.config
+        T, B, H = y.shape
+        block = triton.next_power_of_2(H)
+        dev, dtype = y.device, y.dtype
+        has_gat = grad_A_T is not None and grad_A_T.numel() > 0
+        grads = [g.contiguous() if g is not None else None for g in (grad_y, grad_h_T, grad_A_T if has_gat else None)]
+        grad_y, grad_h_T, grad_A_T = grads
+        dzx = torch.empty(T, B, H, device=dev, dtype=dtype)
+        dh0 = torch.empty(B, H, device=dev, dtype=dtype)
+        dA0 = torch.empty(B, H, H, device=dev, dtype=dtype) if has_A else dzx
+        dlnw = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
+        dlnb = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
+        dummy = dzx
+        _, backward_kernel = _kernels()
+        backward_kernel[(B,)](
+            y, hs_buf, u_buf, ckpt, W, dummy if ln_weight is None else ln_weight,
+            dummy if keep is None else keep, dummy if write is None else write, dummy if hkeep is None else hkeep,
+            dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
+            dummy if grad_A_T is None else grad_A_T,
+            dzx, dh0, dA0, dlnw, dlnb,
+            T, B, H, float(decay), float(fast_lr), float(eps),
+            S=inner_steps, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
+            HAS_KEEP=keep is not None, HAS_WRITE=write is not None, HAS_HKEEP=hkeep is not None,
+            HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
+            STORE_DA0=has_A, **_launch_options(block, backward=True),
+        )  # fmt: skip
+        dW = None
+        if ctx.needs_input_grad[3]:
+            # z(t) = W h_in(t) + zx(t), h_in(t) = h(t-1) after the resets: dW = sum_t dz(t) h_in(t)^T
+            h_in = torch.cat([h[None], y[:-1]])
+            if keep is not None:
+                h_in = h_in * keep[..., None]
+            if hkeep is not None:
+                h_in = h_in * hkeep[..., None]
+            dW = dzx.reshape(-1, H).T @ h_in.reshape(-1, H)
+        d_lnw = d_lnb = None
+        if layer_norm:
+            d_lnw = dlnw.sum(0) if ctx.needs_input_grad[4] else None
+            d_lnb = dlnb.sum(0) if ctx.needs_input_grad[5] else None
+        return (dzx, dh0, dA0 if has_A else None, dW, d_lnw, d_lnb) + (None,) * 10
+
+
+# --------------------------------------------------------------------------- public op
+
+
+def _mask(mask: torch.Tensor | None, T: int, B: int, name: str, like: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if tuple(mask.shape) != (T, B):
+        raise ValueError(f"{name} must be [T, B] = {(T, B)}, got {tuple(mask.shape)}")
+    return mask.to(device=like.device, dtype=like.dtype).contiguous()
+
+
+def fast_weights_triton(
+    zx: torch.Tensor,
+    h: torch.Tensor,
+    A: torch.Tensor | None,
+    W: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    *,
+    decay: float,
+    fast_lr: float,
+    inner_steps: int,
+    episode_starts: torch.Tensor | None = None,
+    write_mask: torch.Tensor | None = None,
+    hidden_resets: torch.Tensor | None = None,
+    layer_norm: bool = True,
+    eps: float = 1e-5,
+    output_final_state: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fast-weights recurrence as one fused Triton kernel (forward and backward).
+
+    Per step t and sequence b (an episode start zeroes ``h`` and ``A`` first, a hidden
+    reset ``h`` alone)::
+
+        z      = W h(t-1) + zx(t)
+        h_0    = relu(z)
+        h_s+1  = relu(LN[z + A(t-1) h_s]),  s < S
+        h(t)   = h_S
+        A(t)   = d_t A(t-1) + fast_lr w_t h(t) h(t)^T,   d_t = 1 - w_t (1 - decay)
+
+    Same numbers as :func:`~fw_agents.memory.ops.reference.fast_weights_reference`;
+    differentiable in ``zx``, ``h``, ``A``, ``W``, ``ln_weight`` and ``ln_bias``.
+
+    Args:
+        zx: ``C x(t) + bias``, ``[T, B, H]``, float32 (float64 also runs, float16/bfloat16
+            are computed in float32 and returned in their dtype). CUDA, or any device
+            under ``TRITON_INTERPRET=1``.
+        h: Hidden state before the first step, ``[B, H]``.
+        A: Fast weights before the first step, ``[B, H, H]``; None for zeros.
+        W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``).
+        ln_weight, ln_bias: Layer-norm gain and bias ``[H]`` (None: no affine part).
+        decay: λ. fast_lr: η (the paper's, Eq. 1). inner_steps: S >= 1.
+        episode_starts: ``[T, B]``, 1 resets ``h`` and ``A`` of that row before step t.
+        write_mask: ``[T, B]``, 0 leaves ``A`` unchanged by step t (no decay, no write).
+        hidden_resets: ``[T, B]``, 1 zeroes the row's ``h`` (not ``A``) before step t.
+        layer_norm: Layer norm on every inner step. eps: its epsilon.
+        output_final_state: False returns an empty tensor for ``A_T`` (never stored).
+        chunk_size: Steps between the forward's checkpoints of ``A`` for the backward
+            (rounded up to a power of two, at most 64; default 16). Memory for the
+            backward: ``ceil(T / chunk) · B · H²`` plus ``2 · T · B · S · H`` floats.
+
+    Returns:
+        ``(y [T, B, H], h_T [B, H], A_T [B, H, H] or empty)``.
+
+    Raises:
+        ImportError: triton is not installed (``pip install "fw-agents[gpu]"``).
+        RuntimeError: CPU tensors without ``TRITON_INTERPRET=1``.
+        ValueError: ``H > 128`` (use :func:`~fw_agents.memory.ops.fast_weights_scan`),
+            or bad shapes.
+
+    Examples:
+        >>> T, B, H = 16, 256, 128  # doctest: +SKIP
+        >>> zx = torch.randn(T, B, H, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> W = (0.05 * torch.eye(H, device="cuda")).requires_grad_()  # doctest: +SKIP
+        >>> y, h_T, A_T = fast_weights_triton(  # doctest: +SKIP
+        ...     zx, torch.zeros(B, H, device="cuda"), None, W, None, None,
+        ...     decay=0.95, fast_lr=0.5, inner_steps=1)
+        >>> y.sum().backward()  # doctest: +SKIP
+    """
+    if triton is None:
+        raise ImportError(INSTALL_HINT)
+    if zx.dim() != 3:
+        raise ValueError(f"zx must be [T, B, H], got shape {tuple(zx.shape)}")
+    T, B, H = zx.shape
+    if H > MAX_HIDDEN:
+        raise ValueError(
+            f"the Triton fast-weights kernel holds A on chip for H <= {MAX_HIDDEN}, got H = {H}; "
+            "use fast_weights_scan (FastWeightsRNN mode='auto' falls back to it)"
+        )
+    if zx.device.type != "cuda" and not _interpret():
+        raise RuntimeError(
+            f"the Triton fast-weights kernel needs CUDA tensors (got {zx.device.type}), "
+            "or TRITON_INTERPRET=1 to run it (slowly) on CPU"
+        )
+    if not (isinstance(inner_steps, int) and inner_steps >= 1):
+        raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
+    if tuple(h.shape) != (B, H) or tuple(W.shape) != (H, H):
+        raise ValueError(f"h must be [B, H] = {(B, H)} and W [H, H], got {tuple(h.shape)} and {tuple(W.shape)}")
+    if A is not None and tuple(A.shape) != (B, H, H):
+        raise ValueError(f"A must be [B, H, H] = {(B, H, H)} or None, got {tuple(A.shape)}")
+    chunk = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    chunk = min(triton.next_power_of_2(chunk), MAX_CHUNK)
+    out_dtype = zx.dtype
+    dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    if T == 0 or B == 0:
+        empty_A = zx.new_zeros(B, H, H) if A is None else A
+        return zx.new_empty(T, B, H), h, empty_A if output_final_state else zx.new_empty(0)
+
+    def prep(x):
+        return None if x is None else x.to(dtype).contiguous()
+
+    if not layer_norm:
+        ln_weight = ln_bias = None
+    elif ln_weight is None or ln_bias is None:  # F.layer_norm without an affine part
+        ln_weight = torch.ones(H, device=zx.device, dtype=dtype) if ln_weight is None else ln_weight
+        ln_bias = torch.zeros(H, device=zx.device, dtype=dtype) if ln_bias is None else ln_bias
+    keep = None if episode_starts is None else 1.0 - _mask(episode_starts, T, B, "episode_starts", prep(zx))
+    write = _mask(write_mask, T, B, "write_mask", prep(zx))
+    hkeep = None if hidden_resets is None else 1.0 - _mask(hidden_resets, T, B, "hidden_resets", prep(zx))
+    y, h_T, A_T = _FastWeightsTriton.apply(
+        prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), keep, write, hkeep,
+        float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state),
+    )  # fmt: skip
+    if out_dtype != dtype:
+        y, h_T, A_T = y.to(out_dtype), h_T.to(out_dtype), A_T.to(out_dtype)
+    return y, h_T, A_T

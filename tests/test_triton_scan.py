@@ -1,0 +1,264 @@
+"""The fused Triton kernel (fw_agents.memory.ops.triton_scan) against the float64 reference loop.
+
+Without a GPU the kernels run on CPU tensors under Triton's interpreter. The op reads
+``TRITON_INTERPRET`` when it is called (it decorates its kernels lazily, once per mode),
+so the ``interpreter`` fixture's ``monkeypatch.setenv`` is enough, whatever was imported
+before and whether or not the suite was started with the variable set.
+
+Tolerances (float32 kernel vs float64 reference): outputs and final state ``atol=2e-5,
+rtol=1e-4``; gradients ``rtol=1e-4`` and ``atol=1e-4 × max(1, max|grad|)``. The float64
+kernel is held to ``1e-10``.
+
+Tests marked ``cuda`` compile the kernels for a real GPU; they skip without one
+(``benchmarks/gpu_check.py`` runs them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from fw_agents.memory.ops import triton_scan
+from fw_agents.memory.ops.reference import fast_weights_reference
+
+needs_triton = pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run benchmarks/gpu_check.py)")
+
+
+def reference(zx, h, A, W, ln_weight, ln_bias, *, decay, fast_lr, inner_steps, episode_starts=None,
+              write_mask=None, hidden_resets=None, layer_norm=True, eps=1e-5):  # fmt: skip
+    """The shared keyword signature over today's positional reference (swap when they merge)."""
+    if A is None:
+        A = zx.new_zeros(zx.shape[1], zx.shape[2], zx.shape[2])
+    return fast_weights_reference(
+        zx, h, A, W, ln_weight, ln_bias, decay, fast_lr, inner_steps,
+        episode_starts, write_mask, layer_norm, eps, hidden_resets,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def interpreter(monkeypatch, one_thread):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def make_case(T, B, H, *, given_A=True, affine=True, starts=(), write_off=(), resets=(), seed=0, device="cpu"):
+    """float64 leaves (zx, h, A, W, ln_weight, ln_bias) and float64 masks ``[T, B]``."""
+    g = torch.Generator().manual_seed(seed)
+    zx = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    h = torch.randn(B, H, generator=g, dtype=torch.float64).relu()
+    A = 0.2 * torch.randn(B, H, H, generator=g, dtype=torch.float64) if given_A else None
+    W = 0.4 * torch.randn(H, H, generator=g, dtype=torch.float64) / H**0.5 + 0.05 * torch.eye(H, dtype=torch.float64)
+    lnw = 1.0 + 0.2 * torch.randn(H, generator=g, dtype=torch.float64) if affine else None
+    lnb = 0.1 * torch.randn(H, generator=g, dtype=torch.float64) if affine else None
+    masks = {}
+    for name, cells, fill, value in (("episode_starts", starts, 0.0, 1.0), ("write_mask", write_off, 1.0, 0.0),
+                                     ("hidden_resets", resets, 0.0, 1.0)):  # fmt: skip
+        if cells:
+            m = torch.full((T, B), fill, dtype=torch.float64)
+            for t, b in cells:
+                m[t, b] = value
+            masks[name] = m.to(device)
+    leaves = [None if x is None else x.to(device) for x in (zx, h, A, W, lnw, lnb)]
+    return leaves, masks
+
+
+def run_both(leaves, masks, dtype, *, S, layer_norm, chunk, decay=0.9, fast_lr=0.5, output_final_state=True):
+    """Forward and gradients of a random linear loss, for the reference (float64) and the kernel (dtype)."""
+    T, B, H = leaves[0].shape
+    g = torch.Generator().manual_seed(123)
+    gy, gh, gA = (torch.randn(*s, generator=g, dtype=torch.float64).to(leaves[0].device) for s in ((T, B, H), (B, H), (B, H, H)))
+    kw = dict(decay=decay, fast_lr=fast_lr, inner_steps=S, layer_norm=layer_norm, **masks)
+    results = []
+    for fn, dt in ((reference, torch.float64), (triton_scan.fast_weights_triton, dtype)):
+        xs = [None if x is None else x.to(dt).requires_grad_() for x in leaves]
+        extra = dict(chunk_size=chunk, output_final_state=output_final_state) if fn is not reference else {}
+        masks_dt = {k: v.to(dt) for k, v in masks.items()}
+        y, h_T, A_T = fn(*xs, **{**kw, **masks_dt, **extra})
+        loss = (y * gy.to(dt)).sum() + (h_T * gh.to(dt)).sum()
+        if output_final_state:
+            loss = loss + (A_T * gA.to(dt)).sum()
+        used = [x for x in xs if x is not None and (layer_norm or x.dim() != 1)]
+        grads = torch.autograd.grad(loss, used, allow_unused=True)
+        results.append(((y, h_T, A_T), grads))
+    return results
+
+
+def check(results, fwd_atol=2e-5, rtol=1e-4, grad_atol=1e-4, output_final_state=True):
+    (ref_out, ref_grads), (out, grads) = results
+    names = ("y", "h_T", "A_T") if output_final_state else ("y", "h_T")
+    for name, r, k in zip(names, ref_out, out):
+        torch.testing.assert_close(k.double(), r, rtol=rtol, atol=fwd_atol, msg=lambda m: f"{name}: {m}")
+    assert len(ref_grads) == len(grads)
+    for i, (r, k) in enumerate(zip(ref_grads, grads)):
+        assert k is not None and r is not None, f"gradient {i} missing"
+        atol = grad_atol * max(1.0, r.abs().max().item())
+        torch.testing.assert_close(k.double(), r, rtol=rtol, atol=atol, msg=lambda m: f"gradient {i}: {m}")
+
+
+# (T, B, H, S, layer_norm, chunk, case options): T is never a multiple of the chunk but once
+GRID = {
+    "S1-ln-plain-pow2H": (20, 2, 8, 1, True, 16, dict(given_A=False)),
+    "S2-ln-all-masks-H6": (11, 3, 6, 2, True, 4, dict(
+        starts=[(0, 0), (5, 1), (9, 2)], write_off=[(2, 0), (5, 1), (10, 2)], resets=[(4, 0), (7, 2)])),
+    "S1-noln-start-mid-H5": (9, 2, 5, 1, False, 2, dict(starts=[(3, 1), (8, 0)])),
+    "S2-noln-write-A-none-H16": (7, 2, 16, 2, False, 8, dict(given_A=False, write_off=[(1, 0), (3, 1), (6, 0)],
+                                                             fast_lr=0.02)),  # no layer norm: a small η keeps it finite
+    "S1-ln-no-affine-resets-H7": (12, 2, 7, 1, True, 4, dict(affine=False, resets=[(2, 1), (6, 0)], starts=[(0, 1)])),
+    "S2-ln-chunk1-H3": (6, 2, 3, 2, True, 1, dict(starts=[(2, 0)], write_off=[(4, 1)])),
+}  # fmt: skip
+
+
+@needs_triton
+@pytest.mark.parametrize("case", list(GRID))
+def test_matches_reference_float32(interpreter, case):
+    T, B, H, S, layer_norm, chunk, options = GRID[case]
+    options = dict(options)
+    fast_lr = options.pop("fast_lr", 0.5)
+    leaves, masks = make_case(T, B, H, **options)
+    results = run_both(leaves, masks, torch.float32, S=S, layer_norm=layer_norm, chunk=chunk, fast_lr=fast_lr)
+    assert all(torch.isfinite(x).all() for x in results[0][0]), "the reference itself overflowed: a badly scaled case"
+    check(results)
+
+
+@needs_triton
+def test_float64_kernel_is_exact(interpreter):
+    leaves, masks = make_case(9, 2, 5, starts=[(4, 1)], write_off=[(2, 0)], resets=[(6, 1)])
+    results = run_both(leaves, masks, torch.float64, S=2, layer_norm=True, chunk=4)
+    check(results, fwd_atol=1e-10, rtol=1e-10, grad_atol=1e-10)
+
+
+@needs_triton
+def test_without_final_state(interpreter):
+    leaves, masks = make_case(5, 2, 4, starts=[(2, 1)])
+    results = run_both(leaves, masks, torch.float32, S=1, layer_norm=True, chunk=2, output_final_state=False)
+    assert results[1][0][2].numel() == 0
+    check(results, output_final_state=False)
+
+
+@needs_triton
+def test_no_grad_and_partial_grads(interpreter):
+    (zx, h, A, W, lnw, lnb), _ = make_case(6, 2, 4)
+    zx, h, A, W, lnw, lnb = (x.float() for x in (zx, h, A, W, lnw, lnb))
+    kw = dict(decay=0.95, fast_lr=0.5, inner_steps=1)
+    with torch.no_grad():
+        y0, _, A0 = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)
+    zx.requires_grad_()
+    y, _, A_T = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)
+    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    torch.testing.assert_close(A_T, A0, rtol=0, atol=0)
+    (gzx,) = torch.autograd.grad(y.sum(), [zx])
+    assert gzx.shape == zx.shape and torch.isfinite(gzx).all()
+
+
+def test_rejects_hidden_above_128(monkeypatch):
+    if not triton_scan.triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    zx = torch.zeros(2, 1, 129)
+    with pytest.raises(ValueError, match="H <= 128.*fast_weights_scan"):
+        triton_scan.fast_weights_triton(zx, zx[0], None, torch.zeros(129, 129), None, None,
+                                        decay=0.9, fast_lr=0.5, inner_steps=1)  # fmt: skip
+    assert not triton_scan.supports(129, "cpu")
+    assert triton_scan.supports(128, "cpu")
+
+
+def test_cpu_without_interpreter_refuses(monkeypatch):
+    if not triton_scan.triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    zx = torch.zeros(2, 1, 4)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors.*TRITON_INTERPRET=1"):
+        triton_scan.fast_weights_triton(zx, zx[0], None, torch.zeros(4, 4), None, None,
+                                        decay=0.9, fast_lr=0.5, inner_steps=1)  # fmt: skip
+    assert not triton_scan.supports(4, "cpu")
+
+
+def test_without_triton_imports_and_names_the_extra(monkeypatch):
+    """A fresh copy of the module with ``import triton`` failing: it imports, and the op says what to install."""
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    spec = importlib.util.spec_from_file_location("_triton_scan_without_triton", triton_scan.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not module.triton_available() and not module.supports(16, "cuda")
+    zx = torch.zeros(2, 1, 4)
+    with pytest.raises(ImportError, match=r'pip install "fw-agents\[gpu\]"'):
+        module.fast_weights_triton(zx, zx[0], None, torch.zeros(4, 4), None, None,
+                                   decay=0.9, fast_lr=0.5, inner_steps=1)  # fmt: skip
+
+
+@needs_triton
+def test_bad_shapes(interpreter):
+    zx = torch.zeros(3, 2, 4)
+    kw = dict(decay=0.9, fast_lr=0.5, inner_steps=1)
+    with pytest.raises(ValueError, match="episode_starts must be"):
+        triton_scan.fast_weights_triton(zx, zx[0], None, torch.zeros(4, 4), None, None,
+                                        episode_starts=torch.zeros(3, 3), **kw)  # fmt: skip
+    with pytest.raises(ValueError, match="A must be"):
+        triton_scan.fast_weights_triton(zx, zx[0], torch.zeros(2, 4, 3), torch.zeros(4, 4), None, None, **kw)
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.cuda
+@cuda
+@needs_triton
+@pytest.mark.parametrize("shape", [(33, 4, 128, 1), (40, 3, 100, 2), (17, 5, 64, 1)])
+def test_cuda_compiled_matches_reference(monkeypatch, shape):
+    """The compiled kernels (not the interpreter) on a GPU, float32, against the float64 reference."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    T, B, H, S = shape
+    leaves, masks = make_case(T, B, H, starts=[(0, 0), (T // 2, 1)], write_off=[(3, 2)], resets=[(5, 1)], device="cuda")
+    check(run_both(leaves, masks, torch.float32, S=S, layer_norm=True, chunk=16))
+
+
+@pytest.mark.cuda
+@cuda
+@needs_triton
+def test_cuda_rl_shape_runs(monkeypatch):
+    """The benchmark shape (B, T, H) = (256, 16, 128): finite outputs and gradients, A_T matches."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    leaves, masks = make_case(16, 256, 128, given_A=False, device="cuda")
+    (ref_out, _), (out, grads) = run_both(leaves, masks, torch.float32, S=1, layer_norm=True, chunk=16)
+    torch.testing.assert_close(out[2].double(), ref_out[2], rtol=1e-4, atol=1e-4)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+# --------------------------------------------------------------------------- benchmarks/gpu_check.py
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_{name}_under_test", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine gpu_check would run for real")
+def test_gpu_check_without_cuda_fails_in_one_line(tmp_path, capsys):
+    gpu_check = _load_script("gpu_check")
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpu_check: no CUDA device") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_help_and_training_flags(capsys):
+    gpu_check = _load_script("gpu_check")
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--help"])
+    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_agent
+    finally:
+        sys.path.remove(str(ROOT))
+    argv = gpu_check.train_argv(ROOT / "runs" / "x", 8192)
+    parsed = train_agent.build_parser().parse_args(argv[2:])  # the flags train_agent.py gets
+    assert parsed.device == "cuda" and parsed.memory == "fastweights" and parsed.timesteps == 8192
