@@ -28,17 +28,6 @@ needs_triton = pytest.mark.skipif(not triton_scan.triton_available(), reason="tr
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run benchmarks/gpu_check.py)")
 
 
-def reference(zx, h, A, W, ln_weight, ln_bias, *, decay, fast_lr, inner_steps, episode_starts=None,
-              write_mask=None, hidden_resets=None, layer_norm=True, eps=1e-5):  # fmt: skip
-    """The shared keyword signature over today's positional reference (swap when they merge)."""
-    if A is None:
-        A = zx.new_zeros(zx.shape[1], zx.shape[2], zx.shape[2])
-    return fast_weights_reference(
-        zx, h, A, W, ln_weight, ln_bias, decay, fast_lr, inner_steps,
-        episode_starts, write_mask, layer_norm, eps, hidden_resets,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def interpreter(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -72,9 +61,9 @@ def run_both(leaves, masks, dtype, *, S, layer_norm, chunk, decay=0.9, fast_lr=0
     gy, gh, gA = (torch.randn(*s, generator=g, dtype=torch.float64).to(leaves[0].device) for s in ((T, B, H), (B, H), (B, H, H)))
     kw = dict(decay=decay, fast_lr=fast_lr, inner_steps=S, layer_norm=layer_norm, **masks)
     results = []
-    for fn, dt in ((reference, torch.float64), (triton_scan.fast_weights_triton, dtype)):
+    for fn, dt in ((fast_weights_reference, torch.float64), (triton_scan.fast_weights_triton, dtype)):
         xs = [None if x is None else x.to(dt).requires_grad_() for x in leaves]
-        extra = dict(chunk_size=chunk, output_final_state=output_final_state) if fn is not reference else {}
+        extra = dict(chunk_size=chunk, output_final_state=output_final_state)
         masks_dt = {k: v.to(dt) for k, v in masks.items()}
         y, h_T, A_T = fn(*xs, **{**kw, **masks_dt, **extra})
         loss = (y * gy.to(dt)).sum() + (h_T * gh.to(dt)).sum()
@@ -125,6 +114,7 @@ def test_matches_reference_float32(interpreter, case):
 
 @needs_triton
 def test_float64_kernel_is_exact(interpreter):
+    """Exact in float64 when the scalars are float32-exact (the kernels take η, λ as float32)."""
     leaves, masks = make_case(9, 2, 5, starts=[(4, 1)], write_off=[(2, 0)], resets=[(6, 1)])
     results = run_both(leaves, masks, torch.float64, S=2, layer_norm=True, chunk=4)
     check(results, fwd_atol=1e-10, rtol=1e-10, grad_atol=1e-10)
@@ -134,7 +124,7 @@ def test_float64_kernel_is_exact(interpreter):
 def test_without_final_state(interpreter):
     leaves, masks = make_case(5, 2, 4, starts=[(2, 1)])
     results = run_both(leaves, masks, torch.float32, S=1, layer_norm=True, chunk=2, output_final_state=False)
-    assert results[1][0][2].numel() == 0
+    assert results[1][0][2] is None, "no final A, as the other ops"
     check(results, output_final_state=False)
 
 
@@ -262,3 +252,44 @@ def test_gpu_check_help_and_training_flags(capsys):
     argv = gpu_check.train_argv(ROOT / "runs" / "x", 8192)
     parsed = train_agent.build_parser().parse_args(argv[2:])  # the flags train_agent.py gets
     assert parsed.device == "cuda" and parsed.memory == "fastweights" and parsed.timesteps == 8192
+
+
+@needs_triton
+def test_module_mode_triton_matches_the_reference_module(interpreter):
+    """FastWeightsRNN(mode="triton") is the reference core, values and gradients, NaN carried state included."""
+    from fw_agents.memory import FastWeightsRNN
+
+    torch.manual_seed(0)
+    cores = {mode: FastWeightsRNN(3, 6, inner_steps=2, normalize=True, mode=mode).double() for mode in ("reference", "triton")}
+    cores["triton"].load_state_dict(cores["reference"].state_dict())
+    x = torch.randn(7, 3, 3, dtype=torch.float64)
+    starts = torch.zeros(7, 3, dtype=torch.float64)
+    starts[0, 0] = starts[4, 2] = 1.0
+    h = torch.rand(3, 6, dtype=torch.float64)
+    A = 0.1 * torch.randn(3, 6, 6, dtype=torch.float64)
+    h[0], A[0] = float("nan"), float("inf")  # row 0 restarts at step 0: its carried state must not leak
+    results = {}
+    for mode, core in cores.items():
+        y, (h_T, A_T) = core(x, (h, A), starts)
+        grads = torch.autograd.grad((y.sin().sum() + h_T.sum() + A_T.sum()), list(core.parameters()))
+        results[mode] = (y, h_T, A_T, grads)
+    # float64 throughout, but the normalised η = 0.5 (1 - 0.95) / 6 enters the kernel as a float32 scalar
+    for ref, got in zip(results["reference"][:3], results["triton"][:3]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+    for ref, got in zip(results["reference"][3], results["triton"][3]):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_mode_takes_the_kernel_for_cuda_inputs_only(monkeypatch):
+    from fw_agents.memory import FastWeightsRNN
+    from fw_agents.memory.ops.triton_scan import fast_weights_triton
+
+    core = FastWeightsRNN(3, 8)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernel could run here, but "auto" keeps CPU on the scan
+    assert core._op(torch.zeros(5, 2, 3))[0] is not fast_weights_triton
+    assert core._op(torch.zeros(1, 2, 3))[0] is not fast_weights_triton
+    assert FastWeightsRNN(3, 8, mode="triton")._op(torch.zeros(5, 2, 3)) == (fast_weights_triton, None)
+    if torch.cuda.is_available() and triton_available():
+        assert core.cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is fast_weights_triton
+        assert FastWeightsRNN(3, 200).cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is not fast_weights_triton

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State
-from fw_agents.validation import check_bool, check_choice, check_float, check_int
-from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, triton_scan
 from fw_agents.memory.ops.chunking import default_chunk_size
+from fw_agents.memory.ops.triton_scan import fast_weights_triton
+from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 # The op that runs a call, by mode: (a sequence, a one-step call). All three share one signature.
 # A rollout step in "auto"/"matrix" mode takes the matrix-form step (fewest ops); "attention"
@@ -20,6 +22,7 @@ _OPS = {
     "matrix": (fast_weights_scan, fast_weights_step),
     "attention": (fast_weights_scan, fast_weights_scan),
     "reference": (fast_weights_reference, fast_weights_reference),
+    "triton": (fast_weights_triton, fast_weights_triton),
 }
 MODES = tuple(_OPS)
 
@@ -64,6 +67,10 @@ class FastWeightsRNN(MemoryCore):
       ``A`` between chunks, so neither long sequences nor large ``H`` blow up.
     * ``"reference"``: the slow per-step loop of
       :func:`~fw_agents.memory.ops.fast_weights_reference` (autograd), for checking.
+    * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.triton_scan`,
+      ``A`` and ``W`` on chip, ``H <= 128``): CUDA tensors, or CPU under
+      ``TRITON_INTERPRET=1`` (how the tests run it). ``"auto"`` takes it for CUDA inputs
+      when triton is installed and ``H <= 128``, and the PyTorch paths otherwise.
 
     :param input_size: Number of input features.
     :param hidden_size: Number of recurrent units ``H``.
@@ -71,7 +78,7 @@ class FastWeightsRNN(MemoryCore):
     :param decay: Fast-weight decay λ, in (0, 1). Paper: 0.95 (0.9 for associative retrieval).
     :param inner_steps: Inner-loop steps S (>= 1). Paper: 1.
     :param layer_norm: Layer norm on every inner step (paper: yes).
-    :param mode: One of ``"auto"``, ``"matrix"``, ``"attention"``, ``"reference"``.
+    :param mode: One of ``"auto"``, ``"matrix"``, ``"attention"``, ``"reference"``, ``"triton"``.
     :param normalize: Read ``fast_lr`` as the fast memory's share of the drive rather than
         the paper's η: the write is scaled by ``(1-λ)/H`` (see above). Default: the paper's η.
 
@@ -182,7 +189,7 @@ class FastWeightsRNN(MemoryCore):
         for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
             if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        op = _OPS[self.mode][x.shape[0] == 1]
+        op, chunk_size = self._op(x)
         y, h, A = op(
             self.C(x),  # C x(t) for every step at once
             h,
@@ -199,9 +206,17 @@ class FastWeightsRNN(MemoryCore):
             layer_norm=self.layer_norm,
             eps=self.ln.eps if self.ln is not None else 1e-5,
             output_final_state=final_state,
-            chunk_size=self.chunk_size(x.shape[0]),
+            chunk_size=chunk_size,
         )
         return y, (h, A)
+
+    def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
+        """The op for this call and its ``chunk_size`` (the kernel picks its own checkpoints)."""
+        if self.mode == "triton" or (
+            self.mode == "auto" and x.is_cuda and triton_scan.supports(self.hidden_size, x.device)
+        ):
+            return fast_weights_triton, None
+        return _OPS[self.mode][x.shape[0] == 1], self.chunk_size(x.shape[0])
 
     def extra_repr(self) -> str:
         return (

@@ -424,7 +424,9 @@ def fast_weights_triton(
     Args:
         zx: ``C x(t) + bias``, ``[T, B, H]``, float32 (float64 also runs, float16/bfloat16
             are computed in float32 and returned in their dtype). CUDA, or any device
-            under ``TRITON_INTERPRET=1``.
+            under ``TRITON_INTERPRET=1``. The scalars (η, λ, eps) enter the kernels as
+            float32 whatever the dtype, so float64 agrees with the reference to about 1e-8
+            relative unless they are float32-exact.
         h: Hidden state before the first step, ``[B, H]``.
         A: Fast weights before the first step, ``[B, H, H]``; None for zeros.
         W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``).
@@ -434,13 +436,13 @@ def fast_weights_triton(
         write_mask: ``[T, B]``, 0 leaves ``A`` unchanged by step t (no decay, no write).
         hidden_resets: ``[T, B]``, 1 zeroes the row's ``h`` (not ``A``) before step t.
         layer_norm: Layer norm on every inner step. eps: its epsilon.
-        output_final_state: False returns an empty tensor for ``A_T`` (never stored).
+        output_final_state: False returns None for ``A_T`` (never stored), as the other ops.
         chunk_size: Steps between the forward's checkpoints of ``A`` for the backward
             (rounded up to a power of two, at most 64; default 16). Memory for the
             backward: ``ceil(T / chunk) · B · H²`` plus ``2 · T · B · S · H`` floats.
 
     Returns:
-        ``(y [T, B, H], h_T [B, H], A_T [B, H, H] or empty)``.
+        ``(y [T, B, H], h_T [B, H], A_T [B, H, H] or None)``.
 
     Raises:
         ImportError: triton is not installed (``pip install "fw-agents[gpu]"``).
@@ -486,7 +488,7 @@ def fast_weights_triton(
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     if T == 0 or B == 0:
         empty_A = zx.new_zeros(B, H, H) if A is None else A
-        return zx.new_empty(T, B, H), h, empty_A if output_final_state else zx.new_empty(0)
+        return zx.new_empty(T, B, H), h, empty_A if output_final_state else None
 
     def prep(x):
         return None if x is None else x.to(dtype).contiguous()
@@ -497,6 +499,11 @@ def fast_weights_triton(
         ln_weight = torch.ones(H, device=zx.device, dtype=dtype) if ln_weight is None else ln_weight
         ln_bias = torch.zeros(H, device=zx.device, dtype=dtype) if ln_bias is None else ln_bias
     keep = None if episode_starts is None else 1.0 - _mask(episode_starts, T, B, "episode_starts", prep(zx))
+    if keep is not None:  # a start clears a carried NaN/inf exactly (0 * NaN would keep it)
+        restart = keep[0] < 0.5
+        h = torch.where(restart[:, None], torch.zeros((), dtype=h.dtype, device=h.device), h)
+        if A is not None:
+            A = torch.where(restart[:, None, None], torch.zeros((), dtype=A.dtype, device=A.device), A)
     write = _mask(write_mask, T, B, "write_mask", prep(zx))
     hkeep = None if hidden_resets is None else 1.0 - _mask(hidden_resets, T, B, "hidden_resets", prep(zx))
     y, h_T, A_T = _FastWeightsTriton.apply(
@@ -505,4 +512,4 @@ def fast_weights_triton(
     )  # fmt: skip
     if out_dtype != dtype:
         y, h_T, A_T = y.to(out_dtype), h_T.to(out_dtype), A_T.to(out_dtype)
-    return y, h_T, A_T
+    return y, h_T, A_T if output_final_state else None
