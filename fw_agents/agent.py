@@ -38,6 +38,7 @@ from fw_agents.cli import KeyFlag, option
 from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.memory import MEMORY_NAMES, make_memory, memory_class
 from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy, default_memory_kwargs
+from fw_agents.resume import read_checkpoint, resumed_config
 from fw_agents.tracking import WANDB_MODES, start_run
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
@@ -127,7 +128,17 @@ class TrainConfig:
     wandb: str | None = option(
         None, help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)", choices=WANDB_MODES
     )
-    resume: str | None = option(None, help="checkpoint .zip to continue from", metavar="PATH")
+    resume: str | None = option(
+        None,
+        metavar="PATH",
+        help="continue a run: a checkpoint .zip, or a run folder (its latest checkpoint). The run goes on in "
+        "the checkpoint's folder (appending to its curves) with the model's settings; --timesteps is the total",
+    )
+    trust_checkpoint: bool = option(
+        False,
+        help="let --resume's file run code when loaded (SB3 unpickles it); only for files you made or trust. "
+        "Without it, a file that needs more than plain data (spaces, arrays, schedules) is refused",
+    )
     progress_bar: bool = option(True, help="show a progress bar")
 
     def validate(self) -> None:
@@ -159,10 +170,9 @@ class TrainConfig:
         check_float("ent_coef", self.ent_coef, 0, low_inclusive=True)
         check_bool("progress_bar", self.progress_bar)
         check_memory_kwargs(self.memory, self.memory_kwargs, self.hidden_size)
-        if self.resume is not None:
-            path = Path(self.resume)
-            if not path.is_file() or not os.access(path, os.R_OK):
-                raise ValueError(f"cannot read resume checkpoint {self.resume!r} (no such readable file)")
+        check_bool("trust_checkpoint", self.trust_checkpoint)
+        if self.resume is not None and not (os.access(self.resume, os.R_OK) and Path(self.resume).exists()):
+            raise ValueError(f"cannot read resume checkpoint {self.resume!r} (no such readable file or run folder)")
 
     def resolved_memory_kwargs(self) -> dict[str, Any]:
         """The core's options: :func:`fw_agents.policies.default_memory_kwargs` with ``memory_kwargs`` over them."""
@@ -239,14 +249,47 @@ class CatchRateCallback(BaseCallback):
             self.logger.record("rollout/catch_rate", float(np.mean(self._caught[-100:])))
 
 
-class CatchEvalCallback(EvalCallback):
-    """SB3's ``EvalCallback`` that also logs ``eval/catch_rate`` (the fraction of evaluation
-    episodes whose ball was caught, from the env's ``info["caught"]``) in the same logger dump
-    as ``eval/mean_reward``: the value is recorded as each episode ends, before SB3 dumps."""
+class RunEvalCallback(EvalCallback):
+    """SB3's ``EvalCallback`` for a run folder.
+
+    * ``evaluations.npz`` is replaced atomically after each evaluation (SB3 writes it in place),
+      and a resumed run continues its history (and its best mean reward, so the best model is
+      only replaced by a better one).
+    * For envs whose ``info`` says ``"caught"`` at the end of an episode (Catch), it logs
+      ``eval/catch_rate`` in the same dump as ``eval/mean_reward`` (recorded as each evaluation
+      episode ends, before SB3 dumps).
+
+    :param eval_env: The evaluation env.
+    :param run_dir: The run folder (``evaluations.npz`` goes there).
+    :param kwargs: ``EvalCallback``'s other arguments.
+    """
+
+    def __init__(self, eval_env: VecEnv, run_dir: Path, **kwargs: Any) -> None:
+        super().__init__(eval_env, log_path=str(run_dir), **kwargs)
+        self.final_path = run_dir / "evaluations.npz"
+        self.log_path = str(run_dir / ".evaluations.partial")  # np.savez adds ".npz"; renamed when complete
+        if self.final_path.exists():
+            self._continue_history()
+
+    def _continue_history(self) -> None:
+        with np.load(self.final_path) as saved:
+            if saved["results"].ndim != 2 or saved["results"].shape[1] != self.n_eval_episodes:
+                self.final_path.replace(self.final_path.with_name("evaluations.before-resume.npz"))
+                return  # another number of episodes per evaluation: the arrays would not stack
+            self.evaluations_timesteps = saved["timesteps"].tolist()
+            self.evaluations_results = saved["results"].tolist()
+            self.evaluations_length = saved["ep_lengths"].tolist()
+            if "successes" in saved:
+                self.evaluations_successes = saved["successes"].tolist()
+        self.best_mean_reward = float(np.max(np.mean(self.evaluations_results, axis=1)))
 
     def _on_step(self) -> bool:
         self._caught: list[bool] = []
-        return super()._on_step()
+        evaluations = len(self.evaluations_timesteps)
+        go_on = super()._on_step()
+        if len(self.evaluations_timesteps) > evaluations:
+            os.replace(self.log_path + ".npz", self.final_path)
+        return go_on
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         super()._log_success_callback(locals_, globals_)
@@ -280,9 +323,10 @@ class StopOnNonFinite(BaseCallback):
 
 
 def build_agent(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
-    """``FastRecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``."""
+    """``FastRecurrentPPO`` with the memory policy, or the checkpoint named by ``config.resume``
+    (loaded without unpickling code from it unless ``config.trust_checkpoint``)."""
     if config.resume:
-        return FastRecurrentPPO.load(config.resume, env=env, device=config.device)
+        return FastRecurrentPPO.load(config.resume, env=env, device=config.device, trusted=config.trust_checkpoint)
     return FastRecurrentPPO(
         RecurrentMemoryPolicy,
         env,
@@ -353,33 +397,42 @@ def train(
     (resume it with ``--resume``) and re-raises ``KeyboardInterrupt``.
     """
     config.validate()
+    same_folder = False
+    if config.resume is not None:
+        config, same_folder = resumed_config(config, read_checkpoint(config.resume))
+        config.validate()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, callbacks, eval_callbacks)
+        return _train(config, same_folder, callbacks, eval_callbacks)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(
-    config: TrainConfig, user_callbacks: Sequence[BaseCallback], after_eval: Sequence[BaseCallback]
+    config: TrainConfig,
+    same_folder: bool,
+    user_callbacks: Sequence[BaseCallback],
+    after_eval: Sequence[BaseCallback],
 ) -> dict[str, Any]:
     is_catch = config.env in envs.CATCH_IDS  # reward +1 exactly when the ball is caught
-    name = f"{config.env}-{config.memory}-s{config.seed}"
-    tracker = start_run(config.runs_root, name, config.resolved(), run_dir=config.run_dir, wandb_mode=config.wandb)
-    run_dir = tracker.run_dir
-    env = make_env(config.env, config.n_envs, config.seed)
+    env = make_env(config.env, config.n_envs, config.seed)  # bad envs and models fail before any file is written
     eval_env = make_env(config.env, min(config.eval_episodes, 50), config.seed + 10_000)
+    tracker = None
     try:
         model = build_agent(config, env)
+        name = f"{config.env}-{config.memory}-s{config.seed}"
+        tracker = start_run(config.runs_root, name, config.resolved(), run_dir=config.run_dir,
+                            wandb_mode=config.wandb, resume=same_folder)  # fmt: skip
+        run_dir = tracker.run_dir
         model.set_logger(tracker.logger)
         steps_per_call = config.n_envs
-        evaluation = (CatchEvalCallback if is_catch else EvalCallback)(
+        evaluation = RunEvalCallback(
             eval_env,
+            run_dir,
             n_eval_episodes=config.eval_episodes,
             eval_freq=max(config.eval_freq // steps_per_call, 1),
-            log_path=str(run_dir),
             callback_on_new_best=SaveBestAtomically(run_dir / "best" / "best_model.zip"),
             deterministic=True,
             callback_after_eval=CallbackList(list(after_eval)) if after_eval else None,
@@ -423,7 +476,8 @@ def _train(
     finally:
         env.close()
         eval_env.close()
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
 
 
 def evaluate(model: RecurrentPPO, env: VecEnv, episodes: int, catch_rate: bool = True) -> dict[str, Any]:

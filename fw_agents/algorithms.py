@@ -27,7 +27,9 @@ models saved by either class load in either.
 from __future__ import annotations
 
 import inspect
+import io
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +38,12 @@ from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
 from fw_agents.policies import RecurrentMemoryPolicy
+from fw_agents.safe_load import safe_custom_objects
 from fw_agents.state_slots import SlotStore, critic_has_own_state
 
 #: The fast-weights core options of policies saved before ``normalize`` existed: the core's own
@@ -155,6 +159,31 @@ class FastRecurrentPPO(RecurrentPPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_loading_checkpoint"]
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls,
+        path: str | Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        trusted: bool = False,
+        **kwargs: Any,
+    ) -> FastRecurrentPPO:
+        """SB3's ``load``, without running code from the file: its pickled values are decoded
+        by :mod:`fw_agents.safe_load`'s allowlist (spaces, arrays, schedules, SB3 / fw_agents
+        policy classes) and handed to SB3 as ``custom_objects``, so SB3 unpickles nothing.
+
+        :param trusted: Let SB3 unpickle the file as it would (needed for, e.g., a lambda
+            learning-rate schedule). Only for files you made or trust.
+        :param custom_objects: Your own replacements; they win over the decoded values.
+        :raises fw_agents.safe_load.UnsafeModelError: The file needs a type outside the allowlist.
+        :raises ValueError: The file is not a readable model.
+
+        The other arguments are SB3's.
+        """
+        objects = {**safe_custom_objects(path, trusted), **(custom_objects or {})}
+        return super().load(path, env=env, device=device, custom_objects=objects, **kwargs)
 
     def _setup_model(self) -> None:
         if self._loading_checkpoint:

@@ -91,9 +91,9 @@ def safe_custom_objects(path: str | Path, trusted: bool = False) -> dict[str, An
     :raises ValueError: The file is not a readable SB3 model zip (one line, naming the file).
     :raises UnsafeModelError: A value needs a type outside the allowlist.
     """
-    data = read_model_data(path)
     if trusted:
         return {}
+    data = read_model_data(path)
     objects: dict[str, Any] = {}
     for key, item in data.items():
         if not (isinstance(item, dict) and ":serialized:" in item):
@@ -116,15 +116,18 @@ def safe_custom_objects(path: str | Path, trusted: bool = False) -> dict[str, An
 def read_model_data(path: str | Path) -> dict[str, Any]:
     """The JSON ``data`` entry of an SB3 model zip, undecoded.
 
+    :param path: The zip, or a file object; SB3's ``"model"`` for ``"model.zip"`` works too.
     :raises ValueError: No such file, not a zip (e.g. a half-written checkpoint), no ``data``
         entry, or ``data`` that is not a JSON object; the message names the file.
     """
+    if isinstance(path, (str, Path)) and not Path(path).exists() and Path(f"{path}.zip").exists():
+        path = Path(f"{path}.zip")  # as SB3's open_path adds the suffix
     try:
         with zipfile.ZipFile(path) as archive:
             if "data" not in archive.namelist():
                 raise ValueError(f"{path} is not a Stable-Baselines3 model: it has no 'data' entry")
             text = archive.read("data").decode()
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read model {str(path)!r}: {error}") from None
     try:
         data = json.loads(text)

@@ -13,8 +13,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.logger import KVWriter, Logger, configure
+from stable_baselines3.common.logger import (
+    Figure,
+    FormatUnsupportedError,
+    HParam,
+    Image,
+    KVWriter,
+    Logger,
+    Video,
+    filter_excluded_keys,
+    make_output_format,
+)
 
+from fw_agents.progress_csv import ProgressCsv
 from fw_agents.tracking import WandbScalars
 
 
@@ -60,10 +71,37 @@ class LoggerWriter:
         self.logger.close()
 
 
+class ProgressCsvFormat(KVWriter):
+    """SB3 ``KVWriter`` for ``progress.csv`` through :class:`fw_agents.progress_csv.ProgressCsv`:
+    SB3's layout, but crash-safe and continued by a resumed run (SB3's ``CSVOutputFormat``
+    truncates the file on open and rewrites it in place when a column is added).
+
+    :param path: The CSV file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.csv = ProgressCsv(path)
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        values = filter_excluded_keys(key_values, key_excluded, "csv")
+        for value in values.values():
+            if isinstance(value, (Video, Figure, Image, HParam)):
+                raise FormatUnsupportedError(["csv"], type(value).__name__.lower())
+        self.csv.write(values)
+
+    def close(self) -> None:
+        self.csv.close()
+
+
 def sb3_logger_writer(run_dir: Path, log_formats: Sequence[str], wandb_run: Any | None = None) -> LoggerWriter:
     """An SB3 logger writing ``log_formats`` into ``run_dir`` (mirrored into ``wandb_run``
-    when given), wrapped as a tracker writer."""
-    logger = configure(str(run_dir), list(log_formats))
+    when given), wrapped as a tracker writer. ``csv`` is :class:`ProgressCsvFormat`."""
+    kinds = list(log_formats)
+    formats = [ProgressCsvFormat(run_dir / "progress.csv") if kind == "csv" else make_output_format(kind, str(run_dir))
+               for kind in kinds]  # fmt: skip
+    logger = Logger(folder=str(run_dir), output_formats=formats)
+    if kinds and kinds != ["stdout"]:
+        logger.log(f"Logging to {run_dir}")  # as SB3's configure() says it
     if wandb_run is not None:
         logger.output_formats.append(WandbOutputFormat(wandb_run))
     return LoggerWriter(logger)

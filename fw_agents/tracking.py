@@ -29,7 +29,6 @@ import netrc
 import os
 import shutil
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ import numpy as np
 
 from fw_agents.cli import add_config_arguments, option
 from fw_agents.files import write_text_atomically
+from fw_agents.progress_csv import ProgressCsv
+from fw_agents.run_folder import RunFolder, claim_run_folder
 from fw_agents.validation import check_choice
 
 #: Accepted values of ``--wandb`` (``None`` / ``"auto"`` picks online or offline).
@@ -50,33 +51,10 @@ DEFAULT_WANDB_INIT_TIMEOUT = 20.0
 #: Seconds ``run.finish()`` may wait for uploads (0 would mean: wait forever).
 DEFAULT_WANDB_FINISH_TIMEOUT = 60.0
 DEFAULT_LOG_FORMATS: tuple[str, ...] = ("stdout", "csv", "tensorboard")
+#: Where a run folder keeps its W&B run's id, so a resumed run continues the same W&B run.
+WANDB_ID_FILE = "wandb-run-id"
 #: Formats the writers of this module provide (an SB3 logger also has ``log`` and ``json``).
 NATIVE_LOG_FORMATS: tuple[str, ...] = DEFAULT_LOG_FORMATS
-
-
-# --------------------------------------------------------------------- run dir
-def make_run_dir(root: str | os.PathLike[str] = "runs", name: str = "run", run_dir: str | None = None) -> Path:
-    """Create (and return) the directory of a new run.
-
-    :param root: Parent folder of auto-named runs.
-    :param name: Prefix of the auto-generated name ``<name>-<YYYYmmdd-HHMMSS>[-k]``.
-    :param run_dir: Explicit directory to use instead (created if needed, may exist).
-    :return: The run directory.
-    """
-    if run_dir is not None:
-        path = Path(run_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{name}-{stamp}"
-    path, k = base, 1
-    while True:
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
 
 
 # ----------------------------------------------------------------------- W&B
@@ -119,6 +97,7 @@ def init_wandb(
     group: str | None = None,
     tags: Sequence[str] | None = None,
     init_timeout: float = DEFAULT_WANDB_INIT_TIMEOUT,
+    run_id: str | None = None,
 ) -> Any | None:
     """Start a W&B run, or return ``None`` (disabled, or W&B unavailable).
 
@@ -133,6 +112,7 @@ def init_wandb(
     :param group: Optional W&B group (e.g. one benchmark sweep).
     :param tags: Optional W&B tags.
     :param init_timeout: Seconds ``wandb.init`` may take.
+    :param run_id: Continue the W&B run with this id (``resume="allow"``), e.g. a resumed run's.
     :return: The ``wandb`` run object, or ``None``.
     """
     try:
@@ -161,6 +141,8 @@ def init_wandb(
             config=dict(config or {}),
             settings=settings,
             reinit="create_new",
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         # Plot every mirrored metric against the logged step, not W&B's call counter.
         run.define_metric("global_step")
@@ -213,30 +195,20 @@ class WandbScalars:
 
 
 class CsvScalars:
-    """``progress.csv`` in SB3's layout: one row per write, one column per key; a key first
-    logged later adds a column (the header is rewritten, earlier rows get it empty).
+    """``progress.csv`` (:class:`fw_agents.progress_csv.ProgressCsv`: SB3's layout, crash-safe,
+    continued when it exists).
 
-    :param path: The CSV file (created now, replacing any old one).
+    :param path: The CSV file.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.keys: list[str] = []
-        self.file: IO[str] = open(path, "w+t")
+        self.csv = ProgressCsv(path)
 
     def write(self, values: Mapping[str, Any], step: int) -> None:
-        new = [key for key in values if key not in self.keys]
-        if new:
-            self.keys += new
-            self.file.seek(0)
-            rows = self.file.readlines()[1:]
-            self.file.seek(0)  # the new header and padded rows are longer: they overwrite all
-            self.file.write(",".join(self.keys) + "\n")
-            self.file.writelines(row[:-1] + "," * len(new) + "\n" for row in rows)
-        self.file.write(",".join(_csv_cell(values.get(key)) for key in self.keys) + "\n")
-        self.file.flush()
+        self.csv.write(values)
 
     def close(self) -> None:
-        self.file.close()
+        self.csv.close()
 
 
 class TensorBoardScalars:
@@ -315,6 +287,7 @@ class Tracker:
     :param writers: Where :meth:`log_scalars` writes.
     :param logger: The SB3 ``Logger`` of an RL run (``model.set_logger(tracker.logger)``);
         ``None`` for a run started with ``sb3_logger=False``.
+    :param folder: The claimed run folder, released by :meth:`close`.
     """
 
     run_dir: Path
@@ -322,6 +295,7 @@ class Tracker:
     config: dict[str, Any] = field(default_factory=dict)
     writers: list[ScalarWriter] = field(default_factory=list)
     logger: Any | None = None
+    folder: RunFolder | None = None
 
     def log_scalars(self, values: Mapping[str, Any], step: int) -> None:
         """Write several scalars out at ``step``."""
@@ -349,16 +323,24 @@ class Tracker:
             _warn(f"W&B save failed: {_one_line(error)}")
 
     def close(self) -> None:
-        """Flush and close the outputs and finish the W&B run."""
+        """Flush and close the outputs, finish the W&B run (saying how to upload an offline
+        one) and release the run folder."""
         for writer in self.writers:
             writer.close()
         self.writers = []
         if self.wandb_run is not None:
+            offline = bool(getattr(getattr(self.wandb_run, "settings", None), "_offline", False))
+            run_files = getattr(self.wandb_run, "dir", None)
             try:
                 self.wandb_run.finish()
             except Exception as error:  # noqa: BLE001
                 _warn(f"W&B finish failed: {_one_line(error)}")
+            if offline and run_files:  # .../wandb/offline-run-<time>-<id>/files
+                print(f"W&B offline run saved; upload it with: wandb sync {Path(run_files).parent}", file=sys.stderr)
             self.wandb_run = None
+        if self.folder is not None:
+            self.folder.release()
+            self.folder = None
 
     def __enter__(self) -> Tracker:
         return self
@@ -387,8 +369,9 @@ def start_run(
     log_formats: Sequence[str] = DEFAULT_LOG_FORMATS,
     wandb_init_timeout: float = DEFAULT_WANDB_INIT_TIMEOUT,
     sb3_logger: bool = True,
+    resume: bool = False,
 ) -> Tracker:
-    """Create the run directory, write ``config.json``, start W&B and the outputs.
+    """Claim the run folder, write ``config.json``, start W&B and the outputs.
 
     :param root: Parent folder of auto-named run directories.
     :param name: Prefix of the auto-named run directory (and W&B run name).
@@ -404,30 +387,44 @@ def start_run(
     :param sb3_logger: Write the outputs through an SB3 ``Logger`` (``tracker.logger``), as an
         RL agent needs (``model.set_logger``); this imports Stable-Baselines3. False: write
         them with this module's writers, without SB3 (the supervised heads).
+    :param resume: Continue the run already in ``run_dir``: its ``progress.csv`` and
+        TensorBoard curves go on, and W&B continues the same run (its id is kept in
+        ``wandb-run-id``). Without it, a folder that holds a run is refused.
     :return: The :class:`Tracker`; close it (or use it as a context manager) at the end.
+    :raises fw_agents.run_folder.RunFolderError: The folder is unusable, in use, or holds a run.
     """
-    path = make_run_dir(root, name, run_dir)
-    config_dict = write_config(path / "config.json", config)
-    run = init_wandb(
-        wandb_mode,
-        path,
-        config=config_dict,
-        project=wandb_project,
-        name=path.name,
-        group=wandb_group,
-        tags=wandb_tags,
-        init_timeout=wandb_init_timeout,
-    )
-    tracker = Tracker(run_dir=path, wandb_run=run, config=config_dict)
-    if sb3_logger:
-        from fw_agents.sb3_logging import sb3_logger_writer
+    folder = claim_run_folder(root, name, run_dir, resume=resume)
+    path = folder.path
+    tracker = Tracker(run_dir=path, folder=folder)
+    try:
+        tracker.config = write_config(path / "config.json", config)
+        id_file = path / WANDB_ID_FILE
+        run_id = (id_file.read_text().strip() or None) if resume and id_file.exists() else None
+        tracker.wandb_run = init_wandb(
+            wandb_mode,
+            path,
+            config=tracker.config,
+            project=wandb_project,
+            name=path.name,
+            group=wandb_group,
+            tags=wandb_tags,
+            init_timeout=wandb_init_timeout,
+            run_id=run_id,
+        )
+        if getattr(tracker.wandb_run, "id", None):
+            write_text_atomically(id_file, f"{tracker.wandb_run.id}\n")
+        if sb3_logger:
+            from fw_agents.sb3_logging import sb3_logger_writer
 
-        writer = sb3_logger_writer(path, log_formats, run)
-        tracker.writers, tracker.logger = [writer], writer.logger
-    else:
-        tracker.writers = make_writers(path, log_formats, run)
-        if "stdout" in log_formats and list(log_formats) != ["stdout"]:
-            print(f"Logging to {path}")  # as SB3's configure() says it
+            writer = sb3_logger_writer(path, log_formats, tracker.wandb_run)
+            tracker.writers, tracker.logger = [writer], writer.logger
+        else:
+            tracker.writers = make_writers(path, log_formats, tracker.wandb_run)
+            if "stdout" in log_formats and list(log_formats) != ["stdout"]:
+                print(f"Logging to {path}")  # as SB3's configure() says it
+    except BaseException:
+        tracker.close()
+        raise
     return tracker
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fw_agents.sb3_logging import WandbOutputFormat
-from fw_agents.tracking import WandbScalars, make_run_dir, resolve_wandb_mode, start_run
+from fw_agents.tracking import WandbScalars, resolve_wandb_mode, start_run
 
 os.environ["WANDB_MODE"] = "disabled"
 
@@ -23,14 +23,6 @@ def _no_wandb_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_BASE_URL", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-
-
-def test_run_dir_is_unique(tmp_path: Path) -> None:
-    first = make_run_dir(tmp_path, "job")
-    second = make_run_dir(tmp_path, "job")
-    assert first != second and first.is_dir() and second.is_dir()
-    explicit = make_run_dir(tmp_path, run_dir=str(tmp_path / "a" / "b"))
-    assert explicit == tmp_path / "a" / "b" and explicit.is_dir()
 
 
 @pytest.mark.parametrize("sb3_logger", [True, False])

@@ -147,7 +147,7 @@ def test_validate_names_the_bad_value(changes, message):
 
 def test_threads_apply_during_training_only(monkeypatch):
     seen = []
-    monkeypatch.setattr(agent, "_train", lambda config: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(agent, "_train", lambda config, *rest: seen.append(torch.get_num_threads()) or {})
     before = torch.get_num_threads()
     for threads in (1, 2, None):
         train(TrainConfig(threads=threads))

@@ -1,0 +1,157 @@
+"""``--resume``: which checkpoint, which run folder, and which settings a continued run has.
+
+A resumed run continues **in the run folder its checkpoint belongs to** (the folder
+with ``config.json`` above it), appending to its curves, unless ``--run-dir`` names
+another. It keeps the **model's** settings: the memory core, its width and options,
+the critic and the PPO hyper-parameters are read from the checkpoint (its JSON
+``data``, without unpickling anything), and a flag that contradicts them stops the
+run with one line instead of being silently ignored. Settings the checkpoint does
+not hold (``timesteps``, evaluation and checkpoint frequencies, ``env``, ...) come
+from the run folder's ``config.json`` unless given again. ``timesteps`` is the
+total, so it must exceed the steps the checkpoint has already trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fw_agents.run_folder import RUN_MARKER
+from fw_agents.safe_load import read_model_data
+
+#: Config fields a checkpoint fixes: (field, where it lies in the model's data).
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "memory": ("policy_kwargs", "memory"),
+    "hidden_size": ("policy_kwargs", "hidden_size"),
+    "memory_kwargs": ("policy_kwargs", "memory_kwargs"),
+    "critic": ("policy_kwargs", "critic"),
+    "learning_rate": ("learning_rate",),
+    "n_steps": ("n_steps",),
+    "batch_size": ("batch_size",),
+    "n_epochs": ("n_epochs",),
+    "gamma": ("gamma",),
+    "gae_lambda": ("gae_lambda",),
+    "ent_coef": ("ent_coef",),
+}
+#: Config fields that are never taken from the old run's ``config.json``.
+PER_INVOCATION = ("resume", "run_dir", "runs_root", "progress_bar", "threads", "device")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a resumed run starts from.
+
+    :param path: The model ``.zip``.
+    :param run_dir: The run folder it belongs to (None: a loose file).
+    :param timesteps: Env steps it has trained.
+    :param settings: The config fields it fixes (:data:`MODEL_FIELDS` it holds).
+    """
+
+    path: Path
+    run_dir: Path | None
+    timesteps: int
+    settings: dict[str, Any]
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at ``path``: a model ``.zip``, or a run folder (its latest checkpoint).
+
+    :raises ValueError: No such file, not a model, or a folder with no checkpoint (one line).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = latest_checkpoint(path)
+    data = read_model_data(path)
+    settings = {}
+    for name, keys in MODEL_FIELDS.items():
+        value: Any = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not (isinstance(value, dict) and ":serialized:" in value):
+            settings[name] = value
+    return Checkpoint(path, _run_folder_of(path), int(data.get("num_timesteps", 0)), settings)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The zip under ``run_dir`` (its ``model.zip`` and ``checkpoints/``) with the most env steps.
+
+    :raises ValueError: None there.
+    """
+    candidates = [run_dir / "model.zip", *sorted((run_dir / "checkpoints").glob("*.zip"))]
+    steps = {}
+    for candidate in candidates:
+        try:
+            steps[candidate] = int(read_model_data(candidate).get("num_timesteps", 0))
+        except ValueError:  # missing, or half-written by a crash: not a candidate
+            continue
+    if not steps:
+        raise ValueError(f"no readable checkpoint in run folder {str(run_dir)!r} (model.zip or checkpoints/*.zip)")
+    return max(steps, key=lambda candidate: (steps[candidate], candidate.name == "model.zip"))
+
+
+def resumed_config(config: Any, checkpoint: Checkpoint) -> tuple[Any, bool]:
+    """``config`` as the continued run must have it, and whether it continues in the same folder.
+
+    :param config: A :class:`fw_agents.agent.TrainConfig` whose ``resume`` names ``checkpoint``.
+    :param checkpoint: :func:`read_checkpoint` of it.
+    :return: ``(config, same_folder)``: model settings from the checkpoint, the others from the
+        run folder's ``config.json`` where ``config`` left them at their defaults, ``run_dir`` the
+        checkpoint's folder unless one was given, ``resume`` the checkpoint's path.
+    :raises ValueError: A setting given that contradicts the checkpoint, or ``timesteps`` not
+        beyond the steps it has trained.
+    """
+    defaults = {field.name: _default(field) for field in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    recorded = _recorded_config(checkpoint.run_dir)
+    for name, value in recorded.items():
+        if name in defaults and name not in PER_INVOCATION and name not in MODEL_FIELDS:
+            if getattr(config, name) == defaults[name]:
+                changes[name] = value
+    for name, saved in checkpoint.settings.items():
+        given = getattr(config, name)
+        if name == "memory_kwargs":
+            conflict = {key: value for key, value in given.items() if saved.get(key) != value}
+        else:
+            conflict = given != defaults[name] and given != saved
+        if conflict:
+            shown = " ".join(f"{key}={value!r}" for key, value in conflict.items()) if name == "memory_kwargs" else given
+            raise ValueError(
+                f"--{name.replace('_', '-')} {shown} conflicts with the checkpoint {str(checkpoint.path)!r} "
+                f"({name}={saved!r}): a resumed run keeps the model's settings; drop the flag or start a new run"
+            )
+        changes[name] = saved
+    run_dir = checkpoint.run_dir if config.run_dir is None else Path(config.run_dir)
+    same_folder = run_dir is not None and checkpoint.run_dir is not None and run_dir.resolve() == checkpoint.run_dir.resolve()
+    changes["run_dir"] = None if run_dir is None else str(run_dir)
+    changes["resume"] = str(checkpoint.path)
+    resumed = dataclasses.replace(config, **changes)
+    if resumed.timesteps <= checkpoint.timesteps:
+        raise ValueError(
+            f"the checkpoint {str(checkpoint.path)!r} has trained {checkpoint.timesteps} steps, so --timesteps "
+            f"{resumed.timesteps} leaves nothing to train: --timesteps is the total, pass a larger one"
+        )
+    return resumed, same_folder
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    for folder in list(path.resolve().parents)[:2]:  # run/model.zip, run/checkpoints/x.zip, run/best/x.zip
+        if (folder / RUN_MARKER).is_file():
+            return folder
+    return None
+
+
+def _recorded_config(run_dir: Path | None) -> dict[str, Any]:
+    if run_dir is None:
+        return {}
+    try:
+        recorded = json.loads((run_dir / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default

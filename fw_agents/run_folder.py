@@ -1,0 +1,120 @@
+"""A run's folder: named, created and held by one process at a time.
+
+Two runs writing into one folder interleave their CSV rows and overwrite each
+other's models, so a run *claims* its folder: it takes an exclusive lock on
+``<folder>/.lock`` (``flock``; the system drops it when the process ends, even on
+``kill -9``) and holds it until :meth:`RunFolder.release`. A second run on the
+folder stops at once with one line naming the holder. A folder that already
+holds a finished or interrupted run (its ``config.json``) is only taken back by
+a run that continues it (``resume=True``); anything else stops, rather than
+silently mixing two runs' files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, folders are not guarded
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+#: The file whose presence says a folder holds a run.
+RUN_MARKER = "config.json"
+
+
+class RunFolderError(ValueError):
+    """The folder cannot be used for this run (one line, naming the folder and what to do)."""
+
+
+class RunFolder:
+    """A claimed run folder; :meth:`release` (or the end of the process) gives it back.
+
+    :param path: The folder.
+    :param lock_fd: The open, locked ``.lock`` file (None where locks are unavailable).
+    """
+
+    def __init__(self, path: Path, lock_fd: int | None) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+
+    def release(self) -> None:
+        """Unlock the folder (idempotent). The ``.lock`` file stays: deleting it would race."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+
+def claim_run_folder(root: str | os.PathLike[str], name: str, run_dir: str | None = None, resume: bool = False) -> RunFolder:
+    """Create (or reuse) and lock the folder of a run.
+
+    :param root: Parent folder of auto-named runs.
+    :param name: Prefix of the auto-generated name ``<name>-<YYYYmmdd-HHMMSS>[-k]``.
+    :param run_dir: Explicit folder instead of an auto-named one.
+    :param resume: The run continues the one already in ``run_dir`` (its files are kept and
+        appended to); without it a folder that holds a run is refused.
+    :raises RunFolderError: The path is not a usable folder (a file, read-only, ...), another
+        process holds it, or it holds a run and ``resume`` is False.
+    """
+    path = _make(Path(run_dir)) if run_dir is not None else _make_unique(Path(root), name)
+    folder = RunFolder(path, _lock(path))
+    if not resume and (path / RUN_MARKER).exists():
+        folder.release()
+        raise RunFolderError(
+            f"run folder {str(path)!r} already holds a run ({RUN_MARKER}); continue it with "
+            f"--resume {path}, or choose another --run-dir"
+        )
+    return folder
+
+
+def _make(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(f"cannot use {str(path)!r} as a run folder: {error.strerror or error}") from None
+    return path
+
+
+def _make_unique(root: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = root / f"{name}-{stamp}"
+    path, k = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return _make(path)
+        except FileExistsError:
+            if not root.is_dir():
+                raise RunFolderError(f"cannot create run folders under {str(root)!r}: it is not a folder") from None
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+        except OSError as error:
+            raise RunFolderError(f"cannot create run folders under {str(root)!r}: {error.strerror or error}") from None
+
+
+def _lock(path: Path) -> int | None:
+    if fcntl is None:
+        return None
+    lock_path = path / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunFolderError(f"cannot use {str(path)!r} as a run folder: {error.strerror or error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunFolderError(
+            f"run folder {str(path)!r} is in use by another run (pid {holder}); wait for it to end "
+            "or choose another --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
