@@ -40,7 +40,7 @@ from rl_zoo3 import enjoy as zoo_enjoy
 from rl_zoo3 import exp_manager as zoo_exp_manager
 from rl_zoo3 import hyperparams_opt
 from rl_zoo3 import train as zoo_train
-from rl_zoo3.utils import ALGOS
+from rl_zoo3.utils import ALGOS, get_class_by_name
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
@@ -93,17 +93,26 @@ def merge_policy_kwargs(base: dict[str, Any] | None, update: dict[str, Any]) -> 
     return merged
 
 
-def fast_weights_normalize(policy: Any, policy_kwargs: dict[str, Any] | None) -> bool | None:
-    """``normalize`` of the fast-weights core that ``policy`` (a class or an alias of
-    :class:`ZooFastRecurrentPPO`) builds with ``policy_kwargs``; ``None`` when it builds none."""
-    policy = ZooFastRecurrentPPO.policy_aliases.get(policy, policy) if isinstance(policy, str) else policy
-    if not (isinstance(policy, type) and issubclass(policy, RecurrentMemoryPolicy)):
+def memory_policy_class(policy: Any) -> type[RecurrentMemoryPolicy] | None:
+    """``policy`` as the zoo's YAML gives it (a class, an alias of :class:`ZooFastRecurrentPPO`,
+    a dotted path) if it is a :class:`~fw_agents.policies.RecurrentMemoryPolicy`, else ``None``."""
+    if isinstance(policy, str):
+        policy = get_class_by_name(policy) if "." in policy else ZooFastRecurrentPPO.policy_aliases.get(policy)
+    return policy if isinstance(policy, type) and issubclass(policy, RecurrentMemoryPolicy) else None
+
+
+def fast_weights_options(policy: Any, policy_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The options of the fast-weights core that ``policy`` (a class or an alias of
+    :class:`ZooFastRecurrentPPO`) builds with ``policy_kwargs``, defaults filled in; ``None``
+    when it builds none."""
+    policy = memory_policy_class(policy)
+    if policy is None:
         return None
     policy_kwargs = policy_kwargs or {}
     memory = policy_kwargs.get("memory", inspect.signature(policy).parameters["memory"].default)
     if memory != "fastweights":
         return None
-    return {**default_memory_kwargs(memory), **(policy_kwargs.get("memory_kwargs") or {})}["normalize"]
+    return {**default_memory_kwargs(memory), **(policy_kwargs.get("memory_kwargs") or {})}
 
 
 def sample_memory_kwargs(trial: optuna.Trial, normalize: bool) -> dict[str, Any]:
@@ -126,16 +135,18 @@ def sample_fast_recurrent_ppo_params(
     ranges and names), plus η, λ and S when the policy has a fast-weights core; the sampled
     ``policy_kwargs`` (the zoo's ``net_arch``, ``activation_fn``, and ``memory_kwargs``) are
     merged into the experiment's (:func:`merge_policy_kwargs`), which keeps ``memory``,
-    ``hidden_size`` and every core option not searched.
+    ``hidden_size`` and every core option not searched (``memory_kwargs`` comes back complete,
+    the core's defaults filled in).
 
     :param hyperparams: The experiment's hyper-parameters (``policy``, ``policy_kwargs``); by
         default those of the zoo experiment running the trial (:class:`ExperimentManager`).
     """
     hyperparams = _EXPERIMENT_HYPERPARAMS.get() if hyperparams is None else hyperparams
     sampled = hyperparams_opt.sample_ppo_params(trial, n_actions, n_envs, additional_args)
-    normalize = fast_weights_normalize(hyperparams.get("policy"), hyperparams.get("policy_kwargs"))
-    if normalize is not None:
-        sampled["policy_kwargs"]["memory_kwargs"] = sample_memory_kwargs(trial, normalize)
+    options = fast_weights_options(hyperparams.get("policy"), hyperparams.get("policy_kwargs"))
+    if options is not None:
+        # every option explicit, so that any class loading the model rebuilds this core
+        sampled["policy_kwargs"]["memory_kwargs"] = {**options, **sample_memory_kwargs(trial, options["normalize"])}
     sampled["policy_kwargs"] = merge_policy_kwargs(hyperparams.get("policy_kwargs"), sampled["policy_kwargs"])
     return sampled
 
@@ -155,8 +166,7 @@ def _stock_unless_ours(stock: Callable[..., dict[str, Any]]) -> Callable[..., di
     """``ppo_lstm``'s sampler: ours when the experiment's policy is one of ours, the zoo's otherwise."""
 
     def sample(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
-        policy = _EXPERIMENT_HYPERPARAMS.get().get("policy")
-        if isinstance(policy, type) and issubclass(policy, RecurrentMemoryPolicy):
+        if memory_policy_class(_EXPERIMENT_HYPERPARAMS.get().get("policy")) is not None:
             return sample_fast_recurrent_ppo_params(trial, n_actions, n_envs, additional_args)
         return stock(trial, n_actions, n_envs, additional_args)
 
@@ -199,7 +209,9 @@ class ExperimentManager(zoo_exp_manager.ExperimentManager):
     """The zoo's experiment manager with three changes for this project:
 
     * a trial's sampler sees the experiment's hyper-parameters, to merge into its ``policy_kwargs``;
-    * ``--trial-id`` merges the trial's ``policy_kwargs`` into the YAML entry's;
+    * ``--trial-id`` (with ``fast_recurrent_ppo`` or a YAML entry naming one of this project's
+      policies) converts the trial as :func:`convert_fast_recurrent_ppo_params` and merges its
+      ``policy_kwargs`` into the YAML entry's;
     * the default ``dummy`` envs of a Catch id are one batched ``envs.CatchSB3VecEnv``.
     """
 
@@ -217,12 +229,13 @@ class ExperimentManager(zoo_exp_manager.ExperimentManager):
             _EXPERIMENT_HYPERPARAMS.reset(token)
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
-        params = super().load_trial(storage, study_name, trial_id, convert)
-        if convert and "policy_kwargs" in params and str(self.config).endswith((".yml", ".yaml")):
-            entry = _yaml_entry(Path(self.config), self.env_name.gym_id)
-            base = entry.get("policy_kwargs") or {}
-            base = eval(base, vars(zoo_exp_manager)) if isinstance(base, str) else base  # as the zoo reads it
-            params["policy_kwargs"] = merge_policy_kwargs(base, params["policy_kwargs"])
+        entry = _yaml_entry(Path(self.config), self.env_name.gym_id) if str(self.config).endswith((".yml", ".yaml")) else {}
+        if not convert or (self.algo != ALGO and memory_policy_class(entry.get("policy")) is None):
+            return super().load_trial(storage, study_name, trial_id, convert)
+        params = convert_fast_recurrent_ppo_params(super().load_trial(storage, study_name, trial_id, convert=False))
+        base = entry.get("policy_kwargs") or {}
+        base = eval(base, vars(zoo_exp_manager)) if isinstance(base, str) else base  # as the zoo reads it
+        params["policy_kwargs"] = merge_policy_kwargs(base, params["policy_kwargs"])
         return params
 
 
@@ -265,13 +278,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m fw_agents.zoo {train,enjoy} ARGS``: :func:`register`, then the zoo's command
     with ``ARGS`` (for ``train``, plus ``--conf-file`` of :func:`shipped_conf_file` if any)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: python -m fw_agents.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 arguments ...]"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{usage}\n\nThe zoo's commands with this project registered (docs/zoo.md); their options:")
+        register()
+        for command in COMMANDS:
+            print(f"\n=== {command} ===")
+            try:
+                _run(command, ["--help"])
+            except SystemExit:
+                pass
+        return
     if not argv or argv[0] not in COMMANDS:
-        sys.exit(f"usage: python -m fw_agents.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 arguments ...]")
+        sys.exit(usage)
     command, args = argv[0], argv[1:]
     register()
     conf_file = shipped_conf_file(args) if command == "train" else None
     if conf_file is not None:
         args += ["--conf-file", str(conf_file)]
+    _run(command, args)
+
+
+def _run(command: str, args: list[str]) -> None:
+    """The zoo's ``command`` with ``args`` as its command line."""
     saved_argv = sys.argv
     sys.argv = [f"fw_agents.zoo {command}", *args]
     try:

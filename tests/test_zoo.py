@@ -40,8 +40,8 @@ def _fast_options(model) -> dict:
     return dict(fast_lr=core.fast_lr, decay=core.decay, inner_steps=core.inner_steps, normalize=core.normalize)
 
 
-def _train(tmp_path: Path, *args: str) -> None:
-    zoo.main(["train", "--algo", "fast_recurrent_ppo", "--env", "CatchBlind16-v0", "-n", "256", "-f",
+def _train(tmp_path: Path, *args: str, algo: str = zoo.ALGO) -> None:
+    zoo.main(["train", "--algo", algo, "--env", "CatchBlind16-v0", "-n", "256", "-f",
               str(tmp_path / "logs"), "--seed", "1", "--num-threads", "1", "--verbose", "0", *args])  # fmt: skip
 
 
@@ -178,9 +178,11 @@ def test_sampler_searches_fast_weights_only_for_a_fast_weights_core():
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # PartialFixedSampler
-def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("algo", ALGOS)
+def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_thread, algo):
     """One ``-optimize`` trial: the η, λ, S it sampled are the trained model's, the YAML's memory
-    and width are kept; ``--trial-id`` reads them back merged into the YAML's policy_kwargs."""
+    and width are kept; ``--trial-id`` reads them back merged into the YAML's policy_kwargs.
+    ``ppo_lstm`` (sb3-contrib's RecurrentPPO) gets the same sampler for this project's policies."""
     fixed = {k: PPO_PARAMS[k] for k in ("batch_size_pow", "n_steps_pow", "n_epochs", "net_arch")}  # tiny sizes
     monkeypatch.setattr(zoo.ExperimentManager, "_create_sampler",
                         lambda self, method: optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler(0)))  # fmt: skip
@@ -191,8 +193,8 @@ def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_th
     storage = str(tmp_path / "study.log")
     _train(tmp_path, "-optimize", "--n-trials", "1", "--n-evaluations", "1", "--eval-episodes", "2", "--no-optim-plots",
            "--optimization-log-path", str(tmp_path / "trials"), "--storage", storage, "--study-name", "s",
-           "--hyperparams", "n_envs:2", f"policy_kwargs:{TINY_POLICY.format('')}")  # fmt: skip
-    (report,) = (tmp_path / "logs" / "fast_recurrent_ppo").glob("report_*.pkl")
+           "--hyperparams", "n_envs:2", f"policy_kwargs:{TINY_POLICY.format('')}", algo=algo)  # fmt: skip
+    (report,) = (tmp_path / "logs" / algo).glob("report_*.pkl")
     params = pickle.loads(report.read_bytes()).trials[0].params
     assert {"fast_lr", "decay", "inner_steps"} <= set(params)
     model = FastRecurrentPPO.load(tmp_path / "trials" / "trial_0" / "best_model.zip", device="cpu")
@@ -202,7 +204,7 @@ def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_th
     assert model.lr_schedule(1) == params["learning_rate"] and model.n_steps == 32
 
     # --trial-id: the trial's parameters over the YAML entry's policy_kwargs (memory, width, normalize kept)
-    experiment = _experiment(tmp_path, zoo.ALGO, "CatchBlind16-v0")
+    experiment = _experiment(tmp_path, algo, "CatchBlind16-v0")
     loaded = experiment.load_trial(storage, "s", 0)
     assert loaded["policy_kwargs"]["memory_kwargs"] == dict(normalize=True, fast_lr=params["fast_lr"],
                                                             decay=params["decay"], inner_steps=params["inner_steps"])  # fmt: skip
