@@ -102,9 +102,8 @@ def memory_policy_class(policy: Any) -> type[RecurrentMemoryPolicy] | None:
 
 
 def fast_weights_options(policy: Any, policy_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The options of the fast-weights core that ``policy`` (a class or an alias of
-    :class:`ZooFastRecurrentPPO`) builds with ``policy_kwargs``, defaults filled in; ``None``
-    when it builds none."""
+    """The options of the fast-weights core that ``policy`` (as :func:`memory_policy_class`
+    takes it) builds with ``policy_kwargs``, defaults filled in; ``None`` when it builds none."""
     policy = memory_policy_class(policy)
     if policy is None:
         return None
