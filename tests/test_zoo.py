@@ -1,0 +1,211 @@
+"""The rl-baselines3-zoo plugin (fw_agents.zoo): train, optimize, enjoy through the zoo's own entry
+points, the shipped YAML, and a sampler that searches η, λ and S without dropping policy_kwargs."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rl_zoo3")
+
+import gymnasium as gym  # noqa: E402
+import optuna  # noqa: E402
+import yaml  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor  # noqa: E402
+
+import envs  # noqa: E402
+from envs.sb3 import CatchSB3VecEnv  # noqa: E402
+from fw_agents import zoo  # noqa: E402
+from fw_agents.algorithms import FastRecurrentPPO  # noqa: E402
+from fw_agents.memory import MEMORY_NAMES  # noqa: E402
+from fw_agents.policies import RecurrentMemoryPolicy  # noqa: E402
+
+ALGOS = ("fast_recurrent_ppo", "ppo_lstm")
+#: Small sizes for every run: 2 envs, 32-step rollouts, a 16-unit core.
+TINY = ["n_envs:2", "n_steps:32", "batch_size:32", "n_epochs:1"]
+TINY_POLICY = "dict(memory='fastweights', hidden_size=16, features_extractor_kwargs=dict(features_dim=16), {})"
+
+
+def _core(model):
+    return model.policy.lstm_actor.core
+
+
+def _fast_options(model) -> dict:
+    core = _core(model)
+    return dict(fast_lr=core.fast_lr, decay=core.decay, inner_steps=core.inner_steps, normalize=core.normalize)
+
+
+def _train(tmp_path: Path, *args: str, algo: str = zoo.ALGO) -> None:
+    zoo.main(["train", "--algo", algo, "--env", "CatchBlind16-v0", "-n", "256", "-f",
+              str(tmp_path / "logs"), "--seed", "1", "--num-threads", "1", "--verbose", "0", *args])  # fmt: skip
+
+
+def test_train_through_the_zoo_keeps_the_core_options(tmp_path, one_thread):
+    memory_kwargs = "memory_kwargs=dict(fast_lr=2.0, decay=0.9, inner_steps=2)"
+    _train(tmp_path, "--eval-freq", "128", "--eval-episodes", "2",
+           "--hyperparams", *TINY, f"policy_kwargs:{TINY_POLICY.format(memory_kwargs)}")  # fmt: skip
+    run = tmp_path / "logs" / "fast_recurrent_ppo" / "CatchBlind16-v0_1"
+    model = FastRecurrentPPO.load(run / "CatchBlind16-v0.zip", device="cpu")  # loads with the project's class
+    assert model.num_timesteps == 256 and model.n_steps == 32 and model.n_envs == 2
+    assert isinstance(model.policy, RecurrentMemoryPolicy) and _core(model).hidden_size == 16
+    # η, λ, S from the override; normalize from the project's defaults (the override omits it)
+    assert _fast_options(model) == dict(fast_lr=2.0, decay=0.9, inner_steps=2, normalize=True)
+    assert (run / "best_model.zip").is_file() and (run / "evaluations.npz").is_file()
+    monitor = (run / "0.monitor.csv").read_text().splitlines()
+    assert monitor[1] == "r,l,t,caught" and len(monitor) > 10  # the batched envs' episodes, logged
+
+    # the zoo's enjoy, through the same plugin
+    zoo.main(["enjoy", "--algo", "fast_recurrent_ppo", "--env", "CatchBlind16-v0", "-f", str(tmp_path / "logs"),
+              "--no-render", "-n", "20", "--verbose", "0"])  # fmt: skip
+
+
+def test_train_reads_a_given_conf_file(tmp_path, one_thread):
+    conf = yaml.safe_load((zoo.HYPERPARAMS_DIR / "fast_recurrent_ppo.yml").read_text())["CatchBlind16-v0"]
+    conf["policy_kwargs"] = TINY_POLICY.format("memory_kwargs=dict(fast_lr=0.25, decay=0.8, normalize=False)")
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump({"CatchBlind16-v0": conf}))
+    _train(tmp_path, "--eval-freq", "-1", "-conf", str(tmp_path / "mine.yml"), "--hyperparams", *TINY)
+    model = FastRecurrentPPO.load(tmp_path / "logs/fast_recurrent_ppo/CatchBlind16-v0_1/CatchBlind16-v0.zip")
+    assert _fast_options(model) == dict(fast_lr=0.25, decay=0.8, inner_steps=1, normalize=False)
+    assert model.lr_schedule(1) == conf["learning_rate"] and model.ent_coef == conf["ent_coef"]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_shipped_conf_file(algo):
+    shipped = zoo.HYPERPARAMS_DIR / f"{algo}.yml"
+    assert zoo.shipped_conf_file(["--algo", algo, "--env", "CatchFlicker24-v0"]) == shipped
+    assert zoo.shipped_conf_file(["--env", "CatchBlind24-v0", "--algo", algo, "-n", "5"]) == shipped
+    assert zoo.shipped_conf_file(["--algo", algo, "--env", "CatchBlind24-v0", "-conf", "x.yml"]) is None
+    assert zoo.shipped_conf_file(["--algo", algo, "--env", "CartPole-v1"]) is None  # the zoo's own file
+    assert zoo.shipped_conf_file(["--algo", "ppo", "--env", "Catch-v0"]) is None
+
+
+def test_main_needs_a_command():
+    with pytest.raises(SystemExit, match="usage"):
+        zoo.main(["plot_train"])
+
+
+def _experiment(tmp_path: Path, algo: str, env_id: str, hyperparams: dict | None = None) -> zoo.ExperimentManager:
+    """The zoo's experiment manager (as ``train`` builds it) for the shipped YAML, no evaluation."""
+    zoo.register()
+    return zoo.ExperimentManager(argparse.Namespace(), algo, env_id, str(tmp_path), n_timesteps=256, eval_freq=-1,
+                                 hyperparams=hyperparams, config=str(zoo.HYPERPARAMS_DIR / f"{algo}.yml"))  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_shipped_entry_builds_its_model(tmp_path, algo):
+    table = yaml.safe_load((zoo.HYPERPARAMS_DIR / f"{algo}.yml").read_text())
+    assert set(table) == set(envs.CATCH_IDS)
+    for env_id in envs.CATCH_IDS:
+        model, saved = _experiment(tmp_path, algo, env_id).setup_experiment()
+        assert type(model) is zoo.ALGOS[algo] and saved["n_timesteps"] >= 3e5
+        assert (model.n_envs, model.n_steps, model.batch_size, model.n_epochs) == (16, 64, 256, 4)
+        assert (model.gamma, model.gae_lambda, model.ent_coef, model.lr_schedule(1)) == (0.99, 0.95, 0.01, 1e-3)
+        assert type(model.policy) is RecurrentMemoryPolicy and model.policy.memory == "fastweights"
+        assert _core(model).hidden_size == 128 and model.policy.critic_mode == "shared"
+        assert _fast_options(model) == dict(fast_lr=0.5, decay=0.95, inner_steps=1, normalize=True)
+        # the zoo's default (dummy) envs of a Catch id: one batched CatchSB3VecEnv
+        assert isinstance(model.env, VecMonitor) and isinstance(model.env.venv, CatchSB3VecEnv)
+        assert model.observation_space == gym.spec(env_id).make().observation_space
+        model.env.close()
+
+
+@pytest.mark.parametrize("memory", MEMORY_NAMES)
+def test_every_memory_by_the_zoos_override(tmp_path, memory):
+    policy_kwargs = dict(memory=memory, hidden_size=8)
+    model, _ = _experiment(tmp_path, zoo.ALGO, "Catch-v0", dict(policy_kwargs=policy_kwargs)).setup_experiment()
+    assert model.policy.memory == memory and model.policy.lstm_output_dim == 8
+    model.env.close()
+
+
+def test_catch_vec_env_is_the_dummy_vec_env_batched():
+    make = lambda: make_vec_env("CatchFlicker16-v0", 3, seed=5, vec_env_cls=zoo.catch_vec_env)  # noqa: E731
+    batched, dummy = make(), make_vec_env("CatchFlicker16-v0", 3, seed=5, vec_env_cls=DummyVecEnv)
+    assert isinstance(batched.venv, CatchSB3VecEnv) and batched.num_envs == 3
+    assert np.array_equal(batched.reset(), dummy.reset())
+    for actions in np.random.default_rng(0).integers(0, 3, size=(40, 3)):
+        (obs, rew, done, _), (obs2, rew2, done2, _) = batched.step(actions), dummy.step(actions)
+        assert np.array_equal(obs, obs2) and np.array_equal(rew, rew2) and np.array_equal(done, done2)
+    # anything but a plain Catch game (here a zoo env_wrapper): the stock DummyVecEnv
+    wrapped = make_vec_env("Catch-v0", 2, wrapper_class=gym.wrappers.FlattenObservation, vec_env_cls=zoo.catch_vec_env)
+    assert type(wrapped) is DummyVecEnv
+
+
+YAML_POLICY = dict(memory="fastweights", hidden_size=128, critic="shared",
+                   memory_kwargs=dict(normalize=True, fast_lr=0.5, decay=0.95, inner_steps=1))  # fmt: skip
+PPO_PARAMS = dict(batch_size_pow=5, n_steps_pow=5, one_minus_gamma=0.01, one_minus_gae_lambda=0.05, learning_rate=3e-4,
+                  ent_coef=1e-3, clip_range=0.2, n_epochs=1, max_grad_norm=0.5, net_arch="tiny", activation_fn="relu")  # fmt: skip
+
+
+def test_sampler_merges_eta_lambda_s_into_the_policy_kwargs():
+    trial = optuna.trial.FixedTrial({**PPO_PARAMS, "fast_lr": 2.0, "decay": 0.7, "inner_steps": 2})
+    hyperparams = dict(policy="RecurrentMemoryPolicy", policy_kwargs=YAML_POLICY)
+    sampled = zoo.sample_fast_recurrent_ppo_params(trial, 0, 16, {}, hyperparams)
+    assert (sampled["n_steps"], sampled["batch_size"], sampled["gamma"]) == (32, 32, 0.99)
+    policy_kwargs = sampled["policy_kwargs"]
+    assert {k: policy_kwargs[k] for k in ("memory", "hidden_size", "critic")} == dict(memory="fastweights",
+                                                                                   hidden_size=128, critic="shared")  # fmt: skip
+    assert policy_kwargs["memory_kwargs"] == dict(normalize=True, fast_lr=2.0, decay=0.7, inner_steps=2)
+    assert policy_kwargs["net_arch"] == dict(pi=[64], vf=[64])  # the zoo's own search, merged too
+    assert YAML_POLICY["memory_kwargs"]["fast_lr"] == 0.5  # the experiment's dict untouched
+    # the converter (the zoo's --trial-id) reads the same parameters back
+    converted = zoo.convert_fast_recurrent_ppo_params(trial.params)
+    assert converted["policy_kwargs"]["memory_kwargs"] == dict(fast_lr=2.0, decay=0.7, inner_steps=2)
+    assert {k: converted[k] for k in ("n_steps", "learning_rate")} == dict(n_steps=32, learning_rate=3e-4)
+
+
+def test_sampler_searches_fast_weights_only_for_a_fast_weights_core():
+    # FixedTrial raises on a parameter it was not given: an LSTM trial suggests no η, λ, S
+    lstm = zoo.sample_fast_recurrent_ppo_params(
+        optuna.trial.FixedTrial(PPO_PARAMS), 0, 16, {}, dict(policy=RecurrentMemoryPolicy, policy_kwargs=dict(memory="lstm"))
+    )
+    assert lstm["policy_kwargs"]["memory"] == "lstm" and "memory_kwargs" not in lstm["policy_kwargs"]
+    mlp = zoo.sample_fast_recurrent_ppo_params(optuna.trial.FixedTrial(PPO_PARAMS), 0, 16, {}, dict(policy="MlpLstmPolicy"))
+    assert "memory_kwargs" not in mlp["policy_kwargs"]
+    # the paper's absolute η (normalize=False) is searched on figure5.py's range
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        paper = dict(YAML_POLICY, memory_kwargs=dict(normalize=False))
+        kwargs = zoo.sample_fast_recurrent_ppo_params(study.ask(), 0, 16, {}, dict(policy="FastWeightsPolicy",
+                                                                                 policy_kwargs=paper))  # fmt: skip
+        memory_kwargs = kwargs["policy_kwargs"]["memory_kwargs"]
+        assert memory_kwargs["normalize"] is False and 1e-4 <= memory_kwargs["fast_lr"] <= 0.1
+        assert 0.5 <= memory_kwargs["decay"] <= 0.99 and memory_kwargs["inner_steps"] in (1, 2)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # PartialFixedSampler
+@pytest.mark.parametrize("algo", ALGOS)
+def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_thread, algo):
+    """One ``-optimize`` trial: the η, λ, S it sampled are the trained model's, the YAML's memory
+    and width are kept; ``--trial-id`` reads them back merged into the YAML's policy_kwargs.
+    ``ppo_lstm`` (sb3-contrib's RecurrentPPO) gets the same sampler for this project's policies."""
+    fixed = {k: PPO_PARAMS[k] for k in ("batch_size_pow", "n_steps_pow", "n_epochs", "net_arch")}  # tiny sizes
+    monkeypatch.setattr(zoo.ExperimentManager, "_create_sampler",
+                        lambda self, method: optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler(0)))  # fmt: skip
+    try:
+        import pandas  # noqa: F401  (the zoo writes its report with it; the zoo extra installs it)
+    except ImportError:
+        monkeypatch.setattr(optuna.Study, "trials_dataframe", lambda self: argparse.Namespace(to_csv=lambda path: None))
+    storage = str(tmp_path / "study.log")
+    _train(tmp_path, "-optimize", "--n-trials", "1", "--n-evaluations", "1", "--eval-episodes", "2", "--no-optim-plots",
+           "--optimization-log-path", str(tmp_path / "trials"), "--storage", storage, "--study-name", "s",
+           "--hyperparams", "n_envs:2", f"policy_kwargs:{TINY_POLICY.format('')}", algo=algo)  # fmt: skip
+    (report,) = (tmp_path / "logs" / algo).glob("report_*.pkl")
+    params = pickle.loads(report.read_bytes()).trials[0].params
+    assert {"fast_lr", "decay", "inner_steps"} <= set(params)
+    model = FastRecurrentPPO.load(tmp_path / "trials" / "trial_0" / "best_model.zip", device="cpu")
+    assert _fast_options(model) == dict(fast_lr=params["fast_lr"], decay=params["decay"],
+                                        inner_steps=params["inner_steps"], normalize=True)  # fmt: skip
+    assert model.policy.memory == "fastweights" and _core(model).hidden_size == 16  # the YAML's / override's
+    assert model.lr_schedule(1) == params["learning_rate"] and model.n_steps == 32
+
+    # --trial-id: the trial's parameters over the YAML entry's policy_kwargs (memory, width, normalize kept)
+    experiment = _experiment(tmp_path, algo, "CatchBlind16-v0")
+    loaded = experiment.load_trial(storage, "s", 0)
+    assert loaded["policy_kwargs"]["memory_kwargs"] == dict(normalize=True, fast_lr=params["fast_lr"],
+                                                            decay=params["decay"], inner_steps=params["inner_steps"])  # fmt: skip
+    assert loaded["policy_kwargs"]["memory"] == "fastweights" and loaded["policy_kwargs"]["hidden_size"] == 128
