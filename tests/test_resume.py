@@ -1,0 +1,136 @@
+"""--resume continues a run in its folder with the model's settings (fw_agents.resume)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fw_agents.agent as agent
+import fw_agents.tracking as tracking
+from fw_agents.agent import TrainConfig, train
+from fw_agents.algorithms import FastRecurrentPPO
+from fw_agents.resume import latest_checkpoint, read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    env="CatchBlind16-v0", timesteps=512, n_envs=4, n_steps=32, batch_size=64, n_epochs=1, hidden_size=16,
+    eval_freq=128, eval_episodes=4, checkpoint_freq=128, gif_episodes=0, wandb="disabled", progress_bar=False,
+)  # fmt: skip
+
+
+def _interrupted_run(tmp_path: Path, monkeypatch, stop_at: int = 256, **changes) -> Path:
+    """A run in ``tmp_path/run`` stopped by a Ctrl-C at ``stop_at`` env steps."""
+
+    def interrupt(self) -> bool:
+        if self.num_timesteps >= stop_at:
+            raise KeyboardInterrupt
+        return True
+
+    with monkeypatch.context() as patch:
+        patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(run_dir=str(tmp_path / "run"), **{**TINY, **changes}))
+    return tmp_path / "run"
+
+
+def _steps(run: Path) -> list[int]:
+    return [int(row["time/total_timesteps"]) for row in csv.DictReader((run / "progress.csv").open())]
+
+
+def test_resume_continues_in_the_same_folder(tmp_path, monkeypatch):
+    run = _interrupted_run(tmp_path, monkeypatch, memory_kwargs={"decay": 0.9})
+    before = _steps(run)
+    evaluated = np.load(run / "evaluations.npz")["timesteps"].tolist()
+    assert before and max(before) <= 256 and evaluated == [128]  # the Ctrl-C came just before the 256 one
+    assert latest_checkpoint(run).name == "interrupted_256_steps.zip"
+
+    # the folder alone is enough: the latest checkpoint, the old run's settings, the same folder
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+    assert summary["timesteps"] == 512 and summary["run_dir"] == str(run)
+    after = _steps(run)
+    assert after[: len(before)] == before and after == sorted(after) and max(after) > 256, "one curve, appended"
+    assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [128, 384, 512]
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["memory_kwargs"]["decay"] == 0.9 and recorded["hidden_size"] == 16 and recorded["timesteps"] == 512
+    assert recorded["resume"].endswith("interrupted_256_steps.zip")
+    model = FastRecurrentPPO.load(run / "model.zip", device="cpu")
+    assert model.num_timesteps == 512 and model.policy.lstm_actor.core.decay == 0.9
+
+
+def test_resume_elsewhere_leaves_the_old_folder_alone(tmp_path, monkeypatch):
+    run = _interrupted_run(tmp_path, monkeypatch)
+    before = (run / "progress.csv").read_text()
+    checkpoint = next((run / "checkpoints").glob("interrupted_*.zip"))
+    summary = train(TrainConfig(resume=str(checkpoint), run_dir=str(tmp_path / "other"), progress_bar=False, wandb="disabled"))
+    assert summary["run_dir"] == str(tmp_path / "other") and summary["timesteps"] == 512
+    assert (run / "progress.csv").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        (dict(hidden_size=32), "--hidden-size 32 conflicts with the checkpoint"),
+        (dict(memory="lstm"), "--memory lstm conflicts"),
+        (dict(memory_kwargs={"decay": 0.5}), "--memory-kwargs decay=0.5 conflicts"),
+        (dict(learning_rate=0.5), "--learning-rate 0.5 conflicts"),
+        (dict(timesteps=256), "has trained 256 steps, so --timesteps 256 leaves nothing to train"),
+    ],
+)
+def test_resume_refuses_what_contradicts_the_checkpoint(tmp_path, monkeypatch, changes, needle):
+    run = _interrupted_run(tmp_path, monkeypatch)
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(ValueError, match=needle):
+        train(TrainConfig(resume=str(run), progress_bar=False, **changes))
+    assert sorted(p.name for p in run.rglob("*")) == before, "nothing written"
+
+
+def test_a_finished_runs_folder_is_not_reused_without_resume(tmp_path, monkeypatch):
+    run = _interrupted_run(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(run_dir=str(run), **TINY))
+
+
+def test_checkpoints_read_without_unpickling(tmp_path, monkeypatch):
+    run = _interrupted_run(tmp_path, monkeypatch, stop_at=128)
+    checkpoint = read_checkpoint(run)
+    assert checkpoint.timesteps == 128 and checkpoint.run_dir == run.resolve()
+    assert checkpoint.settings["hidden_size"] == 16 and checkpoint.settings["memory"] == "fastweights"
+    (run / "checkpoints" / "model_999_steps.zip").write_bytes(b"half-written")  # a crash mid-save
+    assert latest_checkpoint(run).name == "interrupted_128_steps.zip", "unreadable zips are skipped"
+
+
+def test_resumed_runs_continue_their_wandb_run(tmp_path, monkeypatch):
+    seen = []
+
+    class FakeRun:
+        id, dir, settings = "abc123", str(tmp_path), None
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, run_id=None, **kwargs: seen.append(run_id) or FakeRun())
+    for resume in (False, True):
+        tracking.start_run(tmp_path, "x", run_dir=str(tmp_path / "r"), sb3_logger=False, log_formats=("csv",),
+                           resume=resume).close()  # fmt: skip
+    assert seen == [None, "abc123"] and (tmp_path / "r" / tracking.WANDB_ID_FILE).read_text().strip() == "abc123"
+
+
+def test_cli_resume_errors_are_one_line(tmp_path, monkeypatch):
+    run = _interrupted_run(tmp_path, monkeypatch)
+    env = dict(os.environ, WANDB_MODE="disabled")
+    for args, needle in [
+        (["--resume", str(run), "--hidden-size", "32"], "conflicts with the checkpoint"),
+        (["--run-dir", str(run)], "already holds a run"),
+        (["--resume", str(tmp_path)], "no readable checkpoint"),
+    ]:
+        result = subprocess.run([sys.executable, str(ROOT / "train_agent.py"), *args], capture_output=True, text=True,
+                                env=env, timeout=120)  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
