@@ -66,6 +66,10 @@ def _train(argv: Sequence[str] | None) -> int:
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # e.g. a full disk: every file written before is intact (atomic writes)
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}; the run stopped, its earlier files are kept", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""

@@ -286,9 +286,13 @@ class RunEvalCallback(EvalCallback):
     def _on_step(self) -> bool:
         self._caught: list[bool] = []
         evaluations = len(self.evaluations_timesteps)
-        go_on = super()._on_step()
-        if len(self.evaluations_timesteps) > evaluations:
-            os.replace(self.log_path + ".npz", self.final_path)
+        try:
+            go_on = super()._on_step()
+            if len(self.evaluations_timesteps) > evaluations:
+                os.replace(self.log_path + ".npz", self.final_path)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: no half-written file stays behind
+            Path(self.log_path + ".npz").unlink(missing_ok=True)
+            raise
         return go_on
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:

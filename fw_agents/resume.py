@@ -80,7 +80,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
     :raises ValueError: None there.
     """
-    candidates = [run_dir / "model.zip", *sorted((run_dir / "checkpoints").glob("*.zip"))]
+    saved = sorted(path for path in (run_dir / "checkpoints").glob("*.zip") if not path.name.startswith("."))
+    candidates = [run_dir / "model.zip", *saved]
     steps = {}
     for candidate in candidates:
         try:

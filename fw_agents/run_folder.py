@@ -4,8 +4,9 @@ Two runs writing into one folder interleave their CSV rows and overwrite each
 other's models, so a run *claims* its folder: it takes an exclusive lock on
 ``<folder>/.lock`` (``flock``; the system drops it when the process ends, even on
 ``kill -9``) and holds it until :meth:`RunFolder.release`. A second run on the
-folder stops at once with one line naming the holder. A folder that already
-holds a finished or interrupted run (its ``config.json``) is only taken back by
+folder stops at once with one line naming the holder. Claiming a folder removes
+the temporary files a writer killed mid-save left there (:mod:`fw_agents.files`).
+A folder that already holds a finished or interrupted run (its ``config.json``) is only taken back by
 a run that continues it (``resume=True``); anything else stops, rather than
 silently mixing two runs' files.
 """
@@ -61,6 +62,8 @@ def claim_run_folder(root: str | os.PathLike[str], name: str, run_dir: str | Non
     """
     path = _make(Path(run_dir)) if run_dir is not None else _make_unique(Path(root), name)
     folder = RunFolder(path, _lock(path))
+    for stale in path.rglob(".*.partial*"):  # temporary files of a writer killed mid-save (we hold the lock)
+        stale.unlink(missing_ok=True)
     if not resume and (path / RUN_MARKER).exists():
         folder.release()
         raise RunFolderError(

@@ -1,0 +1,140 @@
+"""Faults at save points never cost a run its earlier files, and the latest state resumes.
+
+A training subprocess (``train_agent.py`` on a tiny budget) is stopped at a chosen moment
+of its saves, the way a user, a scheduler or the machine would: ``kill -9``, Ctrl-C
+(SIGINT) or SIGTERM just before the k-th file is renamed into place, ``kill -9`` in the
+middle of writing a model zip, or a full disk in the middle of one. Afterwards every
+model zip in the run folder loads, every CSV parses with one value per column, and
+``--resume <folder>`` finishes the run. Two processes started on one folder: one runs,
+the other stops at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fw_agents.agent import TrainConfig, train
+from fw_agents.algorithms import FastRecurrentPPO
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMESTEPS = 512
+FLAGS = ["--env", "CatchBlind16-v0", "--timesteps", str(TIMESTEPS), "--n-envs", "4", "--n-steps", "32",
+         "--batch-size", "64", "--n-epochs", "1", "--hidden-size", "16", "--eval-freq", "128", "--eval-episodes", "4",
+         "--checkpoint-freq", "128", "--gif-episodes", "0", "--wandb", "disabled", "--no-progress-bar"]  # fmt: skip
+
+# Runs train_agent.main with one fault planted: at the k-th call of FAULT_POINT the process
+# is sent SIGNAL (or, for "ENOSPC", the call fails as on a full disk).
+HARNESS = textwrap.dedent(
+    """
+    import errno, os, signal, sys, zipfile
+    point, k, fault = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    calls = 0
+    real = os.replace if point == "rename" else zipfile.ZipFile.writestr
+
+    def planted(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == k:
+            if fault == "ENOSPC":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            os.kill(os.getpid(), getattr(signal, "SIG" + fault))
+        return real(*args, **kwargs)
+
+    if point == "rename":
+        os.replace = planted
+    else:
+        zipfile.ZipFile.writestr = planted
+    sys.path.insert(0, {root!r})
+    import train_agent
+    sys.exit(train_agent.main(sys.argv[4:]))
+    """
+).format(root=str(ROOT))
+
+
+def _run_with_fault(run: Path, point: str, k: int, fault: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-c", HARNESS, point, str(k), fault, *FLAGS, "--run-dir", str(run)]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
+
+
+def _check_every_file(run: Path) -> None:
+    for path in run.rglob("*.zip"):
+        if path.name.startswith("."):  # a temporary file kill -9 left: never under a final name
+            assert ".partial" in path.name
+            continue
+        FastRecurrentPPO.load(path, device="cpu")  # raises on a truncated or empty zip
+    for path in run.rglob("*.csv"):
+        rows = list(csv.reader(path.open()))
+        assert rows and all(len(row) == len(rows[0]) for row in rows), f"{path} has ragged rows"
+    if (run / "evaluations.npz").exists():
+        np.load(run / "evaluations.npz")["results"]
+
+
+def _resume(run: Path) -> None:
+    """The latest state continues (a run killed before its first checkpoint has none: it says so)."""
+    has_checkpoint = (run / "model.zip").exists() or any(
+        not p.name.startswith(".") for p in (run / "checkpoints").glob("*.zip")
+    )
+    if not has_checkpoint:
+        with pytest.raises(ValueError, match="no readable checkpoint"):
+            train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+        return
+    summary = train(TrainConfig(resume=str(run), timesteps=TIMESTEPS + 128, progress_bar=False, wandb="disabled"))
+    assert summary["run_dir"] == str(run) and summary["timesteps"] == TIMESTEPS + 128
+    _check_every_file(run)
+    steps = [int(row["time/total_timesteps"]) for row in csv.DictReader((run / "progress.csv").open())]
+    assert steps == sorted(steps), "one curve, in order"
+
+
+@pytest.mark.parametrize(
+    "point,k,fault,status",
+    [
+        ("rename", 2, "KILL", -9),  # config.json is the first rename: before any checkpoint
+        ("rename", 6, "KILL", -9),
+        ("rename", 11, "KILL", -9),
+        ("rename", 4, "INT", 130),
+        ("rename", 9, "TERM", 143),
+        ("write", 3, "KILL", -9),  # mid-zip: a half-written temporary file
+        ("write", 14, "KILL", -9),
+        ("write", 8, "ENOSPC", 1),
+    ],
+)
+def test_a_fault_at_a_save_point_loses_nothing(tmp_path, point, k, fault, status, one_thread):
+    run = tmp_path / "run"
+    result = _run_with_fault(run, point, k, fault)
+    assert result.returncode == status, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    if status > 0:
+        assert len(result.stderr.strip().splitlines()) == 1 or "interrupted" in result.stdout, result.stderr
+    leftovers = [p for p in run.rglob(".*.partial*")]
+    if fault != "KILL":
+        assert not leftovers, "an orderly stop removes its temporary files"
+    _resume(run)
+
+
+def test_two_runs_on_one_folder_one_stops_at_once(tmp_path, one_thread):
+    run = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    argv = [sys.executable, str(ROOT / "train_agent.py"), *FLAGS, "--run-dir", str(run)]
+    longer = [*argv, "--timesteps", "8192"]  # still training when the second one starts
+    first = subprocess.Popen(longer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while not (run / "config.json").exists():  # the first has claimed the folder
+            assert first.poll() is None, first.stderr.read()
+        second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        out, err = first.communicate(timeout=180)
+    assert first.returncode == 0, err
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1 and "in use by another run" in lines[0], second.stderr
+    _check_every_file(run)
+    rows = list(csv.DictReader((run / "progress.csv").open()))
+    assert max(int(row["time/total_timesteps"]) for row in rows) == 8192
