@@ -38,6 +38,7 @@ from fw_agents.cli import KeyFlag, option
 from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.memory import MEMORY_NAMES, make_memory, memory_class
 from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy, default_memory_kwargs
+from fw_agents.preflight import check_memory, probe_env
 from fw_agents.resume import read_checkpoint, resumed_config
 from fw_agents.tracking import WANDB_MODES, start_run
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
@@ -58,7 +59,7 @@ def check_memory_kwargs(memory: str, memory_kwargs: Any, hidden_size: int = 128)
 
     An unknown key is named with the accepted ones (:func:`core_options`); the values are checked
     by the core itself, a throwaway one of width ``hidden_size`` built over the policies' defaults
-    without touching torch's random state.
+    on the ``meta`` device (no memory, no random numbers drawn).
 
     :return: The resolved options: :func:`fw_agents.policies.default_memory_kwargs` with these over them.
     """
@@ -71,11 +72,11 @@ def check_memory_kwargs(memory: str, memory_kwargs: Any, hidden_size: int = 128)
             f"unknown memory_kwargs key {unknown[0]!r} for memory {memory}; accepted: {', '.join(accepted) or 'none'}"
         )
     resolved = {**default_memory_kwargs(memory), **memory_kwargs}
-    with torch.random.fork_rng(devices=[]):
-        try:
+    try:
+        with torch.device("meta"):  # sizes and checks without allocating (or drawing random numbers)
             make_memory(memory, 1, hidden_size, **resolved)
-        except TypeError as error:
-            raise ValueError(f"memory_kwargs for {memory}: {error}") from None
+    except TypeError as error:
+        raise ValueError(f"memory_kwargs for {memory}: {error}") from None
     return resolved
 
 
@@ -421,7 +422,10 @@ def _train(
     after_eval: Sequence[BaseCallback],
 ) -> dict[str, Any]:
     is_catch = config.env in envs.CATCH_IDS  # reward +1 exactly when the ball is caught
-    env = make_env(config.env, config.n_envs, config.seed)  # bad envs and models fail before any file is written
+    observation, _ = probe_env(config.env)  # bad envs, models and sizes fail before any file is written
+    check_memory(observation, config.memory, config.hidden_size, config.resolved_memory_kwargs(), config.n_envs,
+                 config.n_steps, separate_critic=config.critic == "separate")  # fmt: skip
+    env = make_env(config.env, config.n_envs, config.seed)
     eval_env = make_env(config.env, min(config.eval_episodes, 50), config.seed + 10_000)
     tracker = None
     try:

@@ -16,6 +16,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 import fw_agents.agent as agent
+import train_agent
 from fw_agents.agent import TrainConfig, train
 from fw_agents.policies import default_memory_kwargs
 
@@ -83,12 +84,76 @@ def test_cli_end_to_end(tmp_path):
         (["--n-envs", "1e8"], "n-envs"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, needle, tmp_path):
-    result = _cli(*args, "--run-dir", str(tmp_path / "r"), timeout=60)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0] and "Traceback" not in result.stderr
+def test_bad_input_exits_2_with_one_line(args, needle, tmp_path, capsys):
+    _assert_one_line_exit_2([*args, "--run-dir", str(tmp_path / "r")], needle, capsys)
+    assert not (tmp_path / "r").exists(), "rejected input writes nothing"
+
+
+def _assert_one_line_exit_2(argv: list[str], needle: str, capsys) -> None:
+    """``train_agent.main(argv)`` in this process (fast; the end-to-end test runs the script)."""
+    try:
+        status = train_agent.main([*argv, "--wandb", "disabled", "--no-progress-bar"])
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def _module_registering_a_broken_env(folder: Path) -> str:
+    """A module (importable from ``folder``) registering an env that needs a missing package."""
+    (folder / "broken_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "from gymnasium.error import DependencyNotInstalled\n"
+        "def make(**kwargs):\n"
+        "    raise DependencyNotInstalled('Box9D is not installed: pip install box9d')\n"
+        "gym.register('NeedsBox9D-v0', entry_point=make)\n"
+    )
+    return "broken_envs:NeedsBox9D-v0"
+
+
+@pytest.mark.parametrize(
+    "make_args,needle",
+    [
+        (lambda d: ["--run-dir", str(_file(d))], "as a run folder: "),
+        (lambda d: ["--runs-root", str(_file(d))], "cannot create run folders under"),
+        (lambda d: ["--resume", str(_zip(d, {"policy.pth": b""}))], "has no 'data' entry"),
+        (lambda d: ["--resume", str(_file(d, b"PK\x03\x04 half-written"))], "cannot read model"),
+        (lambda d: ["--resume", str(d)], "no readable checkpoint in run folder"),
+        (lambda d: ["--env", _module_registering_a_broken_env(d)], "Box9D is not installed"),
+        (lambda d: ["--env", "Blackjack-v1"], "observes Tuple(Discrete(32)"),
+        (lambda d: ["--n-envs", "100000000"], "GiB (--n-envs 100000000"),
+        (lambda d: ["--hidden-size", "100000"], "--hidden-size 100000), more than 80%"),
+        (lambda d: ["--n-steps", "1000000000"], "--n-steps 1000000000"),
+        (lambda d: ["--hidden-size", "1e5"], "invalid int value: '1e5'"),
+        (lambda d: ["--fast-lr", "1e300"], "fast_lr (η) must be a finite number in (0, 1e+06]"),
+        (lambda d: ["--device", "mps"], "invalid choice: 'mps'"),
+        (lambda d: ["--device", "meta"], "invalid choice: 'meta'"),
+        (lambda d: ["--seed", "-1"], "seed must be an integer >= 0"),
+        (lambda d: ["--memory-kwargs", "decay"], "expected KEY=VALUE"),
+        (lambda d: ["--eval-episodes", "0"], "eval_episodes must be an integer >= 1"),
+        (lambda d: ["--env", "nomodule:Catch-v0"], "unknown env id 'nomodule:Catch-v0'"),
+    ],
+)
+def test_bad_files_envs_and_sizes_are_one_line(make_args, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _assert_one_line_exit_2(make_args(tmp_path), needle, capsys)
+
+
+def _file(folder: Path, content: bytes = b"") -> Path:
+    path = folder / "a-file.zip"
+    path.write_bytes(content)
+    return path
+
+
+def _zip(folder: Path, entries: dict[str, bytes]) -> Path:
+    import zipfile
+
+    path = folder / "model.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
 
 
 def test_help_documents_every_field_with_its_default():

@@ -100,7 +100,8 @@ class FastWeightsRNN(MemoryCore):
     ) -> None:
         super().__init__(input_size, hidden_size)
         self.decay = check_float("decay (λ)", decay, 0.0, 1.0)
-        self.fast_lr = check_float("fast_lr (η)", fast_lr, 0.0)
+        # Beyond 1e6 the write overflows float32 activations at once (paper: η = 0.5; normalised: ~1).
+        self.fast_lr = check_float("fast_lr (η)", fast_lr, 0.0, 1e6, high_inclusive=True)
         self.inner_steps = check_int("inner_steps", inner_steps)
         self.mode = check_choice("mode", mode, MODES)
         self.normalize = check_bool("normalize", normalize)
