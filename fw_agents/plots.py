@@ -40,17 +40,20 @@ def plot_learning_curve(run_dir: str | Path, title: str = "", catch: bool = True
     axes = fig.subplots(1, 2 if catch else 1, squeeze=False)
     ax_ret = axes[0, 0]
     steps, train_return, train_catch = _training_curve(run_dir)
-    if steps.size:
-        ax_ret.plot(steps, train_return, label="training episodes (mean of last 100)", alpha=0.6)
-        if catch:
-            axes[0, 1].plot(steps, train_catch, label="training episodes", alpha=0.6)
+    for ax, values, label in ((ax_ret, train_return, "training episodes (mean of last 100)"),
+                              (axes[0, -1] if catch else None, train_catch, "training episodes")):  # fmt: skip
+        logged = ~np.isnan(values)  # rows of other dumps (evaluations) leave gaps: join the points
+        if ax is not None and logged.any():
+            ax.plot(steps[logged], values[logged], label=label, alpha=0.6)
     evaluations = run_dir / "evaluations.npz"
     if evaluations.exists():
-        data = np.load(evaluations)
-        t, results = data["timesteps"], data["results"]
+        with np.load(evaluations) as data:
+            t, results = data["timesteps"], data["results"]
         mean, std = results.mean(axis=1), results.std(axis=1)
+        low, high = (-1.0, 1.0) if catch else (results.min(axis=1), results.max(axis=1))
         ax_ret.plot(t, mean, "o-", label="evaluation (deterministic)")
-        ax_ret.fill_between(t, mean - std, mean + std, alpha=0.2)
+        ax_ret.fill_between(t, np.maximum(mean - std, low), np.minimum(mean + std, high), alpha=0.2,
+                            label="evaluation ± 1 std (within the returns' range)")  # fmt: skip
         if catch:
             axes[0, 1].plot(t, (results > 0).mean(axis=1), "o-", label="evaluation (deterministic)")
     ax_ret.set(xlabel="env steps", ylabel="episode return")
