@@ -9,8 +9,10 @@ crafted model file can run a shell command when it is loaded.
 
 :func:`safe_custom_objects` decodes each pickled value here instead, with an
 unpickler that may only build an allowlist of plain data types (Gymnasium
-spaces, numpy arrays and dtypes, ``deque``, SB3's schedule classes, and SB3
-policy classes from ``stable_baselines3``, ``sb3_contrib`` and ``fw_agents``),
+spaces, numpy arrays and dtypes, ``deque``, SB3's schedule classes) and the
+classes ``policy_kwargs`` name (policies, torch modules such as activations
+and feature extractors, optimizers) from ``torch``, ``stable_baselines3``,
+``sb3_contrib`` and ``fw_agents``),
 and hands the results to SB3 as ``custom_objects``, so SB3 unpickles nothing.
 A value that needs anything else (a lambda schedule, a class from another
 package) stops the load with :class:`UnsafeModelError`, unless the caller says
@@ -52,6 +54,15 @@ _POLICY_PACKAGES = ("stable_baselines3.", "sb3_contrib.", "fw_agents.")
 A = TypeVar("A")
 
 
+def _harmless_classes() -> tuple[type, ...]:
+    """Classes whose construction runs no code chosen by the file: SB3 policies, torch modules
+    (activations, feature extractors) and optimizers, from the packages allowed above."""
+    import torch
+    from stable_baselines3.common.policies import BasePolicy
+
+    return BasePolicy, torch.nn.Module, torch.optim.Optimizer
+
+
 class UnsafeModelError(ValueError):
     """A model file holds a pickled value that only a trusted file may be allowed to build."""
 
@@ -71,12 +82,10 @@ class _AllowlistUnpickler(pickle.Unpickler):
 
             if isinstance(found, type) and issubclass(found, Space):
                 return found
-        if module.startswith(_POLICY_PACKAGES):
+        if module.startswith(_POLICY_PACKAGES) or module.startswith(("torch.nn.modules.", "torch.optim.")):
             found = super().find_class(module, name)
-            from stable_baselines3.common.policies import BasePolicy
-
-            if isinstance(found, type) and issubclass(found, BasePolicy):
-                return found
+            if isinstance(found, type) and issubclass(found, _harmless_classes()):
+                return found  # policy_kwargs name these: activation_fn, optimizer_class, features_extractor_class
         raise UnsafeModelError(f"{module}.{name}")
 
 

@@ -99,3 +99,14 @@ def test_unreadable_files_are_one_line_value_errors(saved, tmp_path):
         with pytest.raises(ValueError) as error:
             safe_custom_objects(path)
         assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_classes_named_in_policy_kwargs_load_without_trust(saved, tmp_path):
+    import torch
+
+    _, env, _ = saved
+    kwargs = dict(lstm_hidden_size=8, activation_fn=torch.nn.Tanh, optimizer_class=torch.optim.RMSprop)
+    RecurrentPPO("MlpLstmPolicy", env, n_steps=16, batch_size=16, policy_kwargs=kwargs).save(tmp_path / "m.zip")
+    loaded = load_model(RecurrentPPO, tmp_path / "m.zip", env=env)
+    assert loaded.policy_kwargs["activation_fn"] is torch.nn.Tanh
+    assert isinstance(loaded.policy.optimizer, torch.optim.RMSprop)

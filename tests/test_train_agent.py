@@ -356,7 +356,7 @@ def test_a_failed_save_keeps_the_previous_file_and_no_partial_one(tmp_path, monk
     model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
                          policy_kwargs=dict(hidden_size=8))  # fmt: skip
     path = tmp_path / "best" / "best_model.zip"
-    agent._save_atomically(model, path)
+    agent.save_atomically(model, path)
     good = path.read_bytes()
 
     def disk_full(self, target, *args, **kwargs):
@@ -365,7 +365,7 @@ def test_a_failed_save_keeps_the_previous_file_and_no_partial_one(tmp_path, monk
 
     monkeypatch.setattr(RecurrentPPO, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        agent._save_atomically(model, path)
+        agent.save_atomically(model, path)
     assert path.read_bytes() == good and [p.name for p in path.parent.iterdir()] == ["best_model.zip"]
 
 

@@ -290,6 +290,6 @@ def test_auto_mode_takes_the_kernel_for_cuda_inputs_only(monkeypatch):
     assert core._op(torch.zeros(5, 2, 3))[0] is not fast_weights_triton
     assert core._op(torch.zeros(1, 2, 3))[0] is not fast_weights_triton
     assert FastWeightsRNN(3, 8, mode="triton")._op(torch.zeros(5, 2, 3)) == (fast_weights_triton, None)
-    if torch.cuda.is_available() and triton_available():
+    if torch.cuda.is_available() and triton_scan.triton_available():
         assert core.cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is fast_weights_triton
         assert FastWeightsRNN(3, 200).cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is not fast_weights_triton

@@ -1,0 +1,144 @@
+"""The callbacks of a training run: catch rate, evaluation into the run folder, the non-finite
+stop, and checkpoints and the best model written atomically."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+from stable_baselines3.common.vec_env import VecEnv
+
+from fw_agents.files import atomic_path
+
+class CatchRateCallback(BaseCallback):
+    """Logs ``rollout/catch_rate``: the fraction of finished training episodes whose ball was caught."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._caught: list[bool] = []
+
+    def _on_step(self) -> bool:
+        for done, info in zip(self.locals["dones"], self.locals["infos"]):
+            if done and "caught" in info:
+                self._caught.append(bool(info["caught"]))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._caught:
+            self.logger.record("rollout/catch_rate", float(np.mean(self._caught[-100:])))
+
+
+class RunEvalCallback(EvalCallback):
+    """SB3's ``EvalCallback`` for a run folder.
+
+    * ``evaluations.npz`` is replaced atomically after each evaluation (SB3 writes it in place),
+      and a resumed run continues its history (and its best mean reward, so the best model is
+      only replaced by a better one).
+    * For envs whose ``info`` says ``"caught"`` at the end of an episode (Catch), it logs
+      ``eval/catch_rate`` in the same dump as ``eval/mean_reward`` (recorded as each evaluation
+      episode ends, before SB3 dumps).
+
+    :param eval_env: The evaluation env.
+    :param run_dir: The run folder (``evaluations.npz`` goes there).
+    :param kwargs: ``EvalCallback``'s other arguments.
+    """
+
+    def __init__(self, eval_env: VecEnv, run_dir: Path, **kwargs: Any) -> None:
+        super().__init__(eval_env, log_path=str(run_dir), **kwargs)
+        self.final_path = run_dir / "evaluations.npz"
+        self.log_path = str(run_dir / ".evaluations.partial")  # np.savez adds ".npz"; renamed when complete
+        if self.final_path.exists():
+            self._continue_history()
+
+    def _continue_history(self) -> None:
+        with np.load(self.final_path) as saved:
+            if saved["results"].ndim != 2 or saved["results"].shape[1] != self.n_eval_episodes:
+                self.final_path.replace(self.final_path.with_name("evaluations.before-resume.npz"))
+                return  # another number of episodes per evaluation: the arrays would not stack
+            self.evaluations_timesteps = saved["timesteps"].tolist()
+            self.evaluations_results = saved["results"].tolist()
+            self.evaluations_length = saved["ep_lengths"].tolist()
+            if "successes" in saved:
+                self.evaluations_successes = saved["successes"].tolist()
+        self.best_mean_reward = float(np.max(np.mean(self.evaluations_results, axis=1)))
+
+    def _on_step(self) -> bool:
+        self._caught: list[bool] = []
+        evaluations = len(self.evaluations_timesteps)
+        try:
+            go_on = super()._on_step()
+            if len(self.evaluations_timesteps) > evaluations:
+                os.replace(self.log_path + ".npz", self.final_path)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: no half-written file stays behind
+            Path(self.log_path + ".npz").unlink(missing_ok=True)
+            raise
+        return go_on
+
+    def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        super()._log_success_callback(locals_, globals_)
+        if locals_["done"] and "caught" in locals_["info"]:
+            self._caught.append(bool(locals_["info"]["caught"]))
+            self.logger.record("eval/catch_rate", float(np.mean(self._caught)))
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or parameter; the run stops (see :class:`StopOnNonFinite`)."""
+
+
+class StopOnNonFinite(BaseCallback):
+    """Stops training with :class:`NonFiniteError` as soon as an update leaves a non-finite loss
+    or policy parameter, before the next rollout samples from it (where torch would otherwise
+    fail on a NaN probability, or training would go on silently). Checked once per update."""
+
+    def _on_rollout_start(self) -> None:
+        loss = self.logger.name_to_value.get("train/loss")  # the last update's, not yet dumped
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.policy.parameters()]).all()
+        if bool(finite) and (loss is None or math.isfinite(loss)):
+            return
+        what = "loss" if loss is not None and not math.isfinite(loss) else "parameters"
+        raise NonFiniteError(
+            f"non-finite {what} after the update ending at step {self.num_timesteps}; training stopped, "
+            "earlier checkpoints are kept. Try a lower --learning-rate (or --fast-lr for fast weights)"
+        )
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def save_atomically(model: RecurrentPPO, path: Path) -> None:
+    """``model.save(path)`` through :func:`fw_agents.files.atomic_path`: a crash, a kill or a
+    full disk mid-save never leaves a truncated model under the final name."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+class AtomicCheckpointCallback(CheckpointCallback):
+    """SB3's ``CheckpointCallback`` (same arguments, same ``<prefix>_<steps>_steps.zip`` names)
+    with every zip written atomically (:func:`save_atomically`); SB3's own writes in place."""
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            save_atomically(self.model, Path(self._checkpoint_path(extension="zip")))
+        return True
+
+
+class SaveBestAtomically(BaseCallback):
+    """``EvalCallback``'s ``callback_on_new_best``: writes the new best model to ``path``
+    atomically (``EvalCallback``'s own ``best_model_save_path`` writes in place).
+
+    :param path: Where the best model goes, e.g. ``best/best_model.zip``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def _on_step(self) -> bool:
+        save_atomically(self.model, self.path)
+        return True
