@@ -14,6 +14,7 @@ catch rate) and the run directory::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ from fw_agents.files import write_text_atomically
 from fw_agents.policies import RecurrentMemoryPolicy
 from fw_agents.preflight import check_memory, probe_env
 from fw_agents.resume import read_checkpoint, resumed_config
-from fw_agents.tracking import start_run
+from fw_agents.tracking import DEFAULT_WANDB_PROJECT, start_run
 
 __all__ = [
     "CORE_FLAGS", "DEVICES", "NonFiniteError", "TrainConfig", "build_agent", "check_memory_kwargs", "core_options",
@@ -130,8 +131,12 @@ def _train(
     try:
         model = build_agent(config, env)
         name = f"{config.env}-{config.memory}-s{config.seed}"
-        tracker = start_run(config.runs_root, name, config.resolved(), run_dir=config.run_dir,
-                            wandb_mode=config.wandb, resume=same_folder)  # fmt: skip
+        tracker = start_run(
+            config.runs_root, name, run_record(config, model), run_dir=config.run_dir, wandb_mode=config.wandb,
+            wandb_project=config.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
+            wandb_group=config.wandb_group, wandb_tags=config.wandb_tags, resume=same_folder,
+            log_formats=("stdout", "csv", "tensorboard") if config.verbose else ("csv", "tensorboard"),
+        )  # fmt: skip
         run_dir = tracker.run_dir
         model.set_logger(tracker.logger)
         steps_per_call = config.n_envs
@@ -143,6 +148,7 @@ def _train(
             callback_on_new_best=SaveBestAtomically(run_dir / "best" / "best_model.zip"),
             deterministic=True,
             callback_after_eval=CallbackList(list(after_eval)) if after_eval else None,
+            verbose=config.verbose,
         )
         for callback in after_eval:  # a CallbackList does not pass its parent on
             callback.parent = evaluation
@@ -177,14 +183,36 @@ def _train(
 
         curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
         tracker.save_file(curve)
+        tracker.log_media("learning_curve", curve, model.num_timesteps)
         if config.gif_episodes:
-            record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
+            gif = record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
+            if gif is not None:
+                tracker.log_media("episodes", gif, model.num_timesteps)
+        if config.wandb_log_model:
+            tracker.log_artifact(run_dir / "model.zip", f"model-{run_dir.name}")
         return summary
     finally:
         env.close()
         eval_env.close()
         if tracker is not None:
             tracker.close()
+
+
+def run_record(config: TrainConfig, model: RecurrentPPO) -> dict[str, Any]:
+    """What ``config.json`` and the W&B config record: every config field (``memory_kwargs``
+    resolved) and what the model adds: the algorithm, the PPO settings left at SB3's defaults,
+    the encoder's width and the package version."""
+    from fw_agents import __version__
+
+    return {
+        **config.resolved(),
+        "algorithm": type(model).__name__,
+        "clip_range": float(model.clip_range(1.0)),
+        "vf_coef": float(model.vf_coef),
+        "max_grad_norm": float(model.max_grad_norm),
+        "features_dim": int(model.policy.features_dim),
+        "fw_agents_version": __version__,
+    }
 
 
 def evaluate(model: RecurrentPPO, env: VecEnv, episodes: int, catch_rate: bool = True) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 dataclass, each declared once with :func:`option` (default + help);
 :func:`add_config_arguments` generates the flags from them (``learning_rate`` ->
 ``--learning-rate``, the field's type as the flag's type, ``bool`` as ``--x/--no-x``,
-``dict`` as ``KEY=VALUE ...``, a field without a default as a required flag,
+``dict`` as ``KEY=VALUE ...``, ``list``/``tuple`` as ``A B ...``, a field without a default as a required flag,
 defaults shown by ``--help``) and :func:`config_from_args` builds the dataclass back from
 the parsed flags (:func:`config_to_argv` is its inverse). A :class:`KeyFlag` is a shortcut
 for one key of a ``dict`` field (``--decay 0.9`` for ``--memory-kwargs decay=0.9``).
@@ -112,6 +112,8 @@ def add_config_arguments(
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is dict:
             kwargs.update(type=_key_value, nargs="*", metavar=meta["metavar"] or "KEY=VALUE")
+        elif kind in (list, tuple):
+            kwargs.update(nargs="*", choices=meta["choices"], metavar=meta["metavar"])
         else:
             kwargs.update(type=kind, choices=meta["choices"], metavar=meta["metavar"])
         parser.add_argument(*flags, **kwargs)
@@ -128,9 +130,13 @@ def config_from_args(
     if names is None:
         names = [f.name for f in dataclasses.fields(config_class) if hasattr(args, f.name) and f.name not in overrides]
     values = {name: getattr(args, name) for name in names}
+    hints = typing.get_type_hints(config_class)
     for name, value in values.items():
-        if isinstance(value, list):  # KEY=VALUE pairs; later ones win, as on any command line
+        kind = _plain_type(hints[name])
+        if kind is dict and isinstance(value, list):  # KEY=VALUE pairs; later ones win, as on any command line
             values[name] = dict(value)
+        elif kind is tuple and isinstance(value, list):
+            values[name] = tuple(value)
     return config_class(**values, **overrides)
 
 
@@ -237,6 +243,8 @@ def config_to_argv(config: Any, names: Sequence[str] | None = None) -> list[str]
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, dict):
             argv += [flag, *(f"{key}={item!r}" for key, item in value.items())]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
         else:
             argv += [flag, str(value)]
     return argv

@@ -117,7 +117,14 @@ class TrainConfig:
         help="let --resume's file run code when loaded (SB3 unpickles it); only for files you made or trust. "
         "Without it, a file that needs more than plain data (spaces, arrays, schedules) is refused",
     )
+    wandb_project: str | None = option(None, help="W&B project (None: $WANDB_PROJECT, else fw-agents)")
+    wandb_group: str | None = option(None, help="W&B group, e.g. one experiment's seeds")
+    wandb_tags: tuple[str, ...] = option((), help="W&B tags")
+    wandb_log_model: bool = option(False, help="upload model.zip to W&B as an artifact at the end")
     progress_bar: bool = option(True, help="show a progress bar")
+    verbose: int = option(
+        0, help="0: the progress bar and the final summary; 1: also SB3's table after every rollout and evaluation"
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value and what is accepted."""
@@ -147,6 +154,8 @@ class TrainConfig:
         check_float("gae_lambda", self.gae_lambda, 0, 1, high_inclusive=True)
         check_float("ent_coef", self.ent_coef, 0, low_inclusive=True)
         check_bool("progress_bar", self.progress_bar)
+        check_int("verbose", self.verbose, 0, 1)
+        check_bool("wandb_log_model", self.wandb_log_model)
         check_memory_kwargs(self.memory, self.memory_kwargs, self.hidden_size)
         check_bool("trust_checkpoint", self.trust_checkpoint)
         if self.resume is not None and not (os.access(self.resume, os.R_OK) and Path(self.resume).exists()):

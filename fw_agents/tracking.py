@@ -322,6 +322,32 @@ class Tracker:
         except Exception as error:  # noqa: BLE001
             _warn(f"W&B save failed: {_one_line(error)}")
 
+    def log_media(self, key: str, path: str | os.PathLike[str], step: int | None = None) -> None:
+        """Log a picture to the W&B run: ``.gif``/``.mp4`` as ``wandb.Video``, anything else as
+        ``wandb.Image`` (no-op without W&B; a failure is one warning)."""
+        if self.wandb_run is None:
+            return
+        try:
+            import wandb
+
+            media = wandb.Video(str(path)) if Path(path).suffix in (".gif", ".mp4") else wandb.Image(str(path))
+            self.wandb_run.log({key: media, **({} if step is None else {"global_step": step})})
+        except Exception as error:  # noqa: BLE001
+            _warn(f"W&B media log failed: {_one_line(error)}")
+
+    def log_artifact(self, path: str | os.PathLike[str], name: str, kind: str = "model") -> None:
+        """Upload ``path`` as a W&B artifact of type ``kind`` (no-op without W&B)."""
+        if self.wandb_run is None:
+            return
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(name, type=kind)
+            artifact.add_file(str(path))
+            self.wandb_run.log_artifact(artifact)
+        except Exception as error:  # noqa: BLE001
+            _warn(f"W&B artifact upload failed: {_one_line(error)}")
+
     def close(self) -> None:
         """Flush and close the outputs, finish the W&B run (saying how to upload an offline
         one) and release the run folder."""

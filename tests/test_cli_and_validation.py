@@ -70,6 +70,7 @@ class _Config:
     run_dir: str | None = option(None, help="where to write")
     progress_bar: bool = option(True, help="show a progress bar")
     memory_kwargs: dict[str, Any] = option(default_factory=dict, help="core options")
+    tags: tuple[str, ...] = option((), help="labels")
     internal: int = option(5, help="set by code", cli=False)
     plain: int = 3  # declared without option(): never a flag
 
@@ -82,6 +83,7 @@ def _parse(argv: list[str], **kwargs: Any) -> _Config:
 
 def test_generated_flags_round_trip_every_field_kind():
     assert _parse([]) == _Config()
+    assert _parse(["--tags", "a", "b c"]).tags == ("a", "b c") and _parse(["--tags"]).tags == ()
     config = _parse(
         ["--lr", "0.01", "--n-envs", "4", "--memory", "gru", "--run-dir", "x", "--no-progress-bar",
          "--memory-kwargs", "decay=0.9", "name=abc", "flags=[1, 2]", "decay=0.8"]

@@ -54,7 +54,9 @@ def test_cli_end_to_end(tmp_path):
     assert model.policy.lstm_actor.core.decay == 0.9
     config = json.loads((run / "config.json").read_text())  # the full resolved config
     assert config["memory_kwargs"] == dict(default_memory_kwargs("fastweights"), decay=0.9)
-    assert config["threads"] == 1 and config["gamma"] == 0.99 and set(config) == {f.name for f in fields(TrainConfig)}
+    assert config["threads"] == 1 and config["gamma"] == 0.99 and set(config) >= {f.name for f in fields(TrainConfig)}
+    assert config["algorithm"] == "FastRecurrentPPO" and config["clip_range"] == 0.2 and config["features_dim"] > 0
+    assert "fw_agents_version" in config and "vf_coef" in config and "max_grad_norm" in config
 
 
 @pytest.mark.parametrize(
@@ -395,3 +397,38 @@ def test_train_takes_callbacks_that_observe_evaluations_and_can_stop(tmp_path):
     assert evaluated and all(row["eval/catch_rate"] != "" for row in evaluated), "catch rate in the same row"
     for row in evaluated:  # Catch: +1 exactly when caught, so the rate follows from the mean return
         assert float(row["eval/catch_rate"]) == pytest.approx((float(row["eval/mean_reward"]) + 1) / 2)
+
+
+def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_request(tmp_path, monkeypatch):
+    """With a W&B run (here a stand-in recording what it is given): media, artifact, project, group, tags."""
+    import fw_agents.tracking as tracking
+
+    class Run:
+        id, dir, settings = "r1", str(tmp_path), None
+
+        def __init__(self):
+            self.logged, self.artifacts = [], []
+
+        def log(self, values):
+            self.logged.append(values)
+
+        def log_artifact(self, artifact):
+            self.artifacts.append(artifact)
+
+        def define_metric(self, *args, **kwargs):
+            pass
+
+        def finish(self):
+            pass
+
+    run, init = Run(), {}
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, **kwargs: init.update(kwargs) or run)
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    config = TrainConfig(env="CatchBlind16-v0", run_dir=str(tmp_path / "r"), wandb_group="g", wandb_tags=("a", "b"),
+                         wandb_log_model=True, **{**TINY, "wandb": "offline"})  # fmt: skip
+    train(config)
+    media = {key: type(value).__name__ for values in run.logged for key, value in values.items() if key != "global_step"}
+    assert media.get("learning_curve") == "Image" and media.get("episodes") == "Video"
+    assert [artifact.type for artifact in run.artifacts] == ["model"]
+    assert init["project"] == "from-env" and init["group"] == "g" and list(init["tags"]) == ["a", "b"]
+    assert init["config"]["algorithm"] == "FastRecurrentPPO"
