@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -52,6 +53,15 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def program_name(module_form: str) -> str:
+    """The command's name as the user typed it: an installed script (``fw-train``) or a file
+    (``train_agent.py``) by its own name, ``python -m ...`` as ``module_form``."""
+    path = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    name = os.path.basename(path)
+    inside = os.path.abspath(path).startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep)  # run with -m
+    return name if name.startswith("fw-") or (name.endswith(".py") and not inside) else module_form
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

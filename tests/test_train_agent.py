@@ -432,3 +432,14 @@ def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_re
     assert [artifact.type for artifact in run.artifacts] == ["model"]
     assert init["project"] == "from-env" and init["group"] == "g" and list(init["tags"]) == ["a", "b"]
     assert init["config"]["algorithm"] == "FastRecurrentPPO"
+
+
+def test_installed_commands_and_python_m(tmp_path):
+    """``pip install`` gives the commands; ``python -m fw_agents`` is the training command."""
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("fw-")}
+    assert {"fw-train", "fw-retrieval", "fw-glimpses", "fw-zoo"} <= set(scripts)
+    assert scripts["fw-train"].load() is train_agent.main
+    result = subprocess.run([sys.executable, "-m", "fw_agents", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m fw_agents")

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from fw_agents.cli import HelpFormatter, OneLineArgumentParser, add_config_arguments, config_from_args, option
+from fw_agents.cli import HelpFormatter, OneLineArgumentParser, add_config_arguments, config_from_args, option, program_name
 from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.tracking import TrackingOptions, add_tracking_args
 from fw_agents.validation import check_int
@@ -88,7 +88,7 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
 def task_parser(prog: str, description: str, task_config: type, **training_defaults: Any) -> argparse.ArgumentParser:
     """A task command's parser: the flags of ``task_config``, then :func:`add_training_args`
     with ``training_defaults``; ``--help`` shows every default."""
-    parser = OneLineArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    parser = OneLineArgumentParser(prog=program_name(prog), description=description, formatter_class=HelpFormatter)
     fast = [f.name for f in dataclasses.fields(FastWeightsOptions)]
     add_config_arguments(parser, task_config, exclude=fast)
     if issubclass(task_config, FastWeightsOptions):  # with the task's defaults and help

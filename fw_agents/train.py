@@ -1,0 +1,89 @@
+"""Train a recurrent PPO agent with a memory core on Catch (or any Gymnasium env).
+
+    python train_agent.py --env Catch-v0 --memory fastweights
+    python train_agent.py --env CatchBlind16-v0 --memory lstm --timesteps 2000000 --wandb offline
+    python train_agent.py --env CatchBlind16-v0 --decay 0.9 --memory-kwargs inner_steps=2
+
+The same command is ``fw-train`` once installed, and ``python -m fw_agents``.
+
+Every option is a field of fw_agents.agent.TrainConfig; a core's own options go in
+--memory-kwargs (--fast-lr, --decay, --inner-steps, --fast-normalize are shortcuts for
+fast weights). Writes a run directory (model.zip, checkpoints/, progress.csv, TensorBoard
+events, learning_curve.png, eval_summary.json, episodes.gif, config.json: the resolved
+config). Ctrl-C or SIGTERM saves a checkpoint; --resume continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fw_agents.cli import HelpFormatter, OneLineArgumentParser, program_name, run_cli
+
+if TYPE_CHECKING:
+    from fw_agents.agent import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per ``TrainConfig`` field (its doc as help, its default shown) and the
+    fast-weights shortcuts ``--fast-lr --decay --inner-steps --fast-normalize``."""
+    from fw_agents.agent import CORE_FLAGS, TrainConfig
+    from fw_agents.cli import add_config_arguments, add_key_flags
+
+    p = OneLineArgumentParser(prog=program_name("python -m fw_agents"), description=__doc__, formatter_class=HelpFormatter)
+    p.set_defaults(config_fields=add_config_arguments(p, TrainConfig))
+    add_key_flags(p.add_argument_group("fast-weights options (shortcuts for --memory-kwargs KEY=VALUE)"), CORE_FLAGS)
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The ``TrainConfig`` the command line asks for (the shortcuts folded into ``memory_kwargs``)."""
+    from fw_agents.agent import CORE_FLAGS, TrainConfig
+    from fw_agents.cli import config_from_args, fold_key_flags
+
+    args = build_parser().parse_args(argv)
+    fold_key_flags(args, CORE_FLAGS)
+    return config_from_args(TrainConfig, args, args.config_fields)
+
+
+def _train(argv: Sequence[str] | None) -> int:
+    from fw_agents.agent import NonFiniteError, train
+
+    config = parse_config(argv)
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:  # SIGTERM (schedulers, `timeout`) acts as Ctrl-C
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        summary = train(config)
+    except KeyboardInterrupt:
+        return 128 + (received[0] if received else signal.SIGINT)  # the checkpoint was saved and reported
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. a full disk: every file written before is intact (atomic writes)
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}; the run stopped, its earlier files are kept", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
+    print(
+        f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"
+        f"{catch}  ->  {summary['run_dir']}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
