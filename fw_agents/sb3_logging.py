@@ -26,12 +26,12 @@ from stable_baselines3.common.logger import (
 )
 
 from fw_agents.progress_csv import ProgressCsv
-from fw_agents.tracking import WandbScalars
+from fw_agents.scalar_writers import WandbScalars
 
 
 class WandbOutputFormat(KVWriter):
     """SB3 ``KVWriter`` that mirrors logged scalars into a W&B run
-    (:class:`fw_agents.tracking.WandbScalars`), skipping keys whose exclusion tuple names
+    (:class:`fw_agents.scalar_writers.WandbScalars`), skipping keys whose exclusion tuple names
     ``"wandb"``.
 
     :param run: A ``wandb`` run (anything with ``log(dict)``).

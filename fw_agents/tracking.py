@@ -32,15 +32,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
-
-import numpy as np
 
 from fw_agents.cli import add_config_arguments, option
 from fw_agents.files import write_text_atomically
-from fw_agents.progress_csv import ProgressCsv
 from fw_agents.run_folder import RunFolder, claim_run_folder
+from fw_agents.scalar_writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
 from fw_agents.validation import check_choice
 
 #: Accepted values of ``--wandb`` (``None`` / ``"auto"`` picks online or offline).
@@ -50,11 +48,8 @@ DEFAULT_WANDB_PROJECT = "fw-agents"
 DEFAULT_WANDB_INIT_TIMEOUT = 20.0
 #: Seconds ``run.finish()`` may wait for uploads (0 would mean: wait forever).
 DEFAULT_WANDB_FINISH_TIMEOUT = 60.0
-DEFAULT_LOG_FORMATS: tuple[str, ...] = ("stdout", "csv", "tensorboard")
 #: Where a run folder keeps its W&B run's id, so a resumed run continues the same W&B run.
 WANDB_ID_FILE = "wandb-run-id"
-#: Formats the writers of this module provide (an SB3 logger also has ``log`` and ``json``).
-NATIVE_LOG_FORMATS: tuple[str, ...] = DEFAULT_LOG_FORMATS
 
 
 # ----------------------------------------------------------------------- W&B
@@ -118,7 +113,7 @@ def init_wandb(
     try:
         mode = resolve_wandb_mode(mode)
     except ValueError as error:
-        _warn(f"W&B disabled: {error}")
+        warn(f"W&B disabled: {error}")
         return None
     if mode == "disabled":
         return None
@@ -151,129 +146,8 @@ def init_wandb(
     except BaseException as error:  # noqa: BLE001 - W&B must never stop training
         if isinstance(error, KeyboardInterrupt):
             raise
-        _warn(f"W&B {mode} init failed, continuing with W&B disabled: {_one_line(error)}")
+        warn(f"W&B {mode} init failed, continuing with W&B disabled: {one_line(error)}")
         return None
-
-
-# -------------------------------------------------------------------- writers
-class ScalarWriter(Protocol):
-    """Where :meth:`Tracker.log_scalars` sends a set of scalars."""
-
-    def write(self, values: Mapping[str, Any], step: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class WandbScalars:
-    """Mirrors logged scalars into a W&B run, plotted against ``global_step``.
-
-    Non-scalar values (text, figures) are skipped. The first failing ``run.log`` prints
-    one warning and turns mirroring off (training continues).
-
-    :param run: A ``wandb`` run (anything with ``log(dict)``).
-    """
-
-    def __init__(self, run: Any) -> None:
-        self.run = run
-
-    def write(self, values: Mapping[str, Any], step: int) -> None:
-        if self.run is None:
-            return
-        payload: dict[str, float | int] = {"global_step": int(step)}
-        for key, value in values.items():
-            scalar = _as_scalar(value)
-            if scalar is not None:
-                payload[key] = scalar
-        try:
-            self.run.log(payload)
-        except Exception as error:  # noqa: BLE001 - logging must never stop training
-            _warn(f"W&B logging failed, mirroring turned off: {_one_line(error)}")
-            self.run = None
-
-    def close(self) -> None:
-        """Nothing to do: the run is finished by :meth:`Tracker.close`."""
-
-
-class CsvScalars:
-    """``progress.csv`` (:class:`fw_agents.progress_csv.ProgressCsv`: SB3's layout, crash-safe,
-    continued when it exists).
-
-    :param path: The CSV file.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.csv = ProgressCsv(path)
-
-    def write(self, values: Mapping[str, Any], step: int) -> None:
-        self.csv.write(values)
-
-    def close(self) -> None:
-        self.csv.close()
-
-
-class TensorBoardScalars:
-    """TensorBoard event file in ``log_dir`` (``torch.utils.tensorboard``): numbers as
-    scalars, text as text.
-
-    :param log_dir: Folder of the ``events.out.tfevents.*`` file.
-    """
-
-    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def write(self, values: Mapping[str, Any], step: int) -> None:
-        for key, value in values.items():
-            if isinstance(value, str):
-                self.writer.add_text(key, value, step)
-            elif (scalar := _as_scalar(value)) is not None:
-                self.writer.add_scalar(key, scalar, step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class StdoutScalars:
-    """A table per write on stdout, as SB3 prints it (keys sorted, grouped by their
-    ``prefix/``; floats with 3 significant digits)."""
-
-    def write(self, values: Mapping[str, Any], step: int) -> None:
-        rows: list[tuple[str, str]] = []
-        tag = ""
-        for key in sorted(values):
-            prefix, sep, rest = key.partition("/")
-            if sep and prefix and prefix + "/" != tag:
-                tag = prefix + "/"
-                rows.append((tag, ""))
-            value = values[key]
-            text = f"{value:<8.3g}" if isinstance(value, float) else str(value)
-            rows.append((f"   {rest}" if sep and prefix else key, text))
-        if not rows:
-            return
-        key_width = max(len(key) for key, _ in rows)
-        value_width = max(len(text) for _, text in rows)
-        dashes = "-" * (key_width + value_width + 7)
-        lines = [dashes, *(f"| {key:<{key_width}} | {text:<{value_width}} |" for key, text in rows), dashes]
-        print("\n".join(lines), flush=True)
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def make_writers(run_dir: Path, log_formats: Sequence[str], wandb_run: Any | None = None) -> list[ScalarWriter]:
-    """The writers of ``log_formats`` (a subset of :data:`NATIVE_LOG_FORMATS`) for ``run_dir``,
-    plus W&B mirroring when ``wandb_run`` is given."""
-    kinds = {
-        "stdout": StdoutScalars,
-        "csv": lambda: CsvScalars(run_dir / "progress.csv"),
-        "tensorboard": lambda: TensorBoardScalars(run_dir),
-    }
-    writers: list[ScalarWriter] = [kinds[check_choice("log format", kind, NATIVE_LOG_FORMATS)]() for kind in log_formats]
-    if wandb_run is not None:
-        writers.append(WandbScalars(wandb_run))
-    return writers
 
 
 # -------------------------------------------------------------------- tracker
@@ -308,10 +182,10 @@ class Tracker:
             return
         try:
             for key, value in values.items():
-                scalar = _as_scalar(value)
+                scalar = as_scalar(value)
                 self.wandb_run.summary[key] = scalar if scalar is not None else value
         except Exception as error:  # noqa: BLE001
-            _warn(f"W&B summary failed: {_one_line(error)}")
+            warn(f"W&B summary failed: {one_line(error)}")
 
     def save_file(self, path: str | os.PathLike[str]) -> None:
         """Attach a file (PNG, JSON) to the W&B run (no-op without W&B)."""
@@ -320,7 +194,7 @@ class Tracker:
         try:  # files in the run's own folder are uploaded with it (no symlink warnings)
             shutil.copy2(path, Path(self.wandb_run.dir) / Path(path).name)
         except Exception as error:  # noqa: BLE001
-            _warn(f"W&B save failed: {_one_line(error)}")
+            warn(f"W&B save failed: {one_line(error)}")
 
     def log_media(self, key: str, path: str | os.PathLike[str], step: int | None = None) -> None:
         """Log a picture to the W&B run: ``.gif``/``.mp4`` as ``wandb.Video``, anything else as
@@ -333,7 +207,7 @@ class Tracker:
             media = wandb.Video(str(path)) if Path(path).suffix in (".gif", ".mp4") else wandb.Image(str(path))
             self.wandb_run.log({key: media, **({} if step is None else {"global_step": step})})
         except Exception as error:  # noqa: BLE001
-            _warn(f"W&B media log failed: {_one_line(error)}")
+            warn(f"W&B media log failed: {one_line(error)}")
 
     def log_artifact(self, path: str | os.PathLike[str], name: str, kind: str = "model") -> None:
         """Upload ``path`` as a W&B artifact of type ``kind`` (no-op without W&B)."""
@@ -346,7 +220,7 @@ class Tracker:
             artifact.add_file(str(path))
             self.wandb_run.log_artifact(artifact)
         except Exception as error:  # noqa: BLE001
-            _warn(f"W&B artifact upload failed: {_one_line(error)}")
+            warn(f"W&B artifact upload failed: {one_line(error)}")
 
     def close(self) -> None:
         """Flush and close the outputs, finish the W&B run (saying how to upload an offline
@@ -360,7 +234,7 @@ class Tracker:
             try:
                 self.wandb_run.finish()
             except Exception as error:  # noqa: BLE001
-                _warn(f"W&B finish failed: {_one_line(error)}")
+                warn(f"W&B finish failed: {one_line(error)}")
             if offline and run_files:  # .../wandb/offline-run-<time>-<id>/files
                 print(f"W&B offline run saved; upload it with: wandb sync {Path(run_files).parent}", file=sys.stderr)
             self.wandb_run = None
@@ -485,22 +359,6 @@ def add_tracking_args(parser: argparse.ArgumentParser, default_root: str = "runs
     group = parser.add_argument_group("tracking")
     return add_config_arguments(group, TrackingOptions, defaults={"runs_root": default_root})
 
-# -------------------------------------------------------------------- helpers
-def _as_scalar(value: Any) -> float | int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, np.generic) and np.issubdtype(value.dtype, np.number):
-        return value.item()
-    if hasattr(value, "numel") and hasattr(value, "item"):  # a one-element torch tensor
-        try:
-            return value.item() if value.numel() == 1 else None
-        except Exception:  # noqa: BLE001
-            return None
-    return None
-
-
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -508,23 +366,5 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    scalar = _as_scalar(value)
+    scalar = as_scalar(value)
     return scalar if scalar is not None else str(value)
-
-
-def _one_line(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}".strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _csv_cell(value: Any) -> str:
-    """A CSV field as SB3 writes it: empty for a missing value, text quoted."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return '"' + value.replace('"', '""') + '"'
-    return str(value)

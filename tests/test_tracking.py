@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fw_agents.sb3_logging import WandbOutputFormat
-from fw_agents.tracking import WandbScalars, resolve_wandb_mode, start_run
+from fw_agents.scalar_writers import WandbScalars
+from fw_agents.tracking import resolve_wandb_mode, start_run
 
 os.environ["WANDB_MODE"] = "disabled"
 
