@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -40,8 +39,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +51,14 @@ from fw_agents.cli import (
     config_to_argv,
     option,
     run_cli,
+)
+from fw_agents.search_storage import (
+    fail_stale_trials,
+    hidden_password,
+    make_sampler,
+    open_storage,
+    retry_callback,
+    study_size,
 )
 from fw_agents.validation import check_choice, check_int
 
@@ -76,8 +81,6 @@ SEARCHED_CORE_OPTIONS = {"fastweights": ("fast_lr", "decay", "inner_steps", "nor
 NOT_STUDY_FIELDS = ("learning_rate", "device", "threads", "runs_root", "wandb", "progress_bar", "run_dir", "resume")
 #: ``TrainConfig`` fields without a flag here: the search sets them per trial.
 TRIAL_FIELDS = ("learning_rate", "run_dir", "resume", "progress_bar")
-#: Times a trial whose worker died is queued again.
-MAX_RETRY = 3
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -192,75 +195,7 @@ def params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    if kind == "tpe":  # workers must not share a seed: each would propose the same points
-        return optuna.samplers.TPESampler(seed=zlib.crc32(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode()))
-
-    class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
-        """``RandomSampler`` whose draw of a parameter depends on (seed, trial number, name) only:
-        trial k gets the same hyper-parameters whichever worker runs it, and workers never
-        propose the same point."""
-
-        def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
-            key = zlib.crc32(f"{seed}:{trial.number}:{param_name}".encode())
-            return optuna.samplers.RandomSampler(seed=key).sample_independent(
-                study, trial, param_name, param_distribution
-            )
-
-    return TrialSeededRandomSampler(seed=seed)
-
-
-# -------------------------------------------------------------------- storage, study
-def _retry_callback() -> Any:
-    import optuna
-
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    return retry(max_retry=MAX_RETRY)
-
-
-def hidden_password(url: str) -> str:
-    """``url`` with its password as ``***`` (for messages)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: say so with the text itself
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage with heartbeats every ``heartbeat`` s and stale trials retried.
-
-    :raises ValueError: ``url`` is not a database URL, or the database cannot be reached.
-    """
-    import optuna
-    from optuna.exceptions import ExperimentalWarning
-
-    if "://" not in url:
-        raise ValueError(f"storage must be a database URL such as sqlite:///PATH or postgresql+psycopg://..., got {url!r}")
-    if url.startswith("sqlite"):
-        engine: dict[str, Any] = dict(connect_args={"timeout": 60})  # workers wait for each other's writes
-    else:  # a server: fail fast when it is unreachable, survive idle hours between reports
-        engine = dict(connect_args={"connect_timeout": 10}, pool_pre_ping=True)
-    callback_name = (
-        "heartbeat_stale_trial_callback"
-        if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
-        else "failed_trial_callback"
-    )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                **{callback_name: _retry_callback()},
-            )  # fmt: skip
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors alike
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot open storage {hidden_password(url)}: {type(error).__name__}: {first}") from None
-
-
+# ------------------------------------------------------------------------- the study
 def open_study(search: Search) -> optuna.Study:
     """Create the study, or join it after checking that it searches the same thing."""
     import optuna
@@ -273,7 +208,7 @@ def open_study(search: Search) -> optuna.Study:
     study = optuna.create_study(
         study_name=search.study_name,
         storage=storage,
-        sampler=_make_sampler(search.options.sampler, search.options.sampler_seed),
+        sampler=make_sampler(search.options.sampler, search.options.sampler_seed),
         pruner=pruner,
         direction="maximize",
         load_if_exists=True,
@@ -289,29 +224,6 @@ def open_study(search: Search) -> optuna.Study:
             f"{key}={wanted.get(key)!r}; use the study's settings or another --study"
         )
     return study
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and queue retries of) the trials whose worker stopped sending heartbeats."""
-    import optuna
-    from optuna.exceptions import ExperimentalWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def study_size(study: optuna.Study) -> tuple[int, int]:
-    """``(trials, queued)``: trials finished, running or queued, a failed one that was queued
-    again counted once; ``queued``: those waiting for a worker."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials} | {
-        n for t in trials for n in t.system_attrs.get("retry_history", ())
-    }
-    failed_and_retried = sum(t.state == TrialState.FAIL and t.number in retried for t in trials)
-    return len(trials) - failed_and_retried, sum(t.state == TrialState.WAITING for t in trials)
 
 
 # ------------------------------------------------------------------------- a worker
@@ -354,7 +266,8 @@ class Objective:
         seed = base.seed + (trial.number if original is None else original)
         run_dir = self.search.study_dir / f"trial-{trial.number:04d}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        for key, value in dict(run_dir=str(run_dir), host=socket.gethostname(), seed=seed).items():
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        for key, value in dict(run_dir=str(run_dir), worker=worker, seed=seed).items():
             trial.set_user_attr(key, value)
         report = _report_callback(trial, self.search.options.pruner != "none")
         config = trial_config(base, params, seed, run_dir)
@@ -407,7 +320,7 @@ def run_worker(search: Search) -> int:
             if trial is not None:
                 frozen = study._storage.get_trial(trial._trial_id)
                 if frozen.state == TrialState.FAIL:
-                    _retry_callback()(study, frozen)  # as if its heartbeat had stopped: queued again
+                    retry_callback()(study, frozen)  # as if its heartbeat had stopped: queued again
                     print(f"interrupted: trial {trial.number} queued again", file=sys.stderr)
             raise
         ran += 1
@@ -415,7 +328,8 @@ def run_worker(search: Search) -> int:
 
 
 def launch_workers(search: Search) -> int:
-    """Start ``--workers`` worker processes of this command on this machine and wait for them.
+    """Run ``--workers`` workers of this command on this machine: this process and
+    ``--workers - 1`` subprocesses started first, all in one study.
 
     :return: 0 when all succeeded, else the first non-zero exit status.
     """
@@ -424,8 +338,9 @@ def launch_workers(search: Search) -> int:
     train_fields = [f.name for f in dataclasses.fields(search.train) if f.name not in TRIAL_FIELDS]
     argv = [*config_to_argv(options), *config_to_argv(search.train, train_fields)]
     command = [sys.executable, "-m", "fw_agents.search", *argv]
-    processes = [subprocess.Popen(command) for _ in range(search.options.workers)]
+    processes = [subprocess.Popen(command) for _ in range(search.options.workers - 1)]
     try:
+        run_worker(search)
         statuses = [process.wait() for process in processes]
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached the workers too; let them queue their trials
         for process in processes:

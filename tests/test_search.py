@@ -46,7 +46,7 @@ def sqlite_study(runs_root: Path, name: str = STUDY) -> optuna.Study:
 def test_the_space_and_per_trial_draws():
     draws = []
     for _ in range(2):  # two workers' samplers: trial k's draw depends on (seed, k) only
-        study = optuna.create_study(sampler=search._make_sampler("random", 7), direction="maximize")
+        study = optuna.create_study(sampler=search.make_sampler("random", 7), direction="maximize")
         draws.append([search.suggest(study.ask(), "fastweights") for _ in range(4)])
     assert draws[0] == draws[1]
     assert len({d["learning_rate"] for d in draws[0]}) == 4
@@ -58,7 +58,7 @@ def test_the_space_and_per_trial_draws():
         config = search.trial_config(TrainConfig(memory="fastweights"), params, 3, Path("r"))
         assert config.memory_kwargs == kwargs and config.seed == 3 and config.run_dir == "r"
         config.validate()
-    other = optuna.create_study(sampler=search._make_sampler("random", 8))
+    other = optuna.create_study(sampler=search.make_sampler("random", 8))
     assert search.suggest(other.ask(), "fastweights") != draws[0][0]
     lstm = search.suggest(optuna.create_study().ask(), "lstm")
     assert set(lstm) == {"learning_rate"}
