@@ -2,22 +2,25 @@
 
 Two modes, both training through ``fw_agents.agent.train`` and writing into ``--out``:
 
-* **seeds** (default): every memory with the same hyper-parameters (or, with ``--best-of
-  DIR``, each memory's best trial of an earlier search in ``DIR``) and each of ``--seeds``;
-  the plot shows mean ± std over seeds.
 * **search** (``--trials N``): the paper's protocol (notes §5: "learning rate, number of
-  inner steps, η and λ found by random search; curves average the top 5 runs"). Each
-  memory gets ``N`` trials with hyper-parameters drawn from :func:`sample_hyperparameters`
-  (trial ``i`` uses env seed ``i``); trials are ranked by the mean of their evaluation
-  curve (area under it) and the plot shows mean ± std of the top ``--top`` trials.
-  ``trials.md`` lists every trial.
+  inner steps, η and λ found by random search; curves average the top 5 runs") through
+  ``fw_agents.search``: one Optuna study per env × memory, ``figure5-<env>-<memory>``, in
+  ``--storage`` (default: ``<out>/search/<study>.db``). The command runs what the studies
+  still lack of their ``N`` trials (``--workers K`` processes at once), then reads them back:
+  trials ranked by their objective, the mean of their evaluation curve (the area under it),
+  the plot shows mean ± std of the top ``--top``; ``trials.md`` lists every trial.
+  ``--plot-only`` only reads the studies back (their trials ran elsewhere: ``python -m
+  fw_agents.search`` on other machines with the same ``--storage``).
+* **seeds** (default): every memory with the same hyper-parameters (or, with ``--best-of``,
+  each memory's best trial of a search: its ``--out`` folder, its storage URL, or a JSON
+  table) and each of ``--seeds``; the plot shows mean ± std over seeds.
 
 Outputs: ``figure5_<env>.png`` (one line per memory) and ``figure5.md`` (env steps to first
-reach a mean evaluation return of 0.9, and the final return). Finished runs are skipped,
-so an interrupted command resumes where it stopped::
+reach a mean evaluation return of 0.9, and the final return). Finished runs and trials are
+kept, so an interrupted command resumes where it stopped::
 
     python benchmarks/figure5.py --timesteps 500000 --seeds 0 1 2
-    python benchmarks/figure5.py --trials 8 --top 5 --timesteps 400000 --envs CatchBlind16-v0 --threads 1
+    python benchmarks/figure5.py --trials 8 --top 5 --timesteps 400000 --envs CatchBlind16-v0 --workers 2
     python benchmarks/figure5.py --best-of runs/figure5 --envs CatchBlind24-v0 --seeds 100 101 --out runs/figure5-24
     python benchmarks/figure5.py --best-of benchmarks/figure5_best16.json --envs CatchBlind24-v0 --seeds 100 101
 """
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +40,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fw_agents import search  # noqa: E402
 from fw_agents.agent import TrainConfig, train  # noqa: E402
+from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 
 TARGET = 0.9
 #: Before ``TrainConfig.memory_kwargs``, the fast-weights options were fields of their own:
-#: old field -> core option (runs of an old search, old JSON tables).
+#: old field -> core option (old JSON tables).
 LEGACY_FAST_FIELDS = dict(fast_lr="fast_lr", decay="decay", inner_steps="inner_steps", fast_normalize="normalize")
 Curve = tuple[np.ndarray, np.ndarray]
 
@@ -57,34 +63,16 @@ def steps_to_target(steps: np.ndarray, returns: np.ndarray, target: float = TARG
     return float(steps[hit[0]]) if hit.size else float("nan")
 
 
-def sample_hyperparameters(memory: str, rng: np.random.Generator) -> dict[str, Any]:
-    """One random-search draw (``TrainConfig`` keyword arguments): the learning rate for every
-    memory; η, λ and S for fast weights, as ``memory_kwargs``.
-
-    Ranges: learning rate log-uniform in [1e-4, 3e-3]; η log-uniform in [1e-4, 0.1] (on
-    Catch-v0, η >= 0.01 already stalled learning, see README); λ uniform in [0.5, 0.99];
-    S in {1, 2}. η is the paper's absolute one (``normalize=False``), as the paper searched it.
-    """
-    params: dict[str, Any] = dict(learning_rate=float(math.exp(rng.uniform(math.log(1e-4), math.log(3e-3)))))
-    if memory == "fastweights":
-        params["memory_kwargs"] = dict(
-            fast_lr=float(math.exp(rng.uniform(math.log(1e-4), math.log(0.1)))),
-            decay=float(rng.uniform(0.5, 0.99)),
-            inner_steps=int(rng.choice([1, 2])),
-            normalize=False,
-        )
-    return params
-
-
 def trial_params(entry: dict[str, Any], memory: str) -> dict[str, Any]:
     """The ``TrainConfig`` keyword arguments of a trial (``learning_rate``, ``memory_kwargs``) from
-    its ``config.json`` or a best-of JSON entry, also in the old form with the fast-weights
+    a best-of JSON entry or a study's flat parameters, also in the old form with the fast-weights
     options as fields of their own (:data:`LEGACY_FAST_FIELDS`)."""
     params: dict[str, Any] = dict(learning_rate=entry["learning_rate"])
     if "memory_kwargs" in entry:
         memory_kwargs = dict(entry["memory_kwargs"])
     elif memory == "fastweights":
         memory_kwargs = {key: entry[old] for old, key in LEGACY_FAST_FIELDS.items() if old in entry}
+        memory_kwargs.setdefault("normalize", False)  # the search's η is the paper's absolute one
     else:
         memory_kwargs = {}
     if memory_kwargs:
@@ -92,29 +80,42 @@ def trial_params(entry: dict[str, Any], memory: str) -> dict[str, Any]:
     return params
 
 
-def best_trial(search_dir: Path, memory: str) -> dict[str, Any]:
-    """Hyper-parameters of ``memory``'s trial with the highest mean evaluation return in a search
-    directory, or ``memory``'s entry of a JSON file ``{memory: {"learning_rate": .., "memory_kwargs":
-    {..}}}`` (such as ``benchmarks/figure5_best16.json``, the search's winners on CatchBlind16-v0)."""
-    if search_dir.suffix == ".json":
-        table = json.loads(search_dir.read_text())
+def study_name(env_id: str, memory: str) -> str:
+    return f"figure5-{env_id}-{memory}"
+
+
+def _studies(source: str, memory: str) -> list[tuple[str, str]]:
+    """``(storage URL, study name)`` of ``memory``'s figure-5 studies in a storage URL or an ``--out`` folder."""
+    import optuna
+
+    if "://" in source:
+        names = optuna.get_all_study_names(source)
+        return [(source, name) for name in names if name.startswith("figure5-") and name.endswith(f"-{memory}")]
+    files = sorted(Path(source).glob(f"search/figure5-*-{memory}.db"))
+    return [(f"sqlite:///{path.resolve()}", path.stem) for path in files]
+
+
+def best_trial(source: Path | str, memory: str) -> dict[str, Any]:
+    """Hyper-parameters of ``memory``'s best trial (highest objective) in a figure-5 search (its
+    ``--out`` folder or storage URL; one env's study per memory), or ``memory``'s entry of a JSON
+    file ``{memory: {"learning_rate": .., "memory_kwargs": {..}}}`` (such as
+    ``benchmarks/figure5_best16.json``, the search's winners on CatchBlind16-v0)."""
+    import optuna
+
+    if str(source).endswith(".json"):
+        table = json.loads(Path(source).read_text())
         if memory not in table:
-            raise SystemExit(f"{search_dir} has no entry for {memory!r}; it has {', '.join(table)}")
+            raise ValueError(f"{source} has no entry for {memory!r}; it has {', '.join(table)}")
         return trial_params(table[memory], memory)
-    best: tuple[float, dict[str, Any]] | None = None
-    for run_dir in sorted(search_dir.glob(f"*-{memory}-t*")):
-        if not (run_dir / "evaluations.npz").exists():
-            continue
-        score = float(load_curve(run_dir)[1].mean())
-        config = json.loads((run_dir / "config.json").read_text())
-        if "memory_kwargs" not in config:
-            config.setdefault("fast_normalize", False)  # runs from before it existed used the paper's η
-        params = trial_params(config, memory)
-        if best is None or score > best[0]:
-            best = (score, params)
-    if best is None:
-        raise SystemExit(f"no finished {memory} trials in {search_dir}")
-    return best[1]
+    studies = _studies(str(source), memory)
+    if len(studies) != 1:
+        found = ", ".join(name for _, name in studies) or "none"
+        raise ValueError(f"--best-of {source}: expected one figure5-<env>-{memory} study, found {found}")
+    ((storage, name),) = studies
+    try:
+        return trial_params(optuna.load_study(study_name=name, storage=storage).best_trial.params, memory)
+    except ValueError:  # optuna: no complete trial yet
+        raise ValueError(f"no complete trial in study {name} ({search.hidden_password(storage)})") from None
 
 
 def run(run_dir: Path, args: argparse.Namespace, env_id: str, memory: str, seed: int, **params: Any) -> Curve:
@@ -129,61 +130,110 @@ def run(run_dir: Path, args: argparse.Namespace, env_id: str, memory: str, seed:
     return load_curve(run_dir)
 
 
+# ---------------------------------------------------------------------- search mode
+def study_search(args: argparse.Namespace, env_id: str, memory: str) -> search.Search:
+    """The ``fw_agents.search`` command of one study, parsed."""
+    argv = [
+        "--env", env_id, "--memory", memory, "--study", study_name(env_id, memory), "--runs-root", args.out,
+        "--trials", str(args.trials), "--study-trials", str(args.trials), "--workers", str(args.workers),
+        "--sampler-seed", str(args.sampler_seed), "--timesteps", str(args.timesteps), "--eval-freq",
+        str(args.eval_freq), "--eval-episodes", str(args.eval_episodes), "--threads", str(args.threads or 1),
+    ]  # fmt: skip
+    argv += ["--storage", args.storage] if args.storage else []
+    argv += ["--wandb", args.wandb] if args.wandb else []
+    return search.parse_search(argv)
+
+
+def search_runs(spec: search.Search) -> list[tuple[str, dict[str, Any], Curve]]:
+    """Every complete trial of the study, best first: (label, ``TrainConfig`` params, its curve).
+    The curve is the one the trial reported to the study (its ``evaluations.npz``), so trials run
+    on other machines read back without their run directories."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:  # KeyError: no such study; a missing SQLite file: SQLAlchemy's OperationalError
+        study = optuna.load_study(study_name=spec.study_name, storage=spec.storage_url)
+    except Exception:  # noqa: BLE001
+        raise ValueError(f"no study {spec.study_name} in {search.hidden_password(spec.storage_url)}") from None
+    trials = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
+    runs = []
+    for trial in trials:
+        steps = np.array(sorted(trial.intermediate_values))
+        curve = np.array([trial.intermediate_values[step] for step in steps])
+        runs.append((f"t{trial.number}", trial_params(trial.params, spec.train.memory), (steps, curve)))
+    return runs
+
+
 def _steps_text(steps: float) -> str:
     return "not reached" if np.isnan(steps) else f"{steps:,.0f}"
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    flat = {k: v for k, v in params.items() if k != "memory_kwargs"} | params.get("memory_kwargs", {})
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
+    return search.params_text({k: v for k, v in params.items() if k != "memory_kwargs"} | params.get("memory_kwargs", {}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["CatchBlind16-v0", "CatchBlind24-v0"])
     parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm", "irnn"], choices=MEMORY_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds mode: env seeds")
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="seeds mode")
     parser.add_argument("--best-of", default=None,
-                        help="seeds mode: each memory's best trial in this search dir, or a JSON of them")  # fmt: skip
-    parser.add_argument("--trials", type=int, default=0, help="search mode: random-search trials per memory")
+                        help="seeds mode: each memory's best trial in a search's --out folder or --storage URL, or a "
+                             "JSON of them")  # fmt: skip
+    parser.add_argument("--trials", type=int, default=0, help="search mode: trials per study (env x memory)")
     parser.add_argument("--top", type=int, default=5, help="search mode: trials averaged in the plot")
+    parser.add_argument("--workers", type=int, default=1, help="search mode: worker processes on this machine")
+    parser.add_argument("--storage", default=None, help="search mode: Optuna storage URL (default: a SQLite "
+                        "file per study under <out>/search)")  # fmt: skip
+    parser.add_argument("--sampler-seed", type=int, default=0, help="search mode: seed of the random search")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="search mode: read the studies back without running trials")  # fmt: skip
+    parser.add_argument("--wandb", default=None, choices=("online", "offline", "disabled"),
+                        help="search mode: W&B mode of the trials (one group per study)")  # fmt: skip
     parser.add_argument("--timesteps", type=int, default=500_000)
     parser.add_argument("--eval-freq", type=int, default=25_000)
     parser.add_argument("--eval-episodes", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per run (TrainConfig.threads; default: torch's; 1 lets two commands "
-                             "share 2 cores)")  # fmt: skip
+                        help="torch threads per run (TrainConfig.threads; default: torch's in seeds mode, 1 per "
+                             "search worker; 1 lets two commands share 2 cores)")  # fmt: skip
     parser.add_argument("--out", default="runs/figure5")
-    args = parser.parse_args()
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    search = args.trials > 0
+    searching = args.trials > 0
+    if searching and args.top < 1:
+        raise ValueError(f"top must be an integer >= 1, got {args.top}")
 
-    spread = f"top {args.top} of {args.trials} trials" if search else "per seed"
+    spread = f"top {args.top} of {args.trials} trials" if searching else "per seed"
     table = [f"| env | memory | steps to mean return ≥ 0.9 ({spread}) | final return (mean ± std) | best run |",
              "|---|---|---|---|---|"]  # fmt: skip
     trials_table = ["| env | memory | trial | hyper-parameters | mean eval return | final |", "|---|---|---|---|---|---|"]
     for env_id in args.envs:
         fig, ax = plt.subplots(figsize=(6, 4))
         for memory in args.memories:
-            runs: list[tuple[str, dict[str, Any], Curve]] = []
-            if search:
-                for trial in range(args.trials):
-                    rng = np.random.default_rng([trial, MEMORY_NAMES.index(memory)])
-                    params = sample_hyperparameters(memory, rng)
-                    curve = run(out / f"{env_id}-{memory}-t{trial}", args, env_id, memory, trial, **params)
-                    runs.append((f"t{trial}", params, curve))
-                    trials_table.append(
-                        f"| {env_id} | {memory} | {trial} | {_params_text(params)} | "
-                        f"{curve[1].mean():.3f} | {curve[1][-1]:.3f} |"
-                    )
-                runs.sort(key=lambda r: -r[2][1].mean())  # area under the evaluation curve
+            if searching:
+                spec = study_search(args, env_id, memory)
+                if not args.plot_only and args.workers > 1:
+                    status = search.launch_workers(spec)
+                    if status:
+                        return status
+                elif not args.plot_only:
+                    search.run_worker(spec)
+                runs = search_runs(spec)
+                if not runs:
+                    raise ValueError(f"study {spec.study_name} has no complete trial")
+                trials_table += [f"| {env_id} | {memory} | {label[1:]} | {_params_text(params)} | "
+                                 f"{curve.mean():.3f} | {curve[-1]:.3f} |" for label, params, (_, curve) in runs]  # fmt: skip
                 runs = runs[: args.top]
             else:
-                params = best_trial(Path(args.best_of), memory) if args.best_of else dict(learning_rate=args.learning_rate)
-                for seed in args.seeds:
-                    runs.append((f"s{seed}", params, run(out / f"{env_id}-{memory}-s{seed}", args, env_id, memory, seed, **params)))
+                params = best_trial(args.best_of, memory) if args.best_of else dict(learning_rate=args.learning_rate)
+                runs = [(f"s{seed}", params, run(out / f"{env_id}-{memory}-s{seed}", args, env_id, memory, seed, **params))
+                        for seed in args.seeds]  # fmt: skip
             n = min(len(c[0]) for _, _, c in runs)
             steps = runs[0][2][0][:n]
             returns = np.stack([c[1][:n] for _, _, c in runs])
@@ -192,13 +242,13 @@ def main() -> None:
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
             reach = ", ".join(_steps_text(steps_to_target(*c)) for _, _, c in runs)
             final = returns[:, -1]
-            best_name, best_params, _ = runs[0] if search else max(runs, key=lambda r: r[2][1].mean())
+            best_name, best_params, _ = runs[0] if searching else max(runs, key=lambda r: r[2][1].mean())
             table.append(
                 f"| {env_id} | {memory} | {reach} | {final.mean():.3f} ± {final.std():.3f} | "
                 f"{best_name}: {_params_text(best_params)} |"
             )
         ax.axhline(TARGET, color="grey", lw=0.8, ls="--")
-        what = f"top {args.top} of {args.trials} trials" if search else f"{len(args.seeds)} seed(s)"
+        what = f"top {args.top} of {args.trials} trials" if searching else f"{len(args.seeds)} seed(s)"
         ax.set(xlabel="env steps", ylabel="evaluation return", title=f"{env_id} ({what})", ylim=(-1.05, 1.05))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -206,12 +256,20 @@ def main() -> None:
         fig.savefig(out / f"figure5_{env_id}.png", dpi=100)
         plt.close(fig)
     (out / "figure5.md").write_text("\n".join(table) + "\n")
-    if search:
+    if searching:
         (out / "trials.md").write_text("\n".join(trials_table) + "\n")
         print("\n".join(trials_table) + "\n")
     print("\n".join(table))
     (out / "command.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run_cli(_main, argv)
+    except KeyboardInterrupt:  # the running trial was queued again: the same command resumes
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

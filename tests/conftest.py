@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,3 +21,58 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _postgres_bin() -> Path | None:
+    """A folder with PostgreSQL's initdb and pg_ctl: Debian's newest, else initdb on PATH."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name.zfill(4), reverse=True)
+    found = shutil.which("initdb")
+    for folder in [*debian, *([Path(found).parent] if found else [])]:
+        if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
+            return folder
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL database URL for the multi-worker tests: ``$FW_TEST_POSTGRES_URL`` (``.ci/run``
+    starts a server and sets it), else a throwaway server of our own from the binaries on this
+    machine (initdb into a temporary folder, as the ``postgres`` user or ``nobody`` when we are
+    root: the server refuses to run as root), stopped at the end of the session."""
+    url = os.environ.get("FW_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    folder = _postgres_bin()
+    if folder is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin; "
+                    "install Debian's postgresql or set FW_TEST_POSTGRES_URL")  # fmt: skip
+    prefix: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="fw-test-postgres-"))
+    if os.geteuid() == 0:
+        user = "postgres" if _user_exists("postgres") else "nobody"
+        shutil.chown(data, user)
+        prefix = ["runuser", "-u", user, "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True, timeout=120)
+    run([*prefix, str(folder / "initdb"), "-D", str(data / "data"), "-U", "fw", "-A", "trust", "--no-sync"])
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [*prefix, str(folder / "pg_ctl"), "-D", str(data / "data")]
+    run([*pg_ctl, "-l", str(data / "server.log"), "-w", "-o", options, "start"])
+    try:
+        yield f"postgresql+psycopg://fw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False

@@ -1,4 +1,5 @@
-"""benchmarks/figure5.py: its trials become TrainConfigs (memory_kwargs), and old runs and tables still read."""
+"""benchmarks/figure5.py: a front end of fw_agents.search (one study per env x memory, read back
+for the figure), and the seeds mode's TrainConfigs and best-of tables."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
-
-from fw_agents.agent import TrainConfig, check_memory_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE5_PATH = ROOT / "benchmarks" / "figure5.py"
@@ -27,18 +27,6 @@ def _import_figure5():  # benchmarks/ is not a package
 figure5 = _import_figure5()
 
 
-def test_sampled_trials_are_valid_configs():
-    for memory in ("fastweights", "lstm", "irnn"):
-        params = figure5.sample_hyperparameters(memory, np.random.default_rng([3, 0]))
-        config = TrainConfig(memory=memory, **params)
-        check_memory_kwargs(memory, config.memory_kwargs)
-        assert ("memory_kwargs" in params) == (memory == "fastweights")
-    fast = figure5.sample_hyperparameters("fastweights", np.random.default_rng([0, 0]))
-    assert fast["memory_kwargs"]["normalize"] is False
-    assert set(fast["memory_kwargs"]) == {"fast_lr", "decay", "inner_steps", "normalize"}
-    assert "fast_lr=" in figure5._params_text(fast) and "memory_kwargs" not in figure5._params_text(fast)
-
-
 def test_best_of_table_new_and_old_form(tmp_path):
     shipped = ROOT / "benchmarks" / "figure5_best16.json"
     assert figure5.best_trial(shipped, "fastweights") == BEST
@@ -47,27 +35,8 @@ def test_best_of_table_new_and_old_form(tmp_path):
     old.write_text(json.dumps({"fastweights": {"learning_rate": 0.00084, "fast_lr": 0.049, "decay": 0.88,
                                                "inner_steps": 2, "fast_normalize": False}}))  # fmt: skip
     assert figure5.best_trial(old, "fastweights") == BEST
-
-
-def _search_run(root: Path, name: str, config: dict, curve: list[float]) -> None:
-    run = root / name
-    run.mkdir(parents=True)
-    np.savez(run / "evaluations.npz", timesteps=np.arange(len(curve)), results=np.array(curve)[:, None])
-    (run / "config.json").write_text(json.dumps(config))
-
-
-def test_best_of_search_dir_reads_old_and_new_runs(tmp_path):
-    old_fields = dict(learning_rate=0.001, fast_lr=0.01, decay=0.9, inner_steps=1)  # no fast_normalize: paper's η
-    _search_run(tmp_path, "CatchBlind16-v0-fastweights-t0", dict(old_fields), [0.0, 0.5])
-    new = dict(learning_rate=0.002, memory_kwargs=dict(fast_lr=0.02, decay=0.8, inner_steps=2, normalize=False))
-    _search_run(tmp_path, "CatchBlind16-v0-fastweights-t1", new, [0.0, 0.2])
-    _search_run(tmp_path, "CatchBlind16-v0-lstm-t0", dict(old_fields, memory="lstm"), [0.1])
-    assert figure5.best_trial(tmp_path, "fastweights") == dict(
-        learning_rate=0.001, memory_kwargs=dict(fast_lr=0.01, decay=0.9, inner_steps=1, normalize=False)
-    )
-    assert figure5.best_trial(tmp_path, "lstm") == dict(learning_rate=0.001)
-    (tmp_path / "CatchBlind16-v0-fastweights-t0" / "evaluations.npz").unlink()
-    assert figure5.best_trial(tmp_path, "fastweights") == new
+    with pytest.raises(ValueError, match="no entry for 'gru'"):
+        figure5.best_trial(shipped, "gru")
 
 
 def test_run_builds_the_train_config(monkeypatch, tmp_path):
@@ -79,3 +48,44 @@ def test_run_builds_the_train_config(monkeypatch, tmp_path):
     (config,) = built
     assert config.memory_kwargs == BEST["memory_kwargs"] and config.threads is None and config.seed == 3
     config.validate()
+
+
+TINY = ["--envs", "Catch-v0", "--memories", "fastweights", "irnn", "--timesteps", "1024", "--eval-freq", "512",
+        "--eval-episodes", "4"]  # fmt: skip
+
+
+def test_search_mode_runs_studies_and_reads_them_back(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "out"
+    argv = [*TINY, "--trials", "2", "--top", "1", "--out", str(out)]
+    assert figure5.main(argv) == 0
+    assert (out / "figure5_Catch-v0.png").exists() and "| Catch-v0 | irnn |" in (out / "figure5.md").read_text()
+    trials_md = (out / "trials.md").read_text()
+    for memory in ("fastweights", "irnn"):
+        study = optuna.load_study(study_name=f"figure5-Catch-v0-{memory}",
+                                  storage=f"sqlite:///{out}/search/figure5-Catch-v0-{memory}.db")  # fmt: skip
+        trials = study.get_trials()
+        assert len(trials) == 2 and trials_md.count(f"| Catch-v0 | {memory} |") == 2
+        runs = figure5.search_runs(figure5.study_search(figure5.build_parser().parse_args(argv), "Catch-v0", memory))
+        assert [label for label, _, _ in runs] == [f"t{study.best_trial.number}", f"t{1 - study.best_trial.number}"]
+        for label, params, (steps, curve) in runs:  # the curve read back is the trial's evaluations.npz
+            trial = trials[int(label[1:])]
+            assert np.allclose(figure5.load_curve(Path(trial.user_attrs["run_dir"]))[1], curve)
+            assert params["learning_rate"] == trial.params["learning_rate"] and list(steps) == [512, 1024]
+        assert figure5.best_trial(out, memory) == figure5.trial_params(study.best_trial.params, memory)
+    assert figure5.best_trial(out, "fastweights")["memory_kwargs"]["normalize"] is False
+    capsys.readouterr()
+    assert figure5.main(argv) == 0  # complete studies: nothing runs again
+    assert " COMPLETE " not in capsys.readouterr().out
+    assert figure5.main([*argv, "--plot-only", "--top", "2"]) == 0
+
+
+def test_search_mode_errors_are_one_line(tmp_path, capsys):
+    out = ["--out", str(tmp_path)]
+    assert figure5.main([*TINY, "--trials", "1", "--plot-only", *out]) == 2
+    assert capsys.readouterr().err.startswith("error: no study figure5-Catch-v0-fastweights in sqlite:///")
+    assert figure5.main([*TINY, "--trials", "1", "--top", "0", *out]) == 2
+    assert figure5.main([*TINY, "--trials", "1", "--storage", "nowhere", *out]) == 2
+    assert "storage must be a database URL" in capsys.readouterr().err
+    assert figure5.main([*TINY, "--best-of", str(tmp_path), *out]) == 2
+    assert "expected one figure5-<env>-fastweights study, found none" in capsys.readouterr().err

@@ -1,0 +1,421 @@
+"""Hyper-parameter search on Optuna: the paper's random search, one process per worker.
+
+    python -m fw_agents.search --env CatchBlind16-v0 --memory fastweights --trials 8 --timesteps 400000
+    python -m fw_agents.search --env CatchBlind16-v0 --memory lstm --trials 4 --timesteps 400000 --workers 2
+    python -m fw_agents.search --env CatchBlind16-v0 --memory irnn --trials 8 --timesteps 400000 \\
+        --storage postgresql+psycopg://fw:secret@db-host:5432/fw_search
+
+Each trial is one fw_agents.agent.train() run, as train_agent.py runs it, in its own run
+directory <runs-root>/search/<study>/trial-NNNN (config.json, evaluations.npz, train.log, ...).
+Its objective is the mean of its evaluation curve (the area under it, the ranking of the
+paper's "top 5 runs"); every periodic evaluation is reported to Optuna (the curve lives in the
+study, so trials run on other machines read back the same). The space (the paper's: "learning
+rate, number of inner steps, eta and lambda found by random search"):
+
+    learning_rate  log-uniform in [1e-4, 3e-3]           every memory
+    fast_lr (eta)  log-uniform in [1e-4, 0.1]            fastweights: the paper's absolute eta
+    decay (lambda) uniform in [0.5, 0.99]                fastweights    (normalize=False)
+    inner_steps S  1 or 2                                fastweights
+
+--trials is what THIS worker runs; any number of workers (--workers K here, or the same
+command on other machines with one --storage) join the study, and none runs a trial twice.
+Without --storage the study lives in sqlite:///<runs-root>/search/<study>.db: stop the
+command at any time and run it again to go on. A trial whose worker dies (kill -9, a lost
+machine) stops sending heartbeats; after 2 x --heartbeat seconds the next trial a worker
+starts marks it failed and queues a retry with the same hyper-parameters (at most 3 times).
+Ctrl-C or SIGTERM queues the running trial's retry at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fw_agents.cli import (
+    HelpFormatter,
+    OneLineArgumentParser,
+    add_config_arguments,
+    config_from_args,
+    config_to_argv,
+    option,
+    run_cli,
+)
+from fw_agents.search_storage import (
+    fail_stale_trials,
+    hidden_password,
+    make_sampler,
+    open_storage,
+    retry_callback,
+    study_size,
+)
+from fw_agents.validation import check_choice, check_int
+
+if TYPE_CHECKING:
+    import optuna
+
+    from fw_agents.agent import TrainConfig
+
+SAMPLERS = ("random", "tpe")
+PRUNERS = ("none", "median")
+#: The space (``fw_agents.search.suggest``): name -> (low, high, log) per parameter.
+LEARNING_RATE_RANGE = (1e-4, 3e-3)
+FAST_LR_RANGE = (1e-4, 0.1)
+DECAY_RANGE = (0.5, 0.99)
+INNER_STEPS = (1, 2)
+#: The core options the search sets, per memory (a fixed ``--memory-kwargs`` may not set them).
+SEARCHED_CORE_OPTIONS = {"fastweights": ("fast_lr", "decay", "inner_steps", "normalize")}
+#: ``TrainConfig`` fields that are the search's (``learning_rate``), or each worker's own
+#: choice; every other field defines the study, and a worker joining it must agree on them.
+NOT_STUDY_FIELDS = ("learning_rate", "device", "threads", "runs_root", "wandb", "progress_bar", "run_dir", "resume")
+#: ``TrainConfig`` fields without a flag here: the search sets them per trial.
+TRIAL_FIELDS = ("learning_rate", "run_dir", "resume", "progress_bar")
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclasses.dataclass
+class SearchOptions:
+    """The search's own flags; the trials' are ``TrainConfig``'s (``fw_agents.agent``)."""
+
+    trials: int = option(10, help="trials this worker runs (each worker, with --workers)")
+    study: str | None = option(None, help="study name (None: <env>-<memory>); letters, digits, . _ -")
+    storage: str | None = option(
+        None,
+        help="Optuna RDB storage URL shared by every worker, e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/DB "
+        "(None: sqlite:///<runs-root>/search/<study>.db, one machine)",
+        metavar="URL",
+    )
+    study_trials: int | None = option(
+        None,
+        help="stop this worker once the study holds this many trials (finished, running or queued; retried "
+        "ones count once): rerunning the command then only completes the study",
+        metavar="N",
+    )
+    sampler: str = option(
+        "random",
+        help="random: the paper's random search, trial k's draw fixed by (--sampler-seed, k) whichever worker "
+        "runs it; tpe: Optuna's TPE",
+        choices=SAMPLERS,
+    )
+    sampler_seed: int = option(0, help="seed of the sampler")
+    pruner: str = option("none", help="median: stop a trial below the median curve of earlier ones", choices=PRUNERS)
+    workers: int = option(1, help="worker processes to start on this machine, each running --trials trials")
+    heartbeat: int = option(
+        60, help="seconds between a running trial's heartbeats; one silent for twice this is failed and retried"
+    )
+
+    def validate(self) -> None:
+        check_int("trials", self.trials, 1)
+        if self.study_trials is not None:
+            check_int("study_trials", self.study_trials, 1)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_int("sampler_seed", self.sampler_seed, 0)
+        check_choice("pruner", self.pruner, PRUNERS)
+        check_int("workers", self.workers, 1)
+        check_int("heartbeat", self.heartbeat, 1)
+        if self.study is not None and not STUDY_NAME.fullmatch(self.study):
+            raise ValueError(f"study name must be letters, digits, '.', '_' or '-', got {self.study!r}")
+
+
+@dataclasses.dataclass
+class Search:
+    """A search: its options and the trials' base ``TrainConfig`` (sampled fields left at their defaults)."""
+
+    options: SearchOptions
+    train: TrainConfig
+
+    def validate(self) -> None:
+        self.options.validate()
+        self.train.validate()
+        fixed = [key for key in SEARCHED_CORE_OPTIONS.get(self.train.memory, ()) if key in self.train.memory_kwargs]
+        if fixed:
+            raise ValueError(f"--memory-kwargs {fixed[0]}=... is searched for {self.train.memory}; leave it out")
+
+    @property
+    def study_name(self) -> str:
+        return self.options.study or re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.train.env}-{self.train.memory}")
+
+    @property
+    def study_dir(self) -> Path:
+        """Where the trials' run directories go."""
+        return Path(self.train.runs_root) / "search" / self.study_name
+
+    @property
+    def storage_url(self) -> str:
+        if self.options.storage:
+            return self.options.storage
+        return f"sqlite:///{(Path(self.train.runs_root) / 'search' / f'{self.study_name}.db').resolve()}"
+
+    def definition(self) -> dict[str, Any]:
+        """What every worker of the study must agree on (stored in the study at its creation)."""
+        config = {k: v for k, v in self.train.resolved().items() if k not in NOT_STUDY_FIELDS}
+        searched = SEARCHED_CORE_OPTIONS.get(self.train.memory, ())
+        config["memory_kwargs"] = {k: v for k, v in config["memory_kwargs"].items() if k not in searched}
+        config.update(sampler=self.options.sampler, sampler_seed=self.options.sampler_seed, pruner=self.options.pruner)
+        return json.loads(json.dumps(config))  # as the storage gives it back
+
+
+# ------------------------------------------------------------------------- the space
+def suggest(trial: optuna.Trial, memory: str) -> dict[str, Any]:
+    """The trial's draw as ``TrainConfig`` keyword arguments: the learning rate for every memory;
+    for fast weights also η, λ and S as ``memory_kwargs``, η the paper's absolute one
+    (``normalize=False``), as the paper searched it."""
+    params: dict[str, Any] = dict(learning_rate=trial.suggest_float("learning_rate", *LEARNING_RATE_RANGE, log=True))
+    if memory == "fastweights":
+        params["memory_kwargs"] = dict(
+            fast_lr=trial.suggest_float("fast_lr", *FAST_LR_RANGE, log=True),
+            decay=trial.suggest_float("decay", *DECAY_RANGE),
+            inner_steps=trial.suggest_int("inner_steps", min(INNER_STEPS), max(INNER_STEPS)),
+            normalize=False,
+        )
+    return params
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any], seed: int, run_dir: Path) -> TrainConfig:
+    """The ``TrainConfig`` of one trial: ``base`` with the draw ``params`` (:func:`suggest`) over it."""
+    memory_kwargs = {**base.memory_kwargs, **params.get("memory_kwargs", {})}
+    return dataclasses.replace(
+        base, **{**params, "memory_kwargs": memory_kwargs}, seed=seed, run_dir=str(run_dir), progress_bar=False
+    )
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``learning_rate=0.00084, fast_lr=0.049, ...``: a trial's flat parameters, 3 digits."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+# ------------------------------------------------------------------------- the study
+def open_study(search: Search) -> optuna.Study:
+    """Create the study, or join it after checking that it searches the same thing."""
+    import optuna
+
+    if search.options.storage is None:
+        search.study_dir.parent.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(search.storage_url, search.options.heartbeat)
+    pruner = optuna.pruners.MedianPruner() if search.options.pruner == "median" else optuna.pruners.NopPruner()
+    study = optuna.create_study(
+        study_name=search.study_name,
+        storage=storage,
+        sampler=make_sampler(search.options.sampler, search.options.sampler_seed),
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+    wanted = search.definition()
+    stored = study.user_attrs.get("definition")
+    if stored is None:
+        study.set_user_attr("definition", wanted)
+    elif stored != wanted:
+        key = next(k for k in sorted({*stored, *wanted}) if stored.get(k) != wanted.get(k))
+        raise ValueError(
+            f"study {search.study_name!r} was created with {key}={stored.get(key)!r}, this worker has "
+            f"{key}={wanted.get(key)!r}; use the study's settings or another --study"
+        )
+    return study
+
+
+# ------------------------------------------------------------------------- a worker
+def _report_callback(trial: optuna.Trial, prune: bool) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class ReportEvaluation(BaseCallback):
+        """After each periodic evaluation: report its mean return; stop if the pruner says so."""
+
+        pruned = False
+
+        def _on_step(self) -> bool:
+            trial.report(float(self.parent.last_mean_reward), int(self.parent.evaluations_timesteps[-1]))
+            if prune and trial.should_prune():
+                self.pruned = True
+                return False
+            return True
+
+    return ReportEvaluation()
+
+
+class Objective:
+    """One trial: sample, train through ``fw_agents.agent.train``, return the mean evaluation return."""
+
+    def __init__(self, search: Search) -> None:
+        self.search = search
+        self.trial: optuna.Trial | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import numpy as np
+        import optuna
+
+        from fw_agents.agent import train
+
+        self.trial = trial
+        base = self.search.train
+        params = suggest(trial, base.memory)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        original = frozen.system_attrs.get("failed_trial")  # a retry keeps its original's seed
+        seed = base.seed + (trial.number if original is None else original)
+        run_dir = self.search.study_dir / f"trial-{trial.number:04d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        for key, value in dict(run_dir=str(run_dir), worker=worker, seed=seed).items():
+            trial.set_user_attr(key, value)
+        report = _report_callback(trial, self.search.options.pruner != "none")
+        config = trial_config(base, params, seed, run_dir)
+        with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
+            summary = train(config, eval_callbacks=[report])
+        curve = np.load(run_dir / "evaluations.npz")["results"].mean(axis=1)
+        trial.set_user_attr("final_return", summary["mean_return"])
+        trial.set_user_attr("steps", summary["timesteps"])
+        if "catch_rate" in summary:
+            trial.set_user_attr("catch_rate", summary["catch_rate"])
+        if report.pruned:
+            raise optuna.TrialPruned(f"pruned at {summary['timesteps']} steps")
+        return float(curve.mean())
+
+
+def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    value = f" {trial.value:.3f}" if trial.value is not None else ""
+    seconds = f" {trial.duration.total_seconds():.0f}s" if trial.duration else ""
+    final = trial.user_attrs.get("final_return")
+    final_text = f" final {final:.3f}" if final is not None else ""
+    print(
+        f"[{socket.gethostname()}:{os.getpid()}] {study.study_name} trial {trial.number} {trial.state.name}{value}"
+        f"{final_text}{seconds} ({params_text(trial.params)}) {trial.user_attrs.get('run_dir', '')}",
+        flush=True,
+    )
+
+
+def run_worker(search: Search) -> int:
+    """Run up to ``--trials`` trials of the study (fewer once ``--study-trials`` is reached).
+
+    :return: The number of trials this worker ran.
+    """
+    from optuna.trial import TrialState
+
+    from fw_agents.agent import NonFiniteError
+
+    study = open_study(search)
+    os.environ.setdefault("WANDB_RUN_GROUP", search.study_name)  # one W&B group per study
+    objective = Objective(search)
+    ran = 0
+    for _ in range(search.options.trials):
+        fail_stale_trials(study)
+        size, queued = study_size(study)
+        if search.options.study_trials is not None and size >= search.options.study_trials and not queued:
+            break
+        try:
+            study.optimize(objective, n_trials=1, catch=(NonFiniteError,), callbacks=[_trial_line])
+        except KeyboardInterrupt:
+            trial = objective.trial
+            if trial is not None:
+                frozen = study._storage.get_trial(trial._trial_id)
+                if frozen.state == TrialState.FAIL:
+                    retry_callback()(study, frozen)  # as if its heartbeat had stopped: queued again
+                    print(f"interrupted: trial {trial.number} queued again", file=sys.stderr)
+            raise
+        ran += 1
+    return ran
+
+
+def launch_workers(search: Search) -> int:
+    """Run ``--workers`` workers of this command on this machine: this process and
+    ``--workers - 1`` subprocesses started first, all in one study.
+
+    :return: 0 when all succeeded, else the first non-zero exit status.
+    """
+    open_study(search)  # create it once, before the workers race to
+    options = dataclasses.replace(search.options, workers=1, study=search.study_name, storage=search.storage_url)
+    train_fields = [f.name for f in dataclasses.fields(search.train) if f.name not in TRIAL_FIELDS]
+    argv = [*config_to_argv(options), *config_to_argv(search.train, train_fields)]
+    command = [sys.executable, "-m", "fw_agents.search", *argv]
+    processes = [subprocess.Popen(command) for _ in range(search.options.workers - 1)]
+    try:
+        run_worker(search)
+        statuses = [process.wait() for process in processes]
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the workers too; let them queue their trials
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait()
+        raise
+    return next((status for status in statuses if status), 0)
+
+
+def summary_text(study: optuna.Study) -> str:
+    """One line: the study's trials by state and its best trial."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}" for s in TrialState)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value, default=None)
+    best_text = f"; best trial {best.number}: {best.value:.3f} ({params_text(best.params)})" if best else ""
+    return f"study {study.study_name}: {counts}{best_text}"
+
+
+# ---------------------------------------------------------------------------- the CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The search's flags and every ``TrainConfig`` flag but the searched and per-trial ones."""
+    from fw_agents.agent import TrainConfig
+
+    p = OneLineArgumentParser(prog="python -m fw_agents.search", description=__doc__, formatter_class=HelpFormatter)
+    search_fields = add_config_arguments(p.add_argument_group("search"), SearchOptions)
+    train_fields = add_config_arguments(
+        p.add_argument_group("every trial (fw_agents.agent.TrainConfig)"), TrainConfig, exclude=TRIAL_FIELDS,
+        defaults=dict(gif_episodes=0),
+    )  # fmt: skip
+    p.set_defaults(search_fields=search_fields, train_fields=train_fields)
+    return p
+
+
+def parse_search(argv: Sequence[str] | None = None) -> Search:
+    """The :class:`Search` the command line asks for, validated."""
+    from fw_agents.agent import TrainConfig
+
+    args = build_parser().parse_args(argv)
+    search = Search(
+        config_from_args(SearchOptions, args, args.search_fields),
+        config_from_args(TrainConfig, args, args.train_fields, progress_bar=False),
+    )
+    search.validate()
+    return search
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    search = parse_search(argv)
+
+    def interrupt(signum: int, frame: object) -> None:  # SIGTERM (schedulers, `timeout`) acts as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    start = time.perf_counter()
+    try:
+        if search.options.workers > 1:
+            status = launch_workers(search)
+        else:
+            run_worker(search)
+            status = 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"{summary_text(open_study(search))} ({time.perf_counter() - start:.0f}s)")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

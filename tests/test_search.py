@@ -1,0 +1,209 @@
+"""fw_agents.search: the paper's space, trials through train(), one study shared by worker
+processes (SQLite here, PostgreSQL across machines), killed workers' trials retried, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from fw_agents import search
+from fw_agents.agent import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "Catch-v0-fastweights"  # the default name for TINY's env and memory
+#: A few seconds per trial on one core: 1024 steps, 2 evaluations of 4 episodes.
+TINY = ["--env", "Catch-v0", "--memory", "fastweights", "--timesteps", "1024", "--hidden-size", "16",
+        "--n-envs", "8", "--n-steps", "32", "--batch-size", "64", "--eval-freq", "512", "--eval-episodes", "4",
+        "--checkpoint-freq", "100000"]  # fmt: skip
+
+
+def command_env() -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def search_command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "fw_agents.search", *TINY, *argv]
+
+
+def sqlite_study(runs_root: Path, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs_root / 'search' / name}.db")
+
+
+# --------------------------------------------------------------------------- the space
+def test_the_space_and_per_trial_draws():
+    draws = []
+    for _ in range(2):  # two workers' samplers: trial k's draw depends on (seed, k) only
+        study = optuna.create_study(sampler=search.make_sampler("random", 7), direction="maximize")
+        draws.append([search.suggest(study.ask(), "fastweights") for _ in range(4)])
+    assert draws[0] == draws[1]
+    assert len({d["learning_rate"] for d in draws[0]}) == 4
+    for params in draws[0]:
+        assert 1e-4 <= params["learning_rate"] <= 3e-3
+        kwargs = params["memory_kwargs"]
+        assert 1e-4 <= kwargs["fast_lr"] <= 0.1 and 0.5 <= kwargs["decay"] <= 0.99
+        assert kwargs["inner_steps"] in (1, 2) and kwargs["normalize"] is False
+        config = search.trial_config(TrainConfig(memory="fastweights"), params, 3, Path("r"))
+        assert config.memory_kwargs == kwargs and config.seed == 3 and config.run_dir == "r"
+        config.validate()
+    other = optuna.create_study(sampler=search.make_sampler("random", 8))
+    assert search.suggest(other.ask(), "fastweights") != draws[0][0]
+    lstm = search.suggest(optuna.create_study().ask(), "lstm")
+    assert set(lstm) == {"learning_rate"}
+
+
+class _FakeTrial:
+    def __init__(self, prune: bool) -> None:
+        self.reports: list[tuple[float, int]] = []
+        self.prune = prune
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return self.prune
+
+
+@pytest.mark.parametrize("pruning, prune, goes_on", [(False, True, True), (True, False, True), (True, True, False)])
+def test_each_evaluation_is_reported_and_may_prune(pruning, prune, goes_on):
+    trial = _FakeTrial(prune)
+    callback = search._report_callback(trial, pruning)
+    callback.parent = type("Eval", (), dict(last_mean_reward=0.25, evaluations_timesteps=[512, 1024]))()
+    assert callback._on_step() is goes_on and callback.pruned is not goes_on
+    assert trial.reports == [(0.25, 1024)]
+
+
+# ------------------------------------------------------------------------------ errors
+BAD_INPUT = [
+    (["--memory", "transformer"], "invalid choice"),
+    (["--env", "NoSuchEnv-v0"], "unknown env id"),
+    (["--sampler", "grid"], "invalid choice"),
+    (["--pruner", "hyperband"], "invalid choice"),
+    (["--trials", "0"], "trials must be an integer >= 1"),
+    (["--trials", "two"], "invalid int value"),
+    (["--workers", "0"], "workers must be an integer >= 1"),
+    (["--study-trials", "0"], "study_trials must be an integer >= 1"),
+    (["--heartbeat", "0"], "heartbeat must be an integer >= 1"),
+    (["--timesteps", "0"], "timesteps must be an integer >= 1"),
+    (["--study", "a/b"], "study name must be"),
+    (["--memory-kwargs", "decay=0.9"], "decay=... is searched"),
+    (["--learning-rate", "0.1"], "unrecognized arguments"),
+    (["--storage", "runs/search.db"], "storage must be a database URL"),
+    (["--storage", "nosuchdb://host/db"], "cannot open storage"),
+    (["--storage", "postgresql+psycopg://fw:secret@127.0.0.1:1/db"], "cannot open storage postgresql+psycopg://fw:***@"),
+]
+
+
+def _status_and_stderr(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        status = search.main(argv)
+    except SystemExit as exit_:  # argparse's errors
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(argv) for argv, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_status_2(argv, message, tmp_path, capsys):
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), *argv], capsys)
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "secret" not in err and "Traceback" not in err
+
+
+def test_joining_a_study_with_other_settings_is_refused(tmp_path, capsys):
+    search.open_study(search.parse_search([*TINY, "--runs-root", str(tmp_path)]))
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), "--timesteps", "2048"], capsys)
+    assert status == 2 and "created with timesteps=1024, this worker has timesteps=2048" in err
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), "--sampler", "tpe"], capsys)
+    assert status == 2 and "created with sampler='random'" in err
+
+
+def test_the_command_itself_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(search_command("--trials", "0", "--runs-root", str(tmp_path)), env=command_env(),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and result.stderr == "error: trials must be an integer >= 1, got 0\n"
+
+
+# ------------------------------------------------------------------ one worker, SQLite
+def test_trials_run_through_train_and_the_study_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_RUN_GROUP", "restored-at-teardown")
+    monkeypatch.delenv("WANDB_RUN_GROUP")
+    argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "2", "--study-trials", "2", "--seed", "10"]
+    assert search.main(argv) == 0
+    assert os.environ["WANDB_RUN_GROUP"] == STUDY  # every trial's W&B run in one group per study
+    out = capsys.readouterr().out
+    assert "trial 0 COMPLETE" in out and "trial 1 COMPLETE" in out and f"study {STUDY}: " in out
+    trials = sqlite_study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for trial in trials:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert run_dir == tmp_path / "search" / STUDY / f"trial-{trial.number:04d}"
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["learning_rate"] == trial.params["learning_rate"] and config["timesteps"] == 1024
+        assert config["memory_kwargs"]["fast_lr"] == trial.params["fast_lr"] and config["memory_kwargs"]["normalize"] is False
+        assert config["seed"] == trial.user_attrs["seed"] == 10 + trial.number and config["threads"] == 1
+        data = np.load(run_dir / "evaluations.npz")
+        curve = data["results"].mean(axis=1)
+        assert trial.intermediate_values == dict(zip(data["timesteps"].tolist(), curve.tolist()))
+        assert trial.value == pytest.approx(curve.mean())  # the objective: the area under the curve
+        assert trial.user_attrs["steps"] == 1024 and -1 <= trial.user_attrs["final_return"] <= 1
+        assert (run_dir / "train.log").stat().st_size > 0 and (run_dir / "model.zip").exists()
+    assert search.main(argv) == 0  # the study is complete: the command runs nothing more
+    assert len(sqlite_study(tmp_path).get_trials()) == 2
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the worker ended before its trial started"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_killed_workers_trial_fails_and_is_retried(tmp_path):
+    command = search_command("--timesteps", "2048", "--trials", "1", "--heartbeat", "1", "--runs-root", str(tmp_path))
+    worker = subprocess.Popen(command, env=command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(tmp_path / "search" / STUDY / "trial-0000", worker)  # trial 0 is running
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    (stale,) = sqlite_study(tmp_path).get_trials()
+    assert stale.state == TrialState.RUNNING  # until a worker sees its heartbeat stopped
+    time.sleep(2.5)  # the grace period: 2 x --heartbeat
+    result = subprocess.run(command, env=command_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    failed, retry = sqlite_study(tmp_path).get_trials()
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == failed.params
+    assert retry.user_attrs["seed"] == 0 and retry.user_attrs["steps"] == 2048  # the original's seed
+    assert "trial 1 COMPLETE" in result.stdout
+
+
+# --------------------------------------------------- two worker processes, PostgreSQL
+def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    command = search_command("--trials", "2", "--workers", "2", "--storage", postgres_url, "--study", name,
+                             "--runs-root", str(tmp_path))  # fmt: skip
+    result = subprocess.run(command, env=command_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    workers = [t.user_attrs["worker"] for t in trials]
+    assert len(set(workers)) == 2 and all(workers.count(w) == 2 for w in workers)  # 2 processes, 2 trials each
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+    assert len({t.params["learning_rate"] for t in trials}) == 4
+    for trial in trials:  # each trial ran once: one line, one run directory, its own seed
+        assert result.stdout.count(f" trial {trial.number} COMPLETE") == 1
+        config = json.loads((Path(trial.user_attrs["run_dir"]) / "config.json").read_text())
+        assert config["seed"] == trial.number and config["learning_rate"] == trial.params["learning_rate"]
