@@ -78,7 +78,8 @@ INNER_STEPS = (1, 2)
 SEARCHED_CORE_OPTIONS = {"fastweights": ("fast_lr", "decay", "inner_steps", "normalize")}
 #: ``TrainConfig`` fields that are the search's (``learning_rate``), or each worker's own
 #: choice; every other field defines the study, and a worker joining it must agree on them.
-NOT_STUDY_FIELDS = ("learning_rate", "device", "threads", "runs_root", "wandb", "progress_bar", "run_dir", "resume")
+NOT_STUDY_FIELDS = ("learning_rate", "device", "threads", "runs_root", "wandb", "wandb_project", "wandb_group", "wandb_tags",
+                    "wandb_log_model", "verbose", "trust_checkpoint", "progress_bar", "run_dir", "resume")  # fmt: skip
 #: ``TrainConfig`` fields without a flag here: the search sets them per trial.
 TRIAL_FIELDS = ("learning_rate", "run_dir", "resume", "progress_bar")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -305,7 +306,8 @@ def run_worker(search: Search) -> int:
     from fw_agents.agent import NonFiniteError
 
     study = open_study(search)
-    os.environ.setdefault("WANDB_RUN_GROUP", search.study_name)  # one W&B group per study
+    if search.train.wandb_group is None:  # one W&B group per study
+        search = dataclasses.replace(search, train=dataclasses.replace(search.train, wandb_group=search.study_name))
     objective = Objective(search)
     ran = 0
     for _ in range(search.options.trials):
