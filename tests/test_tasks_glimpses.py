@@ -151,7 +151,7 @@ def test_val_size_too_large_names_the_flag(tmp_path: Path, capsys: pytest.Captur
     argv = ["--data-dir", str(tmp_path), "--memory", "convnet", "--val-size", "5", "--wandb", "disabled"]
     assert run_cli(glimpses.main, [*argv, "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "val-size must leave at least one of the 1 training images" in err and "-1" not in err
+    assert "val-size must leave at least one of the 1 training images" in err and "between 1 and" not in err
     assert not (tmp_path / "r").exists()
 
 
