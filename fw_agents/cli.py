@@ -21,6 +21,7 @@ import argparse
 import ast
 import dataclasses
 import os
+import signal
 import sys
 import types
 import typing
@@ -38,6 +39,29 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """:func:`run_cli` for a long-running command: SIGTERM (what schedulers and ``timeout``
+    send) acts as Ctrl-C, and either ends the command with status ``128 + signal`` after
+    ``main`` saved what it could, without a traceback.
+
+    :param main: The command's body; on ``KeyboardInterrupt`` it saves and re-raises.
+    :param argv: Arguments (default: ``sys.argv[1:]``).
+    """
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return run_cli(main, argv)
+    except KeyboardInterrupt:
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -340,16 +340,23 @@ class TrackingOptions:
         help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)",
     )
     wandb_project: str = option(DEFAULT_WANDB_PROJECT, help="W&B project name")
+    resume: str | None = option(
+        None, metavar="RUN_DIR", help="continue the run in this folder from the training state it saved "
+        "(at every evaluation, and on Ctrl-C or SIGTERM); --steps is the total",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.wandb is not None:
             check_choice("wandb mode", self.wandb, WANDB_MODES)
+        if self.resume is not None and self.run_dir is not None and Path(self.resume) != Path(self.run_dir):
+            raise ValueError("--resume continues the run in its own folder: drop --run-dir")
 
     def start(self, name: str, config: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None, **kwargs: Any) -> Tracker:
-        """:func:`start_run` with these options; ``kwargs`` go to it as well."""
+        """:func:`start_run` with these options (into ``resume``'s folder when resuming);
+        ``kwargs`` go to it as well."""
         return start_run(
-            self.runs_root, name, config, run_dir=self.run_dir, wandb_mode=self.wandb,
-            wandb_project=self.wandb_project, wandb_tags=tags, **kwargs,
+            self.runs_root, name, config, run_dir=self.resume or self.run_dir, wandb_mode=self.wandb,
+            wandb_project=self.wandb_project, wandb_tags=tags, resume=self.resume is not None, **kwargs,
         )  # fmt: skip
 
 

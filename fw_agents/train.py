@@ -16,12 +16,11 @@ config). Ctrl-C or SIGTERM saves a checkpoint; --resume continues from it.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fw_agents.cli import HelpFormatter, OneLineArgumentParser, program_name, run_cli
+from fw_agents.cli import HelpFormatter, OneLineArgumentParser, program_name, run_interruptible
 
 if TYPE_CHECKING:
     from fw_agents.agent import TrainConfig
@@ -53,17 +52,8 @@ def _train(argv: Sequence[str] | None) -> int:
     from fw_agents.agent import NonFiniteError, train
 
     config = parse_config(argv)
-    received: list[int] = []
-
-    def interrupt(signum: int, frame: object) -> None:  # SIGTERM (schedulers, `timeout`) acts as Ctrl-C
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        summary = train(config)
-    except KeyboardInterrupt:
-        return 128 + (received[0] if received else signal.SIGINT)  # the checkpoint was saved and reported
+        summary = train(config)  # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -71,8 +61,6 @@ def _train(argv: Sequence[str] | None) -> int:
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {error.strerror or error}{where}; the run stopped, its earlier files are kept", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
     print(
         f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"
@@ -82,7 +70,7 @@ def _train(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_train, argv)
+    return run_interruptible(_train, argv)
 
 
 if __name__ == "__main__":

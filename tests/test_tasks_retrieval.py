@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -220,3 +221,43 @@ def test_cli_unknown_memory_lists_choices_subprocess() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "nope" in lines[0] and all(name in lines[0] for name in MEMORY_NAMES)
+
+
+@needs_core
+def test_ctrl_c_saves_the_training_state_and_resume_finishes_the_same_run(tmp_path, capsys, monkeypatch):
+    """Interrupted at update 13 and resumed, a run ends exactly as an uninterrupted one."""
+    from fw_agents.tasks import training
+
+    argv = ["--memory", RECURRENT[0], "--hidden", "8", "--steps", "30", "--eval-every", "10", "--wandb", "disabled",
+            "--threads", "1"]  # fmt: skip
+    assert retrieval.main([*argv, "--run-dir", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+
+    real_update, calls = training._update, []
+
+    def ctrl_c_at_13(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 13:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_update", ctrl_c_at_13)
+    run = tmp_path / "cut"
+    assert retrieval.main([*argv, "--run-dir", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at update 13; the training state of update 10" in err and "Traceback" not in err and (run / "training_state.pt").is_file()
+    assert not (run / "results.json").exists()
+    monkeypatch.undo()
+
+    assert retrieval.main([*argv, "--run-dir", str(run)]) == 2, "a folder holding a run is not reused silently"
+    assert "already holds a run" in capsys.readouterr().err
+    assert retrieval.main([*argv, "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "--lr 0.5 conflicts with the run being resumed" in capsys.readouterr().err
+    assert retrieval.main([*argv, "--resume", str(run)]) == 0
+    resumed = json.loads((run / "results.json").read_text())
+    for key in ("test_error", "test_nll", "val_error", "best_updates"):
+        assert resumed[key] == whole[key], key
+    assert [e["updates"] for e in resumed["curve"]] == [0, 10, 20, 30]
+    assert [e["test_nll"] for e in resumed["curve"]] == [e["test_nll"] for e in whole["curve"]]
+    steps = [int(row["train/updates"]) for row in csv.DictReader((run / "progress.csv").open())]
+    assert steps == [0, 10, 20, 30], "one curve, appended"

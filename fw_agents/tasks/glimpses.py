@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_cli
+from fw_agents.cli import option, run_interruptible
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
 from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
@@ -220,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train and evaluate one model; write the run directory. :return: exit status."""
+    """Train and evaluate one model; write the run directory. Bad input is one line (exit 2);
+    Ctrl-C or SIGTERM saves the training state (``--resume`` continues it). :return: exit status."""
+    return run_interruptible(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     setup = setup_task(GlimpseConfig, build_parser().parse_args(argv))
     task, train_config, device = setup.task, setup.training, setup.device
 
@@ -251,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     name = f"glimpses-{task.dataset}-{task.memory}-H{task.hidden}"
     with setup.tracking.start(name, config, ("glimpses", task.dataset, task.memory), sb3_logger=False) as tracker:
-        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker)
+        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker,
+                                   checkpoint=tracker.run_dir / "training_state.pt",
+                                   resume=setup.tracking.resume is not None)  # fmt: skip
         results = {
             "task": "glimpses",
             **asdict(task),
@@ -272,4 +279,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(main())

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_cli
+from fw_agents.cli import option, run_interruptible
 from fw_agents.memory import MEMORY_NAMES, make_memory
 from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
@@ -215,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train and evaluate one model; write the run directory. :return: exit status."""
+    """Train and evaluate one model; write the run directory. Bad input is one line (exit 2);
+    Ctrl-C or SIGTERM saves the training state (``--resume`` continues it). :return: exit status."""
+    return run_interruptible(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     setup = setup_task(RetrievalConfig, build_parser().parse_args(argv))
     task, train_config, device = setup.task, setup.training, setup.device
 
@@ -228,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {"task": "retrieval", **asdict(task), **asdict(train_config), "device": str(device)}
     tags = ("retrieval", task.memory)
     with setup.tracking.start(f"retrieval-{task.memory}-R{task.hidden}", config, tags, sb3_logger=False) as tracker:
-        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker)
+        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker,
+                                   checkpoint=tracker.run_dir / "training_state.pt",
+                                   resume=setup.tracking.resume is not None)  # fmt: skip
         results = {"task": "retrieval", **asdict(task), "data_seconds": data_seconds, **results}
         paths = write_outputs(tracker.run_dir, results, model, f"retrieval: {task.memory}, R={task.hidden}", tracker)
     print(
@@ -240,4 +247,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(main())

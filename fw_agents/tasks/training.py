@@ -7,12 +7,18 @@ and negative log-likelihood every ``eval_every`` updates, keeps the parameters
 of the best validation checkpoint and reports the test error there (the
 paper's protocol for Tables 1-2), and writes ``results.json``,
 ``curves.png`` and ``best_model.pt`` into the run directory.
+
+With a ``checkpoint`` path, the whole training state (model, optimizer, batch
+order, curve, best checkpoint) is saved there atomically at every evaluation; a
+run stopped by Ctrl-C, SIGTERM or a crash continues from the last one with
+``resume=True`` and ends exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fw_agents.cli import option
+from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.tracking import Tracker
 from fw_agents.validation import check_float, check_int
 
@@ -117,6 +124,8 @@ def train_classifier(
     config: SupervisedConfig,
     tracker: Tracker | None = None,
     on_eval: Callable[[Mapping[str, float]], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam and cross-entropy; select the best validation checkpoint.
 
@@ -127,6 +136,11 @@ def train_classifier(
     :param config: Hyper-parameters.
     :param tracker: Where curves go (progress.csv, TensorBoard, W&B); ``None``: nowhere.
     :param on_eval: Optional callback with each evaluation's record.
+    :param checkpoint: Where the training state is saved at every evaluation (update 0
+        included); ``None``: never.
+    :param resume: Continue from ``checkpoint`` (which must exist, with the same settings but
+        ``steps``, which may grow).
+    :raises ValueError: ``resume`` without a readable checkpoint, or with other settings.
     :return: Results: best checkpoint's ``val_error``/``test_error``/``test_nll``, the curve
         (one record per evaluation), timings (``sec_per_update`` excludes evaluation).
         ``model`` is left holding the best checkpoint's parameters.
@@ -189,35 +203,87 @@ def train_classifier(
         if on_eval is not None:
             on_eval(entry)
 
-    model.train()
-    record_eval(0)
-    perm = torch.randperm(n_train, generator=generator).to(device)
-    cursor = 0
-    for update in range(1, config.steps + 1):
-        tick = time.perf_counter()
-        if cursor + batch_size > n_train:  # new epoch: reshuffle
-            perm = torch.randperm(n_train, generator=generator).to(device)
-            cursor = 0
-        idx = perm[cursor : cursor + batch_size]
-        cursor += batch_size
-        x, y = train.x[idx], train.y[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        with torch.no_grad():  # accumulate on device: no host sync per update
-            loss_sum += loss.detach() * y.shape[0]
-            wrong_sum += (logits.detach().argmax(dim=1) != y).sum()
-        seen_since_eval += y.shape[0]
-        if device.type == "cuda" and update % config.eval_every == 0:
-            torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - tick
-        if update % config.eval_every == 0 or update == config.steps:
-            record_eval(update)
+    def state(update: int) -> dict[str, Any]:
+        return dict(
+            update=update, config=asdict(config), model=model.state_dict(), optimizer=optimizer.state_dict(),
+            generator=generator.get_state(), perm=perm.cpu(), cursor=cursor, curve=curve, best=best,
+            best_state=best_state, train_time=train_time, elapsed=time.perf_counter() - start_wall,
+            loss_sum=loss_sum.item(), wrong_sum=wrong_sum.item(), seen_since_eval=seen_since_eval,
+        )  # fmt: skip
 
+    model.train()
+    perm = torch.randperm(n_train, generator=generator).to(device)
+    cursor, first = 0, 1
+    if resume:
+        saved = load_training_state(checkpoint, config)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        perm, cursor, first = saved["perm"].to(device), saved["cursor"], saved["update"] + 1
+        curve[:], best_state, train_time = saved["curve"], saved["best_state"], saved["train_time"]
+        best.update(saved["best"])
+        start_wall -= saved["elapsed"]
+        loss_sum.fill_(saved["loss_sum"])
+        wrong_sum.fill_(saved["wrong_sum"])
+        seen_since_eval = saved["seen_since_eval"]
+    else:
+        record_eval(0)
+        if checkpoint is not None:
+            save_training_state(checkpoint, state(0))
+    saved_at, update = first - 1, first - 1
+    try:
+        for update in range(first, config.steps + 1):
+            sync = device.type == "cuda" and update % config.eval_every == 0  # time the period's work exactly
+            cursor, perm, train_time = _update(model, optimizer, train, config, generator, perm, cursor, batch_size,
+                                               loss_sum, wrong_sum, train_time, sync)  # fmt: skip
+            seen_since_eval += batch_size
+            if update % config.eval_every == 0 or update == config.steps:
+                record_eval(update)
+                if checkpoint is not None:
+                    save_training_state(checkpoint, state(update))
+                    saved_at = update
+    except KeyboardInterrupt:
+        # The state saved at the last evaluation is whole; one taken now could be mid-update.
+        if checkpoint is not None:
+            print(f"\ninterrupted at update {update}; the training state of update {saved_at} is in {checkpoint}",
+                  file=sys.stderr)  # fmt: skip
+        raise
+    return _results(model, best, best_state, curve, config, train_time, start_wall)
+
+
+def _update(
+    model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, config: SupervisedConfig,
+    generator: torch.Generator, perm: torch.Tensor, cursor: int, batch_size: int, loss_sum: torch.Tensor,
+    wrong_sum: torch.Tensor, train_time: float, sync: bool,
+) -> tuple[int, torch.Tensor, float]:  # fmt: skip
+    """One Adam step on the next mini-batch; returns the new ``(cursor, perm, train_time)``."""
+    device, n_train = train.y.device, len(train)
+    tick = time.perf_counter()
+    if cursor + batch_size > n_train:  # new epoch: reshuffle
+        perm = torch.randperm(n_train, generator=generator).to(device)
+        cursor = 0
+    idx = perm[cursor : cursor + batch_size]
+    x, y = train.x[idx], train.y[idx]
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    with torch.no_grad():  # accumulate on device: no host sync per update
+        loss_sum += loss.detach() * y.shape[0]
+        wrong_sum += (logits.detach().argmax(dim=1) != y).sum()
+    if sync:
+        torch.cuda.synchronize(device)
+    return cursor + batch_size, perm, train_time + time.perf_counter() - tick
+
+
+def _results(
+    model: nn.Module, best: dict[str, Any], best_state: dict[str, torch.Tensor] | None, curve: list[dict[str, float]],
+    config: SupervisedConfig, train_time: float, start_wall: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The results of a finished run; ``model`` gets the best checkpoint's parameters."""
     if best_state is not None:
         model.load_state_dict(best_state)
     return {
@@ -234,6 +300,36 @@ def train_classifier(
         "train_config": asdict(config),
         "curve": curve,
     }
+
+
+def save_training_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Write a :func:`train_classifier` checkpoint atomically (a kill mid-save keeps the last one)."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+
+
+def load_training_state(path: Path | None, config: SupervisedConfig) -> dict[str, Any]:
+    """A checkpoint of :func:`save_training_state`, read as plain tensors and numbers
+    (``weights_only``: no code runs from the file).
+
+    :raises ValueError: None there, unreadable, or made with other settings than ``config``
+        (``steps`` aside: a resumed run may train longer).
+    """
+    if path is None or not path.is_file():
+        raise ValueError(f"no training state to resume at {str(path)!r}; the run saves one at every evaluation")
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file
+        raise ValueError(f"cannot read training state {str(path)!r}: {type(error).__name__}: {error}") from None
+    now, then = asdict(config), dict(saved["config"])
+    for key in now.keys() - {"steps"}:
+        if now[key] != then.get(key):
+            raise ValueError(
+                f"--{key.replace('_', '-')} {now[key]} conflicts with the run being resumed ({key}={then.get(key)!r})"
+            )
+    if config.steps <= saved["update"]:
+        raise ValueError(f"the run has done {saved['update']} updates: --steps {config.steps} leaves nothing to do")
+    return saved
 
 
 def write_outputs(
@@ -253,11 +349,12 @@ def write_outputs(
     :return: Paths of the written files by kind.
     """
     paths = {"results": run_dir / "results.json", "curves": run_dir / "curves.png"}
-    paths["results"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_text_atomically(paths["results"], json.dumps(results, indent=2, default=str) + "\n")
     plot_curves(results["curve"], paths["curves"], title=title)
     if model is not None:
         paths["model"] = run_dir / "best_model.pt"
-        torch.save(model.state_dict(), paths["model"])
+        with atomic_path(paths["model"]) as tmp:
+            torch.save(model.state_dict(), tmp)
     if tracker is not None:
         tracker.log_summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
         tracker.save_file(paths["results"])
@@ -293,4 +390,5 @@ def plot_curves(curve: list[Mapping[str, float]], path: Path, title: str = "") -
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
