@@ -28,6 +28,8 @@ import os
 
 import torch
 
+from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel
+
 try:  # optional dependency: pip install "fw-agents[gpu]"
     import triton
     import triton.language as tl
@@ -41,10 +43,6 @@ MAX_HIDDEN = 128
 DEFAULT_CHUNK = 16
 #: Largest checkpoint interval (the backward holds a ``[K, H]`` tile and a ``[K, K]`` one).
 MAX_CHUNK = 64
-#: The kernels reduce with ``tl.reduce(x, axis, _ADD)`` rather than ``tl.sum`` and use no other
-#: ``@triton.jit`` helper of ``triton.language``: the interpreter cannot call those when triton
-#: was imported without TRITON_INTERPRET=1 (as in a test suite that sets it later).
-_ADD = tl.standard._sum_combine if tl is not None else None
 INSTALL_HINT = 'the Triton fast-weights kernel needs triton: pip install "fw-agents[gpu]"'
 
 
@@ -65,197 +63,8 @@ def supports(hidden_size: int, device: torch.device | str) -> bool:
 
 
 # --------------------------------------------------------------------------- kernels
-# Plain functions, decorated with triton.jit on first use (see _kernels): triton picks
-# "compiled" or "interpreted" when it decorates, from TRITON_INTERPRET at that moment.
-
-
-def _fw_forward_kernel(
-    zx_ptr, h0_ptr, a0t_ptr, wt_ptr, lnw_ptr, lnb_ptr, keep_ptr, write_ptr, hkeep_ptr,
-    y_ptr, hs_ptr, u_ptr, ckpt_ptr, ht_ptr, at_ptr,
-    T, B, H, decay, fast_lr, eps,
-    S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
-    LAYER_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_KEEP: tl.constexpr,
-    HAS_WRITE: tl.constexpr, HAS_HKEEP: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
-):  # fmt: skip
-    b = tl.program_id(0)
-    rows = tl.arange(0, BH)
-    cols = tl.arange(0, BH)
-    rmask = rows < H
-    cmask = cols < H
-    mmask = rmask[:, None] & cmask[None, :]
-    # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
-    # that every mat-vec reduces over axis 0 of a row-major (coalesced) tile: with Triton's
-    # layout for it the result vectors are spread over the threads, not replicated in each.
-    mat = rows[:, None] * H + cols[None, :]
-    matT = rows[:, None] + cols[None, :] * H  # stores A itself (row-major) from At
-    Wt = tl.load(wt_ptr + mat, mask=mmask, other=0.0).to(ACC)
-    if LAYER_NORM:
-        gain = tl.load(lnw_ptr + cols, mask=cmask, other=0.0).to(ACC)
-        beta = tl.load(lnb_ptr + cols, mask=cmask, other=0.0).to(ACC)
-    h = tl.load(h0_ptr + b * H + cols, mask=cmask, other=0.0).to(ACC)
-    if HAS_A0:
-        At = tl.load(a0t_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
-    else:
-        At = tl.full((BH, BH), 0.0, ACC)
-    for t in range(T):
-        if SAVE:
-            if t % K == 0:  # A entering the chunk, before this step's reset
-                tl.store(ckpt_ptr + ((t // K) * B + b) * H * H + matT, At, mask=mmask)
-        if HAS_KEEP:
-            keep = tl.load(keep_ptr + t * B + b).to(ACC)
-            h = h * keep
-            At = At * keep
-        if HAS_HKEEP:
-            h = h * tl.load(hkeep_ptr + t * B + b).to(ACC)
-        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * H + cols, mask=cmask, other=0.0).to(ACC)
-        hs = tl.maximum(z, 0.0)
-        for s in tl.static_range(S):
-            u = z + tl.reduce(At * hs[:, None], 0, _ADD)
-            if SAVE:
-                base = ((t * B + b) * S + s) * H
-                tl.store(hs_ptr + base + cols, hs, mask=cmask)
-                tl.store(u_ptr + base + cols, u, mask=cmask)
-            if LAYER_NORM:
-                mean = tl.reduce(u, 0, _ADD) / H
-                diff = tl.where(cmask, u - mean, 0.0)
-                rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
-                u = diff * rstd * gain + beta
-            hs = tl.maximum(u, 0.0)
-        h = hs
-        tl.store(y_ptr + (t * B + b) * H + cols, h, mask=cmask)
-        if HAS_WRITE:
-            w = tl.load(write_ptr + t * B + b).to(ACC)
-            At = (1.0 - w * (1.0 - decay)) * At + (fast_lr * w) * (h[:, None] * h[None, :])
-        else:
-            At = decay * At + fast_lr * (h[:, None] * h[None, :])
-    tl.store(ht_ptr + b * H + cols, h, mask=cmask)
-    if STORE_AT:
-        tl.store(at_ptr + b * H * H + matT, At, mask=mmask)
-
-
-def _fw_backward_kernel(
-    y_ptr, hs_ptr, u_ptr, ckpt_ptr, w_ptr, lnw_ptr, keep_ptr, write_ptr, hkeep_ptr,
-    gy_ptr, ght_ptr, gat_ptr,
-    dzx_ptr, dh0_ptr, da0_ptr, dlnw_ptr, dlnb_ptr,
-    T, B, H, decay, fast_lr, eps,
-    S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
-    LAYER_NORM: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_WRITE: tl.constexpr, HAS_HKEEP: tl.constexpr,
-    HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
-):  # fmt: skip
-    b = tl.program_id(0)
-    rows = tl.arange(0, BH)
-    cols = tl.arange(0, BH)
-    rmask = rows < H
-    cmask = cols < H
-    mat = rows[:, None] * H + cols[None, :]
-    mmask = rmask[:, None] & cmask[None, :]
-    kidx = tl.arange(0, K)
-    W = tl.load(w_ptr + mat, mask=mmask, other=0.0).to(ACC)
-    if LAYER_NORM:
-        gain = tl.load(lnw_ptr + rows, mask=rmask, other=0.0).to(ACC)
-        dgain = tl.full((BH,), 0.0, ACC)
-        dbeta = tl.full((BH,), 0.0, ACC)
-    # dh: dL/dh(t) from the future; dA: dL/dA(t)
-    if HAS_GHT:
-        dh = tl.load(ght_ptr + b * H + rows, mask=rmask, other=0.0).to(ACC)
-    else:
-        dh = tl.full((BH,), 0.0, ACC)
-    if HAS_GAT:
-        dA = tl.load(gat_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
-    else:
-        dA = tl.full((BH, BH), 0.0, ACC)
-    n_chunks = (T + K - 1) // K
-    for cc in range(n_chunks):
-        c = n_chunks - 1 - cc
-        t0 = c * K
-        n = tl.minimum(K, T - t0)
-        Ac = tl.load(ckpt_ptr + (c * B + b) * H * H + mat, mask=mmask, other=0.0).to(ACC)
-        Hc = tl.load(
-            y_ptr + ((t0 + kidx[:, None]) * B + b) * H + cols[None, :],
-            mask=(kidx[:, None] < n) & cmask[None, :], other=0.0,
-        ).to(ACC)  # fmt: skip
-        # A(t0 + j - 1) after step t0 + j's reset = G[j] A_c + sum_i Wt[j, i] h_i h_i^T
-        Wt = tl.full((K, K), 0.0, ACC)
-        G = tl.full((K,), 0.0, ACC)
-        wv = tl.full((K,), 0.0, ACC)
-        g = tl.full((), 1.0, ACC)
-        d_prev = g
-        w_prev = g * 0.0
-        for j in range(n):
-            t = t0 + j
-            if HAS_KEEP:
-                keep = tl.load(keep_ptr + t * B + b).to(ACC)
-            else:
-                keep = 1.0
-            wv = keep * (d_prev * wv + tl.where(kidx == j - 1, fast_lr * w_prev, 0.0))
-            g = keep * d_prev * g
-            Wt = tl.where(kidx[:, None] == j, wv[None, :], Wt)
-            G = tl.where(kidx == j, g, G)
-            if HAS_WRITE:
-                w_prev = tl.load(write_ptr + t * B + b).to(ACC)
-            else:
-                w_prev = g * 0.0 + 1.0
-            d_prev = 1.0 - w_prev * (1.0 - decay)
-        for jj in range(n):
-            j = n - 1 - jj
-            t = t0 + j
-            if HAS_KEEP:
-                keep = tl.load(keep_ptr + t * B + b).to(ACC)
-            else:
-                keep = 1.0
-            if HAS_WRITE:
-                w = tl.load(write_ptr + t * B + b).to(ACC)
-            else:
-                w = 1.0
-            wrow = tl.reduce(tl.where(kidx[:, None] == j, Wt, 0.0), 0, _ADD)  # [K] over tau
-            gj = tl.reduce(tl.where(kidx == j, G, 0.0), 0, _ADD)
-            h_t = tl.load(y_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
-            gh = dh
-            if HAS_GY:
-                gh = gh + tl.load(gy_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
-            # A(t) = d A_pre + eta w h h^T
-            gh = gh + (fast_lr * w) * (tl.reduce(dA * h_t[None, :], 1, _ADD) + tl.reduce(dA * h_t[:, None], 0, _ADD))
-            dA = (1.0 - w * (1.0 - decay)) * dA
-            dz = tl.full((BH,), 0.0, ACC)
-            h_next = h_t
-            for ss in tl.static_range(S):
-                s = S - 1 - ss
-                base = ((t * B + b) * S + s) * H
-                hs = tl.load(hs_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
-                u = tl.load(u_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
-                gu = tl.where(h_next > 0.0, gh, 0.0)
-                if LAYER_NORM:
-                    mean = tl.reduce(u, 0, _ADD) / H
-                    diff = tl.where(rmask, u - mean, 0.0)
-                    rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
-                    xhat = diff * rstd
-                    dgain = dgain + gu * xhat
-                    dbeta = dbeta + gu
-                    gx = gu * gain
-                    gu = tl.where(
-                        rmask, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
-                    )  # fmt: skip
-                dz = dz + gu
-                dA = dA + gu[:, None] * hs[None, :]
-                # dL/dh_s = A_pre^T gu, A_pre = gj A_c + sum_tau wrow[tau] h(tau) h(tau)^T
-                proj = tl.reduce(Hc * gu[None, :], 1, _ADD)  # [K]: h(tau) . gu
-                gh = gj * tl.reduce(Ac * gu[:, None], 0, _ADD) + tl.reduce(Hc * (wrow * proj)[:, None], 0, _ADD)
-                h_next = hs
-            dz = dz + tl.where(h_next > 0.0, gh, 0.0)  # h_0 = relu(z)
-            tl.store(dzx_ptr + (t * B + b) * H + rows, dz, mask=rmask)
-            dh = tl.reduce(W * dz[:, None], 0, _ADD)  # W^T dz
-            if HAS_HKEEP:
-                dh = dh * tl.load(hkeep_ptr + t * B + b).to(ACC)
-            if HAS_KEEP:
-                dh = dh * keep
-                dA = dA * keep
-    tl.store(dh0_ptr + b * H + cols, dh, mask=cmask)
-    if STORE_DA0:
-        tl.store(da0_ptr + b * H * H + mat, dA, mask=mmask)
-    if LAYER_NORM:
-        tl.store(dlnw_ptr + b * H + rows, dgain, mask=rmask)
-        tl.store(dlnb_ptr + b * H + rows, dbeta, mask=rmask)
-
+# triton_kernels holds plain functions, decorated with triton.jit on first use (see _kernels):
+# triton picks "compiled" or "interpreted" when it decorates, from TRITON_INTERPRET then.
 
 _KERNELS: dict[bool, tuple] = {}
 
