@@ -383,6 +383,7 @@ def test_bad_sizes_and_shapes_raise():
         core.outputs(torch.randn(3, 2, 4), hidden_resets=torch.ones(2, 2))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     torch.manual_seed(7)

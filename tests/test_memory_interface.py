@@ -227,6 +227,7 @@ def test_float64(name: str) -> None:
     assert_states_close(tuple(s.float() for s in s64), s32, tol=1e-4)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(name: str) -> None:
     core = make(name)

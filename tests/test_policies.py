@@ -133,6 +133,7 @@ def test_dummy_and_subproc_vec_envs_and_evaluate_policy():
         subproc.close()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_policy_learns():
     model = RecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4), device="cuda", **SMALL)
