@@ -7,7 +7,7 @@ each memory core, and :class:`fw_agents.algorithms.FastRecurrentPPO` (stock
 RecurrentPPO with a compact rollout buffer, same results) with that policy.
 Runs alternate (peer, ours, peer, ours, ...) and the median rate is reported.
 
-    python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm] [--threads 1]
+    python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -38,22 +38,23 @@ def make_env(kind: str) -> VecEnv:
     return make_vec_env(ENV_ID, n_envs=N_ENVS)
 
 
-def make_model(name: str, env: VecEnv) -> RecurrentPPO:
+def make_model(name: str, env: VecEnv, device: str = "cpu") -> RecurrentPPO:
     if name == PEER:
-        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=HIDDEN), seed=0, device="cpu", **SETTINGS)
+        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=HIDDEN), seed=0, device=device,
+                            **SETTINGS)  # fmt: skip
     algorithm, memory = name.split(":")
     return (FastRecurrentPPO if algorithm == "FastRecurrentPPO" else RecurrentPPO)(
         RecurrentMemoryPolicy,
         env,
         policy_kwargs=dict(memory=memory, hidden_size=HIDDEN),
         seed=0,
-        device="cpu",
+        device=device,
         **SETTINGS,
     )
 
 
-def steps_per_second(name: str, env_kind: str, rollouts: int) -> float:
-    model = make_model(name, make_env(env_kind))
+def steps_per_second(name: str, env_kind: str, rollouts: int, device: str = "cpu") -> float:
+    model = make_model(name, make_env(env_kind), device)
     per_rollout = SETTINGS["n_steps"] * N_ENVS
     model.learn(per_rollout)  # warm-up: first rollout and update
     start = time.perf_counter()
@@ -69,16 +70,20 @@ def main() -> None:
     parser.add_argument("--env", choices=["numpy", "dummy"], default="numpy",
                         help="numpy: batched envs.CatchSB3VecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for every run (default: torch's)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every model runs (the envs stay numpy)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {ENV_ID}, {N_ENVS} envs, {SETTINGS}, "
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {ENV_ID}, "
+          f"{N_ENVS} envs, {SETTINGS}, "
           f"{HIDDEN} units, env: {args.env}\n")  # fmt: skip
     names = [PEER] + [f"{algo}:{m}" for m in args.memories for algo in ("RecurrentPPO", "FastRecurrentPPO")]
     rates: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
         for name in names:
-            rates[name].append(steps_per_second(name, args.env, args.rollouts))
+            rates[name].append(steps_per_second(name, args.env, args.rollouts, args.device))
     # Each repeat runs every contestant back to back, so a ratio within one repeat is far less
     # sensitive to the machine's slow drift; the median of those ratios is reported (and their range).
     print("| policy | env steps/s (median) | × stock (median of per-repeat ratios) | range |")
