@@ -98,8 +98,10 @@ def train(
         ``StopTrainingOnNoModelImprovement``.
 
     Runs with ``config.threads`` torch threads (restored afterwards); ``config.json`` records
-    :meth:`TrainConfig.resolved`. Ctrl-C saves ``checkpoints/interrupted_<steps>_steps.zip``
-    (resume it with ``--resume``) and re-raises ``KeyboardInterrupt``.
+    :func:`run_record`. With ``config.resume`` the run continues as :mod:`fw_agents.resume`
+    says (in the checkpoint's folder, with the model's settings). Env, sizes and checkpoint are
+    checked before any file is written (``ValueError``). Ctrl-C saves
+    ``checkpoints/interrupted_<steps>_steps.zip`` and re-raises ``KeyboardInterrupt``.
     """
     config.validate()
     same_folder = False
