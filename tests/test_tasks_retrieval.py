@@ -233,15 +233,22 @@ def test_ctrl_c_saves_the_training_state_and_resume_finishes_the_same_run(tmp_pa
     assert retrieval.main([*argv, "--run-dir", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
 
-    real_update, calls = training._update, []
+    real_adam, calls = training._adam, []
 
-    def ctrl_c_at_13(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 13:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
+    def adam_stopped_by_ctrl_c_at_update_13(*args, **kwargs):
+        optimizer = real_adam(*args, **kwargs)
+        step = optimizer.step
 
-    monkeypatch.setattr(training, "_update", ctrl_c_at_13)
+        def ctrl_c_at_13(*step_args, **step_kwargs):
+            calls.append(1)
+            if len(calls) == 13:
+                raise KeyboardInterrupt
+            return step(*step_args, **step_kwargs)
+
+        optimizer.step = ctrl_c_at_13
+        return optimizer
+
+    monkeypatch.setattr(training, "_adam", adam_stopped_by_ctrl_c_at_update_13)
     run = tmp_path / "cut"
     assert retrieval.main([*argv, "--run-dir", str(run)]) == 130
     err = capsys.readouterr().err

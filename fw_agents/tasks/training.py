@@ -233,10 +233,27 @@ def train_classifier(
     saved_at, update = first - 1, first - 1
     try:
         for update in range(first, config.steps + 1):
-            sync = device.type == "cuda" and update % config.eval_every == 0  # time the period's work exactly
-            cursor, perm, train_time = _update(model, optimizer, train, config, generator, perm, cursor, batch_size,
-                                               loss_sum, wrong_sum, train_time, sync)  # fmt: skip
-            seen_since_eval += batch_size
+            tick = time.perf_counter()
+            if cursor + batch_size > n_train:  # new epoch: reshuffle
+                perm = torch.randperm(n_train, generator=generator).to(device)
+                cursor = 0
+            idx = perm[cursor : cursor + batch_size]
+            cursor += batch_size
+            x, y = train.x[idx], train.y[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            with torch.no_grad():  # accumulate on device: no host sync per update
+                loss_sum += loss.detach() * y.shape[0]
+                wrong_sum += (logits.detach().argmax(dim=1) != y).sum()
+            seen_since_eval += y.shape[0]
+            if device.type == "cuda" and update % config.eval_every == 0:
+                torch.cuda.synchronize(device)
+            train_time += time.perf_counter() - tick
             if update % config.eval_every == 0 or update == config.steps:
                 record_eval(update)
                 if checkpoint is not None:
@@ -249,34 +266,6 @@ def train_classifier(
                   file=sys.stderr)  # fmt: skip
         raise
     return _results(model, best, best_state, curve, config, train_time, start_wall)
-
-
-def _update(
-    model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, config: SupervisedConfig,
-    generator: torch.Generator, perm: torch.Tensor, cursor: int, batch_size: int, loss_sum: torch.Tensor,
-    wrong_sum: torch.Tensor, train_time: float, sync: bool,
-) -> tuple[int, torch.Tensor, float]:  # fmt: skip
-    """One Adam step on the next mini-batch; returns the new ``(cursor, perm, train_time)``."""
-    device, n_train = train.y.device, len(train)
-    tick = time.perf_counter()
-    if cursor + batch_size > n_train:  # new epoch: reshuffle
-        perm = torch.randperm(n_train, generator=generator).to(device)
-        cursor = 0
-    idx = perm[cursor : cursor + batch_size]
-    x, y = train.x[idx], train.y[idx]
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
-    with torch.no_grad():  # accumulate on device: no host sync per update
-        loss_sum += loss.detach() * y.shape[0]
-        wrong_sum += (logits.detach().argmax(dim=1) != y).sum()
-    if sync:
-        torch.cuda.synchronize(device)
-    return cursor + batch_size, perm, train_time + time.perf_counter() - tick
 
 
 def _results(
