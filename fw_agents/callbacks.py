@@ -53,6 +53,7 @@ class RunEvalCallback(EvalCallback):
         super().__init__(eval_env, log_path=str(run_dir), **kwargs)
         self.final_path = run_dir / "evaluations.npz"
         self.log_path = str(run_dir / ".evaluations.partial")  # np.savez adds ".npz"; renamed when complete
+        self._caught: list[bool] = []  # this evaluation's episodes, caught or not
         if self.final_path.exists():
             self._continue_history()
 
@@ -69,7 +70,9 @@ class RunEvalCallback(EvalCallback):
         self.best_mean_reward = float(np.max(np.mean(self.evaluations_results, axis=1)))
 
     def _on_step(self) -> bool:
-        self._caught: list[bool] = []
+        if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
+            return super()._on_step()  # no evaluation at this step: nothing to set up or rename
+        self._caught = []
         evaluations = len(self.evaluations_timesteps)
         try:
             go_on = super()._on_step()

@@ -308,11 +308,11 @@ def fast_weights_triton(
         ln_weight = torch.ones(H, device=zx.device, dtype=dtype) if ln_weight is None else ln_weight
         ln_bias = torch.zeros(H, device=zx.device, dtype=dtype) if ln_bias is None else ln_bias
     keep = None if episode_starts is None else 1.0 - _mask(episode_starts, T, B, "episode_starts", prep(zx))
-    if keep is not None:  # a start clears a carried NaN/inf exactly (0 * NaN would keep it)
+    if keep is not None:  # a start clears a carried NaN/inf exactly (0 * NaN would keep it), as in step.py
         restart = keep[0] < 0.5
-        h = torch.where(restart[:, None], torch.zeros((), dtype=h.dtype, device=h.device), h)
+        h = h.masked_fill(restart[:, None], 0.0)
         if A is not None:
-            A = torch.where(restart[:, None, None], torch.zeros((), dtype=A.dtype, device=A.device), A)
+            A = A.masked_fill(restart[:, None, None], 0.0)
     write = _mask(write_mask, T, B, "write_mask", prep(zx))
     hkeep = None if hidden_resets is None else 1.0 - _mask(hidden_resets, T, B, "hidden_resets", prep(zx))
     y, h_T, A_T = _FastWeightsTriton.apply(
