@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from fw_agents import search  # noqa: E402
 from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
+from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 
 TARGET = 0.9
@@ -253,14 +254,15 @@ def _main(argv: Sequence[str] | None) -> int:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"figure5_{env_id}.png", dpi=100)
+        with atomic_path(out / f"figure5_{env_id}.png") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-    (out / "figure5.md").write_text("\n".join(table) + "\n")
+    write_text_atomically(out / "figure5.md", "\n".join(table) + "\n")
     if searching:
-        (out / "trials.md").write_text("\n".join(trials_table) + "\n")
+        write_text_atomically(out / "trials.md", "\n".join(trials_table) + "\n")
         print("\n".join(trials_table) + "\n")
     print("\n".join(table))
-    (out / "command.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    write_text_atomically(out / "command.json", json.dumps(vars(args), indent=2) + "\n")
     return 0
 
 

@@ -32,6 +32,8 @@ import time
 import traceback
 from pathlib import Path
 
+from fw_agents.files import write_text_atomically
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"B=256 H=128 T=16": 1.0, "B=16 H=128 T=512": 2.0}  # Triton kernel fwd+bwd ≤ this × cuDNN LSTM
 
@@ -51,7 +53,7 @@ class Report:
     def write(self) -> None:
         status = "all stages ran" if not self.failed else "failed: " + ", ".join(self.failed)
         head = f"# GPU check\n\n{time.strftime('%Y-%m-%d %H:%M:%S')} — {status}\n"
-        self.path.write_text("\n".join([head, *self.parts]))
+        write_text_atomically(self.path, "\n".join([head, *self.parts]))
 
 
 def _env() -> dict[str, str]:

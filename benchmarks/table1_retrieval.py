@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fw_agents.tasks import retrieval
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli
+from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.tasks.sweep import Cell, add_cell_arguments, cell_argv, markdown_table, run_grid
 
 MODELS = ("fastweights", "lstm", "alstm", "irnn")
@@ -68,7 +69,8 @@ def plot_figure2(results: dict, models: Sequence[str], path: Path, size: int = 5
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return True
 
 
@@ -89,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"budget {args.steps} updates per cell (batch {args.batch_size}, Adam lr {args.lr}; the paper trained up to ~700k); "
         f"paper's Table 1 in parentheses.\n\n"
     )
-    (out_dir / "table1.md").write_text("# Table 1: associative retrieval\n\n" + note + table)
+    write_text_atomically(out_dir / "table1.md", "# Table 1: associative retrieval\n\n" + note + table)
     if 50 in args.sizes:
         plot_figure2(results, args.models, out_dir / "figure2_test_nll_R50.png")
     summary = {f"{m}-{s}": r for (m, s), r in results.items()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(note + table)
     print(f"written: {out_dir / 'table1.md'}")
     return 0

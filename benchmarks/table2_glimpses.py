@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fw_agents.tasks import glimpses
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli
+from fw_agents.files import write_text_atomically
 from fw_agents.tasks.sweep import Cell, add_cell_arguments, cell_argv, markdown_table, run_grid
 
 MODELS = ("irnn", "lstm", "convnet", "fastweights")
@@ -71,9 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"validation checkpoint, budget {args.steps} updates per cell (batch {args.batch_size}, Adam lr {args.lr}). "
         f"The paper's numbers (in parentheses) are on MNIST; Fashion-MNIST errors are several times higher.\n\n"
     )
-    (out_dir / "table2.md").write_text("# Table 2: multi-level glimpses\n\n" + note + table)
+    write_text_atomically(out_dir / "table2.md", "# Table 2: multi-level glimpses\n\n" + note + table)
     summary = {f"{m}-{s}": r for (m, s), r in results.items()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(note + table)
     print(f"written: {out_dir / 'table2.md'}")
     return 0
