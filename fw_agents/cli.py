@@ -136,7 +136,7 @@ def add_config_arguments(
         meta = field.metadata
         if "help" not in meta or not meta["cli"] or field.name in exclude:
             continue
-        default = (defaults or {}).get(field.name, _field_default(field))
+        default = (defaults or {}).get(field.name, field_default(field))
         kind = _plain_type(hints[field.name])
         flags = ["--" + field.name.replace("_", "-"), *meta["aliases"]]
         kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"])
@@ -284,7 +284,8 @@ def config_to_argv(config: Any, names: Sequence[str] | None = None) -> list[str]
     return argv
 
 
-def _field_default(field: dataclasses.Field) -> Any:
+def field_default(field: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory called), or ``dataclasses.MISSING``."""
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return field.default

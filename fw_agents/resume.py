@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fw_agents.cli import field_default
 from fw_agents.run_folder import RUN_MARKER
 from fw_agents.safe_load import read_model_data
 
@@ -104,7 +105,7 @@ def resumed_config(config: Any, checkpoint: Checkpoint) -> tuple[Any, bool]:
     :raises ValueError: A setting given that contradicts the checkpoint, or ``timesteps`` not
         beyond the steps it has trained.
     """
-    defaults = {field.name: _default(field) for field in dataclasses.fields(config)}
+    defaults = {field.name: field_default(field) for field in dataclasses.fields(config)}
     changes: dict[str, Any] = {}
     recorded = _recorded_config(checkpoint.run_dir)
     for name, value in recorded.items():
@@ -152,7 +153,3 @@ def _recorded_config(run_dir: Path | None) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return recorded if isinstance(recorded, dict) else {}
-
-
-def _default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
