@@ -160,3 +160,14 @@ def test_kvwriter_keeps_scalars_only_and_survives_errors(capsys: pytest.CaptureF
     assert capsys.readouterr().err.count("W&B logging failed") == 1
     assert failing.run is None
 
+
+
+def test_an_offline_run_says_how_to_upload_it(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from fw_agents.tracking import Tracker
+
+    files = tmp_path / "wandb" / "offline-run-20261130_000000-abc" / "files"
+    run = SimpleNamespace(settings=SimpleNamespace(_offline=True), dir=str(files), finish=lambda: None)
+    Tracker(run_dir=tmp_path, wandb_run=run).close()
+    assert f"wandb sync {files.parent}" in capsys.readouterr().err

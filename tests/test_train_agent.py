@@ -443,3 +443,11 @@ def test_installed_commands_and_python_m(tmp_path):
     assert scripts["fw-train"].load() is train_agent.main
     result = subprocess.run([sys.executable, "-m", "fw_agents", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage: python -m fw_agents")
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_verbose_0_keeps_the_terminal_quiet(verbose, tmp_path, capsys):
+    train(TrainConfig(env="CatchBlind16-v0", run_dir=str(tmp_path / "r"), verbose=verbose, **TINY))
+    out = capsys.readouterr().out
+    assert ("rollout/" in out) == bool(verbose) and ("Eval num_timesteps" in out) == bool(verbose)
+    assert "train/loss" in (tmp_path / "r" / "progress.csv").read_text(), "the curves are written either way"
