@@ -176,7 +176,7 @@ def test_scan_puts_rows_that_read_A_in_first(keep, order, readers, in_place_rest
     assert (got_order is None and order is None) or got_order.tolist() == order
 
 
-@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
 @pytest.mark.parametrize("steps", [1, 7])
 def test_outputs_equal_forward_outputs(mode, steps):
     torch.manual_seed(0)
@@ -216,7 +216,7 @@ def test_scan_gradcheck(chunk, inner_steps):
     assert torch.autograd.gradcheck(fn, args)
 
 
-@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
 def test_modes_agree_float32(mode):
     torch.manual_seed(0)
     core = FastWeightsRNN(7, 16, mode=mode)
@@ -236,6 +236,22 @@ def test_auto_mode_chunks_long_sequences():
     assert core.chunk_size(1000) == 8  # 2 * hidden_size
     assert FastWeightsRNN(3, 4, mode="matrix").chunk_size(50) == 1
     assert FastWeightsRNN(3, 4, mode="attention").chunk_size(50) == 50
+    assert FastWeightsRNN(3, 4, mode="scan").chunk_size(1000) == 8
+
+
+def test_scan_mode_is_auto_without_the_kernel(monkeypatch):
+    """On CPU "auto" is the scan; "scan" stays the scan even where the kernel could run
+    (here: under the interpreter, with the device check patched to say yes)."""
+    from fw_agents.memory.ops import fast_weights_scan, fast_weights_step, triton_scan
+
+    x = torch.zeros(6, 2, 3)
+    assert FastWeightsRNN(3, 4)._op(x) == FastWeightsRNN(3, 4, mode="scan")._op(x) == (fast_weights_scan, 6)
+    assert FastWeightsRNN(3, 4, mode="scan")._op(x[:1])[0] is fast_weights_step
+    monkeypatch.setattr(triton_scan, "supports", lambda hidden, device: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert FastWeightsRNN(3, 4, mode="scan")._op(x)[0] is fast_weights_scan
+    if triton_scan.triton_available():
+        assert FastWeightsRNN(3, 4)._op(x)[0] is triton_scan.fast_weights_triton
 
 
 def test_module_matches_paper_equations_by_hand():
@@ -409,7 +425,7 @@ def test_backward_leaves_the_incoming_gradient_untouched():
 
 
 # ---------------------------------------------------------------- normalize=True: η as a share
-@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
 @pytest.mark.parametrize("hidden,decay", [(5, 0.9), (12, 0.6)])
 def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay):
     """``normalize=True`` computes Eq. 1/5 exactly with η_paper = η (1-λ)/H: values and
@@ -521,7 +537,7 @@ def _state_with_bad_rows(batch, hidden, rows, bad):
     return h0, A0
 
 
-@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
 @pytest.mark.parametrize("steps", [1, 7])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("rows", [(1,), (0, 2, 3, 5), (2, 3, 4, 5), (0, 1, 2, 3, 4, 5)])
@@ -554,7 +570,7 @@ def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, row
     assert all(g is None or not g[list(rows)].any() for g in grads[:2])
 
 
-@pytest.mark.parametrize("mode", ["auto", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
 @pytest.mark.parametrize("steps", [1, 7])
 def test_non_finite_state_without_a_start_stays_non_finite(mode, steps):
     """No start: a NaN carried state is not hidden (its row's outputs stay non-finite), and

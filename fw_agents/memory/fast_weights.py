@@ -14,11 +14,12 @@ from fw_agents.memory.ops.chunking import default_chunk_size
 from fw_agents.memory.ops.triton_scan import fast_weights_triton
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
-# The op that runs a call, by mode: (a sequence, a one-step call). All three share one signature.
-# A rollout step in "auto"/"matrix" mode takes the matrix-form step (fewest ops); "attention"
-# keeps the scan even then, so that mode is the scan alone.
+# The op that runs a call, by mode: (a sequence, a one-step call). All of them share one signature.
+# A rollout step in "auto"/"scan"/"matrix" mode takes the matrix-form step (fewest ops);
+# "attention" keeps the scan even then, so that mode is the scan alone. "auto" on CUDA: _op.
 _OPS = {
     "auto": (fast_weights_scan, fast_weights_step),
+    "scan": (fast_weights_scan, fast_weights_step),
     "matrix": (fast_weights_scan, fast_weights_step),
     "attention": (fast_weights_scan, fast_weights_scan),
     "reference": (fast_weights_reference, fast_weights_reference),
@@ -63,14 +64,15 @@ class FastWeightsRNN(MemoryCore):
     * ``"attention"``: never forms ``A`` inside a call; attends over the call's past
       hidden states (Eq. 4), O(t·H) per step. ``A`` is formed once, for the returned state.
     * ``"matrix"``: keeps ``A`` explicitly and updates it every step, O(H²) per step.
-    * ``"auto"``: attention over chunks of at most ``2·hidden_size`` steps, forming
+    * ``"scan"``: attention over chunks of at most ``2·hidden_size`` steps, forming
       ``A`` between chunks, so neither long sequences nor large ``H`` blow up.
     * ``"reference"``: the slow per-step loop of
       :func:`~fw_agents.memory.ops.fast_weights_reference` (autograd), for checking.
     * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.triton_scan`,
       ``A`` and ``W`` on chip, ``H <= 128``): CUDA tensors, or CPU under
-      ``TRITON_INTERPRET=1`` (how the tests run it). ``"auto"`` takes it for CUDA inputs
-      when triton is installed and ``H <= 128``, and the PyTorch paths otherwise.
+      ``TRITON_INTERPRET=1`` (how the tests run it).
+    * ``"auto"`` (default): ``"triton"`` for CUDA inputs when triton is installed and
+      ``H <= 128``, ``"scan"`` otherwise.
 
     :param input_size: Number of input features.
     :param hidden_size: Number of recurrent units ``H``.
@@ -78,7 +80,8 @@ class FastWeightsRNN(MemoryCore):
     :param decay: Fast-weight decay λ, in (0, 1). Paper: 0.95 (0.9 for associative retrieval).
     :param inner_steps: Inner-loop steps S (>= 1). Paper: 1.
     :param layer_norm: Layer norm on every inner step (paper: yes).
-    :param mode: One of ``"auto"``, ``"matrix"``, ``"attention"``, ``"reference"``, ``"triton"``.
+    :param mode: One of ``"auto"``, ``"scan"``, ``"matrix"``, ``"attention"``, ``"reference"``,
+        ``"triton"``.
     :param normalize: Read ``fast_lr`` as the fast memory's share of the drive rather than
         the paper's η: the write is scaled by ``(1-λ)/H`` (see above). Default: the paper's η.
 
