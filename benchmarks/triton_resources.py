@@ -31,7 +31,8 @@ BACKWARD_FLAGS = dict(HAS_KEEP=True, HAS_WRITE=True, HAS_HKEEP=True, HAS_GY=True
                       STORE_DA0=True)  # fmt: skip
 
 
-def resources(fn, flags: dict, *, block: int, inner_steps: int, chunk: int, arch: int, num_warps: int) -> str:
+def resources(fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arch: int, num_warps: int) -> str:
+    block = triton.next_power_of_2(hidden)
     kernel = triton.jit(fn)
     names = list(kernel.arg_names)
     constants = dict(S=inner_steps, BH=block, K=chunk, ACC=tl.float32, LAYER_NORM=True, **flags)
@@ -45,7 +46,13 @@ def resources(fn, flags: dict, *, block: int, inner_steps: int, chunk: int, arch
             signature[name] = "fp32"
         else:
             signature[name] = "constexpr"
-    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()})
+    # What the launcher specialises at run time: torch's allocations are 16-byte aligned, and an
+    # int argument divisible by 16 is marked so (H, the real hidden size, when it is; T and B
+    # as at the RL shape, 16 x 256). Without these hints the compiler cannot vectorise the
+    # tile loads, picks another layout and the counts are not the ones a GPU run gets.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
+             if name.endswith("_ptr") or name in ("T", "B") or (name == "H" and hidden % 16 == 0)}  # fmt: skip
+    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -70,7 +77,7 @@ def main() -> None:
         for label, fn, flags, backward in (("forward", triton_scan._fw_forward_kernel, FORWARD_FLAGS, False),
                                            ("backward", triton_scan._fw_backward_kernel, BACKWARD_FLAGS, True)):  # fmt: skip
             for warps in args.warps or [triton_scan._launch_options(block, backward)["num_warps"]]:
-                usage = resources(fn, flags, block=block, inner_steps=args.inner_steps, chunk=args.chunk,
+                usage = resources(fn, flags, hidden=hidden, inner_steps=args.inner_steps, chunk=args.chunk,
                                   arch=args.arch, num_warps=warps)  # fmt: skip
                 print(f"| {hidden} | {label} | {warps} | {usage} |", flush=True)
 

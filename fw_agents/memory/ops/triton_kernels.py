@@ -6,6 +6,14 @@ They are plain functions: ``triton_scan`` decorates them with ``triton.jit`` on 
 compiled or interpreted (``TRITON_INTERPRET=1``) execution, whichever is asked for then. They
 use only Triton built-ins (``tl.reduce`` with ``_ADD`` rather than ``tl.sum``), which the
 interpreter can call even when triton was imported without the variable.
+
+Storage: every hidden-sized axis in memory has the padded size ``BH`` (a power of two, the
+host pads with zeros when ``H`` is not one), so no load or store needs a mask; ``H``, the
+logical size, enters only the layer-norm statistics. Padded lanes stay exactly zero (their
+rows and columns of ``W``, ``A``, the gain and bias are zero). Register budget: a
+``[BH, BH]`` tile of offsets costs as much as a tile of values (of pointers, twice), so
+pointer tiles used inside or after the time loop are built there from 1-D row pointers
+that depend on the loop, leaving nothing of that size loop-invariant to keep.
 """
 
 from __future__ import annotations
@@ -29,57 +37,55 @@ def _fw_forward_kernel(
     b = tl.program_id(0)
     rows = tl.arange(0, BH)
     cols = tl.arange(0, BH)
-    rmask = rows < H
-    cmask = cols < H
-    mmask = rmask[:, None] & cmask[None, :]
     # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
     # that every mat-vec reduces over axis 0 of a row-major (coalesced) tile: with Triton's
     # layout for it the result vectors are spread over the threads, not replicated in each.
-    mat = rows[:, None] * H + cols[None, :]
-    matT = rows[:, None] + cols[None, :] * H  # stores A itself (row-major) from At
-    Wt = tl.load(wt_ptr + mat, mask=mmask, other=0.0).to(ACC)
+    mat = rows[:, None] * BH + cols[None, :]
+    Wt = tl.load(wt_ptr + mat).to(ACC)
     if LAYER_NORM:
-        gain = tl.load(lnw_ptr + cols, mask=cmask, other=0.0).to(ACC)
-        beta = tl.load(lnb_ptr + cols, mask=cmask, other=0.0).to(ACC)
-    h = tl.load(h0_ptr + b * H + cols, mask=cmask, other=0.0).to(ACC)
+        lane = cols < H  # the layer norm's statistics are over the H real lanes
+        gain = tl.load(lnw_ptr + cols).to(ACC)
+        beta = tl.load(lnb_ptr + cols).to(ACC)
+    h = tl.load(h0_ptr + b * BH + cols).to(ACC)
     if HAS_A0:
-        At = tl.load(a0t_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
+        At = tl.load(a0t_ptr + b * BH * BH + mat).to(ACC)
     else:
         At = tl.full((BH, BH), 0.0, ACC)
     for t in range(T):
         if SAVE:
-            if t % K == 0:  # A entering the chunk, before this step's reset
-                tl.store(ckpt_ptr + ((t // K) * B + b) * H * H + matT, At, mask=mmask)
-        if HAS_KEEP:
-            keep = tl.load(keep_ptr + t * B + b).to(ACC)
-            h = h * keep
-            At = At * keep
+            if t % K == 0:  # A^T entering the chunk, before this step's reset
+                ck_rows = ckpt_ptr + ((t // K) * B + b) * BH * BH + rows * BH
+                tl.store(ck_rows[:, None] + cols[None, :], At)
+        # A_pre = keep A(t-1) is never formed: keep scales A's mat-vecs and the decay below
+        keep = tl.load(keep_ptr + t * B + b).to(ACC) if HAS_KEEP else 1.0
+        h = h * keep
         if HAS_HKEEP:
             h = h * tl.load(hkeep_ptr + t * B + b).to(ACC)
-        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * H + cols, mask=cmask, other=0.0).to(ACC)
+        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * BH + cols).to(ACC)
         hs = tl.maximum(z, 0.0)
         for s in tl.static_range(S):
-            u = z + tl.reduce(At * hs[:, None], 0, _ADD)
+            u = z + keep * tl.reduce(At * hs[:, None], 0, _ADD)
             if SAVE:
-                base = ((t * B + b) * S + s) * H
-                tl.store(hs_ptr + base + cols, hs, mask=cmask)
-                tl.store(u_ptr + base + cols, u, mask=cmask)
+                base = ((t * B + b) * S + s) * BH
+                tl.store(hs_ptr + base + cols, hs)
+                tl.store(u_ptr + base + cols, u)
             if LAYER_NORM:
                 mean = tl.reduce(u, 0, _ADD) / H
-                diff = tl.where(cmask, u - mean, 0.0)
+                diff = tl.where(lane, u - mean, 0.0)
                 rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                 u = diff * rstd * gain + beta
             hs = tl.maximum(u, 0.0)
         h = hs
-        tl.store(y_ptr + (t * B + b) * H + cols, h, mask=cmask)
+        tl.store(y_ptr + (t * B + b) * BH + cols, h)
         if HAS_WRITE:
             w = tl.load(write_ptr + t * B + b).to(ACC)
-            At = (1.0 - w * (1.0 - decay)) * At + (fast_lr * w) * (h[:, None] * h[None, :])
+            At = (keep * (1.0 - w * (1.0 - decay))) * At + (fast_lr * w) * (h[:, None] * h[None, :])
         else:
-            At = decay * At + fast_lr * (h[:, None] * h[None, :])
-    tl.store(ht_ptr + b * H + cols, h, mask=cmask)
-    if STORE_AT:
-        tl.store(at_ptr + b * H * H + matT, At, mask=mmask)
+            At = (keep * decay) * At + fast_lr * (h[:, None] * h[None, :])
+    tl.store(ht_ptr + b * BH + cols, h)
+    if STORE_AT:  # A itself (row-major) from the A^T tile
+        at_cols = at_ptr + b * BH * BH + cols * BH
+        tl.store(at_cols[None, :] + rows[:, None], At)
 
 
 def _fw_backward_kernel(
@@ -94,23 +100,21 @@ def _fw_backward_kernel(
     b = tl.program_id(0)
     rows = tl.arange(0, BH)
     cols = tl.arange(0, BH)
-    rmask = rows < H
-    cmask = cols < H
-    mat = rows[:, None] * H + cols[None, :]
-    mmask = rmask[:, None] & cmask[None, :]
+    mat = rows[:, None] * BH + cols[None, :]
     kidx = tl.arange(0, K)
-    W = tl.load(w_ptr + mat, mask=mmask, other=0.0).to(ACC)
+    W = tl.load(w_ptr + mat).to(ACC)
     if LAYER_NORM:
-        gain = tl.load(lnw_ptr + rows, mask=rmask, other=0.0).to(ACC)
+        lane = rows < H
+        gain = tl.load(lnw_ptr + rows).to(ACC)
         dgain = tl.full((BH,), 0.0, ACC)
         dbeta = tl.full((BH,), 0.0, ACC)
     # dh: dL/dh(t) from the future; dA: dL/dA(t)
     if HAS_GHT:
-        dh = tl.load(ght_ptr + b * H + rows, mask=rmask, other=0.0).to(ACC)
+        dh = tl.load(ght_ptr + b * BH + rows).to(ACC)
     else:
         dh = tl.full((BH,), 0.0, ACC)
     if HAS_GAT:
-        dA = tl.load(gat_ptr + b * H * H + mat, mask=mmask, other=0.0).to(ACC)
+        dA = tl.load(gat_ptr + b * BH * BH + mat).to(ACC)
     else:
         dA = tl.full((BH, BH), 0.0, ACC)
     n_chunks = (T + K - 1) // K
@@ -118,10 +122,10 @@ def _fw_backward_kernel(
         c = n_chunks - 1 - cc
         t0 = c * K
         n = tl.minimum(K, T - t0)
-        Ac = tl.load(ckpt_ptr + (c * B + b) * H * H + mat, mask=mmask, other=0.0).to(ACC)
+        ck_rows = ckpt_ptr + (c * B + b) * BH * BH + rows * BH  # the checkpoint holds A_c^T
+        Act = tl.load(ck_rows[:, None] + cols[None, :]).to(ACC)
         Hc = tl.load(
-            y_ptr + ((t0 + kidx[:, None]) * B + b) * H + cols[None, :],
-            mask=(kidx[:, None] < n) & cmask[None, :], other=0.0,
+            y_ptr + ((t0 + kidx[:, None]) * B + b) * BH + cols[None, :], mask=kidx[:, None] < n, other=0.0
         ).to(ACC)  # fmt: skip
         # A(t0 + j - 1) after step t0 + j's reset = G[j] A_c + sum_i Wt[j, i] h_i h_i^T
         Wt = tl.full((K, K), 0.0, ACC)
@@ -132,10 +136,7 @@ def _fw_backward_kernel(
         w_prev = g * 0.0
         for j in range(n):
             t = t0 + j
-            if HAS_KEEP:
-                keep = tl.load(keep_ptr + t * B + b).to(ACC)
-            else:
-                keep = 1.0
+            keep = tl.load(keep_ptr + t * B + b).to(ACC) if HAS_KEEP else 1.0
             wv = keep * (d_prev * wv + tl.where(kidx == j - 1, fast_lr * w_prev, 0.0))
             g = keep * d_prev * g
             Wt = tl.where(kidx[:, None] == j, wv[None, :], Wt)
@@ -148,20 +149,14 @@ def _fw_backward_kernel(
         for jj in range(n):
             j = n - 1 - jj
             t = t0 + j
-            if HAS_KEEP:
-                keep = tl.load(keep_ptr + t * B + b).to(ACC)
-            else:
-                keep = 1.0
-            if HAS_WRITE:
-                w = tl.load(write_ptr + t * B + b).to(ACC)
-            else:
-                w = 1.0
+            keep = tl.load(keep_ptr + t * B + b).to(ACC) if HAS_KEEP else 1.0
+            w = tl.load(write_ptr + t * B + b).to(ACC) if HAS_WRITE else 1.0
             wrow = tl.reduce(tl.where(kidx[:, None] == j, Wt, 0.0), 0, _ADD)  # [K] over tau
             gj = tl.reduce(tl.where(kidx == j, G, 0.0), 0, _ADD)
-            h_t = tl.load(y_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
+            h_t = tl.load(y_ptr + (t * B + b) * BH + rows).to(ACC)
             gh = dh
             if HAS_GY:
-                gh = gh + tl.load(gy_ptr + (t * B + b) * H + rows, mask=rmask, other=0.0).to(ACC)
+                gh = gh + tl.load(gy_ptr + (t * B + b) * BH + rows).to(ACC)
             # A(t) = d A_pre + eta w h h^T
             gh = gh + (fast_lr * w) * (tl.reduce(dA * h_t[None, :], 1, _ADD) + tl.reduce(dA * h_t[:, None], 0, _ADD))
             dA = (1.0 - w * (1.0 - decay)) * dA
@@ -169,38 +164,39 @@ def _fw_backward_kernel(
             h_next = h_t
             for ss in tl.static_range(S):
                 s = S - 1 - ss
-                base = ((t * B + b) * S + s) * H
-                hs = tl.load(hs_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
-                u = tl.load(u_ptr + base + rows, mask=rmask, other=0.0).to(ACC)
+                base = ((t * B + b) * S + s) * BH
+                hs = tl.load(hs_ptr + base + rows).to(ACC)
+                u = tl.load(u_ptr + base + rows).to(ACC)
                 gu = tl.where(h_next > 0.0, gh, 0.0)
                 if LAYER_NORM:
                     mean = tl.reduce(u, 0, _ADD) / H
-                    diff = tl.where(rmask, u - mean, 0.0)
+                    diff = tl.where(lane, u - mean, 0.0)
                     rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                     xhat = diff * rstd
                     dgain = dgain + gu * xhat
                     dbeta = dbeta + gu
                     gx = gu * gain
                     gu = tl.where(
-                        rmask, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
+                        lane, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
                     )  # fmt: skip
                 dz = dz + gu
                 dA = dA + gu[:, None] * hs[None, :]
                 # dL/dh_s = A_pre^T gu, A_pre = gj A_c + sum_tau wrow[tau] h(tau) h(tau)^T
                 proj = tl.reduce(Hc * gu[None, :], 1, _ADD)  # [K]: h(tau) . gu
-                gh = gj * tl.reduce(Ac * gu[:, None], 0, _ADD) + tl.reduce(Hc * (wrow * proj)[:, None], 0, _ADD)
+                gh = gj * tl.reduce(Act * gu[None, :], 1, _ADD) + tl.reduce(Hc * (wrow * proj)[:, None], 0, _ADD)
                 h_next = hs
             dz = dz + tl.where(h_next > 0.0, gh, 0.0)  # h_0 = relu(z)
-            tl.store(dzx_ptr + (t * B + b) * H + rows, dz, mask=rmask)
+            tl.store(dzx_ptr + (t * B + b) * BH + rows, dz)
             dh = tl.reduce(W * dz[:, None], 0, _ADD)  # W^T dz
             if HAS_HKEEP:
                 dh = dh * tl.load(hkeep_ptr + t * B + b).to(ACC)
             if HAS_KEEP:
                 dh = dh * keep
                 dA = dA * keep
-    tl.store(dh0_ptr + b * H + cols, dh, mask=cmask)
+    tl.store(dh0_ptr + b * BH + cols, dh)
     if STORE_DA0:
-        tl.store(da0_ptr + b * H * H + mat, dA, mask=mmask)
+        da_rows = da0_ptr + b * BH * BH + rows * BH
+        tl.store(da_rows[:, None] + cols[None, :], dA)
     if LAYER_NORM:
-        tl.store(dlnw_ptr + b * H + rows, dgain, mask=rmask)
-        tl.store(dlnb_ptr + b * H + rows, dbeta, mask=rmask)
+        tl.store(dlnw_ptr + b * BH + rows, dgain)
+        tl.store(dlnb_ptr + b * BH + rows, dbeta)

@@ -24,9 +24,12 @@ import works.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel
 
@@ -85,16 +88,33 @@ def _kernels() -> tuple:
     return _KERNELS[interpret]
 
 
+#: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
+#: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
+#: table in ``triton_scan.md``): the fewest warps whose registers hold the tiles. At 128 the
+#: forward needs 231 registers a thread and spills nothing, the backward spills 144 B (16
+#: warps: 208 B); at 64 and below nothing spills. ``benchmarks/gpu_check.py`` times the others.
+NUM_WARPS = {16: (2, 2), 32: (2, 2), 64: (4, 4), 128: (8, 8)}
+_warps_override: list[tuple[int, int] | None] = [None]
+
+
+@contextlib.contextmanager
+def launch_options(num_warps_forward: int, num_warps_backward: int) -> Iterator[None]:
+    """Launch the kernels with these warps per program inside the block (for tuning sweeps:
+    ``benchmarks/gpu_check.py``). Compiled mode only: the interpreter ignores warps."""
+    for n in (num_warps_forward, num_warps_backward):
+        if n not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"num_warps must be a power of two from 1 to 32, got {n!r}")
+    previous = _warps_override[0]
+    _warps_override[0] = (num_warps_forward, num_warps_backward)
+    try:
+        yield
+    finally:
+        _warps_override[0] = previous
+
+
 def _launch_options(block: int, backward: bool) -> dict:
-    """Warps per program. Chosen without a GPU, from an offline sm_90a compile of each kernel
-    (``benchmarks/triton_resources.py``: registers and spill stack per thread): at H = 128
-    16 warps gives the forward 128 registers and a 240-byte spill stack (8 warps: 255 and
-    288), the backward 128 and 1.4 kB; at H <= 64 nothing spills. To be tuned on a GPU."""
-    if block <= 32:
-        return {"num_warps": 2}
-    if block <= 64:
-        return {"num_warps": 8}
-    return {"num_warps": 16}
+    warps = _warps_override[0] or NUM_WARPS[max(block, 16)]
+    return {"num_warps": warps[1] if backward else warps[0]}
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -108,10 +128,11 @@ class _FastWeightsTriton(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, zx, h, A, W, ln_weight, ln_bias, keep, write, hkeep,
-        decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
+        hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
     ):  # fmt: skip
+        # every hidden axis arrives padded to a power of two, H; `hidden` is the real size
         T, B, H = zx.shape
-        block = triton.next_power_of_2(H)
+        block = H
         save = any(ctx.needs_input_grad[:6])
         dev, dtype = zx.device, zx.dtype
         y = torch.empty(T, B, H, device=dev, dtype=dtype)
@@ -129,14 +150,15 @@ class _FastWeightsTriton(torch.autograd.Function):
             dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
             dummy if keep is None else keep, dummy if write is None else write, dummy if hkeep is None else hkeep,
             y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
-            T, B, H, float(decay), float(fast_lr), float(eps),
+            T, B, hidden, float(decay), float(fast_lr), float(eps),
             S=S, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
             HAS_KEEP=keep is not None, HAS_WRITE=write is not None, HAS_HKEEP=hkeep is not None,
             SAVE=save, STORE_AT=output_final_state, **_launch_options(block, backward=False),
         )  # fmt: skip
         if save:
             ctx.save_for_backward(h, W, ln_weight, y, hs_buf, u_buf, ckpt, keep, write, hkeep)
-            ctx.config = (decay, fast_lr, inner_steps, layer_norm, eps, chunk, A is not None)
+            grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
+            ctx.config = (hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A)
         if not output_final_state:
             ctx.mark_non_differentiable(A_T)
         return y, h_T, A_T
@@ -144,9 +166,9 @@ class _FastWeightsTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_h_T, grad_A_T):  # type: ignore[override]
         h, W, ln_weight, y, hs_buf, u_buf, ckpt, keep, write, hkeep = ctx.saved_tensors
-        decay, fast_lr, inner_steps, layer_norm, eps, chunk, has_A = ctx.config
+        hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, has_A = ctx.config
         T, B, H = y.shape
-        block = triton.next_power_of_2(H)
+        block = H
         dev, dtype = y.device, y.dtype
         has_gat = grad_A_T is not None and grad_A_T.numel() > 0
         grads = [g.contiguous() if g is not None else None for g in (grad_y, grad_h_T, grad_A_T if has_gat else None)]
@@ -164,7 +186,7 @@ class _FastWeightsTriton(torch.autograd.Function):
             dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
             dummy if grad_A_T is None else grad_A_T,
             dzx, dh0, dA0, dlnw, dlnb,
-            T, B, H, float(decay), float(fast_lr), float(eps),
+            T, B, hidden, float(decay), float(fast_lr), float(eps),
             S=inner_steps, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
             HAS_KEEP=keep is not None, HAS_WRITE=write is not None, HAS_HKEEP=hkeep is not None,
             HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
@@ -183,7 +205,7 @@ class _FastWeightsTriton(torch.autograd.Function):
         if layer_norm:
             d_lnw = dlnw.sum(0) if ctx.needs_input_grad[4] else None
             d_lnb = dlnb.sum(0) if ctx.needs_input_grad[5] else None
-        return (dzx, dh0, dA0 if has_A else None, dW, d_lnw, d_lnb) + (None,) * 10
+        return (dzx, dh0, dA0 if has_A else None, dW, d_lnw, d_lnb) + (None,) * 11
 
 
 # --------------------------------------------------------------------------- public op
@@ -315,10 +337,18 @@ def fast_weights_triton(
             A = A.masked_fill(restart[:, None, None], 0.0)
     write = _mask(write_mask, T, B, "write_mask", prep(zx))
     hkeep = None if hidden_resets is None else 1.0 - _mask(hidden_resets, T, B, "hidden_resets", prep(zx))
+    block = triton.next_power_of_2(H)
+    if block != H:  # zero-pad every hidden axis (differentiably): the kernels need no masks
+        pad = block - H
+        zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
+        A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
     y, h_T, A_T = _FastWeightsTriton.apply(
         prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), keep, write, hkeep,
-        float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state),
+        H, float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state),
     )  # fmt: skip
+    if block != H:
+        y, h_T = y[..., :H].contiguous(), h_T[:, :H].contiguous()
+        A_T = A_T[:, :H, :H].contiguous() if output_final_state else A_T
     if out_dtype != dtype:
         y, h_T, A_T = y.to(out_dtype), h_T.to(out_dtype), A_T.to(out_dtype)
     return y, h_T, A_T if output_final_state else None
