@@ -6,9 +6,9 @@ each core per round, median over rounds), so machine noise hits them alike.
     python benchmarks/bench_memory.py [--rounds 15] [--device cpu]
 
 With ``--device cuda`` it times the fast-weights core three ways instead: the PyTorch
-scan (``FastWeightsRNN``, mode "auto"), the fused Triton kernel
-(:func:`fw_agents.memory.ops.triton_scan.fast_weights_triton`, same parameters) and
-cuDNN's ``nn.LSTM``, at (B, T, H) = (256, 16, 128), (64, 128, 128), (16, 512, 128).
+scan (``FastWeightsRNN(mode="scan")``), the fused Triton kernel (``mode="triton"``, what
+"auto" picks on CUDA) and cuDNN's ``nn.LSTM``, at (B, T, H) = (256, 16, 128),
+(64, 128, 128), (16, 512, 128).
 """
 
 from __future__ import annotations
@@ -29,29 +29,6 @@ REFERENCE = "fastweights (reference loop)"  # the naive per-step autograd loop, 
 CUDA_SHAPES = [(256, 128, 16), (64, 128, 128), (16, 128, 512)]  # (B, H, T)
 SCAN = "fastweights (PyTorch scan)"
 KERNEL = "fastweights (Triton kernel)"
-
-
-class TritonFastWeights(torch.nn.Module):
-    """A ``FastWeightsRNN``'s parameters run through the fused Triton kernel (until the core
-    grows a ``mode="triton"``)."""
-
-    def __init__(self, core: torch.nn.Module) -> None:
-        super().__init__()
-        from fw_agents.memory.ops.triton_scan import fast_weights_triton
-
-        self.core = core
-        self.op = fast_weights_triton
-
-    def initial_state(self, batch: int, device: torch.device):
-        return self.core.initial_state(batch, device)
-
-    def forward(self, x: torch.Tensor, state=None):
-        c = self.core
-        h, A = state if state is not None else (x.new_zeros(x.shape[1], c.hidden_size), None)
-        ln_w, ln_b = (c.ln.weight, c.ln.bias) if c.ln is not None else (None, None)
-        y, h, A = self.op(c.C(x), h, A, c.W.weight, ln_w, ln_b, decay=c.decay, fast_lr=c.paper_fast_lr,
-                          inner_steps=c.inner_steps, layer_norm=c.layer_norm)  # fmt: skip
-        return y, (h, A)
 
 
 def _sync(device: torch.device) -> None:
@@ -95,10 +72,10 @@ def _make(name: str, H: int) -> torch.nn.Module:
         return torch.nn.LSTM(H, H)
     if name == REFERENCE:
         return make_memory("fastweights", H, H, mode="reference")
-    if name == SCAN:
-        return make_memory("fastweights", H, H)
+    if name == SCAN:  # mode "auto" would take the kernel on CUDA
+        return make_memory("fastweights", H, H, mode="scan")
     if name == KERNEL:
-        return TritonFastWeights(make_memory("fastweights", H, H))
+        return make_memory("fastweights", H, H, mode="triton")
     return make_memory(name, H, H)
 
 
@@ -147,11 +124,82 @@ def markdown(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+SWEEP_WARPS = (4, 8, 16)
+SWEEP_CHUNKS = (8, 16, 32)
+
+
+def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[tuple[str, str, float, float]]:
+    """The Triton kernel's launch choices, timed: warps per program (forward and backward
+    alike) at the default chunk, then the backward's chunk at the default warps.
+
+    :return: ``(shape, setting, forward seconds, forward+backward seconds)`` rows, the
+        default setting marked ``(default)``; medians over ``rounds`` round-robin rounds.
+    """
+    from fw_agents.memory.ops import triton_scan
+
+    rows = []
+    for B, H, T in shapes:
+        core = make_memory("fastweights", H, H, mode="triton").to(device)
+        torch.manual_seed(0)
+        zx = torch.randn(T, B, H, device=device, requires_grad=True)
+        h = torch.zeros(B, H, device=device)
+        default_warps = triton_scan._launch_options(triton_scan.triton.next_power_of_2(H), backward=False)["num_warps"]
+        settings = [(f"{w} warps" + (" (default)" if w == default_warps else ""), (w, w), None) for w in SWEEP_WARPS]
+        settings += [(f"chunk {k}" + (" (default)" if k == triton_scan.DEFAULT_CHUNK else ""), None, k)
+                     for k in SWEEP_CHUNKS]  # fmt: skip
+
+        def call(chunk):
+            return triton_scan.fast_weights_triton(
+                zx, h, None, core.W.weight, core.ln.weight, core.ln.bias, decay=core.decay,
+                fast_lr=core.paper_fast_lr, inner_steps=core.inner_steps, chunk_size=chunk)[0]  # fmt: skip
+
+        def timers_for(warps, chunk):
+            def forward():
+                with torch.no_grad():
+                    call(chunk)
+
+            def train():
+                call(chunk).sum().backward()
+
+            out = []
+            for fn in (forward, train):
+                fn()  # compile and warm up
+                once = _timer(fn, device, 1)()
+                out.append(_timer(fn, device, max(1, min(100, int(0.02 / max(once, 1e-6))))))
+            return out
+
+        def with_warps(warps, fn):
+            if warps is None:
+                return fn()
+            with triton_scan.launch_options(*warps):
+                return fn()
+
+        timers = {label: with_warps(warps, lambda w=warps, k=chunk: timers_for(w, k)) for label, warps, chunk in settings}
+        samples = {label: ([], []) for label in timers}
+        for _ in range(rounds):
+            for label, warps, _chunk in settings:
+                for i, timer in enumerate(timers[label]):
+                    samples[label][i].append(with_warps(warps, timer))
+        for label in timers:
+            fwd, train = (statistics.median(x) for x in samples[label])
+            rows.append((f"B={B} H={H} T={T}", label, fwd, train))
+    return rows
+
+
+def sweep_markdown(rows: list[tuple[str, str, float, float]]) -> str:
+    lines = ["| shape | setting | forward (ms) | forward+backward (ms) |", "|---|---|---|---|"]
+    lines += [f"| {shape} | {label} | {fwd * 1e3:.3f} | {train * 1e3:.3f} |" for shape, label, fwd, train in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median is reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--sweep", action="store_true", help="cuda: also time the Triton kernel's warps and chunk choices")
     args = parser.parse_args()
+    if args.sweep and args.device != "cuda":
+        parser.error("--sweep times the Triton kernel's launch choices: it needs --device cuda")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
@@ -165,6 +213,9 @@ def main() -> None:
         print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print("forward+backward per call for the three shapes; no-grad one-step latency in the last column\n")
     print(markdown(measure(device, args.rounds)))
+    if args.sweep:
+        print("\nTriton kernel launch choices\n")
+        print(sweep_markdown(sweep_kernel(device, args.rounds)))
 
 
 if __name__ == "__main__":

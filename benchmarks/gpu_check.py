@@ -13,8 +13,11 @@ a partial run still leaves a report; a failing stage does not stop the next):
    vs cuDNN ``nn.LSTM``, forward+backward at (B, T, H) = (256, 16, 128), (64, 128, 128),
    (16, 512, 128) and one-step rollout latency, with the targets (kernel ≤ 1.0× LSTM at
    T = 16, ≤ 2× at T = 512) marked met or missed (reported, not enforced);
-4. ``bench_agent.py --device cuda`` when it has that flag (else noted as skipped);
-5. a short ``train_agent.py --device cuda`` run (fast weights on CatchBlind16-v0).
+4. ``bench_memory.py --device cuda --sweep``'s sweep: the kernel's warps per program
+   (4, 8, 16) and backward chunk (8, 16, 32) at the three shapes, forward and
+   forward+backward, the defaults marked (they were chosen offline, from register counts);
+5. ``bench_agent.py --device cuda`` when it has that flag (else noted as skipped);
+6. a short ``train_agent.py --device cuda`` run (fast weights on CatchBlind16-v0).
 
 Exit status: 0 when every stage ran and the tests passed, 1 otherwise, 2 (one line on
 stderr) when there is no CUDA device or no triton. Takes under 5 minutes on an H100/H200.
@@ -93,12 +96,17 @@ def stage_tests(report: Report) -> None:
     report.add("CUDA tests (pytest -m cuda)", text, ok)
 
 
-def stage_bench_memory(report: Report, rounds: int) -> None:
-    import torch
-
+def _bench_memory():
     spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "benchmarks" / "bench_memory.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def stage_bench_memory(report: Report, rounds: int) -> None:
+    import torch
+
+    bench = _bench_memory()
     start = time.perf_counter()
     results = bench.measure(torch.device("cuda"), rounds)
     lines = [f"`bench_memory.py --device cuda --rounds {rounds}` ({time.perf_counter() - start:.0f} s): "
@@ -110,6 +118,17 @@ def stage_bench_memory(report: Report, rounds: int) -> None:
             verdict = "met" if ratio <= limit else "MISSED"
             lines.append(f"- {column}: {ratio:.2f}× LSTM (target ≤ {limit:.1f}×) — {verdict}")
     report.add("Memory cores: scan vs Triton kernel vs cuDNN LSTM", "\n".join(lines))
+
+
+def stage_sweep(report: Report, rounds: int) -> None:
+    import torch
+
+    bench = _bench_memory()
+    start = time.perf_counter()
+    rows = bench.sweep_kernel(torch.device("cuda"), rounds)
+    body = (f"`bench_memory.py --device cuda --sweep --rounds {rounds}` ({time.perf_counter() - start:.0f} s): "
+            "medians per call; warps apply to forward and backward alike.\n\n" + bench.sweep_markdown(rows))  # fmt: skip
+    report.add("Triton kernel launch choices", body)
 
 
 def stage_bench_agent(report: Report) -> None:
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="folder for gpu_check.md (and the training run)")
     parser.add_argument("--rounds", type=int, default=10, help="bench_memory round-robin rounds")
     parser.add_argument("--timesteps", type=int, default=8192, help="env steps of the training run")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["tests", "memory", "agent", "train"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["tests", "memory", "sweep", "agent", "train"],
                         help="stages to leave out")  # fmt: skip
     args = parser.parse_args(argv)
     import torch
@@ -157,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [("environment", lambda: stage_environment(report)),
               ("tests", lambda: stage_tests(report)),
               ("memory", lambda: stage_bench_memory(report, args.rounds)),
+              ("sweep", lambda: stage_sweep(report, max(3, args.rounds // 2))),
               ("agent", lambda: stage_bench_agent(report)),
               ("train", lambda: stage_train(report, args.out, args.timesteps))]  # fmt: skip
     for name, stage in stages:

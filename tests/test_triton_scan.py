@@ -293,3 +293,49 @@ def test_auto_mode_takes_the_kernel_for_cuda_inputs_only(monkeypatch):
     if torch.cuda.is_available() and triton_scan.triton_available():
         assert core.cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is fast_weights_triton
         assert FastWeightsRNN(3, 200).cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is not fast_weights_triton
+
+
+@needs_triton
+def test_carried_A_without_grad_gives_the_other_gradients(interpreter):
+    """A rollout's stored state: A given, no gradient asked for it (the kernel then skips dL/dA0)."""
+    leaves, masks = make_case(9, 3, 6, starts=[(4, 1)], write_off=[(2, 0)])
+    zx, h, A, W, lnw, lnb = leaves
+    kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2, layer_norm=True, **masks)
+    grads = []
+    for fn, dt in ((fast_weights_reference, torch.float64), (triton_scan.fast_weights_triton, torch.float32)):
+        xs = [x.to(dt).requires_grad_() for x in (zx, h, W, lnw, lnb)]
+        y, h_T, A_T = fn(xs[0], xs[1], A.to(dt), xs[2], xs[3], xs[4], **{**kw, **{k: v.to(dt) for k, v in masks.items()}})
+        loss = (y * torch.cos(y.detach())).sum() + h_T.sum() + A_T.sum()
+        grads.append(torch.autograd.grad(loss, xs))
+    for r, k in zip(*grads):
+        torch.testing.assert_close(k.double(), r, rtol=1e-4, atol=1e-4 * max(1.0, r.abs().max().item()))
+
+
+def test_launch_options_override_and_restore():
+    with pytest.raises(ValueError, match="num_warps must be a power of two"):
+        with triton_scan.launch_options(3, 8):
+            pass
+    default = triton_scan._launch_options(128, backward=True)
+    assert default == {"num_warps": triton_scan.NUM_WARPS[128][1]}
+    with triton_scan.launch_options(4, 16):
+        assert triton_scan._launch_options(128, backward=False) == {"num_warps": 4}
+        with triton_scan.launch_options(2, 2):
+            assert triton_scan._launch_options(8, backward=True) == {"num_warps": 2}
+        assert triton_scan._launch_options(64, backward=True) == {"num_warps": 16}
+    assert triton_scan._launch_options(128, backward=True) == default
+    assert all(triton_scan._launch_options(2**k, backward=False) for k in range(0, 8))  # every padded size has a row
+
+
+@needs_triton
+def test_bench_memory_sweep_runs_under_the_interpreter(interpreter):
+    """gpu_check's sweep stage, on CPU under the interpreter at a tiny shape: one row per setting,
+    each default marked once, finite positive times."""
+    bench = _load_script("bench_memory")
+    rows = bench.sweep_kernel(torch.device("cpu"), rounds=1, shapes=[(2, 64, 3)])
+    labels = [label for _, label, _, _ in rows]
+    assert len(rows) == len(bench.SWEEP_WARPS) + len(bench.SWEEP_CHUNKS)
+    assert "4 warps (default)" in labels and "chunk 16 (default)" in labels
+    assert sum("(default)" in label for label in labels) == 2
+    assert all(0 < fwd and 0 < train for _, _, fwd, train in rows)
+    table = bench.sweep_markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "B=2 H=64 T=3" in table
