@@ -16,34 +16,42 @@ import re
 import subprocess
 import tempfile
 
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-os.environ.pop("TRITON_INTERPRET", None)
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from fw_agents.memory.ops import triton_scan
 
-from fw_agents.memory.ops import triton_scan  # noqa: E402
-
-FORWARD_FLAGS = dict(HAS_A0=True, HAS_KEEP=True, HAS_WRITE=True, HAS_HKEEP=True, SAVE=True, STORE_AT=True)
-BACKWARD_FLAGS = dict(HAS_KEEP=True, HAS_WRITE=True, HAS_HKEEP=True, HAS_GY=True, HAS_GHT=True, HAS_GAT=True,
+FORWARD_FLAGS = dict(HAS_A0=True, HAS_START=True, HAS_WRITE=True, HAS_RESET=True, SAVE=True, STORE_AT=True)
+BACKWARD_FLAGS = dict(HAS_START=True, HAS_WRITE=True, HAS_RESET=True, HAS_GY=True, HAS_GHT=True, HAS_GAT=True,
                       STORE_DA0=True)  # fmt: skip
 
 
-def resources(fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arch: int, num_warps: int) -> str:
+def resources(
+    fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arch: int, num_warps: int,
+    layer_norm: bool = True, float64: bool = False,
+) -> tuple[int, int]:  # fmt: skip
+    """Compile one kernel for ``sm_<arch>`` without a GPU; ``(registers, spill stack bytes)``
+    per thread, read from the cubin with the ``cuobjdump`` that ships with Triton."""
     block = triton.next_power_of_2(hidden)
-    kernel = triton.jit(fn)
+    interpret = os.environ.pop("TRITON_INTERPRET", None)  # jit decides compiled vs interpreted now
+    try:
+        kernel = triton.jit(fn)
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
     names = list(kernel.arg_names)
-    constants = dict(S=inner_steps, BH=block, K=chunk, ACC=tl.float32, LAYER_NORM=True, **flags)
+    acc, pointer = (tl.float64, "*fp64") if float64 else (tl.float32, "*fp32")
+    constants = dict(S=inner_steps, BH=block, K=chunk, ACC=acc, LAYER_NORM=layer_norm, **flags)
     signature = {}
     for name in names:
         if name.endswith("_ptr"):
-            signature[name] = "*fp32"
+            signature[name] = pointer
         elif name in ("T", "B", "H"):
             signature[name] = "i32"
         elif name in ("decay", "fast_lr", "eps"):
-            signature[name] = "fp32"
+            signature[name] = "fp32"  # the op passes Python floats: float32 scalars whatever the dtype
         else:
             signature[name] = "constexpr"
     # What the launcher specialises at run time: torch's allocations are 16-byte aligned, and an
@@ -53,14 +61,18 @@ def resources(fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arc
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
              if name.endswith("_ptr") or name in ("T", "B") or (name == "H" and hidden % 16 == 0)}  # fmt: skip
     source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    options = {**triton_scan._launch_options(block, backward=False), "num_warps": num_warps}  # the op's options
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
     match = re.search(r"REG:(\d+) STACK:(\d+)", out)
-    return f"{match.group(1)} registers, {match.group(2)} B stack" if match else out.strip()
+    if match is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's output: {out.strip()[:200]}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def main() -> None:
@@ -77,9 +89,9 @@ def main() -> None:
         for label, fn, flags, backward in (("forward", triton_scan._fw_forward_kernel, FORWARD_FLAGS, False),
                                            ("backward", triton_scan._fw_backward_kernel, BACKWARD_FLAGS, True)):  # fmt: skip
             for warps in args.warps or [triton_scan._launch_options(block, backward)["num_warps"]]:
-                usage = resources(fn, flags, hidden=hidden, inner_steps=args.inner_steps, chunk=args.chunk,
-                                  arch=args.arch, num_warps=warps)  # fmt: skip
-                print(f"| {hidden} | {label} | {warps} | {usage} |", flush=True)
+                registers, stack = resources(fn, flags, hidden=hidden, inner_steps=args.inner_steps,
+                                             chunk=args.chunk, arch=args.arch, num_warps=warps)  # fmt: skip
+                print(f"| {hidden} | {label} | {warps} | {registers} registers, {stack} B stack |", flush=True)
 
 
 if __name__ == "__main__":

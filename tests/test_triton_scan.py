@@ -316,12 +316,12 @@ def test_launch_options_override_and_restore():
         with triton_scan.launch_options(3, 8):
             pass
     default = triton_scan._launch_options(128, backward=True)
-    assert default == {"num_warps": triton_scan.NUM_WARPS[128][1]}
+    assert default["num_warps"] == triton_scan.NUM_WARPS[128][1] and default["enable_fp_fusion"] is True
     with triton_scan.launch_options(4, 16):
-        assert triton_scan._launch_options(128, backward=False) == {"num_warps": 4}
+        assert triton_scan._launch_options(128, backward=False)["num_warps"] == 4
         with triton_scan.launch_options(2, 2):
-            assert triton_scan._launch_options(8, backward=True) == {"num_warps": 2}
-        assert triton_scan._launch_options(64, backward=True) == {"num_warps": 16}
+            assert triton_scan._launch_options(8, backward=True)["num_warps"] == 2
+        assert triton_scan._launch_options(64, backward=True)["num_warps"] == 16
     assert triton_scan._launch_options(128, backward=True) == default
     assert all(triton_scan._launch_options(2**k, backward=False) for k in range(0, 8))  # every padded size has a row
 
@@ -339,3 +339,44 @@ def test_bench_memory_sweep_runs_under_the_interpreter(interpreter):
     assert all(0 < fwd and 0 < train for _, _, fwd, train in rows)
     table = bench.sweep_markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "B=2 H=64 T=3" in table
+
+
+# --------------------------------------------------------------------------- compiled for a GPU, without one
+
+
+def _compile_or_skip():
+    if not triton_scan.triton_available():
+        pytest.skip("triton is not installed")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+
+        resources = _load_script("triton_resources")
+    except ImportError as error:  # a triton build without the NVIDIA backend
+        pytest.skip(f"triton cannot compile for CUDA here: {error}")
+    return resources
+
+
+@pytest.mark.parametrize(
+    "hidden, inner_steps, layer_norm, flags, float64",
+    [
+        (128, 1, True, "all", False),  # the RL shape, every option on
+        (100, 2, False, "none", False),  # padded H, no layer norm, no masks, no saved state
+        (32, 1, True, "all", True),  # float64 accumulation
+    ],
+)
+def test_kernels_compile_for_sm90_without_a_gpu(hidden, inner_steps, layer_norm, flags, float64):
+    """The compiled path (what a GPU runs, unlike the interpreter) builds for Hopper with the
+    launcher's specialisations, and the forward holds its tiles in registers (no spill) at
+    the default warps: the register budget documented in triton_scan.md."""
+    resources = _compile_or_skip()
+    block = triton_scan.triton.next_power_of_2(hidden)
+    for backward, fn, all_flags in ((False, triton_scan._fw_forward_kernel, resources.FORWARD_FLAGS),
+                                    (True, triton_scan._fw_backward_kernel, resources.BACKWARD_FLAGS)):  # fmt: skip
+        chosen = {k: flags == "all" for k in all_flags}
+        registers, stack = resources.resources(
+            fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=triton_scan.DEFAULT_CHUNK, arch=90,
+            num_warps=triton_scan._launch_options(block, backward)["num_warps"], layer_norm=layer_norm, float64=float64,
+        )  # fmt: skip
+        assert 0 < registers <= 255
+        if not backward and not float64:
+            assert stack == 0, f"forward at H={hidden} spills {stack} B at the default warps"

@@ -27,12 +27,12 @@ _ADD = tl.standard._sum_combine if tl is not None else None
 
 
 def _fw_forward_kernel(
-    zx_ptr, h0_ptr, a0t_ptr, wt_ptr, lnw_ptr, lnb_ptr, keep_ptr, write_ptr, hkeep_ptr,
+    zx_ptr, h0_ptr, a0t_ptr, wt_ptr, lnw_ptr, lnb_ptr, start_ptr, write_ptr, reset_ptr,
     y_ptr, hs_ptr, u_ptr, ckpt_ptr, ht_ptr, at_ptr,
     T, B, H, decay, fast_lr, eps,
     S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
-    LAYER_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_KEEP: tl.constexpr,
-    HAS_WRITE: tl.constexpr, HAS_HKEEP: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
+    LAYER_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_START: tl.constexpr,
+    HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     rows = tl.arange(0, BH)
@@ -40,6 +40,8 @@ def _fw_forward_kernel(
     # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
     # that every mat-vec reduces over axis 0 of a row-major (coalesced) tile: with Triton's
     # layout for it the result vectors are spread over the threads, not replicated in each.
+    # (Loading W and A with transposed addresses instead makes the compiler anchor the
+    # whole kernel on the load's layout, where the mat-vecs' results are replicated.)
     mat = rows[:, None] * BH + cols[None, :]
     Wt = tl.load(wt_ptr + mat).to(ACC)
     if LAYER_NORM:
@@ -51,16 +53,20 @@ def _fw_forward_kernel(
         At = tl.load(a0t_ptr + b * BH * BH + mat).to(ACC)
     else:
         At = tl.full((BH, BH), 0.0, ACC)
+    if HAS_START:  # a start at t = 0 clears a carried NaN/inf exactly (0 * NaN would keep it)
+        fresh = tl.load(start_ptr + b) > 0.5
+        h = tl.where(fresh, 0.0, h)
+        At = tl.where(fresh, 0.0, At)
     for t in range(T):
         if SAVE:
             if t % K == 0:  # A^T entering the chunk, before this step's reset
                 ck_rows = ckpt_ptr + ((t // K) * B + b) * BH * BH + rows * BH
                 tl.store(ck_rows[:, None] + cols[None, :], At)
         # A_pre = keep A(t-1) is never formed: keep scales A's mat-vecs and the decay below
-        keep = tl.load(keep_ptr + t * B + b).to(ACC) if HAS_KEEP else 1.0
+        keep = 1.0 - tl.load(start_ptr + t * B + b).to(ACC) if HAS_START else 1.0
         h = h * keep
-        if HAS_HKEEP:
-            h = h * tl.load(hkeep_ptr + t * B + b).to(ACC)
+        if HAS_RESET:
+            h = h * (1.0 - tl.load(reset_ptr + t * B + b).to(ACC))
         z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * BH + cols).to(ACC)
         hs = tl.maximum(z, 0.0)
         for s in tl.static_range(S):
@@ -89,12 +95,12 @@ def _fw_forward_kernel(
 
 
 def _fw_backward_kernel(
-    y_ptr, hs_ptr, u_ptr, ckpt_ptr, w_ptr, lnw_ptr, keep_ptr, write_ptr, hkeep_ptr,
+    y_ptr, hs_ptr, u_ptr, ckpt_ptr, w_ptr, lnw_ptr, start_ptr, write_ptr, reset_ptr,
     gy_ptr, ght_ptr, gat_ptr,
     dzx_ptr, dh0_ptr, da0_ptr, dlnw_ptr, dlnb_ptr,
     T, B, H, decay, fast_lr, eps,
     S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
-    LAYER_NORM: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_WRITE: tl.constexpr, HAS_HKEEP: tl.constexpr,
+    LAYER_NORM: tl.constexpr, HAS_START: tl.constexpr, HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr,
     HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -136,7 +142,7 @@ def _fw_backward_kernel(
         w_prev = g * 0.0
         for j in range(n):
             t = t0 + j
-            keep = tl.load(keep_ptr + t * B + b).to(ACC) if HAS_KEEP else 1.0
+            keep = 1.0 - tl.load(start_ptr + t * B + b).to(ACC) if HAS_START else 1.0
             wv = keep * (d_prev * wv + tl.where(kidx == j - 1, fast_lr * w_prev, 0.0))
             g = keep * d_prev * g
             Wt = tl.where(kidx[:, None] == j, wv[None, :], Wt)
@@ -149,7 +155,7 @@ def _fw_backward_kernel(
         for jj in range(n):
             j = n - 1 - jj
             t = t0 + j
-            keep = tl.load(keep_ptr + t * B + b).to(ACC) if HAS_KEEP else 1.0
+            keep = 1.0 - tl.load(start_ptr + t * B + b).to(ACC) if HAS_START else 1.0
             w = tl.load(write_ptr + t * B + b).to(ACC) if HAS_WRITE else 1.0
             wrow = tl.reduce(tl.where(kidx[:, None] == j, Wt, 0.0), 0, _ADD)  # [K] over tau
             gj = tl.reduce(tl.where(kidx == j, G, 0.0), 0, _ADD)
@@ -188,9 +194,9 @@ def _fw_backward_kernel(
             dz = dz + tl.where(h_next > 0.0, gh, 0.0)  # h_0 = relu(z)
             tl.store(dzx_ptr + (t * B + b) * BH + rows, dz)
             dh = tl.reduce(W * dz[:, None], 0, _ADD)  # W^T dz
-            if HAS_HKEEP:
-                dh = dh * tl.load(hkeep_ptr + t * B + b).to(ACC)
-            if HAS_KEEP:
+            if HAS_RESET:
+                dh = dh * (1.0 - tl.load(reset_ptr + t * B + b).to(ACC))
+            if HAS_START:
                 dh = dh * keep
                 dA = dA * keep
     tl.store(dh0_ptr + b * BH + cols, dh)

@@ -114,7 +114,8 @@ def launch_options(num_warps_forward: int, num_warps_backward: int) -> Iterator[
 
 def _launch_options(block: int, backward: bool) -> dict:
     warps = _warps_override[0] or NUM_WARPS[max(block, 16)]
-    return {"num_warps": warps[1] if backward else warps[0]}
+    # FMA contraction asked for explicitly: Triton 3.9 warns that its default turns it off in 3.10
+    return {"num_warps": warps[1] if backward else warps[0], "enable_fp_fusion": True}
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -127,7 +128,7 @@ def _acc_dtype(dtype: torch.dtype):
 class _FastWeightsTriton(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, zx, h, A, W, ln_weight, ln_bias, keep, write, hkeep,
+        ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
         hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
     ):  # fmt: skip
         # every hidden axis arrives padded to a power of two, H; `hidden` is the real size
@@ -148,15 +149,15 @@ class _FastWeightsTriton(torch.autograd.Function):
         forward_kernel[(B,)](
             zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
             dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
-            dummy if keep is None else keep, dummy if write is None else write, dummy if hkeep is None else hkeep,
+            dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
             y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
             T, B, hidden, float(decay), float(fast_lr), float(eps),
             S=S, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
-            HAS_KEEP=keep is not None, HAS_WRITE=write is not None, HAS_HKEEP=hkeep is not None,
+            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             SAVE=save, STORE_AT=output_final_state, **_launch_options(block, backward=False),
         )  # fmt: skip
         if save:
-            ctx.save_for_backward(h, W, ln_weight, y, hs_buf, u_buf, ckpt, keep, write, hkeep)
+            ctx.save_for_backward(h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets)
             grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
             ctx.config = (hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A)
         if not output_final_state:
@@ -165,7 +166,7 @@ class _FastWeightsTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_T, grad_A_T):  # type: ignore[override]
-        h, W, ln_weight, y, hs_buf, u_buf, ckpt, keep, write, hkeep = ctx.saved_tensors
+        h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets = ctx.saved_tensors
         hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, has_A = ctx.config
         T, B, H = y.shape
         block = H
@@ -182,24 +183,26 @@ class _FastWeightsTriton(torch.autograd.Function):
         _, backward_kernel = _kernels()
         backward_kernel[(B,)](
             y, hs_buf, u_buf, ckpt, W, dummy if ln_weight is None else ln_weight,
-            dummy if keep is None else keep, dummy if write is None else write, dummy if hkeep is None else hkeep,
+            dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
             dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
             dummy if grad_A_T is None else grad_A_T,
             dzx, dh0, dA0, dlnw, dlnb,
             T, B, hidden, float(decay), float(fast_lr), float(eps),
             S=inner_steps, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
-            HAS_KEEP=keep is not None, HAS_WRITE=write is not None, HAS_HKEEP=hkeep is not None,
+            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
             STORE_DA0=has_A, **_launch_options(block, backward=True),
         )  # fmt: skip
         dW = None
         if ctx.needs_input_grad[3]:
             # z(t) = W h_in(t) + zx(t), h_in(t) = h(t-1) after the resets: dW = sum_t dz(t) h_in(t)^T
+            if starts is not None:  # as the kernel: a start at t = 0 clears a carried NaN exactly
+                h = h.masked_fill(starts[0, :, None] > 0.5, 0.0)
             h_in = torch.cat([h[None], y[:-1]])
-            if keep is not None:
-                h_in = h_in * keep[..., None]
-            if hkeep is not None:
-                h_in = h_in * hkeep[..., None]
+            if starts is not None:
+                h_in = h_in * (1.0 - starts)[..., None]
+            if resets is not None:
+                h_in = h_in * (1.0 - resets)[..., None]
             dW = dzx.reshape(-1, H).T @ h_in.reshape(-1, H)
         d_lnw = d_lnb = None
         if layer_norm:
@@ -211,12 +214,12 @@ class _FastWeightsTriton(torch.autograd.Function):
 # --------------------------------------------------------------------------- public op
 
 
-def _mask(mask: torch.Tensor | None, T: int, B: int, name: str, like: torch.Tensor) -> torch.Tensor | None:
+def _mask(mask: torch.Tensor | None, T: int, B: int, name: str, like: torch.Tensor, dtype) -> torch.Tensor | None:
     if mask is None:
         return None
     if tuple(mask.shape) != (T, B):
         raise ValueError(f"{name} must be [T, B] = {(T, B)}, got {tuple(mask.shape)}")
-    return mask.to(device=like.device, dtype=like.dtype).contiguous()
+    return mask.to(device=like.device, dtype=dtype).contiguous()
 
 
 def fast_weights_triton(
@@ -329,21 +332,18 @@ def fast_weights_triton(
     elif ln_weight is None or ln_bias is None:  # F.layer_norm without an affine part
         ln_weight = torch.ones(H, device=zx.device, dtype=dtype) if ln_weight is None else ln_weight
         ln_bias = torch.zeros(H, device=zx.device, dtype=dtype) if ln_bias is None else ln_bias
-    keep = None if episode_starts is None else 1.0 - _mask(episode_starts, T, B, "episode_starts", prep(zx))
-    if keep is not None:  # a start clears a carried NaN/inf exactly (0 * NaN would keep it), as in step.py
-        restart = keep[0] < 0.5
-        h = h.masked_fill(restart[:, None], 0.0)
-        if A is not None:
-            A = A.masked_fill(restart[:, None, None], 0.0)
-    write = _mask(write_mask, T, B, "write_mask", prep(zx))
-    hkeep = None if hidden_resets is None else 1.0 - _mask(hidden_resets, T, B, "hidden_resets", prep(zx))
+    # the kernels read the masks as given (a start at t = 0 also clears a carried NaN/inf
+    # exactly there, as step.py does): no per-call host ops beyond a dtype/device move
+    starts = _mask(episode_starts, T, B, "episode_starts", zx, dtype)
+    write = _mask(write_mask, T, B, "write_mask", zx, dtype)
+    resets = _mask(hidden_resets, T, B, "hidden_resets", zx, dtype)
     block = triton.next_power_of_2(H)
     if block != H:  # zero-pad every hidden axis (differentiably): the kernels need no masks
         pad = block - H
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
         A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
     y, h_T, A_T = _FastWeightsTriton.apply(
-        prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), keep, write, hkeep,
+        prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets,
         H, float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state),
     )  # fmt: skip
     if block != H:
