@@ -92,7 +92,10 @@ def stage_environment(report: Report) -> None:
 
 
 def stage_tests(report: Report) -> None:
-    ok, text = _run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-rs", "tests"], timeout=240)
+    # a test module whose imports fail (an offline machine without SB3, say) is reported, and
+    # the kernel's tests, which need only torch and triton, still run
+    argv = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-rs", "--continue-on-collection-errors", "tests"]
+    ok, text = _run(argv, timeout=240)
     report.add("CUDA tests (pytest -m cuda)", text, ok)
 
 

@@ -218,6 +218,26 @@ def test_cuda_rl_shape_runs(monkeypatch):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_runs_on_a_device_other_than_the_current_one(monkeypatch):
+    """Tensors on the last GPU while GPU 0 is current: Triton launches on the current device,
+    so the op must make the tensors' device current (values and gradients as on GPU 0)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    last = torch.device("cuda", torch.cuda.device_count() - 1)
+    leaves, masks = make_case(9, 3, 32, starts=[(4, 1)], device=last)
+    with torch.cuda.device(0):
+        check(run_both(leaves, masks, torch.float32, S=1, layer_norm=True, chunk=4))
+
+
+def test_device_guard_is_a_no_op_on_cpu():
+    guard = triton_scan._on_device(torch.zeros(1))
+    with guard:
+        pass
+    assert type(guard).__name__ == "nullcontext"
+
+
 # --------------------------------------------------------------------------- benchmarks/gpu_check.py
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

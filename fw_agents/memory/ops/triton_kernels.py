@@ -34,7 +34,7 @@ def _fw_forward_kernel(
     LAYER_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_START: tl.constexpr,
     HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # offsets in int64: ckpt and the saved states pass 2^31 elements at large T*B
     rows = tl.arange(0, BH)
     cols = tl.arange(0, BH)
     # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
@@ -103,7 +103,7 @@ def _fw_backward_kernel(
     LAYER_NORM: tl.constexpr, HAS_START: tl.constexpr, HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr,
     HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # offsets in int64: ckpt and the saved states pass 2^31 elements at large T*B
     rows = tl.arange(0, BH)
     cols = tl.arange(0, BH)
     mat = rows[:, None] * BH + cols[None, :]

@@ -91,8 +91,8 @@ def _kernels() -> tuple:
 #: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
 #: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
 #: table in ``triton_scan.md``): the fewest warps whose registers hold the tiles. At 128 the
-#: forward needs 231 registers a thread and spills nothing, the backward spills 144 B (16
-#: warps: 208 B); at 64 and below nothing spills. ``benchmarks/gpu_check.py`` times the others.
+#: forward needs 231 registers a thread and spills nothing, the backward spills 152 B (16
+#: warps: 216 B); at 64 and below nothing spills. ``benchmarks/gpu_check.py`` times the others.
 NUM_WARPS = {16: (2, 2), 32: (2, 2), 64: (4, 4), 128: (8, 8)}
 _warps_override: list[tuple[int, int] | None] = [None]
 
@@ -116,6 +116,12 @@ def _launch_options(block: int, backward: bool) -> dict:
     warps = _warps_override[0] or NUM_WARPS[max(block, 16)]
     # FMA contraction asked for explicitly: Triton 3.9 warns that its default turns it off in 3.10
     return {"num_warps": warps[1] if backward else warps[0], "enable_fp_fusion": True}
+
+
+def _on_device(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device and its current stream: make that the
+    tensor's device (a model on ``cuda:1`` while ``cuda:0`` is current, say)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -146,16 +152,17 @@ class _FastWeightsTriton(torch.autograd.Function):
         ckpt = torch.empty(n_chunks, B, H, H, device=dev, dtype=dtype) if save else y
         dummy = y
         forward_kernel, _ = _kernels()
-        forward_kernel[(B,)](
-            zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
-            dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
-            dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
-            y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
-            T, B, hidden, float(decay), float(fast_lr), float(eps),
-            S=S, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
-            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
-            SAVE=save, STORE_AT=output_final_state, **_launch_options(block, backward=False),
-        )  # fmt: skip
+        with _on_device(zx):
+            forward_kernel[(B,)](
+                zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
+                dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
+                dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
+                y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
+                T, B, hidden, float(decay), float(fast_lr), float(eps),
+                S=S, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
+                HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
+                SAVE=save, STORE_AT=output_final_state, **_launch_options(block, backward=False),
+            )  # fmt: skip
         if save:
             ctx.save_for_backward(h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets)
             grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
@@ -181,18 +188,19 @@ class _FastWeightsTriton(torch.autograd.Function):
         dlnb = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
         dummy = dzx
         _, backward_kernel = _kernels()
-        backward_kernel[(B,)](
-            y, hs_buf, u_buf, ckpt, W, dummy if ln_weight is None else ln_weight,
-            dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
-            dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
-            dummy if grad_A_T is None else grad_A_T,
-            dzx, dh0, dA0, dlnw, dlnb,
-            T, B, hidden, float(decay), float(fast_lr), float(eps),
-            S=inner_steps, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
-            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
-            HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
-            STORE_DA0=has_A, **_launch_options(block, backward=True),
-        )  # fmt: skip
+        with _on_device(y):
+            backward_kernel[(B,)](
+                y, hs_buf, u_buf, ckpt, W, dummy if ln_weight is None else ln_weight,
+                dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
+                dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
+                dummy if grad_A_T is None else grad_A_T,
+                dzx, dh0, dA0, dlnw, dlnb,
+                T, B, hidden, float(decay), float(fast_lr), float(eps),
+                S=inner_steps, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
+                HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
+                HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
+                STORE_DA0=has_A, **_launch_options(block, backward=True),
+            )  # fmt: skip
         dW = None
         if ctx.needs_input_grad[3]:
             # z(t) = W h_in(t) + zx(t), h_in(t) = h(t-1) after the resets: dW = sum_t dz(t) h_in(t)^T
