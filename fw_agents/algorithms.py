@@ -26,6 +26,7 @@ models saved by either class load in either.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import io
 from collections.abc import Generator
@@ -43,8 +44,14 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
 from fw_agents.policies import RecurrentMemoryPolicy
-from fw_agents.safe_load import safe_custom_objects
+from fw_agents.safe_load import read_saved_memory_config, safe_custom_objects
 from fw_agents.state_slots import SlotStore, critic_has_own_state
+
+#: The core options saved in the policy's state dict of the checkpoint being loaded (set by
+#: :meth:`FastRecurrentPPO.load` for the ``_setup_model`` that SB3's ``load`` calls).
+_SAVED_MEMORY_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "fw_agents_saved_memory_config", default=None
+)
 
 #: The fast-weights core options of policies saved before ``normalize`` existed: the core's own
 #: (paper) defaults, which those policies used for every key they did not set.
@@ -183,11 +190,17 @@ class FastRecurrentPPO(RecurrentPPO):
         The other arguments are SB3's.
         """
         objects = {**safe_custom_objects(path, trusted), **(custom_objects or {})}
-        return super().load(path, env=env, device=device, custom_objects=objects, **kwargs)
+        token = _SAVED_MEMORY_CONFIG.set(read_saved_memory_config(path))
+        try:
+            return super().load(path, env=env, device=device, custom_objects=objects, **kwargs)
+        finally:
+            _SAVED_MEMORY_CONFIG.reset(token)
 
     def _setup_model(self) -> None:
         if self._loading_checkpoint:
-            self.policy_kwargs = _upgrade_legacy_policy_kwargs(self.policy_class, self.policy_kwargs)
+            self.policy_kwargs = _checkpoint_policy_kwargs(
+                self.policy_class, self.policy_kwargs, _SAVED_MEMORY_CONFIG.get()
+            )
         super()._setup_model()
         if isinstance(self.policy, RecurrentMemoryPolicy):
             self.policy_kwargs = {**self.policy_kwargs, "memory_kwargs": dict(self.policy.memory_kwargs)}
@@ -222,11 +235,17 @@ class FastRecurrentPPO(RecurrentPPO):
             return super().collect_rollouts(env, callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
 
 
-def _upgrade_legacy_policy_kwargs(policy_class: Any, policy_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The ``policy_kwargs`` of a checkpoint, with the core options a fast-weights policy saved
-    before ``normalize`` existed made explicit (the paper's η, as it was trained with)."""
+def _checkpoint_policy_kwargs(
+    policy_class: Any, policy_kwargs: dict[str, Any], saved: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The ``policy_kwargs`` to rebuild a checkpoint's policy with: its core options as the
+    policy saved them in its state dict (``saved``, exact whoever saved the file), else, for
+    files from before that, with the options of a fast-weights policy saved before
+    ``normalize`` existed made explicit (the paper's η, as it was trained with)."""
     if not (isinstance(policy_class, type) and issubclass(policy_class, RecurrentMemoryPolicy)):
         return policy_kwargs
+    if saved is not None:
+        return {**policy_kwargs, "memory_kwargs": {**(policy_kwargs.get("memory_kwargs") or {}), **saved["memory_kwargs"]}}
     memory = policy_kwargs.get("memory", inspect.signature(policy_class).parameters["memory"].default)
     memory_kwargs = policy_kwargs.get("memory_kwargs") or {}
     if memory != "fastweights" or "normalize" in memory_kwargs:

@@ -10,6 +10,7 @@ a mask, and through :meth:`MemoryCore.outputs`, since the update drops the final
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import torch
@@ -39,6 +40,21 @@ CRITIC_MODES = ("shared", "separate")
 DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {
     "fastweights": dict(normalize=True, fast_lr=0.5, decay=0.95, inner_steps=1),
 }
+
+
+#: Version of the core options a policy saves in its state dict (``get_extra_state``).
+SAVED_CONFIG_FORMAT = 1
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """The options as plain Python values (a NumPy scalar from a search becomes a float), so
+    that ``torch.load(weights_only=True)`` reads them back; anything else is left out."""
+    out = {}
+    for key, value in options.items():
+        value = value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else value
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[str(key)] = value
+    return out
 
 
 def default_memory_kwargs(memory: str) -> dict[str, Any]:
@@ -185,6 +201,37 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
             self.optimizer_kwargs["foreach"] = True
         # Optimizer again, now that the cores exist (as RecurrentActorCriticPolicy does).
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.register_load_state_dict_pre_hook(self._accept_missing_extra_state)
+
+    # ------------------------------------------------------------------ the saved core config
+    # The policy's state dict carries its core's resolved options (``_extra_state``), so a
+    # checkpoint says how its core was built whichever algorithm class saved it: a stock
+    # ``RecurrentPPO`` saves only the ``policy_kwargs`` its user typed, which leave the
+    # defaults of the day implicit. :meth:`FastRecurrentPPO.load` builds the core from them.
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"format": SAVED_CONFIG_FORMAT, "memory": self.memory, "memory_kwargs": _plain(self.memory_kwargs)}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Warn when the checkpoint's core was built with other options than this policy's
+        (``mode`` aside: it picks an implementation, not the maths). ``None``: a checkpoint
+        from before the options were saved."""
+        if not isinstance(state, dict) or state.get("format") != SAVED_CONFIG_FORMAT:
+            return
+        saved, ours = state.get("memory_kwargs", {}), _plain(self.memory_kwargs)
+        keys = sorted(k for k in {*saved, *ours} - {"mode"} if saved.get(k) != ours.get(k))
+        if state.get("memory") != self.memory or keys:
+            warnings.warn(
+                f"these weights were trained with memory={state.get('memory')!r}, memory_kwargs="
+                f"{ {k: saved.get(k) for k in keys} }, but this policy was built with memory={self.memory!r}, "
+                f"memory_kwargs={ {k: ours.get(k) for k in keys} } (fw_agents.FastRecurrentPPO.load "
+                "builds the core as saved)",
+                stacklevel=2,
+            )
+
+    @staticmethod
+    def _accept_missing_extra_state(module, state_dict, prefix, *args: Any) -> None:
+        state_dict.setdefault(prefix + "_extra_state", None)  # older checkpoints: nothing to check
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

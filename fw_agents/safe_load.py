@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 #: Attributes SB3 / RecurrentPPO rebuild on load (``_setup_model``, ``force_reset``): never decoded.
 REBUILT_ON_LOAD = ("_last_obs", "_last_original_obs", "_last_episode_starts", "_last_lstm_states")
 
@@ -145,6 +147,35 @@ def read_model_data(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: its 'data' entry is not a JSON object")
     return data
+
+
+def read_saved_memory_config(path: str | Path | io.BufferedIOBase) -> dict[str, Any] | None:
+    """The core options a :class:`fw_agents.policies.RecurrentMemoryPolicy` saved in its state
+    dict (``{"format", "memory", "memory_kwargs"}``), read without unpickling (``torch.load``
+    with ``weights_only=True``).
+
+    :param path: The model zip or a file object (left at its start).
+    :return: The options, or ``None``: another policy, a file from before they were saved, or
+        a file that cannot be read (SB3's ``load`` then says why).
+    """
+    from fw_agents.policies import SAVED_CONFIG_FORMAT
+
+    if isinstance(path, (str, Path)) and not Path(path).exists() and Path(f"{path}.zip").exists():
+        path = Path(f"{path}.zip")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "policy.pth" not in archive.namelist():
+                return None
+            with archive.open("policy.pth") as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: not ours to report
+        return None
+    finally:
+        if hasattr(path, "seek"):
+            path.seek(0)
+    saved = state.get("_extra_state") if isinstance(state, dict) else None
+    ours = isinstance(saved, dict) and saved.get("format") == SAVED_CONFIG_FORMAT
+    return saved if ours and isinstance(saved.get("memory_kwargs"), dict) else None
 
 
 def load_model(

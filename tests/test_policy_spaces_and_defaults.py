@@ -171,11 +171,71 @@ def test_saved_model_keeps_its_resolved_core_options(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("memory_kwargs", [None, dict(fast_lr=0.001, decay=0.95, inner_steps=1)])
-def test_checkpoints_from_before_normalize_load_with_the_papers_eta(memory_kwargs, tmp_path):
+def test_checkpoints_from_before_normalize_load_with_the_papers_eta(memory_kwargs, tmp_path, monkeypatch):
     """Policies saved before ``normalize`` existed computed with the paper's η (core default 0.5)."""
     model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
     model.policy_kwargs = {} if memory_kwargs is None else dict(memory_kwargs=memory_kwargs)  # as saved then
-    model.save(tmp_path / "old.zip")
+    with monkeypatch.context() as patch:  # nor did their state dicts carry the core's options
+        patch.setattr(RecurrentMemoryPolicy, "get_extra_state", torch.nn.Module.get_extra_state)
+        model.save(tmp_path / "old.zip")
     core = FastRecurrentPPO.load(tmp_path / "old.zip", device="cpu").policy.lstm_actor.core
     assert core.normalize is False
     assert core.fast_lr == (0.5 if memory_kwargs is None else 0.001)
+
+
+def _stock_saved(tmp_path, policy_kwargs):
+    """A fast-weights model trained and saved by stock sb3-contrib RecurrentPPO: its saved
+    ``policy_kwargs`` are only what its user typed."""
+    model = RecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu",
+                         policy_kwargs=policy_kwargs, **SMALL)  # fmt: skip
+    model.save(tmp_path / "stock.zip")
+    return model
+
+
+@pytest.mark.parametrize("policy_kwargs", [None, dict(memory_kwargs=dict(decay=0.9))])
+def test_stock_recurrent_ppo_checkpoint_loads_with_the_options_it_was_built_with(tmp_path, policy_kwargs):
+    """The policy's state dict carries its resolved core options, so FastRecurrentPPO.load builds
+    the core a stock RecurrentPPO trained (normalized η, not the pre-``normalize`` paper η)."""
+    model = _stock_saved(tmp_path, policy_kwargs)
+    loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
+    assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
+    assert loaded.policy.lstm_actor.core.normalize is True
+    weights = loaded.policy.state_dict()
+    for name, tensor in model.policy.state_dict().items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(tensor, weights[name]), name
+
+
+def test_saved_core_options_are_plain_values_and_survive_later_default_changes(tmp_path, monkeypatch):
+    """A NumPy scalar from a search is saved as a float (readable with weights_only=True); when
+    the defaults later change, FastRecurrentPPO.load still builds the saved core and stock
+    RecurrentPPO.load (which builds today's) warns, naming the keys that differ."""
+    import fw_agents.policies as policies
+    from fw_agents.safe_load import read_saved_memory_config
+
+    model = _stock_saved(tmp_path, dict(memory_kwargs=dict(fast_lr=np.float64(0.25))))
+    saved = read_saved_memory_config(tmp_path / "stock.zip")
+    assert saved["memory"] == "fastweights" and saved["memory_kwargs"]["fast_lr"] == 0.25
+    assert type(saved["memory_kwargs"]["fast_lr"]) is float and saved["memory_kwargs"]["normalize"] is True
+    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(normalize=False, fast_lr=0.5, decay=0.8, inner_steps=1))
+    loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
+    assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
+    with pytest.warns(UserWarning, match=r"trained with memory='fastweights', memory_kwargs=\{'decay': 0.95, 'normalize': True\}"):
+        RecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
+
+
+def test_checkpoint_without_saved_core_options_still_loads_strictly(tmp_path, monkeypatch):
+    """Files from before the options were saved have no ``_extra_state``: SB3's strict
+    load_state_dict accepts them (nothing to check) and stock RecurrentPPO.load does not warn."""
+    import warnings
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RecurrentMemoryPolicy, "get_extra_state", torch.nn.Module.get_extra_state)
+        model = _stock_saved(tmp_path, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = RecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
+    weights = loaded.policy.state_dict()
+    for name, tensor in model.policy.state_dict().items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(tensor, weights[name]), name
