@@ -137,6 +137,7 @@ def _train(
             config.runs_root, name, run_record(config, model), run_dir=config.run_dir, wandb_mode=config.wandb,
             wandb_project=config.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
             wandb_group=config.wandb_group, wandb_tags=config.wandb_tags, resume=same_folder,
+            resume_step=model.num_timesteps if same_folder else None,
             log_formats=("stdout", "csv", "tensorboard") if config.verbose else ("csv", "tensorboard"),
         )  # fmt: skip
         run_dir = tracker.run_dir
@@ -145,6 +146,7 @@ def _train(
         evaluation = RunEvalCallback(
             eval_env,
             run_dir,
+            continue_at=model.num_timesteps if same_folder else None,
             n_eval_episodes=config.eval_episodes,
             eval_freq=max(config.eval_freq // steps_per_call, 1),
             callback_on_new_best=SaveBestAtomically(run_dir / "best" / "best_model.zip"),

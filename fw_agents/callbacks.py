@@ -34,40 +34,62 @@ class CatchRateCallback(BaseCallback):
             self.logger.record("rollout/catch_rate", float(np.mean(self._caught[-100:])))
 
 
-class RunEvalCallback(EvalCallback):
+class _OnTotalSteps:
+    """For a periodic SB3 callback (``n_calls % freq``): count calls from the run's start, not
+    from this ``learn`` call's, so that a resumed run evaluates and saves at the same env
+    steps as one that was never stopped (at multiples of the period, not the period after the
+    resume point). A fresh run starts at 0 either way."""
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()  # type: ignore[misc]
+        self.n_calls = self.model.num_timesteps // self.model.n_envs  # type: ignore[attr-defined]
+
+
+class RunEvalCallback(_OnTotalSteps, EvalCallback):
     """SB3's ``EvalCallback`` for a run folder.
 
     * ``evaluations.npz`` is replaced atomically after each evaluation (SB3 writes it in place),
       and a resumed run continues its history (and its best mean reward, so the best model is
       only replaced by a better one).
+    * A resumed run evaluates at the same env steps as one that was never stopped.
     * For envs whose ``info`` says ``"caught"`` at the end of an episode (Catch), it logs
       ``eval/catch_rate`` in the same dump as ``eval/mean_reward`` (recorded as each evaluation
       episode ends, before SB3 dumps).
 
     :param eval_env: The evaluation env.
     :param run_dir: The run folder (``evaluations.npz`` goes there).
+    :param continue_at: A resumed run's checkpoint step: evaluations recorded after it (by a
+        run that crashed after its last checkpoint, and which this run makes again) are
+        dropped from the history. None: keep the whole history.
     :param kwargs: ``EvalCallback``'s other arguments.
     """
 
-    def __init__(self, eval_env: VecEnv, run_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, eval_env: VecEnv, run_dir: Path, continue_at: int | None = None, **kwargs: Any) -> None:
         super().__init__(eval_env, log_path=str(run_dir), **kwargs)
         self.final_path = run_dir / "evaluations.npz"
         self.log_path = str(run_dir / ".evaluations.partial")  # np.savez adds ".npz"; renamed when complete
         self._caught: list[bool] = []  # this evaluation's episodes, caught or not
         if self.final_path.exists():
-            self._continue_history()
+            self._continue_history(continue_at)
 
-    def _continue_history(self) -> None:
+    def _continue_history(self, continue_at: int | None) -> None:
         with np.load(self.final_path) as saved:
             if saved["results"].ndim != 2 or saved["results"].shape[1] != self.n_eval_episodes:
                 self.final_path.replace(self.final_path.with_name("evaluations.before-resume.npz"))
                 return  # another number of episodes per evaluation: the arrays would not stack
-            self.evaluations_timesteps = saved["timesteps"].tolist()
-            self.evaluations_results = saved["results"].tolist()
-            self.evaluations_length = saved["ep_lengths"].tolist()
-            if "successes" in saved:
-                self.evaluations_successes = saved["successes"].tolist()
-        self.best_mean_reward = float(np.max(np.mean(self.evaluations_results, axis=1)))
+            arrays = {key: saved[key] for key in ("timesteps", "results", "ep_lengths", "successes") if key in saved}
+        if continue_at is not None and (arrays["timesteps"] > continue_at).any():
+            kept = arrays["timesteps"] <= continue_at
+            arrays = {key: value[kept] if len(value) == len(kept) else value for key, value in arrays.items()}
+            np.savez(self.log_path, **arrays)  # the history as this run continues it
+            os.replace(self.log_path + ".npz", self.final_path)
+        self.evaluations_timesteps = arrays["timesteps"].tolist()
+        self.evaluations_results = arrays["results"].tolist()
+        self.evaluations_length = arrays["ep_lengths"].tolist()
+        if "successes" in arrays:
+            self.evaluations_successes = arrays["successes"].tolist()
+        if self.evaluations_results:
+            self.best_mean_reward = float(np.max(np.mean(self.evaluations_results, axis=1)))
 
     def _on_step(self) -> bool:
         if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
@@ -121,9 +143,10 @@ def save_atomically(model: RecurrentPPO, path: Path) -> None:
         model.save(tmp)
 
 
-class AtomicCheckpointCallback(CheckpointCallback):
+class AtomicCheckpointCallback(_OnTotalSteps, CheckpointCallback):
     """SB3's ``CheckpointCallback`` (same arguments, same ``<prefix>_<steps>_steps.zip`` names)
-    with every zip written atomically (:func:`save_atomically`); SB3's own writes in place."""
+    with every zip written atomically (:func:`save_atomically`); SB3's own writes in place. A
+    resumed run saves at the same steps as an unstopped one."""
 
     def _on_step(self) -> bool:
         if self.n_calls % self.save_freq == 0:

@@ -63,6 +63,36 @@ class ProgressCsv:
         self.file = open(self.path, "a")
 
 
+def drop_rows_after(path: str | os.PathLike[str], column: str, step: float) -> int:
+    """Rewrite ``path`` (atomically) without the rows whose ``column`` is above ``step``: what a
+    run logged after the checkpoint it is resumed from (it crashed between checkpoints), which
+    the resumed run logs again. Rows without a number there are kept.
+
+    :return: How many rows were dropped (0 when the file or the column does not exist).
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    if column not in header:
+        return 0
+    index = header.index(column)
+    kept = lines[:1]
+    for line in lines[1:]:
+        cells = next(csv.reader([line]), [])
+        try:
+            later = float(cells[index]) > step
+        except (IndexError, ValueError):  # empty, or a row cut short by a crash (ProgressCsv drops it)
+            later = False
+        if not later:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        write_text_atomically(path, "\n".join(kept) + "\n")
+    return dropped
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""

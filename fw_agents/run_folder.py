@@ -73,6 +73,24 @@ def claim_run_folder(root: str | os.PathLike[str], name: str, run_dir: str | Non
     return folder
 
 
+def folder_in_use(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the run folder at ``path`` (its ``.lock``) right now."""
+    lock_path = Path(path) / LOCK_NAME
+    if fcntl is None or not lock_path.exists():
+        return False
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the lock taken just now, if any
+    return False
+
+
 def _make(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)

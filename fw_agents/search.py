@@ -191,6 +191,34 @@ def trial_config(base: TrainConfig, params: dict[str, Any], seed: int, run_dir: 
     )
 
 
+def resumable_attempt(study_dir: Path, retry_history: Sequence[int], timesteps: int) -> tuple[Path, int] | None:
+    """Where a retried trial continues: the folder of its latest earlier attempt that holds a
+    checkpoint short of ``timesteps`` and that no live process holds (a retry continues in
+    its predecessor's folder, so earlier attempts are looked at too), with the checkpoint's
+    env steps. None: start afresh (no such folder on this machine, no checkpoint yet, or
+    training had ended).
+
+    :param study_dir: The study's folder (``trial-NNNN`` folders).
+    :param retry_history: The earlier attempts' trial numbers, oldest first (Optuna's
+        ``retry_history`` system attribute).
+    :param timesteps: The trial's training budget.
+    """
+    from fw_agents.resume import read_checkpoint
+    from fw_agents.run_folder import folder_in_use
+
+    for number in reversed(list(retry_history)):
+        folder = study_dir / f"trial-{number:04d}"
+        if not folder.is_dir() or folder_in_use(folder):
+            continue
+        try:
+            checkpoint = read_checkpoint(folder)
+        except ValueError:  # no checkpoint written yet
+            continue
+        if checkpoint.timesteps < timesteps:
+            return folder, checkpoint.timesteps
+    return None
+
+
 def params_text(params: dict[str, Any]) -> str:
     """``learning_rate=0.00084, fast_lr=0.049, ...``: a trial's flat parameters, 3 digits."""
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -246,6 +274,21 @@ def _report_callback(trial: optuna.Trial, prune: bool) -> Any:
     return ReportEvaluation()
 
 
+def _report_history(trial: optuna.Trial, run_dir: Path, steps: int) -> None:
+    """Report a resumed run's earlier evaluations (up to its checkpoint's ``steps``) to the
+    trial that continues it, so the pruner compares it at those steps too."""
+    import numpy as np
+
+    try:
+        with np.load(run_dir / "evaluations.npz") as saved:
+            history = list(zip(saved["timesteps"].tolist(), saved["results"].mean(axis=1).tolist()))
+    except (OSError, KeyError, ValueError):
+        return
+    for step, value in history:
+        if step <= steps:
+            trial.report(float(value), int(step))
+
+
 class Objective:
     """One trial: sample, train through ``fw_agents.agent.train``, return the mean evaluation return."""
 
@@ -265,13 +308,19 @@ class Objective:
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         original = frozen.system_attrs.get("failed_trial")  # a retry keeps its original's seed
         seed = base.seed + (trial.number if original is None else original)
-        run_dir = self.search.study_dir / f"trial-{trial.number:04d}"
+        # a retry (a worker died, or Ctrl-C) continues its predecessor's run from its last checkpoint
+        resume = resumable_attempt(self.search.study_dir, frozen.system_attrs.get("retry_history", []), base.timesteps)
+        run_dir = resume[0] if resume else self.search.study_dir / f"trial-{trial.number:04d}"
         run_dir.mkdir(parents=True, exist_ok=True)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         for key, value in dict(run_dir=str(run_dir), worker=worker, seed=seed).items():
             trial.set_user_attr(key, value)
         report = _report_callback(trial, self.search.options.pruner != "none")
         config = trial_config(base, params, seed, run_dir)
+        if resume is not None:
+            config = dataclasses.replace(config, resume=str(run_dir))
+            trial.set_user_attr("resumed_at", resume[1])
+            _report_history(trial, run_dir, resume[1])
         with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
             summary = train(config, eval_callbacks=[report])
         curve = np.load(run_dir / "evaluations.npz")["results"].mean(axis=1)

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from fw_agents.cli import add_config_arguments, option
 from fw_agents.files import write_text_atomically
+from fw_agents.progress_csv import drop_rows_after
 from fw_agents.run_folder import RunFolder, claim_run_folder
 from fw_agents.scalar_writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
 from fw_agents.validation import check_choice
@@ -270,6 +271,8 @@ def start_run(
     wandb_init_timeout: float = DEFAULT_WANDB_INIT_TIMEOUT,
     sb3_logger: bool = True,
     resume: bool = False,
+    resume_step: int | None = None,
+    step_column: str = "time/total_timesteps",
 ) -> Tracker:
     """Claim the run folder, write ``config.json``, start W&B and the outputs.
 
@@ -290,6 +293,10 @@ def start_run(
     :param resume: Continue the run already in ``run_dir``: its ``progress.csv`` and
         TensorBoard curves go on, and W&B continues the same run (its id is kept in
         ``wandb-run-id``). Without it, a folder that holds a run is refused.
+    :param resume_step: With ``resume``, the step of the checkpoint it continues from: rows of
+        ``progress.csv`` whose ``step_column`` is later (logged after that checkpoint by a run
+        that then crashed) are dropped, since the resumed run logs those steps again.
+    :param step_column: The ``progress.csv`` column holding the step.
     :return: The :class:`Tracker`; close it (or use it as a context manager) at the end.
     :raises fw_agents.run_folder.RunFolderError: The folder is unusable, in use, or holds a run.
     """
@@ -297,6 +304,8 @@ def start_run(
     path = folder.path
     tracker = Tracker(run_dir=path, folder=folder)
     try:
+        if resume and resume_step is not None:  # before the CSV writer opens the file to append
+            drop_rows_after(path / "progress.csv", step_column, resume_step)
         tracker.config = write_config(path / "config.json", config)
         id_file = path / WANDB_ID_FILE
         run_id = (id_file.read_text().strip() or None) if resume and id_file.exists() else None

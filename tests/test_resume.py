@@ -134,3 +134,31 @@ def test_cli_resume_errors_are_one_line(tmp_path, monkeypatch):
                                 env=env, timeout=120)  # fmt: skip
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_resume_after_a_crash_between_checkpoints_drops_the_lost_steps(tmp_path, monkeypatch):
+    """A run killed after its last checkpoint logged rows and evaluations that the resumed run
+    makes again: they are dropped, so the curve and the evaluation history each go on once."""
+    run = _interrupted_run(tmp_path, monkeypatch, stop_at=400)
+    for path in [*(run / "checkpoints").glob("*.zip"), run / "model.zip"]:  # as if killed at 400: no
+        if path.exists() and read_checkpoint(path).timesteps > 256:  # checkpoint after the one at 256
+            path.unlink()
+    assert latest_checkpoint(run).name.endswith("_256_steps.zip")
+    assert max(_steps(run)) > 256 and np.load(run / "evaluations.npz")["timesteps"].tolist() == [128, 256, 384]
+
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+    assert summary["timesteps"] == 512
+    steps = _steps(run)
+    # as many rows at 384 (a rollout's and an evaluation's) as at 128: the lost ones were dropped, then made again
+    assert steps == sorted(steps) and steps.count(384) == steps.count(128) == 2, steps
+    assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [128, 256, 384, 512]
+
+
+def test_drop_rows_after_keeps_what_it_cannot_read(tmp_path):
+    from fw_agents.progress_csv import drop_rows_after
+
+    path = tmp_path / "progress.csv"
+    path.write_text('time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n384,"b"\n512,"c"\n51')
+    assert drop_rows_after(path, "time/total_timesteps", 256) == 2
+    assert path.read_text() == 'time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n51\n'
+    assert drop_rows_after(path, "missing", 0) == 0 and drop_rows_after(tmp_path / "none.csv", "x", 0) == 0

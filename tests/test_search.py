@@ -187,6 +187,62 @@ def test_a_killed_workers_trial_fails_and_is_retried(tmp_path):
     assert "trial 1 COMPLETE" in result.stdout
 
 
+def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a trial saves a checkpoint and queues the trial again; the retry continues that
+    run in its folder (not from scratch), its earlier evaluations reported to the new trial."""
+    import fw_agents.agent as agent
+
+    argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "1", "--study-trials", "1", "--pruner", "none"]
+
+    def interrupt(self) -> bool:
+        if self.num_timesteps >= 640:  # after the evaluation at 512
+            raise KeyboardInterrupt
+        return True
+
+    with monkeypatch.context() as patch:
+        patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+        assert search.main(argv) == 130
+    folder = tmp_path / "search" / STUDY / "trial-0000"
+    assert (folder / "checkpoints" / "interrupted_640_steps.zip").exists()
+    assert search.main(argv) == 0
+    failed, retry = sqlite_study(tmp_path).get_trials()
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_at"] == 640 and Path(retry.user_attrs["run_dir"]) == folder
+    assert not (tmp_path / "search" / STUDY / "trial-0001").exists()
+    data = np.load(folder / "evaluations.npz")
+    assert data["timesteps"].tolist() == [512, 1024]  # one history: the first attempt's 512, then the retry's
+    assert retry.intermediate_values == dict(zip([512, 1024], data["results"].mean(axis=1).tolist()))
+    assert 1024 <= retry.user_attrs["steps"] < 1024 + 256  # whole rollouts from 640 (SB3 stops between rollouts)
+
+
+def test_resumable_attempt_picks_the_latest_folder_with_a_checkpoint(tmp_path):
+    from fw_agents.resume import read_checkpoint
+
+    run = tmp_path / "run"
+    agent_run = TrainConfig(env="Catch-v0", memory="fastweights", timesteps=256, hidden_size=8, n_envs=4, n_steps=32,
+                            batch_size=64, eval_freq=10**6, eval_episodes=2, checkpoint_freq=128, gif_episodes=0,
+                            wandb="disabled", progress_bar=False, run_dir=str(run))  # fmt: skip
+    from fw_agents.agent import train
+
+    train(agent_run)
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    run.rename(study_dir / "trial-0003")  # attempt 3 trained; attempt 5 never wrote a checkpoint
+    (study_dir / "trial-0005").mkdir()
+    assert search.resumable_attempt(study_dir, [3, 5], 512) == (study_dir / "trial-0003", 256)
+    assert search.resumable_attempt(study_dir, [3, 5], 256) is None  # its training had ended: start afresh
+    assert search.resumable_attempt(study_dir, [7], 512) is None  # not on this machine
+    assert read_checkpoint(study_dir / "trial-0003").timesteps == 256
+    from fw_agents.run_folder import claim_run_folder
+
+    held = claim_run_folder(study_dir, "x", str(study_dir / "trial-0003"), resume=True)
+    try:
+        assert search.resumable_attempt(study_dir, [3], 512) is None  # a live process holds it
+    finally:
+        held.release()
+    assert search.resumable_attempt(study_dir, [3], 512) is not None
+
+
 # --------------------------------------------------- two worker processes, PostgreSQL
 def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
     name = f"test-{uuid.uuid4().hex[:8]}"
