@@ -3,12 +3,13 @@
 All cores are timed side by side in one process, round-robin (one repetition of
 each core per round, median over rounds), so machine noise hits them alike.
 
-    python benchmarks/bench_memory.py [--rounds 15] [--device cpu]
+    python benchmarks/bench_memory.py [--rounds 15] [--device cpu] [--sweep]
 
 With ``--device cuda`` it times the fast-weights core three ways instead: the PyTorch
 scan (``FastWeightsRNN(mode="scan")``), the fused Triton kernel (``mode="triton"``, what
 "auto" picks on CUDA) and cuDNN's ``nn.LSTM``, at (B, T, H) = (256, 16, 128),
-(64, 128, 128), (16, 512, 128).
+(64, 128, 128), (16, 512, 128). ``--sweep`` then also times the kernel's warps per program
+and backward chunk at those shapes (``benchmarks/gpu_check.py`` runs both).
 """
 
 from __future__ import annotations

@@ -245,7 +245,8 @@ def _checkpoint_policy_kwargs(
     if not (isinstance(policy_class, type) and issubclass(policy_class, RecurrentMemoryPolicy)):
         return policy_kwargs
     if saved is not None:
-        return {**policy_kwargs, "memory_kwargs": {**(policy_kwargs.get("memory_kwargs") or {}), **saved["memory_kwargs"]}}
+        memory_kwargs = {**(policy_kwargs.get("memory_kwargs") or {}), **saved["memory_kwargs"]}
+        return {**policy_kwargs, "memory_kwargs": memory_kwargs}
     memory = policy_kwargs.get("memory", inspect.signature(policy_class).parameters["memory"].default)
     memory_kwargs = policy_kwargs.get("memory_kwargs") or {}
     if memory != "fastweights" or "normalize" in memory_kwargs:
