@@ -41,9 +41,12 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def retry_callback() -> Any:
     import optuna
+    from optuna.exceptions import ExperimentalWarning
 
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    return retry(max_retry=MAX_RETRY)
+    with warnings.catch_warnings():  # Optuna's own label on a callback it has shipped since 2.8
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return retry(max_retry=MAX_RETRY)
 
 
 def hidden_password(url: str) -> str:
