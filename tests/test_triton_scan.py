@@ -377,24 +377,25 @@ def _compile_or_skip():
 
 
 @pytest.mark.parametrize(
-    "hidden, inner_steps, layer_norm, flags, float64",
+    "hidden, inner_steps, layer_norm, flags, float64, arch",
     [
-        (128, 1, True, "all", False),  # the RL shape, every option on
-        (100, 2, False, "none", False),  # padded H, no layer norm, no masks, no saved state
-        (32, 1, True, "all", True),  # float64 accumulation
+        (128, 1, True, "all", False, 90),  # the RL shape, every option on, Hopper
+        (128, 1, True, "all", False, 80),  # the same for Ampere (A100)
+        (100, 2, False, "none", False, 90),  # padded H, no layer norm, no masks, no saved state
+        (32, 1, True, "all", True, 90),  # float64 accumulation
     ],
 )
-def test_kernels_compile_for_sm90_without_a_gpu(hidden, inner_steps, layer_norm, flags, float64):
-    """The compiled path (what a GPU runs, unlike the interpreter) builds for Hopper with the
-    launcher's specialisations, and the forward holds its tiles in registers (no spill) at
-    the default warps: the register budget documented in triton_scan.md."""
+def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm, flags, float64, arch):
+    """The compiled path (what a GPU runs, unlike the interpreter) builds for Hopper and Ampere
+    with the launcher's specialisations, and the forward holds its tiles in registers (no
+    spill) at the default warps: the register budget documented in triton_scan.md."""
     resources = _compile_or_skip()
     block = triton_scan.triton.next_power_of_2(hidden)
     for backward, fn, all_flags in ((False, triton_scan._fw_forward_kernel, resources.FORWARD_FLAGS),
                                     (True, triton_scan._fw_backward_kernel, resources.BACKWARD_FLAGS)):  # fmt: skip
         chosen = {k: flags == "all" for k in all_flags}
         registers, stack = resources.resources(
-            fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=triton_scan.DEFAULT_CHUNK, arch=90,
+            fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=triton_scan.DEFAULT_CHUNK, arch=arch,
             num_warps=triton_scan._launch_options(block, backward)["num_warps"], layer_norm=layer_norm, float64=float64,
         )  # fmt: skip
         assert 0 < registers <= 255
