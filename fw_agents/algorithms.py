@@ -185,12 +185,18 @@ class FastRecurrentPPO(RecurrentPPO):
             learning-rate schedule). Only for files you made or trust.
         :param custom_objects: Your own replacements; they win over the decoded values.
         :raises fw_agents.safe_load.UnsafeModelError: The file needs a type outside the allowlist.
+
+        A memory policy's core is rebuilt with the options saved in its state dict (whichever
+        class saved the file; see ``docs/runs.md``), unless ``custom_objects`` replaces the
+        ``policy_kwargs``.
         :raises ValueError: The file is not a readable model.
 
         The other arguments are SB3's.
         """
         objects = {**safe_custom_objects(path, trusted), **(custom_objects or {})}
-        token = _SAVED_MEMORY_CONFIG.set(read_saved_memory_config(path))
+        # the core as the policy saved it, unless the caller replaces the policy's kwargs
+        saved = None if "policy_kwargs" in (custom_objects or {}) else read_saved_memory_config(path)
+        token = _SAVED_MEMORY_CONFIG.set(saved)
         try:
             return super().load(path, env=env, device=device, custom_objects=objects, **kwargs)
         finally:

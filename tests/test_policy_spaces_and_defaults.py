@@ -239,3 +239,11 @@ def test_checkpoint_without_saved_core_options_still_loads_strictly(tmp_path, mo
     for name, tensor in model.policy.state_dict().items():
         if isinstance(tensor, torch.Tensor):
             assert torch.equal(tensor, weights[name]), name
+
+
+def test_policy_kwargs_given_to_load_win_over_the_saved_core_options(tmp_path):
+    model = _stock_saved(tmp_path, None)
+    kwargs = dict(model.policy_kwargs, memory_kwargs=dict(decay=0.5))
+    with pytest.warns(UserWarning, match="'decay': 0.95"):  # the weights were trained with another core
+        loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu", custom_objects=dict(policy_kwargs=kwargs))
+    assert loaded.policy.lstm_actor.core.decay == 0.5
