@@ -259,6 +259,22 @@ def test_gpu_check_without_cuda_fails_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_gpu_check_runs_the_modules_that_hold_cuda_tests(monkeypatch):
+    """Its test stage collects only the modules with CUDA-marked tests (others may need packages
+    an offline GPU machine lacks) and goes on past one that cannot be imported."""
+    gpu_check = _load_script("gpu_check")
+    calls = []
+    monkeypatch.setattr(gpu_check, "_run", lambda argv, timeout: (calls.append(argv), (True, "ok"))[1])
+    added = []
+    gpu_check.stage_tests(type("Report", (), {"add": lambda self, *args, **kwargs: added.append(args)})())
+    (argv,) = calls
+    assert argv[1:6] == ["-m", "pytest", "-q", "-m", "cuda"]
+    files = [a for a in argv if a.startswith("tests/")]
+    assert "tests/test_triton_scan.py" in files and "tests/test_cuda_end_to_end.py" in files
+    assert "tests/test_search.py" not in files and "--continue-on-collection-errors" in argv
+    assert all("mark.cuda" in (ROOT / f).read_text() for f in files) and added
+
+
 def test_gpu_check_help_and_training_flags(capsys):
     gpu_check = _load_script("gpu_check")
     with pytest.raises(SystemExit) as exit_:
