@@ -15,6 +15,7 @@ and backward chunk at those shapes (``benchmarks/gpu_check.py`` runs both).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -154,7 +155,7 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
                 zx, h, None, core.W.weight, core.ln.weight, core.ln.bias, decay=core.decay,
                 fast_lr=core.paper_fast_lr, inner_steps=core.inner_steps, chunk_size=chunk)[0]  # fmt: skip
 
-        def timers_for(warps, chunk):
+        def timers_for(chunk):
             def forward():
                 with torch.no_grad():
                     call(chunk)
@@ -169,18 +170,19 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
                 out.append(_timer(fn, device, max(1, min(100, int(0.02 / max(once, 1e-6))))))
             return out
 
-        def with_warps(warps, fn):
-            if warps is None:
-                return fn()
-            with triton_scan.launch_options(*warps):
-                return fn()
+        def warps_of(warps):  # the setting's warps, or the op's own choice
+            return contextlib.nullcontext() if warps is None else triton_scan.launch_options(*warps)
 
-        timers = {label: with_warps(warps, lambda w=warps, k=chunk: timers_for(w, k)) for label, warps, chunk in settings}
+        timers = {}
+        for label, warps, chunk in settings:
+            with warps_of(warps):
+                timers[label] = timers_for(chunk)
         samples = {label: ([], []) for label in timers}
         for _ in range(rounds):
             for label, warps, _chunk in settings:
                 for i, timer in enumerate(timers[label]):
-                    samples[label][i].append(with_warps(warps, timer))
+                    with warps_of(warps):
+                        samples[label][i].append(timer())
         for label in timers:
             fwd, train = (statistics.median(x) for x in samples[label])
             rows.append((f"B={B} H={H} T={T}", label, fwd, train))
