@@ -5,7 +5,7 @@ offline (Triton ships LLVM and ptxas) and reads the cubin's resource usage with 
 bundled ``cuobjdump``: the one performance signal available on a CPU-only machine
 (a non-zero STACK means ptxas spilled registers to local memory).
 
-    python benchmarks/triton_resources.py [--arch 90] [--hidden 32 64 128] [--inner-steps 1]
+    python benchmarks/triton_resources.py [--arch 90] [--hidden 32 64 128] [--inner-steps 1] [--flags ppo all]
 """
 
 from __future__ import annotations
@@ -17,15 +17,43 @@ import subprocess
 import tempfile
 
 import triton
+import triton.backends.compiler as backend_compiler
+import triton.compiler.compiler as compiler_compiler
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fw_agents.memory.ops import triton_scan
 
+# Every option on (all masks, a given A with its gradient, the final state and its gradient).
 FORWARD_FLAGS = dict(HAS_A0=True, HAS_START=True, HAS_WRITE=True, HAS_RESET=True, SAVE=True, STORE_AT=True)
 BACKWARD_FLAGS = dict(HAS_START=True, HAS_WRITE=True, HAS_RESET=True, HAS_GY=True, HAS_GHT=True, HAS_GAT=True,
                       STORE_DA0=True)  # fmt: skip
+# What a RecurrentPPO update launches: the buffer's carried A (no gradient), episode starts,
+# no write mask or hidden resets, the final state neither returned nor differentiated.
+PPO_FORWARD_FLAGS = dict(HAS_A0=True, HAS_START=True, HAS_WRITE=False, HAS_RESET=False, SAVE=True, STORE_AT=False)
+PPO_BACKWARD_FLAGS = dict(HAS_START=True, HAS_WRITE=False, HAS_RESET=False, HAS_GY=True, HAS_GHT=False,
+                          HAS_GAT=False, STORE_DA0=False)  # fmt: skip
+FLAG_SETS = {"all": (FORWARD_FLAGS, BACKWARD_FLAGS), "ppo": (PPO_FORWARD_FLAGS, PPO_BACKWARD_FLAGS)}
+
+
+def _source(kernel, names: list[str], signature: dict, constants: dict, divisible: list[int]) -> ASTSource:
+    """The kernel with its specialisations, in the installed Triton's format: 3.3 and later key
+    constants and attributes by argument position; 3.0 to 3.2 key constants by name, list no
+    constexpr in the signature and take an ``AttrsDescriptor`` (the kernels' floor, ``triton>=3.0``,
+    is checked this way)."""
+    old_format = [m.AttrsDescriptor for m in (backend_compiler, compiler_compiler) if hasattr(m, "AttrsDescriptor")]
+    if old_format:
+        signature = {k: v for k, v in signature.items() if v != "constexpr"}
+        if hasattr(backend_compiler, "AttrsDescriptor"):  # 3.2
+            attrs = old_format[0].from_dict(
+                {"arg_properties": {"tt.divisibility": divisible, "tt.equal_to": []}, "cls": "AttrsDescriptor"}
+            )
+        else:  # 3.0, 3.1
+            attrs = old_format[0](divisible_by_16=set(divisible), equal_to_1=set())
+        return ASTSource(kernel, signature, constants, attrs)
+    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+    return ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
 
 
 def resources(
@@ -58,9 +86,9 @@ def resources(
     # int argument divisible by 16 is marked so (H, the real hidden size, when it is; T and B
     # as at the RL shape, 16 x 256). Without these hints the compiler cannot vectorise the
     # tile loads, picks another layout and the counts are not the ones a GPU run gets.
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
-             if name.endswith("_ptr") or name in ("T", "B") or (name == "H" and hidden % 16 == 0)}  # fmt: skip
-    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
+    divisible = [i for i, name in enumerate(names)
+                 if name.endswith("_ptr") or name in ("T", "B") or (name == "H" and hidden % 16 == 0)]  # fmt: skip
+    source = _source(kernel, names, signature, constants, divisible)
     options = {**triton_scan._launch_options(block, backward=False), "num_warps": num_warps}  # the op's options
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -82,16 +110,21 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=triton_scan.DEFAULT_CHUNK)
     parser.add_argument("--warps", type=int, nargs="*", default=None, help="warps to try (default: the op's choice)")
+    parser.add_argument("--flags", nargs="+", choices=sorted(FLAG_SETS), default=["ppo", "all"],
+                        help="ppo: what a RecurrentPPO update launches; all: every option on")  # fmt: skip
     args = parser.parse_args()
-    print("| H | kernel | warps | per thread |\n|---|---|---|---|")
+    print("| H | kernel | options | warps | per thread |\n|---|---|---|---|---|")
     for hidden in args.hidden:
         block = triton.next_power_of_2(hidden)
-        for label, fn, flags, backward in (("forward", triton_scan._fw_forward_kernel, FORWARD_FLAGS, False),
-                                           ("backward", triton_scan._fw_backward_kernel, BACKWARD_FLAGS, True)):  # fmt: skip
-            for warps in args.warps or [triton_scan._launch_options(block, backward)["num_warps"]]:
-                registers, stack = resources(fn, flags, hidden=hidden, inner_steps=args.inner_steps,
-                                             chunk=args.chunk, arch=args.arch, num_warps=warps)  # fmt: skip
-                print(f"| {hidden} | {label} | {warps} | {registers} registers, {stack} B stack |", flush=True)
+        for backward, fn in ((False, triton_scan._fw_forward_kernel), (True, triton_scan._fw_backward_kernel)):
+            for flag_set in args.flags:
+                flags = FLAG_SETS[flag_set][backward]
+                for warps in args.warps or [triton_scan._launch_options(block, backward)["num_warps"]]:
+                    registers, stack = resources(fn, flags, hidden=hidden, inner_steps=args.inner_steps,
+                                                 chunk=args.chunk, arch=args.arch, num_warps=warps)  # fmt: skip
+                    label = "backward" if backward else "forward"
+                    print(f"| {hidden} | {label} | {flag_set} | {warps} | {registers} registers, {stack} B stack |",
+                          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

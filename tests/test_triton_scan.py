@@ -395,7 +395,8 @@ def _compile_or_skip():
 @pytest.mark.parametrize(
     "hidden, inner_steps, layer_norm, flags, float64, arch",
     [
-        (128, 1, True, "all", False, 90),  # the RL shape, every option on, Hopper
+        (128, 1, True, "ppo", False, 90),  # the RL shape as a RecurrentPPO update launches it, Hopper
+        (128, 1, True, "all", False, 90),  # every option on
         (128, 1, True, "all", False, 80),  # the same for Ampere (A100)
         (100, 2, False, "none", False, 90),  # padded H, no layer norm, no masks, no saved state
         (32, 1, True, "all", True, 90),  # float64 accumulation
@@ -403,17 +404,23 @@ def _compile_or_skip():
 )
 def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm, flags, float64, arch):
     """The compiled path (what a GPU runs, unlike the interpreter) builds for Hopper and Ampere
-    with the launcher's specialisations, and the forward holds its tiles in registers (no
-    spill) at the default warps: the register budget documented in triton_scan.md."""
+    with the launcher's specialisations, and the tiles stay in registers at the default warps:
+    no spill in the forward, a small one at most in the backward (the register budget in
+    triton_scan.md; a PPO update's backward spilled 560 B at H = 128 before its dA took W's
+    layout, and spills 96 B now)."""
     resources = _compile_or_skip()
     block = triton_scan.triton.next_power_of_2(hidden)
-    for backward, fn, all_flags in ((False, triton_scan._fw_forward_kernel, resources.FORWARD_FLAGS),
-                                    (True, triton_scan._fw_backward_kernel, resources.BACKWARD_FLAGS)):  # fmt: skip
-        chosen = {k: flags == "all" for k in all_flags}
+    for backward, fn in ((False, triton_scan._fw_forward_kernel), (True, triton_scan._fw_backward_kernel)):
+        if flags == "none":
+            chosen = {k: False for k in resources.FLAG_SETS["all"][backward]}
+        else:
+            chosen = resources.FLAG_SETS[flags][backward]
         registers, stack = resources.resources(
             fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=triton_scan.DEFAULT_CHUNK, arch=arch,
             num_warps=triton_scan._launch_options(block, backward)["num_warps"], layer_norm=layer_norm, float64=float64,
         )  # fmt: skip
         assert 0 < registers <= 255
-        if not backward and not float64:
-            assert stack == 0, f"forward at H={hidden} spills {stack} B at the default warps"
+        if float64:
+            continue
+        name = "backward" if backward else "forward"
+        assert stack <= (256 if backward else 0), f"{name} at H={hidden} ({flags}) spills {stack} B at the default warps"

@@ -122,7 +122,11 @@ def _fw_backward_kernel(
     if HAS_GAT:
         dA = tl.load(gat_ptr + b * BH * BH + mat).to(ACC)
     else:
-        dA = tl.full((BH, BH), 0.0, ACC)
+        # zeros laid out as W's load (the layout a loaded dA has). A splat constant gets the
+        # layout of its first use instead, and the loop then converts between the two: a PPO
+        # update's backward (no grad for A_T) spilled 560 B a thread at H = 128, now 96 B.
+        # (0 * W is exactly 0 for a finite W; a non-finite W has made every gradient NaN.)
+        dA = W * 0.0
     n_chunks = (T + K - 1) // K
     for cc in range(n_chunks):
         c = n_chunks - 1 - cc

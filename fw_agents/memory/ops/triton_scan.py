@@ -1,8 +1,8 @@
 """A fused Triton kernel pair (forward and backward) for the fast-weights recurrence.
 
 One Triton program per sequence walks the time steps with ``A`` (fast weights) and
-``W`` (slow recurrent weights) held on chip, for ``H <= 128`` (padded to a power of two
-with masks). Same numbers as :func:`fw_agents.memory.ops.reference.fast_weights_reference`;
+``W`` (slow recurrent weights) held on chip, for ``H <= 128`` (the host zero-pads the
+hidden axes to a power of two, so the kernels need no masks). Same numbers as :func:`fw_agents.memory.ops.reference.fast_weights_reference`;
 the design and the backward's maths are in ``triton_scan.md`` next to this file.
 
 * Forward: matrix form, ``A`` updated every step (O(S·H²) per step). It stores the
@@ -91,8 +91,9 @@ def _kernels() -> tuple:
 #: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
 #: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
 #: table in ``triton_scan.md``): the fewest warps whose registers hold the tiles. At 128 the
-#: forward needs 231 registers a thread and spills nothing, the backward spills 152 B (16
-#: warps: 216 B); at 64 and below nothing spills. ``benchmarks/gpu_check.py`` times the others.
+#: forward needs 195 registers a thread (every option on: 231) and spills nothing, a PPO
+#: update's backward spills 96 B (16 warps: 224 B); at 64 and below nothing spills.
+#: ``benchmarks/gpu_check.py`` times the others.
 NUM_WARPS = {16: (2, 2), 32: (2, 2), 64: (4, 4), 128: (8, 8)}
 _warps_override: list[tuple[int, int] | None] = [None]
 
