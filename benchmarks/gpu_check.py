@@ -26,6 +26,7 @@ stderr) when there is no CUDA device or no triton. Takes under 5 minutes on an H
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import platform
@@ -101,6 +102,7 @@ def stage_tests(report: Report) -> None:
     report.add("CUDA tests (pytest -m cuda)", text, ok)
 
 
+@functools.cache
 def _bench_memory():
     spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "benchmarks" / "bench_memory.py")
     bench = importlib.util.module_from_spec(spec)
