@@ -63,6 +63,34 @@ class ProgressCsv:
         self.file = open(self.path, "a")
 
 
+def _row_steps(path: Path, column: str) -> tuple[list[str], list[float | None]] | None:
+    """The file's lines and each data row's number in ``column`` (None where it has none: an
+    empty cell, or a row cut short by a crash); None when the file or the column is missing."""
+    if not path.exists():
+        return None
+    lines = path.read_text().splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    if column not in header:
+        return None
+    index = header.index(column)
+    steps: list[float | None] = []
+    for line in lines[1:]:
+        cells = next(csv.reader([line]), [])
+        try:
+            steps.append(float(cells[index]))
+        except (IndexError, ValueError):
+            steps.append(None)
+    return lines, steps
+
+
+def last_step(path: str | os.PathLike[str], column: str) -> float | None:
+    """The largest step ``column`` holds in ``path`` (None: no file, no column or no number):
+    how far a run logged, the W&B run it mirrors to included."""
+    found = _row_steps(Path(path), column)
+    numbers = [step for step in found[1] if step is not None] if found else []
+    return max(numbers) if numbers else None
+
+
 def drop_rows_after(path: str | os.PathLike[str], column: str, step: float) -> int:
     """Rewrite ``path`` (atomically) without the rows whose ``column`` is above ``step``: what a
     run logged after the checkpoint it is resumed from (it crashed between checkpoints), which
@@ -71,22 +99,11 @@ def drop_rows_after(path: str | os.PathLike[str], column: str, step: float) -> i
     :return: How many rows were dropped (0 when the file or the column does not exist).
     """
     path = Path(path)
-    if not path.exists():
+    found = _row_steps(path, column)
+    if found is None:
         return 0
-    lines = path.read_text().splitlines()
-    header = next(csv.reader(lines[:1]), [])
-    if column not in header:
-        return 0
-    index = header.index(column)
-    kept = lines[:1]
-    for line in lines[1:]:
-        cells = next(csv.reader([line]), [])
-        try:
-            later = float(cells[index]) > step
-        except (IndexError, ValueError):  # empty, or a row cut short by a crash (ProgressCsv drops it)
-            later = False
-        if not later:
-            kept.append(line)
+    lines, steps = found
+    kept = lines[:1] + [line for line, at in zip(lines[1:], steps) if at is None or at <= step]
     dropped = len(lines) - len(kept)
     if dropped:
         write_text_atomically(path, "\n".join(kept) + "\n")

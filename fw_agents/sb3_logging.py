@@ -20,6 +20,7 @@ from stable_baselines3.common.logger import (
     Image,
     KVWriter,
     Logger,
+    TensorBoardOutputFormat,
     Video,
     filter_excluded_keys,
     make_output_format,
@@ -35,10 +36,11 @@ class WandbOutputFormat(KVWriter):
     ``"wandb"``.
 
     :param run: A ``wandb`` run (anything with ``log(dict)``).
+    :param first_step: Earlier steps are not sent (a resumed run: :class:`WandbScalars`).
     """
 
-    def __init__(self, run: Any) -> None:
-        self.scalars = WandbScalars(run)
+    def __init__(self, run: Any, first_step: int | None = None) -> None:
+        self.scalars = WandbScalars(run, first_step)
 
     @property
     def run(self) -> Any | None:
@@ -93,15 +95,44 @@ class ProgressCsvFormat(KVWriter):
         self.csv.close()
 
 
-def sb3_logger_writer(run_dir: Path, log_formats: Sequence[str], wandb_run: Any | None = None) -> LoggerWriter:
+class ResumedTensorBoardFormat(TensorBoardOutputFormat):
+    """SB3's TensorBoard output for a resumed run: TensorBoard hides the events at
+    ``purge_step`` and later that the earlier (crashed) writer left in ``folder``, which the
+    resumed run logs again (``SummaryWriter(purge_step=...)``).
+
+    :param folder: The run folder.
+    :param purge_step: The resumed run's first step.
+    """
+
+    def __init__(self, folder: str, purge_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
+        self._is_closed = False
+
+
+def sb3_logger_writer(
+    run_dir: Path,
+    log_formats: Sequence[str],
+    wandb_run: Any | None = None,
+    purge_step: int | None = None,
+    wandb_first_step: int | None = None,
+) -> LoggerWriter:
     """An SB3 logger writing ``log_formats`` into ``run_dir`` (mirrored into ``wandb_run``
-    when given), wrapped as a tracker writer. ``csv`` is :class:`ProgressCsvFormat`."""
+    when given), wrapped as a tracker writer. ``csv`` is :class:`ProgressCsvFormat`;
+    ``purge_step`` and ``wandb_first_step`` continue a resumed run."""
+
+    def output(kind: str) -> KVWriter:
+        if kind == "csv":
+            return ProgressCsvFormat(run_dir / "progress.csv")
+        if kind == "tensorboard" and purge_step is not None:
+            return ResumedTensorBoardFormat(str(run_dir), purge_step)
+        return make_output_format(kind, str(run_dir))
+
     kinds = list(log_formats)
-    formats = [ProgressCsvFormat(run_dir / "progress.csv") if kind == "csv" else make_output_format(kind, str(run_dir))
-               for kind in kinds]  # fmt: skip
-    logger = Logger(folder=str(run_dir), output_formats=formats)
+    logger = Logger(folder=str(run_dir), output_formats=[output(kind) for kind in kinds])
     if kinds and kinds != ["stdout"]:
         logger.log(f"Logging to {run_dir}")  # as SB3's configure() says it
     if wandb_run is not None:
-        logger.output_formats.append(WandbOutputFormat(wandb_run))
+        logger.output_formats.append(WandbOutputFormat(wandb_run, wandb_first_step))
     return LoggerWriter(logger)

@@ -38,13 +38,18 @@ class WandbScalars:
     one warning and turns mirroring off (training continues).
 
     :param run: A ``wandb`` run (anything with ``log(dict)``).
+    :param first_step: Rows at earlier steps are not sent. A resumed W&B run already holds
+        the steps up to where the crashed run got (W&B cannot delete points); the resumed run
+        logs the steps after its checkpoint again, and W&B takes each step once, as it does
+        with ``log(step=...)``.
     """
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Any, first_step: int | None = None) -> None:
         self.run = run
+        self.first_step = first_step
 
     def write(self, values: Mapping[str, Any], step: int) -> None:
-        if self.run is None:
+        if self.run is None or (self.first_step is not None and step < self.first_step):
             return
         payload: dict[str, float | int] = {"global_step": int(step)}
         for key, value in values.items():
@@ -83,12 +88,14 @@ class TensorBoardScalars:
     scalars, text as text.
 
     :param log_dir: Folder of the ``events.out.tfevents.*`` file.
+    :param purge_step: A resumed run's first step: TensorBoard hides the events at this step
+        and later that an earlier writer left in ``log_dir`` (``SummaryWriter(purge_step=...)``).
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def write(self, values: Mapping[str, Any], step: int) -> None:
         for key, value in values.items():
@@ -129,17 +136,24 @@ class StdoutScalars:
         """Nothing to close."""
 
 
-def make_writers(run_dir: Path, log_formats: Sequence[str], wandb_run: Any | None = None) -> list[ScalarWriter]:
+def make_writers(
+    run_dir: Path,
+    log_formats: Sequence[str],
+    wandb_run: Any | None = None,
+    purge_step: int | None = None,
+    wandb_first_step: int | None = None,
+) -> list[ScalarWriter]:
     """The writers of ``log_formats`` (a subset of :data:`NATIVE_LOG_FORMATS`) for ``run_dir``,
-    plus W&B mirroring when ``wandb_run`` is given."""
+    plus W&B mirroring when ``wandb_run`` is given. ``purge_step`` and ``wandb_first_step``
+    continue a resumed run (:class:`TensorBoardScalars`, :class:`WandbScalars`)."""
     kinds = {
         "stdout": StdoutScalars,
         "csv": lambda: CsvScalars(run_dir / "progress.csv"),
-        "tensorboard": lambda: TensorBoardScalars(run_dir),
+        "tensorboard": lambda: TensorBoardScalars(run_dir, purge_step),
     }
     writers: list[ScalarWriter] = [kinds[check_choice("log format", kind, NATIVE_LOG_FORMATS)]() for kind in log_formats]
     if wandb_run is not None:
-        writers.append(WandbScalars(wandb_run))
+        writers.append(WandbScalars(wandb_run, wandb_first_step))
     return writers
 
 

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 from fw_agents.cli import add_config_arguments, option
 from fw_agents.files import write_text_atomically
-from fw_agents.progress_csv import drop_rows_after
+from fw_agents.progress_csv import drop_rows_after, last_step
 from fw_agents.run_folder import RunFolder, claim_run_folder
 from fw_agents.scalar_writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
 from fw_agents.validation import check_choice
@@ -293,9 +293,11 @@ def start_run(
     :param resume: Continue the run already in ``run_dir``: its ``progress.csv`` and
         TensorBoard curves go on, and W&B continues the same run (its id is kept in
         ``wandb-run-id``). Without it, a folder that holds a run is refused.
-    :param resume_step: With ``resume``, the step of the checkpoint it continues from: rows of
-        ``progress.csv`` whose ``step_column`` is later (logged after that checkpoint by a run
-        that then crashed) are dropped, since the resumed run logs those steps again.
+    :param resume_step: With ``resume``, the step of the checkpoint it continues from. What a
+        run that then crashed logged after it, the resumed run logs again: those rows of
+        ``progress.csv`` (``step_column`` later) are dropped, TensorBoard hides those events
+        (``purge_step``), and the continued W&B run, which cannot delete points, keeps them and
+        is sent only the steps after the last one it got (W&B takes a step once).
     :param step_column: The ``progress.csv`` column holding the step.
     :return: The :class:`Tracker`; close it (or use it as a context manager) at the end.
     :raises fw_agents.run_folder.RunFolderError: The folder is unusable, in use, or holds a run.
@@ -304,8 +306,11 @@ def start_run(
     path = folder.path
     tracker = Tracker(run_dir=path, folder=folder)
     try:
+        purge_step = logged_through = None
         if resume and resume_step is not None:  # before the CSV writer opens the file to append
+            logged_through = last_step(path / "progress.csv", step_column)
             drop_rows_after(path / "progress.csv", step_column, resume_step)
+            purge_step = int(resume_step) + 1  # TensorBoard hides what the crashed run logged from here on
         tracker.config = write_config(path / "config.json", config)
         id_file = path / WANDB_ID_FILE
         run_id = (id_file.read_text().strip() or None) if resume and id_file.exists() else None
@@ -322,13 +327,16 @@ def start_run(
         )
         if getattr(tracker.wandb_run, "id", None):
             write_text_atomically(id_file, f"{tracker.wandb_run.id}\n")
+        # the W&B run continued holds the steps up to where the crashed run got: each is sent once
+        continued = run_id is not None and logged_through is not None and logged_through > resume_step
+        wandb_first_step = int(logged_through) + 1 if continued else None
         if sb3_logger:
             from fw_agents.sb3_logging import sb3_logger_writer
 
-            writer = sb3_logger_writer(path, log_formats, tracker.wandb_run)
+            writer = sb3_logger_writer(path, log_formats, tracker.wandb_run, purge_step, wandb_first_step)
             tracker.writers, tracker.logger = [writer], writer.logger
         else:
-            tracker.writers = make_writers(path, log_formats, tracker.wandb_run)
+            tracker.writers = make_writers(path, log_formats, tracker.wandb_run, purge_step, wandb_first_step)
             if "stdout" in log_formats and list(log_formats) != ["stdout"]:
                 print(f"Logging to {path}")  # as SB3's configure() says it
     except BaseException:

@@ -146,12 +146,39 @@ def test_resume_after_a_crash_between_checkpoints_drops_the_lost_steps(tmp_path,
     assert latest_checkpoint(run).name.endswith("_256_steps.zip")
     assert max(_steps(run)) > 256 and np.load(run / "evaluations.npz")["timesteps"].tolist() == [128, 256, 384]
 
-    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+    # the crashed run mirrored to W&B; the resumed run continues that W&B run
+    (run / tracking.WANDB_ID_FILE).write_text("abc123\n")
+    sent = []
+
+    class FakeRun:
+        id, dir, settings = "abc123", str(tmp_path), None
+
+        def log(self, payload):
+            sent.append(payload["global_step"])
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, run_id=None, **kwargs: FakeRun() if run_id else None)
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="offline"))
     assert summary["timesteps"] == 512
     steps = _steps(run)
     # as many rows at 384 (a rollout's and an evaluation's) as at 128: the lost ones were dropped, then made again
     assert steps == sorted(steps) and steps.count(384) == steps.count(128) == 2, steps
     assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [128, 256, 384, 512]
+    # W&B cannot delete the crashed run's 384 rows: it is sent only the steps after them
+    assert sent and min(sent) == 512, sent
+    # TensorBoard hides the crashed run's events after the checkpoint: each tag has each step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "eval/mean_reward" in tags
+    for tag in tags:
+        at = [event.step for event in events.Scalars(tag)]
+        assert at == sorted(set(at)), (tag, at)
+    assert [event.step for event in events.Scalars("eval/mean_reward")] == [128, 256, 384, 512]
 
 
 def test_drop_rows_after_keeps_what_it_cannot_read(tmp_path):
@@ -162,3 +189,37 @@ def test_drop_rows_after_keeps_what_it_cannot_read(tmp_path):
     assert drop_rows_after(path, "time/total_timesteps", 256) == 2
     assert path.read_text() == 'time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n51\n'
     assert drop_rows_after(path, "missing", 0) == 0 and drop_rows_after(tmp_path / "none.csv", "x", 0) == 0
+
+
+def test_resumed_tracker_without_sb3_logs_each_step_once(tmp_path, monkeypatch):
+    """The supervised heads' writers (no SB3 logger) continue a crashed run the same way."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sent = []
+
+    class FakeRun:
+        id, dir, settings = "abc123", str(tmp_path), None
+
+        def log(self, payload):
+            sent.append(payload["global_step"])
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, **kwargs: FakeRun())
+    options = dict(run_dir=str(tmp_path / "r"), sb3_logger=False, log_formats=("csv", "tensorboard"),
+                   step_column="train/updates")  # fmt: skip
+    with tracking.start_run(tmp_path, "x", **options) as tracker:  # crashed after logging step 5
+        for step in range(1, 6):
+            tracker.log_scalars({"train/updates": step, "loss": float(step)}, step=step)
+    with tracking.start_run(tmp_path, "x", resume=True, resume_step=2, **options) as tracker:  # its checkpoint: 2
+        for step in range(3, 8):
+            tracker.log_scalars({"train/updates": step, "loss": -float(step)}, step=step)
+    rows = list(csv.DictReader((tmp_path / "r" / "progress.csv").open()))
+    assert [(int(r["train/updates"]), float(r["loss"])) for r in rows] == [(1, 1), (2, 2), (3, -3), (4, -4), (5, -5),
+                                                                            (6, -6), (7, -7)]  # fmt: skip
+    assert sent == [1, 2, 3, 4, 5, 6, 7], "W&B keeps the crashed run's 3..5 and gets each step once"
+    events = EventAccumulator(str(tmp_path / "r"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1), (2, 2), (3, -3), (4, -4), (5, -5),
+                                                                    (6, -6), (7, -7)]  # fmt: skip
