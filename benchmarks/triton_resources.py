@@ -37,31 +37,38 @@ PPO_BACKWARD_FLAGS = dict(HAS_START=True, HAS_WRITE=False, HAS_RESET=False, HAS_
 FLAG_SETS = {"all": (FORWARD_FLAGS, BACKWARD_FLAGS), "ppo": (PPO_FORWARD_FLAGS, PPO_BACKWARD_FLAGS)}
 
 
-def _source(kernel, names: list[str], signature: dict, constants: dict, divisible: list[int]) -> ASTSource:
+def _source(
+    kernel, names: list[str], signature: dict, constants: dict, divisible: list[int], ones: dict[str, int]
+) -> ASTSource:
     """The kernel with its specialisations, in the installed Triton's format: 3.3 and later key
-    constants and attributes by argument position; 3.0 to 3.2 key constants by name, list no
-    constexpr in the signature and take an ``AttrsDescriptor`` (the kernels' floor, ``triton>=3.0``,
-    is checked this way)."""
+    constants and attributes by argument position and make an int argument equal to 1 a
+    constexpr; 3.0 to 3.2 key constants by name, list no constexpr in the signature, take an
+    ``AttrsDescriptor`` and mark the ones there (the kernels' floor, ``triton>=3.0``, is
+    checked this way)."""
     old_format = [m.AttrsDescriptor for m in (backend_compiler, compiler_compiler) if hasattr(m, "AttrsDescriptor")]
     if old_format:
         signature = {k: v for k, v in signature.items() if v != "constexpr"}
+        equal_to_1 = [names.index(name) for name in ones]
         if hasattr(backend_compiler, "AttrsDescriptor"):  # 3.2
             attrs = old_format[0].from_dict(
-                {"arg_properties": {"tt.divisibility": divisible, "tt.equal_to": []}, "cls": "AttrsDescriptor"}
+                {"arg_properties": {"tt.divisibility": divisible, "tt.equal_to": equal_to_1}, "cls": "AttrsDescriptor"}
             )
         else:  # 3.0, 3.1
-            attrs = old_format[0](divisible_by_16=set(divisible), equal_to_1=set())
-        return ASTSource(kernel, signature, constants, attrs)
+            attrs = old_format[0](divisible_by_16=set(divisible), equal_to_1=set(equal_to_1))
+        return ASTSource(kernel, signature, {**constants, **ones}, attrs)
+    signature = {**signature, **{name: "constexpr" for name in ones}}
     attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
-    return ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
+    return ASTSource(kernel, signature, {(names.index(k),): v for k, v in {**constants, **ones}.items()}, attrs)
 
 
 def resources(
     fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arch: int, num_warps: int,
-    layer_norm: bool = True, float64: bool = False,
+    layer_norm: bool = True, float64: bool = False, steps: int = 16, batch: int = 256,
 ) -> tuple[int, int]:  # fmt: skip
     """Compile one kernel for ``sm_<arch>`` without a GPU; ``(registers, spill stack bytes)``
-    per thread, read from the cubin with the ``cuobjdump`` that ships with Triton."""
+    per thread, read from the cubin with the ``cuobjdump`` that ships with Triton.
+    ``steps`` and ``batch`` (T and B) matter only as the launcher specialises them: 1 (a
+    rollout step, one env) is compiled in as a constant, a multiple of 16 marked so."""
     block = triton.next_power_of_2(hidden)
     interpret = os.environ.pop("TRITON_INTERPRET", None)  # jit decides compiled vs interpreted now
     try:
@@ -84,11 +91,13 @@ def resources(
             signature[name] = "constexpr"
     # What the launcher specialises at run time: torch's allocations are 16-byte aligned, and an
     # int argument divisible by 16 is marked so (H, the real hidden size, when it is; T and B
-    # as at the RL shape, 16 x 256). Without these hints the compiler cannot vectorise the
-    # tile loads, picks another layout and the counts are not the ones a GPU run gets.
-    divisible = [i for i, name in enumerate(names)
-                 if name.endswith("_ptr") or name in ("T", "B") or (name == "H" and hidden % 16 == 0)]  # fmt: skip
-    source = _source(kernel, names, signature, constants, divisible)
+    # by default as at the RL shape, 16 x 256), one equal to 1 becomes a constant. Without
+    # these hints the compiler cannot vectorise the tile loads, picks another layout and the
+    # counts are not the ones a GPU run gets.
+    ints = {"T": steps, "B": batch, "H": hidden}
+    divisible = [i for i, name in enumerate(names) if name.endswith("_ptr") or (ints.get(name, 1) % 16 == 0)]
+    ones = {name: 1 for name, value in ints.items() if value == 1}
+    source = _source(kernel, names, signature, constants, divisible, ones)
     options = {**triton_scan._launch_options(block, backward=False), "num_warps": num_warps}  # the op's options
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")

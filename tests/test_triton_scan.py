@@ -393,16 +393,17 @@ def _compile_or_skip():
 
 
 @pytest.mark.parametrize(
-    "hidden, inner_steps, layer_norm, flags, float64, arch",
+    "hidden, inner_steps, layer_norm, flags, float64, arch, steps, batch",
     [
-        (128, 1, True, "ppo", False, 90),  # the RL shape as a RecurrentPPO update launches it, Hopper
-        (128, 1, True, "all", False, 90),  # every option on
-        (128, 1, True, "all", False, 80),  # the same for Ampere (A100)
-        (100, 2, False, "none", False, 90),  # padded H, no layer norm, no masks, no saved state
-        (32, 1, True, "all", True, 90),  # float64 accumulation
+        (128, 1, True, "ppo", False, 90, 16, 256),  # the RL shape as a RecurrentPPO update launches it, Hopper
+        (128, 1, True, "rollout", False, 90, 1, 1),  # one rollout step of one env: T = B = 1 compiled in
+        (128, 1, True, "all", False, 90, 37, 5),  # every option on, T and B not multiples of 16
+        (128, 1, True, "all", False, 80, 16, 256),  # the same for Ampere (A100)
+        (100, 2, False, "none", False, 90, 16, 256),  # padded H, no layer norm, no masks, no saved state
+        (32, 1, True, "all", True, 90, 16, 256),  # float64 accumulation
     ],
 )
-def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm, flags, float64, arch):
+def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm, flags, float64, arch, steps, batch):
     """The compiled path (what a GPU runs, unlike the interpreter) builds for Hopper and Ampere
     with the launcher's specialisations, and the tiles stay in registers at the default warps:
     no spill in the forward, a small one at most in the backward (the register budget in
@@ -411,13 +412,18 @@ def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm,
     resources = _compile_or_skip()
     block = triton_scan.triton.next_power_of_2(hidden)
     for backward, fn in ((False, triton_scan._fw_forward_kernel), (True, triton_scan._fw_backward_kernel)):
-        if flags == "none":
+        if flags == "rollout":  # no gradient: the forward alone, returning the final state
+            if backward:
+                continue
+            chosen = {**resources.PPO_FORWARD_FLAGS, "SAVE": False, "STORE_AT": True}
+        elif flags == "none":
             chosen = {k: False for k in resources.FLAG_SETS["all"][backward]}
         else:
             chosen = resources.FLAG_SETS[flags][backward]
         registers, stack = resources.resources(
             fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=triton_scan.DEFAULT_CHUNK, arch=arch,
             num_warps=triton_scan._launch_options(block, backward)["num_warps"], layer_norm=layer_norm, float64=float64,
+            steps=steps, batch=batch,
         )  # fmt: skip
         assert 0 < registers <= 255
         if float64:
