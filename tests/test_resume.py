@@ -44,6 +44,21 @@ def _steps(run: Path) -> list[int]:
     return [int(row["time/total_timesteps"]) for row in csv.DictReader((run / "progress.csv").open())]
 
 
+class FakeWandbRun:
+    """A W&B run with id ``abc123`` that records the ``global_step`` of every row sent to it."""
+
+    id, dir, settings = "abc123", None, None
+
+    def __init__(self, sent: list[int] | None = None) -> None:
+        self.sent = [] if sent is None else sent
+
+    def log(self, payload):
+        self.sent.append(payload["global_step"])
+
+    def finish(self):
+        pass
+
+
 def test_resume_continues_in_the_same_folder(tmp_path, monkeypatch):
     run = _interrupted_run(tmp_path, monkeypatch, memory_kwargs={"decay": 0.9})
     before = _steps(run)
@@ -108,14 +123,7 @@ def test_checkpoints_read_without_unpickling(tmp_path, monkeypatch):
 
 def test_resumed_runs_continue_their_wandb_run(tmp_path, monkeypatch):
     seen = []
-
-    class FakeRun:
-        id, dir, settings = "abc123", str(tmp_path), None
-
-        def finish(self):
-            pass
-
-    monkeypatch.setattr(tracking, "init_wandb", lambda *args, run_id=None, **kwargs: seen.append(run_id) or FakeRun())
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, run_id=None, **kwargs: seen.append(run_id) or FakeWandbRun())
     for resume in (False, True):
         tracking.start_run(tmp_path, "x", run_dir=str(tmp_path / "r"), sb3_logger=False, log_formats=("csv",),
                            resume=resume).close()  # fmt: skip
@@ -149,17 +157,7 @@ def test_resume_after_a_crash_between_checkpoints_drops_the_lost_steps(tmp_path,
     # the crashed run mirrored to W&B; the resumed run continues that W&B run
     (run / tracking.WANDB_ID_FILE).write_text("abc123\n")
     sent = []
-
-    class FakeRun:
-        id, dir, settings = "abc123", str(tmp_path), None
-
-        def log(self, payload):
-            sent.append(payload["global_step"])
-
-        def finish(self):
-            pass
-
-    monkeypatch.setattr(tracking, "init_wandb", lambda *args, run_id=None, **kwargs: FakeRun() if run_id else None)
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, run_id=None, **kwargs: FakeWandbRun(sent) if run_id else None)
     summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="offline"))
     assert summary["timesteps"] == 512
     steps = _steps(run)
@@ -196,17 +194,7 @@ def test_resumed_tracker_without_sb3_logs_each_step_once(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sent = []
-
-    class FakeRun:
-        id, dir, settings = "abc123", str(tmp_path), None
-
-        def log(self, payload):
-            sent.append(payload["global_step"])
-
-        def finish(self):
-            pass
-
-    monkeypatch.setattr(tracking, "init_wandb", lambda *args, **kwargs: FakeRun())
+    monkeypatch.setattr(tracking, "init_wandb", lambda *args, **kwargs: FakeWandbRun(sent))
     options = dict(run_dir=str(tmp_path / "r"), sb3_logger=False, log_formats=("csv", "tensorboard"),
                    step_column="train/updates")  # fmt: skip
     with tracking.start_run(tmp_path, "x", **options) as tracker:  # crashed after logging step 5
