@@ -16,6 +16,10 @@ from fw_agents.memory import MEMORY_NAMES, MemoryCore, State, make_memory
 INPUT, HIDDEN, BATCH, STEPS = 5, 6, 4, 9  # HIDDEN even: the associative LSTM needs H/2 complex units
 
 
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
 @pytest.fixture(params=MEMORY_NAMES)
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -37,8 +41,8 @@ def random_starts(steps: int, batch: int, seed: int, p: float = 0.3) -> torch.Te
 @torch.no_grad()
 def warm_state(core: MemoryCore, batch: int, seed: int) -> State:
     """A realistic non-zero state: the state after a few random steps."""
-    dtype = next(core.parameters()).dtype
-    _, state = core(randn(4, batch, core.input_size, seed=seed, dtype=dtype))
+    parameter = next(core.parameters())
+    _, state = core(randn(4, batch, core.input_size, seed=seed, dtype=parameter.dtype).to(parameter.device))
     return state
 
 
@@ -103,11 +107,14 @@ def test_pack_unpack_round_trip(name: str) -> None:
 
 
 # -------------------------------------------------- whole == steps == chunks
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_starts", [False, True], ids=["no_starts", "starts"])
-def test_whole_equals_step_by_step_and_chunks(name: str, with_starts: bool) -> None:
-    core = make(name)
-    x = randn(STEPS, BATCH, INPUT, seed=5)
-    starts = random_starts(STEPS, BATCH, seed=6) if with_starts else None
+def test_whole_equals_step_by_step_and_chunks(name: str, with_starts: bool, device: str) -> None:
+    """What a rollout computes one step at a time, training computes in one call (on CUDA:
+    the fused kernel, compiled with T = 1 for a step, against itself over the sequence)."""
+    core = make(name).to(device)
+    x = randn(STEPS, BATCH, INPUT, seed=5).to(device)
+    starts = random_starts(STEPS, BATCH, seed=6).to(device) if with_starts else None
     state0 = warm_state(core, BATCH, seed=7)
     y_whole, s_whole = core(x, state0, starts)
 

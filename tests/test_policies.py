@@ -14,16 +14,21 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
+from fw_agents.memory.ops import triton_scan
 from fw_agents.policies import DEFAULT_MEMORY_KWARGS, FastWeightsPolicy, RecurrentMemoryPolicy, sample_categorical
 from fw_agents.state_slots import CoreAdapter
 
 SMALL = dict(n_steps=16, batch_size=32, n_epochs=1)
 
 
-def _model(memory: str, env=None, critic: str = "shared", algorithm=RecurrentPPO, **kwargs) -> RecurrentPPO:
+def _model(
+    memory: str, env=None, critic: str = "shared", algorithm=RecurrentPPO, device: str = "cpu",
+    memory_kwargs: dict | None = None, **kwargs,
+) -> RecurrentPPO:  # fmt: skip
     env = env if env is not None else envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4)
-    policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16))
-    return algorithm(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL, **kwargs)
+    policy_kwargs = dict(memory=memory, hidden_size=16, critic=critic, features_extractor_kwargs=dict(features_dim=16),
+                         memory_kwargs=memory_kwargs or {})  # fmt: skip
+    return algorithm(RecurrentMemoryPolicy, env, policy_kwargs=policy_kwargs, seed=0, device=device, **SMALL, **kwargs)
 
 
 @pytest.mark.parametrize("memory", MEMORY_NAMES)
@@ -54,7 +59,31 @@ def test_rollout_and_training_give_same_log_probs_and_values(memory, critic, alg
     """The log-probs and values stored while stepping the env one step at a time equal
     those recomputed from the buffer's padded sequences in one core call (with the stock
     rollout buffer and with the compact one)."""
-    model = _model(memory, critic=critic, algorithm=algorithm)
+    _assert_rollout_matches_training(_model(memory, critic=critic, algorithm=algorithm))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algorithm", [RecurrentPPO, FastRecurrentPPO], ids=["stock", "fast"])
+def test_cuda_rollout_and_training_give_same_log_probs_and_values(algorithm):
+    """The same on CUDA, where fast weights run the fused Triton kernel: compiled for one
+    step in the rollout, for the padded sequences in the update."""
+    _assert_rollout_matches_training(_model("fastweights", algorithm=algorithm, device="cuda"))
+
+
+@pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
+@pytest.mark.parametrize("algorithm", [RecurrentPPO, FastRecurrentPPO], ids=["stock", "fast"])
+def test_rollout_and_training_agree_through_the_triton_kernel(algorithm, monkeypatch, one_thread):
+    """The same through the fused kernel (``mode="triton"``, what CUDA runs), on CPU under
+    Triton's interpreter: the rollout's one-step calls and the update's padded sequences,
+    with the state carried through the buffer and the episode starts as masks."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = _model("fastweights", algorithm=algorithm, memory_kwargs=dict(mode="triton"))
+    assert model.policy.lstm_actor.core.mode == "triton"
+    _assert_rollout_matches_training(model)
+
+
+def _assert_rollout_matches_training(model) -> None:
     model.learn(SMALL["n_steps"] * 4)  # one rollout and one update, then a fresh rollout below
     callback = CallbackList([])
     callback.init_callback(model)
