@@ -81,14 +81,27 @@ def _make(name: str, H: int) -> torch.nn.Module:
     return make_memory(name, H, H)
 
 
-def measure(device: torch.device, rounds: int) -> dict[str, dict[str, float]]:
-    """Seconds per call, ``{column: {core: seconds}}``."""
-    cuda = device.type == "cuda"
-    # on CUDA the last name is timed in the round-robin too (no reference loop there)
-    names = [PEER, SCAN, KERNEL] if cuda else [PEER, *MEMORY_NAMES, REFERENCE]
+def measure(
+    device: torch.device,
+    rounds: int,
+    kernel: bool | None = None,
+    shapes: list[tuple[int, int, int]] | None = None,
+    latency: tuple[int, int] = (LATENCY_BATCH, 128),
+) -> dict[str, dict[str, float]]:
+    """Seconds per call, ``{column: {core: seconds}}``.
+
+    :param kernel: Time the fast-weights scan against the Triton kernel and the LSTM (the
+        CUDA table; default: on CUDA), else every core and the reference loop.
+    :param shapes: ``(B, H, T)`` of the forward+backward columns (default: the table's).
+    :param latency: ``(B, H)`` of the one-step column.
+    """
+    kernel = device.type == "cuda" if kernel is None else kernel
+    # with the kernel the last name is timed in the round-robin too (no reference loop there)
+    names = [PEER, SCAN, KERNEL] if kernel else [PEER, *MEMORY_NAMES, REFERENCE]
     results: dict[str, dict[str, float]] = {}
-    columns = [(f"B={B} H={H} T={T}", B, H, T, _train_step) for B, H, T in (CUDA_SHAPES if cuda else SHAPES)]
-    columns.append((f"1 step, B={LATENCY_BATCH} H=128", LATENCY_BATCH, 128, 1, _one_step))
+    shapes = shapes or (CUDA_SHAPES if kernel else SHAPES)
+    columns = [(f"B={B} H={H} T={T}", B, H, T, _train_step) for B, H, T in shapes]
+    columns.append((f"1 step, B={latency[0]} H={latency[1]}", *latency, 1, _one_step))
     for column, B, H, T, make_fn in columns:
         torch.manual_seed(0)
         x = torch.randn(T, B, H, device=device)
@@ -105,9 +118,9 @@ def measure(device: torch.device, rounds: int) -> dict[str, dict[str, float]]:
         # The reference loop builds huge autograd graphs that disturb the allocator for
         # whoever runs next, so it is timed after the round-robin, not inside it.
         for _ in range(rounds):
-            for name in names if cuda else names[:-1]:
+            for name in names if kernel else names[:-1]:
                 samples[name].append(timers[name]())
-        if not cuda:
+        if not kernel:
             samples[REFERENCE] = [timers[REFERENCE]() for _ in range(3)]
         results[column] = {name: statistics.median(s) for name, s in samples.items()}
     return results
