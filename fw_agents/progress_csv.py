@@ -63,12 +63,14 @@ class ProgressCsv:
         self.file = open(self.path, "a")
 
 
-def _row_steps(path: Path, column: str) -> tuple[list[str], list[float | None]] | None:
-    """The file's lines and each data row's number in ``column`` (None where it has none: an
-    empty cell, or a row cut short by a crash); None when the file or the column is missing."""
+def _row_steps(path: Path, column: str) -> tuple[list[str], list[float | None], bool] | None:
+    """The file's whole lines (a last one a crash cut short, with no newline, left out), each
+    data row's number in ``column`` (None where it has none) and whether a line was cut;
+    None when the file or the column is missing."""
     if not path.exists():
         return None
-    lines = path.read_text().splitlines()
+    text = path.read_text()
+    lines = text[: text.rfind("\n") + 1].splitlines()
     header = next(csv.reader(lines[:1]), [])
     if column not in header:
         return None
@@ -80,31 +82,34 @@ def _row_steps(path: Path, column: str) -> tuple[list[str], list[float | None]] 
             steps.append(float(cells[index]))
         except (IndexError, ValueError):
             steps.append(None)
-    return lines, steps
+    return lines, steps, not text.endswith("\n")
 
 
 def last_step(path: str | os.PathLike[str], column: str) -> float | None:
     """The largest step ``column`` holds in ``path`` (None: no file, no column or no number):
     how far a run logged, the W&B run it mirrors to included."""
     found = _row_steps(Path(path), column)
-    numbers = [step for step in found[1] if step is not None] if found else []
+    steps = found[1] if found else []
+    numbers = [step for step in steps if step is not None]
     return max(numbers) if numbers else None
 
 
 def drop_rows_after(path: str | os.PathLike[str], column: str, step: float) -> int:
     """Rewrite ``path`` (atomically) without the rows whose ``column`` is above ``step``: what a
     run logged after the checkpoint it is resumed from (it crashed between checkpoints), which
-    the resumed run logs again. Rows without a number there are kept.
+    the resumed run logs again. Rows without a number there are kept; a last row a crash cut
+    short (no newline) is dropped.
 
-    :return: How many rows were dropped (0 when the file or the column does not exist).
+    :return: How many rows were dropped, the cut one included (0 when the file or the column
+        does not exist).
     """
     path = Path(path)
     found = _row_steps(path, column)
     if found is None:
         return 0
-    lines, steps = found
+    lines, steps, cut = found
     kept = lines[:1] + [line for line, at in zip(lines[1:], steps) if at is None or at <= step]
-    dropped = len(lines) - len(kept)
+    dropped = len(lines) - len(kept) + cut
     if dropped:
         write_text_atomically(path, "\n".join(kept) + "\n")
     return dropped

@@ -180,12 +180,17 @@ def test_resume_after_a_crash_between_checkpoints_drops_the_lost_steps(tmp_path,
 
 
 def test_drop_rows_after_keeps_what_it_cannot_read(tmp_path):
-    from fw_agents.progress_csv import drop_rows_after
+    from fw_agents.progress_csv import drop_rows_after, last_step
 
     path = tmp_path / "progress.csv"
     path.write_text('time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n384,"b"\n512,"c"\n51')
-    assert drop_rows_after(path, "time/total_timesteps", 256) == 2
-    assert path.read_text() == 'time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n51\n'
+    assert last_step(path, "time/total_timesteps") == 512
+    assert drop_rows_after(path, "time/total_timesteps", 256) == 3  # 384, 512 and the row a crash cut short
+    assert path.read_text() == 'time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n'
+    assert last_step(path, "time/total_timesteps") == 256
+    path.write_text('time/total_timesteps\n128\n9999')  # a torn last row never counts, nor survives
+    assert last_step(path, "time/total_timesteps") == 128
+    assert drop_rows_after(path, "time/total_timesteps", 256) == 1 and path.read_text() == "time/total_timesteps\n128\n"
     assert drop_rows_after(path, "missing", 0) == 0 and drop_rows_after(tmp_path / "none.csv", "x", 0) == 0
 
 

@@ -2,8 +2,9 @@
 
 One Triton program per sequence walks the time steps with ``A`` (fast weights) and
 ``W`` (slow recurrent weights) held on chip, for ``H <= 128`` (the host zero-pads the
-hidden axes to a power of two, so the kernels need no masks). Same numbers as :func:`fw_agents.memory.ops.reference.fast_weights_reference`;
-the design and the backward's maths are in ``triton_scan.md`` next to this file.
+hidden axes to a power of two, so the kernels need no masks). Same numbers as
+:func:`fw_agents.memory.ops.reference.fast_weights_reference`; the design and the
+backward's maths are in ``triton_scan.md`` next to this file.
 
 * Forward: matrix form, ``A`` updated every step (O(S·H²) per step). It stores the
   outputs ``y``, and, when a gradient is needed, every inner step's input ``h_s`` and
