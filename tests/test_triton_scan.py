@@ -326,7 +326,14 @@ def test_auto_mode_takes_the_kernel_for_cuda_inputs_only(monkeypatch):
     assert core._op(torch.zeros(5, 2, 3))[0] is not fast_weights_triton
     assert core._op(torch.zeros(1, 2, 3))[0] is not fast_weights_triton
     assert FastWeightsRNN(3, 8, mode="triton")._op(torch.zeros(5, 2, 3)) == (fast_weights_triton, None)
-    if torch.cuda.is_available() and triton_scan.triton_available():
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert triton_scan.supports(128, "cuda") == triton_scan.triton_available()  # an NVIDIA GPU
+    assert not triton_scan.supports(129, "cuda") and not triton_scan.supports(8, "cpu")
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # a ROCm build: its GPUs are "cuda" too
+    assert not triton_scan.supports(128, "cuda")
+    monkeypatch.undo()
+    if torch.cuda.is_available() and triton_scan.triton_available() and torch.version.hip is None:
         assert core.cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is fast_weights_triton
         assert FastWeightsRNN(3, 200).cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is not fast_weights_triton
 

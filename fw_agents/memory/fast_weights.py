@@ -71,8 +71,9 @@ class FastWeightsRNN(MemoryCore):
     * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.triton_scan`,
       ``A`` and ``W`` on chip, ``H <= 128``): CUDA tensors, or CPU under
       ``TRITON_INTERPRET=1`` (how the tests run it).
-    * ``"auto"`` (default): ``"triton"`` for CUDA inputs when triton is installed and
-      ``H <= 128``, ``"scan"`` otherwise.
+    * ``"auto"`` (default): ``"triton"`` for CUDA inputs on an NVIDIA GPU when triton is
+      installed and ``H <= 128``, ``"scan"`` otherwise (ROCm included: the kernels are
+      checked for NVIDIA targets only).
 
     :param input_size: Number of input features.
     :param hidden_size: Number of recurrent units ``H``.

@@ -60,10 +60,15 @@ def _interpret() -> bool:
 
 
 def supports(hidden_size: int, device: torch.device | str) -> bool:
-    """Whether :func:`fast_weights_triton` can run at this size on this device (compiled on
-    CUDA, or any device under ``TRITON_INTERPRET=1``). What ``mode="auto"`` should ask."""
+    """Whether :func:`fast_weights_triton` runs at this size on this device: compiled on an
+    NVIDIA GPU, or any device under ``TRITON_INTERPRET=1``. What ``mode="auto"`` asks.
+
+    A ROCm build of torch also calls its AMD GPUs ``cuda``; the kernels are compiled and
+    checked for NVIDIA targets only, so ``"auto"`` keeps the PyTorch scan there
+    (``mode="triton"`` still asks for the kernel)."""
     device = torch.device(device)
-    return triton is not None and 1 <= hidden_size <= MAX_HIDDEN and (device.type == "cuda" or _interpret())
+    nvidia = device.type == "cuda" and torch.version.hip is None
+    return triton is not None and 1 <= hidden_size <= MAX_HIDDEN and (nvidia or _interpret())
 
 
 # --------------------------------------------------------------------------- kernels
