@@ -339,6 +339,47 @@ def test_auto_mode_takes_the_kernel_for_cuda_inputs_only(monkeypatch):
 
 
 @needs_triton
+def test_auto_mode_falls_back_to_the_scan_where_the_kernel_cannot_build(monkeypatch):
+    """A Triton that cannot compile or launch the kernel on a GPU (an old driver, a toolchain
+    mismatch): "auto" warns once, in one line, and runs the PyTorch scan there from then on
+    (same numbers); "triton" raises; bad input is not mistaken for such a failure."""
+    import fw_agents.memory.fast_weights as fast_weights_module
+    from fw_agents.memory import FastWeightsRNN
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("PTX .version 8.7 does not support .target sm_90\n(driver too old)")
+
+    monkeypatch.setattr(triton_scan, "UNUSABLE", {})
+    monkeypatch.setattr(fast_weights_module, "fast_weights_triton", broken)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # supports() says yes on this CPU ...
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # ... and "auto" sees a GPU
+    torch.manual_seed(0)
+    core = FastWeightsRNN(3, 8)
+    scan = FastWeightsRNN(3, 8, mode="scan")
+    scan.load_state_dict(core.state_dict())
+    x = torch.randn(5, 2, 3)
+    with pytest.warns(RuntimeWarning, match=r"Triton kernel failed on cpu \(RuntimeError: PTX .* too old\)\); mode='auto'"):
+        y, state = core(x)
+    torch.testing.assert_close(y, scan(x)[0], rtol=0, atol=0)
+    y2, _ = core(x[:1], state)  # the next calls go straight to the scan: no second try, no warning
+    assert len(calls) == 1 and "cpu" in triton_scan.UNUSABLE and not triton_scan.supports(8, "cpu")
+    with pytest.raises(RuntimeError, match="driver too old"):
+        FastWeightsRNN(3, 8, mode="triton")(x)
+
+    def bad_input(*args, **kwargs):
+        raise ValueError("h must be [B, H]")
+
+    monkeypatch.setattr(triton_scan, "UNUSABLE", {})
+    monkeypatch.setattr(fast_weights_module, "fast_weights_triton", bad_input)
+    with pytest.raises(ValueError, match="h must be"):
+        FastWeightsRNN(3, 8)(x)
+    assert not triton_scan.UNUSABLE
+
+
+@needs_triton
 def test_carried_A_without_grad_gives_the_other_gradients(interpreter):
     """A rollout's stored state: A given, no gradient asked for it (the kernel then skips dL/dA0)."""
     leaves, masks = make_case(9, 3, 6, starts=[(4, 1)], write_off=[(2, 0)])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -59,16 +60,36 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+#: Devices where the kernel failed to build or launch (``str(device)``: the one-line error);
+#: ``mode="auto"`` keeps the PyTorch scan there for the rest of the process.
+UNUSABLE: dict[str, str] = {}
+
+
 def supports(hidden_size: int, device: torch.device | str) -> bool:
     """Whether :func:`fast_weights_triton` runs at this size on this device: compiled on an
     NVIDIA GPU, or any device under ``TRITON_INTERPRET=1``. What ``mode="auto"`` asks.
 
     A ROCm build of torch also calls its AMD GPUs ``cuda``; the kernels are compiled and
     checked for NVIDIA targets only, so ``"auto"`` keeps the PyTorch scan there
-    (``mode="triton"`` still asks for the kernel)."""
+    (``mode="triton"`` still asks for the kernel). Nor on a device in :data:`UNUSABLE`."""
     device = torch.device(device)
     nvidia = device.type == "cuda" and torch.version.hip is None
-    return triton is not None and 1 <= hidden_size <= MAX_HIDDEN and (nvidia or _interpret())
+    usable = str(device) not in UNUSABLE
+    return triton is not None and 1 <= hidden_size <= MAX_HIDDEN and (nvidia or _interpret()) and usable
+
+
+def mark_unusable(device: torch.device | str, error: BaseException) -> None:
+    """Record that the kernel failed on ``device`` (a Triton that cannot compile or launch it
+    there: an old driver, a toolchain mismatch) and warn once, in one line, that
+    ``mode="auto"`` falls back to the PyTorch scan (same numbers, slower)."""
+    message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    UNUSABLE[str(torch.device(device))] = message
+    warnings.warn(
+        f"fast weights: the Triton kernel failed on {torch.device(device)} ({message}); mode='auto' uses the "
+        "PyTorch scan there from now on (mode='scan' chooses it, mode='triton' raises the error)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------- kernels
