@@ -84,7 +84,13 @@ def stage_environment(report: Report) -> None:
     import triton
 
     props = torch.cuda.get_device_properties(0)
+    try:  # the code measured (a copy without .git says so)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown (no git repository)"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (no git)"
     lines = [
+        f"- fw-agents commit {commit}",
         f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
         f"- triton {triton.__version__}, Python {platform.python_version()}",
