@@ -275,6 +275,29 @@ def test_gpu_check_runs_the_modules_that_hold_cuda_tests(monkeypatch):
     assert all("mark.cuda" in (ROOT / f).read_text() for f in files) and added
 
 
+def test_gpu_check_report_stages_without_a_gpu(tmp_path, monkeypatch):
+    """The environment stage and the memory stage's target verdicts, with the GPU faked: what a
+    device session would otherwise find broken only after paying for the machine."""
+    from types import SimpleNamespace
+
+    gpu_check = _load_script("gpu_check")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: SimpleNamespace(name="Fake H200", total_memory=141 * 2**30, major=9, minor=0))  # fmt: skip
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    bench = gpu_check._bench_memory()
+    fake = {"B=256 H=128 T=16": {bench.PEER: 2.0, bench.SCAN: 9.0, bench.KERNEL: 1.5},
+            "B=16 H=128 T=512": {bench.PEER: 1.0, bench.SCAN: 9.0, bench.KERNEL: 2.5}}  # fmt: skip
+    monkeypatch.setattr(bench, "measure", lambda device, rounds: fake)
+    report = gpu_check.Report(tmp_path / "gpu_check.md")
+    gpu_check.stage_environment(report)
+    gpu_check.stage_bench_memory(report, rounds=1)
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert "GPU: Fake H200, 141 GiB, compute capability 9.0" in text and "fw-agents commit " in text
+    assert "B=256 H=128 T=16: 0.75× LSTM (target ≤ 1.0×) — met" in text
+    assert "B=16 H=128 T=512: 2.50× LSTM (target ≤ 2.0×) — MISSED" in text
+    assert "all stages ran" in text and not report.failed
+
+
 def test_gpu_check_help_and_training_flags(capsys):
     gpu_check = _load_script("gpu_check")
     with pytest.raises(SystemExit) as exit_:
