@@ -196,39 +196,36 @@ class FastWeightsRNN(MemoryCore):
             if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
         op, chunk_size = self._op(x)
-        zx = self.C(x)  # C x(t) for every step at once
-
-        def run(op: Callable[..., tuple[torch.Tensor, ...]], chunk_size: int | None) -> tuple[torch.Tensor, ...]:
-            return op(
-                zx,
-                h,
-                None if fresh else A,  # None: known zeros, never read
-                self.W.weight,
-                self.ln.weight if self.ln is not None else None,
-                self.ln.bias if self.ln is not None else None,
-                decay=self.decay,
-                fast_lr=self.paper_fast_lr,
-                inner_steps=self.inner_steps,
-                episode_starts=starts,
-                write_mask=write_mask,
-                hidden_resets=hidden_resets,
-                layer_norm=self.layer_norm,
-                eps=self.ln.eps if self.ln is not None else 1e-5,
-                output_final_state=final_state,
-                chunk_size=chunk_size,
-            )
-
-        if op is not fast_weights_triton or self.mode == "triton":
-            y, h_T, A_T = run(op, chunk_size)
-        else:  # "auto" chose the kernel: a Triton that cannot build or launch it here falls back
-            try:
-                y, h_T, A_T = run(op, chunk_size)
-            except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
-                raise  # bad input or memory: the scan would fail the same way
-            except Exception as error:  # noqa: BLE001 - compiler, driver or toolchain
-                triton_scan.mark_unusable(x.device, error)
-                op, chunk_size = self._op(x)
-                y, h_T, A_T = run(op, chunk_size)
+        inputs = (
+            self.C(x),  # C x(t) for every step at once
+            h,
+            None if fresh else A,  # None: known zeros, never read
+            self.W.weight,
+            self.ln.weight if self.ln is not None else None,
+            self.ln.bias if self.ln is not None else None,
+        )
+        options = dict(
+            decay=self.decay,
+            fast_lr=self.paper_fast_lr,
+            inner_steps=self.inner_steps,
+            episode_starts=starts,
+            write_mask=write_mask,
+            hidden_resets=hidden_resets,
+            layer_norm=self.layer_norm,
+            eps=self.ln.eps if self.ln is not None else 1e-5,
+            output_final_state=final_state,
+        )
+        try:
+            y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
+        except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
+            raise  # bad input or memory: not the kernel's failure, and the scan would fail alike
+        except Exception as error:  # noqa: BLE001 - compiler, driver or toolchain
+            if op is not fast_weights_triton or self.mode == "triton":
+                raise
+            # "auto" chose the kernel and triton cannot build or launch it here: the scan instead
+            triton_scan.mark_unusable(x.device, error)
+            op, chunk_size = self._op(x)
+            y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         return y, (h_T, A_T)
 
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
