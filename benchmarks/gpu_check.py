@@ -60,9 +60,15 @@ class Report:
         write_text_atomically(self.path, "\n".join([head, *self.parts]))
 
 
+#: In every stage's process, a kernel that fails on this GPU is an error, not mode="auto"'s
+#: quiet fallback to the PyTorch scan (-W syntax: the message is a prefix, without colons).
+KERNEL_FAILURE_IS_AN_ERROR = "error:fast weights:RuntimeWarning"
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the compiled kernels, not the interpreter
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), KERNEL_FAILURE_IS_AN_ERROR]))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 

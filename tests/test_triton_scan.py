@@ -16,6 +16,7 @@ Tests marked ``cuda`` compile the kernels for a real GPU; they skip without one
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 
 import pytest
@@ -296,6 +297,20 @@ def test_gpu_check_report_stages_without_a_gpu(tmp_path, monkeypatch):
     assert "B=256 H=128 T=16: 0.75× LSTM (target ≤ 1.0×) — met" in text
     assert "B=16 H=128 T=512: 2.50× LSTM (target ≤ 2.0×) — MISSED" in text
     assert "all stages ran" in text and not report.failed
+
+
+def test_gpu_check_stages_treat_a_kernel_fallback_as_an_error():
+    """A stage process where mode="auto" would fall back from a failing kernel fails instead."""
+    gpu_check = _load_script("gpu_check")
+    code = (
+        "import torch\n"
+        "from fw_agents.memory.ops import triton_scan\n"
+        "triton_scan.mark_unusable(torch.device('cpu'), RuntimeError('ptxas fatal'))\n"
+        "print('fell back quietly')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=gpu_check._env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "fell back quietly" not in done.stdout
+    assert "RuntimeWarning: fast weights: the Triton kernel failed on cpu (RuntimeError: ptxas fatal)" in done.stderr
 
 
 def test_gpu_check_help_and_training_flags(capsys):
