@@ -45,21 +45,19 @@ def _source(
     constexpr; 3.0 to 3.2 key constants by name, list no constexpr in the signature, take an
     ``AttrsDescriptor`` and mark the ones there (the kernels' floor, ``triton>=3.0``, is
     checked this way)."""
-    old_format = [m.AttrsDescriptor for m in (backend_compiler, compiler_compiler) if hasattr(m, "AttrsDescriptor")]
-    if old_format:
-        signature = {k: v for k, v in signature.items() if v != "constexpr"}
-        equal_to_1 = [names.index(name) for name in ones]
-        if hasattr(backend_compiler, "AttrsDescriptor"):  # 3.2
-            attrs = old_format[0].from_dict(
-                {"arg_properties": {"tt.divisibility": divisible, "tt.equal_to": equal_to_1}, "cls": "AttrsDescriptor"}
-            )
-        else:  # 3.0, 3.1
-            attrs = old_format[0](divisible_by_16=set(divisible), equal_to_1=set(equal_to_1))
-        return ASTSource(kernel, signature, {**constants, **ones}, attrs)
-    signature = {**signature, **{name: "constexpr" for name in ones}}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
-    return ASTSource(kernel, signature, {(names.index(k),): v for k, v in {**constants, **ones}.items()}, attrs)
-
+    equal_to_1 = [names.index(name) for name in ones]
+    if hasattr(backend_compiler, "AttrsDescriptor"):  # 3.2
+        attrs = backend_compiler.AttrsDescriptor.from_dict(
+            {"arg_properties": {"tt.divisibility": divisible, "tt.equal_to": equal_to_1}, "cls": "AttrsDescriptor"}
+        )
+    elif hasattr(compiler_compiler, "AttrsDescriptor"):  # 3.0, 3.1
+        attrs = compiler_compiler.AttrsDescriptor(divisible_by_16=set(divisible), equal_to_1=set(equal_to_1))
+    else:  # 3.3 and later
+        signature = {**signature, **{name: "constexpr" for name in ones}}
+        attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+        return ASTSource(kernel, signature, {(names.index(k),): v for k, v in {**constants, **ones}.items()}, attrs)
+    signature = {k: v for k, v in signature.items() if v != "constexpr"}
+    return ASTSource(kernel, signature, {**constants, **ones}, attrs)
 
 def resources(
     fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arch: int, num_warps: int,
