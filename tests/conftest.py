@@ -23,6 +23,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def device_syncs():
+    """``device_syncs(fn)``: the ops of ``fn()`` that read a value back from the tensors' device
+    (on a GPU each one is a device-to-host sync), recorded at torch's dispatcher, so CPU runs
+    see them too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = {"aten.is_nonzero.default", "aten._local_scalar_dense.default", "aten.nonzero.default", "aten.item.default"}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            called.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def syncs(fn) -> list[str]:
+        called.clear()
+        with Record():
+            fn()
+        return [op for op in called if op in reads]
+
+    called: list[str] = []
+    return syncs
+
+
 def _postgres_bin() -> Path | None:
     """A folder with PostgreSQL's initdb and pg_ctl: Debian's newest, else initdb on PATH."""
     debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name.zfill(4), reverse=True)

@@ -58,3 +58,25 @@ def test_supervised_head_trains_on_the_device(device, tmp_path, one_thread):
             "--wandb", "disabled", "--run-dir", str(tmp_path / "r")]  # fmt: skip
     assert retrieval.main(argv) == 0
     assert json.loads((tmp_path / "r" / "results.json").read_text())["updates"] == 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_rollout_step_reads_nothing_back_from_the_device(device, monkeypatch, one_thread, device_syncs):
+    """The policy's step through the fused kernel (interpreted on CPU) never syncs with the
+    device: on a GPU a sync in the middle of a step stalls its launches behind the device."""
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kwargs = {**SMALL, "policy_kwargs": dict(hidden_size=16, memory_kwargs=dict(mode="triton"))}
+    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 4), device=device, **kwargs)
+    obs = torch.as_tensor(model.get_env().reset(), device=model.device)
+    states = model._last_lstm_states
+    for starts in (torch.ones(4, device=model.device), torch.tensor([0.0, 1.0, 0.0, 0.0], device=model.device)):
+        previous = torch.cuda.get_sync_debug_mode() if device == "cuda" else None
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.inference_mode():
+                assert device_syncs(lambda: model.policy.forward(obs, states, starts)) == []
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode(previous)

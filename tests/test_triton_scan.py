@@ -144,6 +144,53 @@ def test_no_grad_and_partial_grads(interpreter):
     assert gzx.shape == zx.shape and torch.isfinite(gzx).all()
 
 
+@needs_triton
+def test_a_call_without_gradients_runs_the_forward_op_alone(interpreter, monkeypatch):
+    """No gradient wanted (no_grad, inference_mode, or no input that requires one): the forward
+    op runs without the autograd Function, same numbers, nothing saved for a backward."""
+    (zx, h, A, W, lnw, lnb), masks = make_case(6, 2, 5, starts=[(0, 1), (3, 0)], write_off=[(2, 1)])
+    args = [x.float() for x in (zx, h, A, W, lnw, lnb)]
+    masks = {k: v.float() for k, v in masks.items()}
+    kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2, **masks)
+    want = triton_scan.fast_weights_triton(*[args[0].requires_grad_(), *args[1:]], **kw)
+    assert want[0].requires_grad, "the reference call went through autograd"
+    args[0] = args[0].detach()
+
+    def refuse(*_):
+        raise AssertionError("the autograd Function ran for a call that needs no gradient")
+
+    monkeypatch.setattr(triton_scan._FastWeightsTriton, "apply", refuse)
+    saving = []
+    real_fwd = triton_scan.fast_weights_triton_fwd
+    monkeypatch.setattr(triton_scan, "fast_weights_triton_fwd", lambda *a, save: saving.append(save) or real_fwd(*a, save=save))
+    for context in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+        with context():
+            got = triton_scan.fast_weights_triton(*args, **kw)
+        for g, w in zip(got, want):
+            assert not g.requires_grad
+            torch.testing.assert_close(g, w.detach(), rtol=0, atol=0)
+    assert saving == [False] * 3, "nothing stored for a backward"
+
+
+@needs_triton
+@pytest.mark.parametrize("starts_at", [(), ((0, 1),)])
+def test_a_kernel_step_makes_no_device_to_host_sync(interpreter, starts_at, device_syncs):
+    """A rollout step through the kernel reads nothing back from the device (on a GPU a sync
+    would stall every step): the episode starts go to the kernel as they are, set or not."""
+    from fw_agents.memory import FastWeightsRNN
+
+    core = FastWeightsRNN(4, 8, mode="triton", normalize=True)
+    x, starts = torch.randn(1, 3, 4), torch.zeros(1, 3)
+    for t, b in starts_at:
+        starts[t, b] = 1.0
+    state = core.initial_state(3)
+    with torch.inference_mode():
+        assert device_syncs(lambda: core(x, state, starts)) == []
+    scan = FastWeightsRNN(4, 8, mode="scan", normalize=True)  # the scan asks, to skip the resets' arithmetic
+    with torch.inference_mode():
+        assert device_syncs(lambda: scan(x, state, starts)) != []
+
+
 def test_rejects_hidden_above_128(monkeypatch):
     if not triton_scan.triton_available():
         pytest.skip("triton is not installed")

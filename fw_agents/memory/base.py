@@ -112,9 +112,18 @@ class MemoryCore(nn.Module, ABC):
         return torch.device(device), dtype
 
     def _prepare(
-        self, x: torch.Tensor, state: State | None, episode_starts: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        state: State | None,
+        episode_starts: torch.Tensor | None,
+        drop_idle_starts: bool = True,
     ) -> tuple[State, torch.Tensor | None]:
-        """Validate shapes; fill in the default state; return starts as ``x``'s dtype (or None)."""
+        """Validate shapes; fill in the default state; return starts as ``x``'s dtype (or None).
+
+        :param drop_idle_starts: Return None for starts that hold no 1 (the op then skips the
+            reset arithmetic). Asking costs a device-to-host sync on a GPU: a fused kernel that
+            reads the starts anyway passes False.
+        """
         if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[0] < 1:
             raise ValueError(f"x must be [T >= 1, B, {self.input_size}], got {tuple(x.shape)}")
         steps, batch = x.shape[0], x.shape[1]
@@ -131,7 +140,7 @@ class MemoryCore(nn.Module, ABC):
             if tuple(episode_starts.shape) != (steps, batch):
                 raise ValueError(f"episode_starts must be [T, B] = {(steps, batch)}, got {tuple(episode_starts.shape)}")
             episode_starts = episode_starts.to(device=x.device, dtype=x.dtype)
-            if not bool(episode_starts.any()):
+            if drop_idle_starts and not bool(episode_starts.any()):
                 episode_starts = None
         return state, episode_starts
 

@@ -191,7 +191,8 @@ class FastWeightsRNN(MemoryCore):
         final_state: bool,
     ) -> tuple[torch.Tensor, State]:
         fresh = state is None
-        (h, A), starts = self._prepare(x, state, episode_starts)
+        # the kernel reads the starts as they come: no device sync to ask whether any is set
+        (h, A), starts = self._prepare(x, state, episode_starts, drop_idle_starts=not self._uses_kernel(x))
         for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
             if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
@@ -228,11 +229,15 @@ class FastWeightsRNN(MemoryCore):
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         return y, (h_T, A_T)
 
+    def _uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the fused Triton kernel."""
+        return self.mode == "triton" or (
+            self.mode == "auto" and x.is_cuda and triton_scan.supports(self.hidden_size, x.device)
+        )
+
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
         """The op for this call and its ``chunk_size`` (the kernel picks its own checkpoints)."""
-        if self.mode == "triton" or (
-            self.mode == "auto" and x.is_cuda and triton_scan.supports(self.hidden_size, x.device)
-        ):
+        if self._uses_kernel(x):
             return fast_weights_triton, None
         return _OPS[self.mode][x.shape[0] == 1], self.chunk_size(x.shape[0])
 

@@ -17,6 +17,12 @@ backward's maths are in ``triton_scan.md`` next to this file.
   ``[T·B, H]^T [T·B, H]`` matmul afterwards, the layer-norm gain and bias gradients are
   summed per program and then over programs.
 
+Layout as flash-linear-attention's ops: :func:`fast_weights_triton_fwd` and
+:func:`fast_weights_triton_bwd` launch the kernels, a thin autograd Function joins them, and
+:func:`fast_weights_triton` (the public op, the reference's signature) pads, converts and
+runs the forward alone when no gradient is needed (a rollout step: no autograd bookkeeping,
+and no device-to-host sync anywhere on the way).
+
 Triton runs on CUDA tensors, or on CPU tensors under its interpreter
 (``TRITON_INTERPRET=1``, slow: for tests). The environment variable is read when the
 op is called (the kernels are decorated lazily, once per mode), so setting it after
@@ -156,43 +162,113 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-# --------------------------------------------------------------------------- autograd
+# --------------------------------------------------------------------------- fwd / bwd ops
+# Free functions, as flash-linear-attention's ops: the autograd Function below is a thin
+# wrapper around them, and a call that needs no gradient runs the forward op alone.
+# Every hidden axis arrives padded to a power of two, H; ``hidden`` is the real size.
+
+
+def fast_weights_triton_fwd(
+    zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
+    hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
+):  # fmt: skip
+    """Launch the forward kernel. ``save``: also store what the backward reads.
+
+    :return: ``(y, h_T, A_T, saved)``: ``A_T`` is an empty tensor unless
+        ``output_final_state``; ``saved = (hs, u, ckpt)`` (``[T, B, S, H]`` twice,
+        ``[ceil(T/chunk), B, H, H]``) when ``save``, else None.
+    """
+    T, B, H = zx.shape
+    dev, dtype = zx.device, zx.dtype
+    y = torch.empty(T, B, H, device=dev, dtype=dtype)
+    h_T = torch.empty(B, H, device=dev, dtype=dtype)
+    A_T = torch.empty(B, H, H, device=dev, dtype=dtype) if output_final_state else y.new_empty(0)
+    S = inner_steps
+    hs_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
+    u_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
+    ckpt = torch.empty(triton.cdiv(T, chunk), B, H, H, device=dev, dtype=dtype) if save else y
+    dummy = y
+    forward_kernel, _ = _kernels()
+    with _on_device(zx):
+        forward_kernel[(B,)](
+            zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
+            dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
+            dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
+            y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
+            T, B, hidden, float(decay), float(fast_lr), float(eps),
+            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
+            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
+            SAVE=save, STORE_AT=output_final_state, **_launch_options(H, backward=False),
+        )  # fmt: skip
+    return y, h_T, A_T, (hs_buf, u_buf, ckpt) if save else None
+
+
+def fast_weights_triton_bwd(
+    grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
+    hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A, grad_W,
+):  # fmt: skip
+    """Launch the backward kernel (chunks in reverse from the forward's checkpoints) and
+    form ``dW`` and the layer-norm gradients from its outputs.
+
+    :param grad_y, grad_h_T, grad_A_T: Gradients of the outputs (None: zero).
+    :param grad_A: Whether to return ``dA`` (the initial ``A`` needs a gradient).
+    :param grad_W: Whether to form ``dW`` (one ``[T·B, H]^T [T·B, H]`` matmul).
+    :return: ``(dzx, dh, dA or None, dW or None, d_ln_weight or None, d_ln_bias or None)``;
+        the layer-norm ones are per-program ``[B, H]`` rows summed over programs.
+    """
+    T, B, H = y.shape
+    dev, dtype = y.device, y.dtype
+    grad_y, grad_h_T, grad_A_T = (None if g is None else g.contiguous() for g in (grad_y, grad_h_T, grad_A_T))
+    dzx = torch.empty(T, B, H, device=dev, dtype=dtype)
+    dh0 = torch.empty(B, H, device=dev, dtype=dtype)
+    dA0 = torch.empty(B, H, H, device=dev, dtype=dtype) if grad_A else dzx
+    dlnw = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
+    dlnb = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
+    dummy = dzx
+    _, backward_kernel = _kernels()
+    with _on_device(y):
+        backward_kernel[(B,)](
+            y, hs_buf, u_buf, ckpt, W, dummy if ln_weight is None else ln_weight,
+            dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
+            dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
+            dummy if grad_A_T is None else grad_A_T,
+            dzx, dh0, dA0, dlnw, dlnb,
+            T, B, hidden, float(decay), float(fast_lr), float(eps),
+            S=inner_steps, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
+            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
+            HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
+            STORE_DA0=grad_A, **_launch_options(H, backward=True),
+        )  # fmt: skip
+    dW = None
+    if grad_W:
+        # z(t) = W h_in(t) + zx(t), h_in(t) = h(t-1) after the resets: dW = sum_t dz(t) h_in(t)^T
+        if starts is not None:  # as the kernel: a start at t = 0 clears a carried NaN exactly
+            h = h.masked_fill(starts[0, :, None] > 0.5, 0.0)
+        h_in = torch.cat([h[None], y[:-1]])
+        if starts is not None:
+            h_in = h_in * (1.0 - starts)[..., None]
+        if resets is not None:
+            h_in = h_in * (1.0 - resets)[..., None]
+        dW = dzx.reshape(-1, H).T @ h_in.reshape(-1, H)
+    d_lnw, d_lnb = (dlnw.sum(0), dlnb.sum(0)) if layer_norm else (None, None)
+    return dzx, dh0, dA0 if grad_A else None, dW, d_lnw, d_lnb
 
 
 class _FastWeightsTriton(torch.autograd.Function):
+    """Autograd for :func:`fast_weights_triton_fwd` / :func:`fast_weights_triton_bwd`."""
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
         hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
     ):  # fmt: skip
-        # every hidden axis arrives padded to a power of two, H; `hidden` is the real size
-        T, B, H = zx.shape
-        block = H
         save = any(ctx.needs_input_grad[:6])
-        dev, dtype = zx.device, zx.dtype
-        y = torch.empty(T, B, H, device=dev, dtype=dtype)
-        h_T = torch.empty(B, H, device=dev, dtype=dtype)
-        A_T = torch.empty(B, H, H, device=dev, dtype=dtype) if output_final_state else y.new_empty(0)
-        n_chunks = triton.cdiv(T, chunk)
-        S = inner_steps
-        hs_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
-        u_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
-        ckpt = torch.empty(n_chunks, B, H, H, device=dev, dtype=dtype) if save else y
-        dummy = y
-        forward_kernel, _ = _kernels()
-        with _on_device(zx):
-            forward_kernel[(B,)](
-                zx, h, dummy if A is None else A.transpose(1, 2).contiguous(), W.t().contiguous(),
-                dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
-                dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
-                y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
-                T, B, hidden, float(decay), float(fast_lr), float(eps),
-                S=S, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
-                HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
-                SAVE=save, STORE_AT=output_final_state, **_launch_options(block, backward=False),
-            )  # fmt: skip
+        y, h_T, A_T, saved = fast_weights_triton_fwd(
+            zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
+            hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
+        )  # fmt: skip
         if save:
-            ctx.save_for_backward(h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets)
+            ctx.save_for_backward(h, W, ln_weight, y, *saved, starts, write, resets)
             grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
             ctx.config = (hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A)
         if not output_final_state:
@@ -202,49 +278,15 @@ class _FastWeightsTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_h_T, grad_A_T):  # type: ignore[override]
         h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets = ctx.saved_tensors
-        hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, has_A = ctx.config
-        T, B, H = y.shape
-        block = H
-        dev, dtype = y.device, y.dtype
-        has_gat = grad_A_T is not None and grad_A_T.numel() > 0
-        grads = [g.contiguous() if g is not None else None for g in (grad_y, grad_h_T, grad_A_T if has_gat else None)]
-        grad_y, grad_h_T, grad_A_T = grads
-        dzx = torch.empty(T, B, H, device=dev, dtype=dtype)
-        dh0 = torch.empty(B, H, device=dev, dtype=dtype)
-        dA0 = torch.empty(B, H, H, device=dev, dtype=dtype) if has_A else dzx
-        dlnw = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
-        dlnb = torch.empty(B, H, device=dev, dtype=dtype) if layer_norm else dzx
-        dummy = dzx
-        _, backward_kernel = _kernels()
-        with _on_device(y):
-            backward_kernel[(B,)](
-                y, hs_buf, u_buf, ckpt, W, dummy if ln_weight is None else ln_weight,
-                dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
-                dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
-                dummy if grad_A_T is None else grad_A_T,
-                dzx, dh0, dA0, dlnw, dlnb,
-                T, B, hidden, float(decay), float(fast_lr), float(eps),
-                S=inner_steps, BH=block, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
-                HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
-                HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
-                STORE_DA0=has_A, **_launch_options(block, backward=True),
-            )  # fmt: skip
-        dW = None
-        if ctx.needs_input_grad[3]:
-            # z(t) = W h_in(t) + zx(t), h_in(t) = h(t-1) after the resets: dW = sum_t dz(t) h_in(t)^T
-            if starts is not None:  # as the kernel: a start at t = 0 clears a carried NaN exactly
-                h = h.masked_fill(starts[0, :, None] > 0.5, 0.0)
-            h_in = torch.cat([h[None], y[:-1]])
-            if starts is not None:
-                h_in = h_in * (1.0 - starts)[..., None]
-            if resets is not None:
-                h_in = h_in * (1.0 - resets)[..., None]
-            dW = dzx.reshape(-1, H).T @ h_in.reshape(-1, H)
-        d_lnw = d_lnb = None
-        if layer_norm:
-            d_lnw = dlnw.sum(0) if ctx.needs_input_grad[4] else None
-            d_lnb = dlnb.sum(0) if ctx.needs_input_grad[5] else None
-        return (dzx, dh0, dA0 if has_A else None, dW, d_lnw, d_lnb) + (None,) * 11
+        if grad_A_T is not None and grad_A_T.numel() == 0:  # no final state was asked for
+            grad_A_T = None
+        dzx, dh, dA, dW, d_lnw, d_lnb = fast_weights_triton_bwd(
+            grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
+            *ctx.config, grad_W=ctx.needs_input_grad[3],
+        )  # fmt: skip
+        d_lnw = d_lnw if ctx.needs_input_grad[4] else None
+        d_lnb = d_lnb if ctx.needs_input_grad[5] else None
+        return (dzx, dh, dA, dW, d_lnw, d_lnb) + (None,) * 11
 
 
 # --------------------------------------------------------------------------- public op
@@ -378,10 +420,12 @@ def fast_weights_triton(
         pad = block - H
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
         A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
-    y, h_T, A_T = _FastWeightsTriton.apply(
-        prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets,
-        H, float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state),
-    )  # fmt: skip
+    tensors = (prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets)
+    options = (H, float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state))
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors[:6]):
+        y, h_T, A_T = _FastWeightsTriton.apply(*tensors, *options)
+    else:  # a rollout step or evaluation: the forward op alone, without autograd's bookkeeping
+        y, h_T, A_T, _ = fast_weights_triton_fwd(*tensors, *options, save=False)
     if block != H:
         y, h_T = y[..., :H].contiguous(), h_T[:, :H].contiguous()
         A_T = A_T[:, :H, :H].contiguous() if output_final_state else A_T
