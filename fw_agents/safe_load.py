@@ -91,12 +91,15 @@ class _AllowlistUnpickler(pickle.Unpickler):
         raise UnsafeModelError(f"{module}.{name}")
 
 
-def safe_custom_objects(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+def safe_custom_objects(path: str | Path, trusted: bool = False, replaced: Any = ()) -> dict[str, Any]:
     """``custom_objects`` for SB3's ``load`` that leave SB3 nothing to unpickle.
 
     :param path: The model ``.zip``.
     :param trusted: Decode nothing here and let SB3 unpickle the values (only for files you
         made or trust: unpickling runs code).
+    :param replaced: Keys the caller's own ``custom_objects`` replace: not decoded (as SB3's
+        ``load`` does not unpickle them either), so a schedule the file cannot give safely (a
+        lambda, rl_zoo3's ``SimpleLinearSchedule``) may be replaced, as SB3's docs show.
     :return: Every pickled key of the file's ``data``, decoded by the allowlist unpickler
         (or ``None`` for :data:`REBUILT_ON_LOAD`); ``{}`` when ``trusted``.
     :raises ValueError: The file is not a readable SB3 model zip (one line, naming the file).
@@ -108,6 +111,8 @@ def safe_custom_objects(path: str | Path, trusted: bool = False) -> dict[str, An
     objects: dict[str, Any] = {}
     for key, item in data.items():
         if not (isinstance(item, dict) and ":serialized:" in item):
+            continue
+        if key in replaced:
             continue
         if key in REBUILT_ON_LOAD:
             objects[key] = None
@@ -195,5 +200,5 @@ def load_model(
     :param custom_objects: Your own replacements; they win over the decoded values.
     :param kwargs: Passed on to ``load`` (``device``, ...).
     """
-    objects = {**safe_custom_objects(path, trusted), **(custom_objects or {})}
+    objects = {**safe_custom_objects(path, trusted, replaced=custom_objects or {}), **(custom_objects or {})}
     return algorithm.load(path, env=env, custom_objects=objects, **kwargs)

@@ -110,3 +110,20 @@ def test_classes_named_in_policy_kwargs_load_without_trust(saved, tmp_path):
     loaded = load_model(RecurrentPPO, tmp_path / "m.zip", env=env)
     assert loaded.policy_kwargs["activation_fn"] is torch.nn.Tanh
     assert isinstance(loaded.policy.optimizer, torch.optim.RMSprop)
+
+
+def test_schedules_the_caller_replaces_are_not_decoded(saved, tmp_path):
+    """SB3's documented way to load a file whose schedule is code: replace it in ``custom_objects``
+    (what rl_zoo3's ``enjoy`` always does). The replaced keys are not decoded, so no trust is needed."""
+    from fw_agents.algorithms import FastRecurrentPPO
+
+    _, env, _ = saved
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=16, batch_size=16, learning_rate=lambda done: 1e-3 * done,
+                         policy_kwargs=dict(lstm_hidden_size=8))  # fmt: skip
+    model.save(tmp_path / "lambda.zip")
+    replaced = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0}
+    assert load_model(RecurrentPPO, tmp_path / "lambda.zip", env=env, custom_objects=replaced).learning_rate == 0.0
+    assert FastRecurrentPPO.load(tmp_path / "lambda.zip", env=env, custom_objects=replaced).learning_rate == 0.0
+    assert "learning_rate" not in safe_custom_objects(tmp_path / "lambda.zip", replaced=replaced)
+    with pytest.raises(UnsafeModelError, match="cloudpickle"):  # replacing another key does not help
+        FastRecurrentPPO.load(tmp_path / "lambda.zip", env=env, custom_objects={"clip_range": 0.2})
