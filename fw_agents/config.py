@@ -4,7 +4,6 @@ flags (generated from its fields by :mod:`fw_agents.cli`), and the checks of a c
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,20 +14,14 @@ import torch
 
 import envs
 from fw_agents.cli import KeyFlag, option
-from fw_agents.memory import MEMORY_NAMES, make_memory, memory_class
+from fw_agents.memory import MEMORY_NAMES, make_memory, memory_options
 from fw_agents.policies import CRITIC_MODES, default_memory_kwargs
 from fw_agents.tracking import WANDB_MODES
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 DEVICES = ("auto", "cpu", "cuda")
-#: Constructor parameters every core takes from the policy, not from ``memory_kwargs``.
-_CORE_SIZE_PARAMETERS = ("self", "input_size", "hidden_size")
-
-
-def core_options(memory: str) -> tuple[str, ...]:
-    """The ``memory_kwargs`` keys ``memory``'s core accepts: its constructor's parameters after the sizes."""
-    parameters = inspect.signature(memory_class(memory)).parameters
-    return tuple(name for name in parameters if name not in _CORE_SIZE_PARAMETERS)
+#: The ``memory_kwargs`` keys a core accepts: its constructor's parameters after the sizes.
+core_options = memory_options
 
 
 def check_memory_kwargs(memory: str, memory_kwargs: Any, hidden_size: int = 128) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Adding a core is one new module plus one line in :data:`MEMORY_REGISTRY`.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from fw_agents.memory.base import MemoryCore, State
@@ -34,14 +35,27 @@ def memory_class(name: str) -> type[MemoryCore]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def memory_options(name: str) -> tuple[str, ...]:
+    """The options the core registered under ``name`` takes: its constructor's parameters
+    after the sizes (``()`` for ``lstm``, ``gru``, ``none``)."""
+    parameters = inspect.signature(memory_class(name)).parameters
+    return tuple(key for key in parameters if key not in ("input_size", "hidden_size"))
+
+
 def make_memory(name: str, input_size: int, hidden_size: int, **kwargs: Any) -> MemoryCore:
     """Build the memory core registered under ``name``.
 
     :param name: One of :data:`MEMORY_NAMES`.
     :param input_size: Number of input features.
     :param hidden_size: Width of the core (its output size).
-    :param kwargs: Core-specific options (e.g. ``fast_lr``, ``decay`` for fast weights).
+    :param kwargs: Core-specific options (e.g. ``fast_lr``, ``decay`` for fast weights:
+        :func:`memory_options`).
+    :raises ValueError: An unknown name or option (naming the accepted ones), or a bad value.
     """
+    accepted = memory_options(name)
+    unknown = [key for key in kwargs if key not in accepted]
+    if unknown:  # a misspelt key in policy_kwargs' memory_kwargs lands here
+        raise ValueError(f"unknown option {unknown[0]!r} for memory {name!r}; accepted: {', '.join(accepted) or 'none'}")
     return memory_class(name)(input_size, hidden_size, **kwargs)
 
 
@@ -54,4 +68,4 @@ def __getattr__(attr: str) -> Any:  # PEP 562: `from fw_agents.memory import Fas
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["MEMORY_NAMES", "MEMORY_REGISTRY", "MemoryCore", "State", "make_memory", "memory_class", *_LAZY_CLASSES]
+__all__ = ["MEMORY_NAMES", "MEMORY_REGISTRY", "MemoryCore", "State", "make_memory", "memory_class", "memory_options", *_LAZY_CLASSES]
