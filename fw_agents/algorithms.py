@@ -31,7 +31,7 @@ import inspect
 import io
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sb3_contrib import RecurrentPPO
@@ -39,11 +39,12 @@ from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
-from fw_agents.policies import RecurrentMemoryPolicy
+from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy
 from fw_agents.safe_load import read_saved_memory_config, safe_custom_objects
 from fw_agents.state_slots import SlotStore, critic_has_own_state
 
@@ -156,7 +157,17 @@ class FastRecurrentPPO(RecurrentPPO):
     With a :class:`~fw_agents.policies.RecurrentMemoryPolicy`, the core options the policy
     resolved (its defaults filled in) are written back into ``policy_kwargs``, so a saved model
     rebuilds the same core even if the defaults change later.
+
+    ``policy`` may also be given by name, as SB3's policies are: ``"FastWeightsPolicy"``,
+    ``"RecurrentMemoryPolicy"`` (and sb3-contrib's ``"MlpLstmPolicy"``, ...; the zoo's YAML
+    names policies so).
     """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **RecurrentPPO.policy_aliases,
+        "RecurrentMemoryPolicy": RecurrentMemoryPolicy,
+        "FastWeightsPolicy": FastWeightsPolicy,
+    }
 
     def __init__(self, *args: Any, _init_setup_model: bool = True, **kwargs: Any) -> None:
         # SB3's ``load`` constructs with ``_init_setup_model=False``, then sets the saved
@@ -174,6 +185,9 @@ class FastRecurrentPPO(RecurrentPPO):
         env: GymEnv | None = None,
         device: th.device | str = "auto",
         custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        *,
         trusted: bool = False,
         **kwargs: Any,
     ) -> FastRecurrentPPO:
@@ -182,8 +196,11 @@ class FastRecurrentPPO(RecurrentPPO):
         policy classes) and handed to SB3 as ``custom_objects``, so SB3 unpickles nothing.
 
         :param trusted: Let SB3 unpickle the file as it would (needed for, e.g., a lambda
-            learning-rate schedule). Only for files you made or trust.
-        :param custom_objects: Your own replacements; they win over the decoded values.
+            learning-rate schedule, unless ``custom_objects`` replaces it). Only for files you
+            made or trust. Keyword-only: SB3's own arguments keep their positions.
+        :param custom_objects: Your own replacements; they win over the decoded values, and
+            the keys they replace are not decoded (as SB3 does not unpickle them), so a
+            schedule the file cannot give safely may be replaced, as SB3's docs show.
         :raises fw_agents.safe_load.UnsafeModelError: The file needs a type outside the allowlist.
 
         A memory policy's core is rebuilt with the options saved in its state dict (whichever
@@ -193,12 +210,15 @@ class FastRecurrentPPO(RecurrentPPO):
 
         The other arguments are SB3's.
         """
-        objects = {**safe_custom_objects(path, trusted), **(custom_objects or {})}
+        objects = {**safe_custom_objects(path, trusted, replaced=custom_objects or {}), **(custom_objects or {})}
         # the core as the policy saved it, unless the caller replaces the policy's kwargs
         saved = None if "policy_kwargs" in (custom_objects or {}) else read_saved_memory_config(path)
         token = _SAVED_MEMORY_CONFIG.set(saved)
         try:
-            return super().load(path, env=env, device=device, custom_objects=objects, **kwargs)
+            return super().load(
+                path, env=env, device=device, custom_objects=objects, print_system_info=print_system_info,
+                force_reset=force_reset, **kwargs,
+            )  # fmt: skip
         finally:
             _SAVED_MEMORY_CONFIG.reset(token)
 
@@ -234,11 +254,14 @@ class FastRecurrentPPO(RecurrentPPO):
         of the rollout's time for the fast-weights agent on Catch). Nothing of the rollout needs
         autograd: the buffer keeps numpy copies, and the update recomputes everything from them.
         Callbacks run with inference mode switched off, so they may evaluate, save or even train
-        as usual (the rollout's own tensors they find in ``locals`` are inference tensors).
+        as usual (the rollout's own tensors they find in ``locals`` are inference tensors). The
+        env steps with it off too (under ``no_grad``, as in the stock rollout): an env that keeps
+        its state in torch tensors must not get inference tensors back, which it could no longer
+        update in place outside the rollout (its ``reset``, ``evaluate_policy``).
         """
         callback_outside = _OutsideInferenceMode(callback)
         with th.inference_mode():
-            return super().collect_rollouts(env, callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+            return super().collect_rollouts(_EnvOutsideInferenceMode(env), callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
 
 
 def _checkpoint_policy_kwargs(
@@ -258,6 +281,23 @@ def _checkpoint_policy_kwargs(
     if memory != "fastweights" or "normalize" in memory_kwargs:
         return policy_kwargs
     return {**policy_kwargs, "memory_kwargs": {**_LEGACY_FAST_WEIGHTS_KWARGS, **memory_kwargs}}
+
+
+class _EnvOutsideInferenceMode:
+    """The rollout's env, its ``step`` run with inference mode off and autograd off (the stock
+    rollout's ``no_grad``); any other attribute is the env's own."""
+
+    def __init__(self, env: VecEnv) -> None:
+        self.env = env
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "env":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def step(self, actions: np.ndarray) -> Any:
+        with th.inference_mode(False), th.no_grad():
+            return self.env.step(actions)
 
 
 class _OutsideInferenceMode:

@@ -9,8 +9,8 @@ Everything after ``train`` / ``enjoy`` is the zoo's own command line (``rl_zoo3.
 ``rl_zoo3.enjoy``). :func:`register` (idempotent; call it before ``rl_zoo3.train.train()`` to
 use the zoo programmatically) adds:
 
-* ``ALGOS["fast_recurrent_ppo"]``: :class:`ZooFastRecurrentPPO`, ``FastRecurrentPPO`` with the
-  policy aliases ``RecurrentMemoryPolicy`` and ``FastWeightsPolicy`` (YAML ``policy:`` names).
+* ``ALGOS["fast_recurrent_ppo"]``: :class:`~fw_agents.algorithms.FastRecurrentPPO` (its policy
+  aliases ``RecurrentMemoryPolicy`` and ``FastWeightsPolicy`` are the YAML's ``policy:`` names).
   ``ppo_lstm`` stays sb3-contrib's ``RecurrentPPO``; its YAML names our policies by dotted path.
 * The Catch ids (``import envs``); :class:`ExperimentManager` steps the zoo's default
   (``--vec-env dummy``) training and evaluation envs of a Catch id as one
@@ -47,9 +47,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 import envs  # noqa: F401  (registers the Catch ids)
 from envs.catch import CatchEnv
 from fw_agents.algorithms import FastRecurrentPPO
-from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy, default_memory_kwargs
+from fw_agents.policies import RecurrentMemoryPolicy, default_memory_kwargs
 
-#: The zoo's name of :class:`ZooFastRecurrentPPO`.
+#: The zoo's name of :class:`~fw_agents.algorithms.FastRecurrentPPO`.
 ALGO = "fast_recurrent_ppo"
 
 #: The shipped zoo hyper-parameter files, one per algorithm name (``<algo>.yml``).
@@ -64,18 +64,9 @@ INNER_STEPS_CHOICES = (1, 2)
 FAST_WEIGHT_PARAMS = ("fast_lr", "decay", "inner_steps")
 
 
-class ZooFastRecurrentPPO(FastRecurrentPPO):
-    """:class:`~fw_agents.algorithms.FastRecurrentPPO` whose ``policy`` may also be given as
-    ``"RecurrentMemoryPolicy"`` or ``"FastWeightsPolicy"`` (as the zoo's YAML names policies).
-
-    Nothing else differs; the models it saves load with ``FastRecurrentPPO`` and ``RecurrentPPO``.
-    """
-
-    policy_aliases = {
-        **FastRecurrentPPO.policy_aliases,
-        "RecurrentMemoryPolicy": RecurrentMemoryPolicy,
-        "FastWeightsPolicy": FastWeightsPolicy,
-    }
+#: The algorithm the zoo runs; once a subclass that added the policy aliases, which
+#: :class:`~fw_agents.algorithms.FastRecurrentPPO` now has itself (kept for imports of the name).
+ZooFastRecurrentPPO = FastRecurrentPPO
 
 
 # ---------------------------------------------------------------------------- Optuna samplers
@@ -94,10 +85,10 @@ def merge_policy_kwargs(base: dict[str, Any] | None, update: dict[str, Any]) -> 
 
 
 def memory_policy_class(policy: Any) -> type[RecurrentMemoryPolicy] | None:
-    """``policy`` as the zoo's YAML gives it (a class, an alias of :class:`ZooFastRecurrentPPO`,
+    """``policy`` as the zoo's YAML gives it (a class, an alias of :class:`~fw_agents.algorithms.FastRecurrentPPO`,
     a dotted path) if it is a :class:`~fw_agents.policies.RecurrentMemoryPolicy`, else ``None``."""
     if isinstance(policy, str):
-        policy = get_class_by_name(policy) if "." in policy else ZooFastRecurrentPPO.policy_aliases.get(policy)
+        policy = get_class_by_name(policy) if "." in policy else FastRecurrentPPO.policy_aliases.get(policy)
     return policy if isinstance(policy, type) and issubclass(policy, RecurrentMemoryPolicy) else None
 
 
@@ -247,7 +238,7 @@ def _yaml_entry(path: Path, env_id: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- registration
 def register() -> None:
     """Add this project's algorithm, samplers, envs and experiment manager to the zoo (idempotent)."""
-    ALGOS[ALGO] = ZooFastRecurrentPPO
+    ALGOS[ALGO] = FastRecurrentPPO
     hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO] = sample_fast_recurrent_ppo_params
     hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO] = convert_fast_recurrent_ppo_params
     stock = hyperparams_opt.HYPERPARAMS_SAMPLER["ppo_lstm"]

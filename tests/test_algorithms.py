@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.vec_env import VecEnv
 
 import envs
 from fw_agents.algorithms import CompactRecurrentRolloutBuffer, FastRecurrentPPO
@@ -206,3 +208,89 @@ def test_callback_wrapper_forwards_other_attributes():
     assert wrapped.callbacks is callback.callbacks and wrapped.n_calls == 0
     with pytest.raises(AttributeError, match="no_such_thing"):
         wrapped.no_such_thing  # noqa: B018
+
+
+def test_policies_by_name_and_loads_argument_order_as_sb3(tmp_path):
+    """``FastRecurrentPPO("FastWeightsPolicy", env)`` as SB3 names its policies; ``load`` keeps SB3's
+    positional arguments (``trusted`` is keyword-only, so a positional ``print_system_info`` can
+    never switch the safe loader off)."""
+    import inspect
+
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    from fw_agents.policies import FastWeightsPolicy
+
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
+    for name, cls in (("FastWeightsPolicy", FastWeightsPolicy), ("RecurrentMemoryPolicy", RecurrentMemoryPolicy)):
+        model = FastRecurrentPPO(name, env, n_steps=8, batch_size=8, policy_kwargs=dict(hidden_size=8))
+        assert type(model.policy) is cls
+    ours = list(inspect.signature(FastRecurrentPPO.load).parameters.values())
+    sb3 = list(inspect.signature(BaseAlgorithm.load).parameters.values())
+    positional = [p.name for p in ours if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == [p.name for p in sb3 if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert inspect.signature(FastRecurrentPPO.load).parameters["trusted"].kind is inspect.Parameter.KEYWORD_ONLY
+    model.save(tmp_path / "m.zip")
+    FastRecurrentPPO.load(tmp_path / "m.zip", env, "cpu", None, True)  # SB3's order: print_system_info=True
+
+
+def test_the_callers_optimizer_kwargs_are_left_alone():
+    """The policy's choice of Adam's fused step does not leak into the caller's dict (which is
+    also the model's saved ``policy_kwargs``)."""
+    optimizer_kwargs = dict(eps=1e-5)
+    model = _train(FastRecurrentPPO, timesteps=0, optimizer_kwargs=optimizer_kwargs)
+    assert model.policy.optimizer.defaults["fused"] is True
+    assert optimizer_kwargs == dict(eps=1e-5)
+    assert model.policy_kwargs["optimizer_kwargs"] == dict(eps=1e-5)
+
+
+class _TorchStateVecEnv(VecEnv):
+    """A batched env that keeps its state in torch tensors and updates them in place (as
+    GPU-simulated envs do): it must not be handed inference tensors by the rollout."""
+
+    def __init__(self, n: int = 2):
+        super().__init__(n, spaces.Box(-10, 10, (1,), np.float32), spaces.Discrete(2))
+        self.pos, self.t = torch.zeros(n), torch.zeros(n)
+
+    def reset(self):
+        self.pos.zero_()  # in place: fails on an inference tensor outside inference mode
+        self.t.zero_()
+        return self.pos[:, None].numpy().copy()
+
+    def step_async(self, actions):
+        self.actions = torch.as_tensor(actions)
+
+    def step_wait(self):
+        self.pos = self.pos + (2.0 * self.actions - 1.0)  # new tensors, made during the rollout
+        self.t = self.t + 1
+        done = self.t >= 5
+        obs = self.pos[:, None].numpy().copy()
+        infos = [{"terminal_observation": obs[i]} if done[i] else {} for i in range(self.num_envs)]
+        self.pos[done] = 0.0
+        self.t[done] = 0.0
+        return self.pos[:, None].numpy().copy(), -self.pos.abs().numpy(), done.numpy(), infos
+
+    def close(self):
+        pass
+
+    def get_attr(self, name, indices=None):
+        return [None] * self.num_envs
+
+    def set_attr(self, name, value, indices=None):
+        pass
+
+    def env_method(self, name, *args, indices=None, **kwargs):
+        return [None] * self.num_envs
+
+    def env_is_wrapped(self, wrapper, indices=None):
+        return [False] * self.num_envs
+
+
+def test_an_env_with_torch_state_is_usable_after_the_rollout():
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = _TorchStateVecEnv()
+    model = FastRecurrentPPO(RecurrentMemoryPolicy, env, n_steps=16, batch_size=16, policy_kwargs=dict(hidden_size=8))
+    model.learn(64)
+    assert not env.pos.is_inference() and not env.t.is_inference()
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=2, warn=False)  # resets the env in place
+    assert np.isfinite(mean)
