@@ -113,6 +113,16 @@ def sample_categorical(logits: torch.Tensor, deterministic: bool = False) -> tup
     return actions, logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
+#: sb3-contrib's ``MlpLstmPolicy`` options and what stands for each here.
+_STOCK_LSTM_OPTIONS = {
+    "lstm_hidden_size": "hidden_size",
+    "n_lstm_layers": "one core a head (add layers after it with net_arch)",
+    "lstm_kwargs": "memory_kwargs (the core's options)",
+    "enable_critic_lstm": "critic='separate' (a core of its own) or critic='shared' (the actor's)",
+    "shared_lstm": "critic='shared' (the value head reads the actor's core, trained by both losses)",
+}
+
+
 class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     """Recurrent actor-critic over any :mod:`fw_agents.memory` core, for ``RecurrentPPO``.
 
@@ -154,8 +164,17 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     ) -> None:
         if memory not in MEMORY_NAMES:
             raise ValueError(f"unknown memory {memory!r}; choose one of {', '.join(MEMORY_NAMES)}")
+        for key in _STOCK_LSTM_OPTIONS.keys() & kwargs.keys():  # else ActorCriticPolicy's bare TypeError
+            raise ValueError(f"{key}={kwargs[key]!r} is an option of sb3-contrib's MlpLstmPolicy; here: {_STOCK_LSTM_OPTIONS[key]}")
         if critic not in CRITIC_MODES:
             raise ValueError(f"critic must be one of {', '.join(CRITIC_MODES)}; got {critic!r}")
+        if critic == "shared" and not kwargs.get("share_features_extractor", True):
+            # A shared core reads the actor's features only: the critic's own extractor would
+            # never be trained, yet predict_values (RecurrentPPO's bootstrap values) reads it.
+            raise ValueError(
+                "share_features_extractor=False needs critic='separate' (critic='shared' runs the "
+                "value head on the actor's core, which reads the actor's features)"
+            )
         check_int("hidden_size", hidden_size)
         if features_extractor_class is MlpEncoder and features_extractor_kwargs is None:
             features_extractor_kwargs = dict(features_dim=128)
@@ -194,6 +213,9 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         # (``optimizer_kwargs=dict(fused=False)`` restores torch's default): Adam's fused kernel
         # (the same results up to float rounding, tested; about 3x faster than the multi-tensor
         # step, itself about 1.2x faster than the loop), else the multi-tensor step.
+        # A copy: SB3 hands over the caller's own dict (also the model's ``policy_kwargs``,
+        # which is saved), and the choice below must not leak into it.
+        self.optimizer_kwargs = dict(self.optimizer_kwargs)
         chosen = {"fused", "foreach"} & self.optimizer_kwargs.keys()
         if self.optimizer_class in (torch.optim.Adam, torch.optim.AdamW) and not chosen:
             self.optimizer_kwargs["fused"] = True

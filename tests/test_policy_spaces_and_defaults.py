@@ -247,3 +247,37 @@ def test_policy_kwargs_given_to_load_win_over_the_saved_core_options(tmp_path):
     with pytest.warns(UserWarning, match="'decay': 0.95"):  # the weights were trained with another core
         loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu", custom_objects=dict(policy_kwargs=kwargs))
     assert loaded.policy.lstm_actor.core.decay == 0.5
+
+
+def test_a_shared_core_with_its_own_critic_extractor_is_refused():
+    """``share_features_extractor=False`` with one core for both heads would leave the critic's
+    extractor untrained while ``predict_values`` (the bootstrap values) reads it: refused, as
+    stock RecurrentPPO refuses it; with ``critic="separate"`` it builds."""
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
+    kwargs = dict(hidden_size=8, share_features_extractor=False)
+    with pytest.raises(ValueError, match="critic='separate'"):
+        FastRecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=kwargs)
+    model = FastRecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs={**kwargs, "critic": "separate"})
+    assert model.policy.vf_features_extractor is not model.policy.pi_features_extractor
+
+
+@pytest.mark.parametrize("memory, key", [("fastweights", "fastlr"), ("lstm", "dropout"), ("alstm", "heads")])
+def test_a_misspelt_core_option_names_the_accepted_ones(memory, key):
+    from fw_agents.memory import make_memory, memory_options
+
+    with pytest.raises(ValueError, match=f"unknown option '{key}' for memory '{memory}'; accepted: ") as error:
+        make_memory(memory, 4, 8, **{key: 1})
+    assert str(error.value).endswith(", ".join(memory_options(memory)) or "none")
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
+    with pytest.raises(ValueError, match=f"unknown option '{key}'"):  # through policy_kwargs as well
+        FastRecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=dict(memory=memory, memory_kwargs={key: 1}))
+
+
+@pytest.mark.parametrize("key", ["lstm_hidden_size", "n_lstm_layers", "lstm_kwargs", "enable_critic_lstm", "shared_lstm"])
+def test_stock_lstm_policy_options_point_to_their_counterparts(key):
+    from fw_agents.policies import _STOCK_LSTM_OPTIONS
+
+    env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
+    with pytest.raises(ValueError, match=f"^{key}=.* is an option of sb3-contrib's MlpLstmPolicy; here: ") as error:
+        FastRecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs={key: 1})
+    assert str(error.value).endswith(_STOCK_LSTM_OPTIONS[key])
