@@ -380,6 +380,8 @@ def test_long_rollout_stays_finite_and_bounded():
         (dict(inner_steps=0), "inner_steps"),
         (dict(inner_steps=1.5), "inner_steps"),
         (dict(mode="fast"), "mode"),
+        (dict(layer_norm="no"), "layer_norm"),  # a truthy string would silently turn layer norm on
+        (dict(layer_norm=None), "layer_norm"),
     ],
 )
 def test_bad_arguments_raise(kwargs, needle):
@@ -515,6 +517,34 @@ def test_scan_bwd_alone_equals_autograd_of_the_reference(chunk, block_reads):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("decay", [0.0, 1.0])
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+@pytest.mark.parametrize("writes", [False, True])
+def test_scan_at_decay_0_and_1_matches_reference(decay, chunk, writes):
+    """λ = 0 (A holds the last write only) and λ = 1 (no decay): the scan's log-space
+    coefficients must not turn log 0 into a math error or -inf - -inf into NaN."""
+    g = torch.Generator().manual_seed(3)
+    T, B, H = 5, 2, 3
+    zx = torch.randn(T, B, H, dtype=DT, generator=g)
+    h, A = torch.rand(B, H, dtype=DT, generator=g), 0.2 * torch.randn(B, H, H, dtype=DT, generator=g)
+    W, gain, bias = 0.05 * torch.eye(H, dtype=DT), torch.ones(H, dtype=DT), torch.zeros(H, dtype=DT)
+    write = None
+    if writes:
+        write = torch.ones(T, B, dtype=DT)
+        write[2, 0] = write[0, 1] = 0.0
+    kw = dict(decay=decay, fast_lr=0.5, inner_steps=2, write_mask=write)
+    want = fast_weights_reference(zx, h, A, W, gain, bias, **kw)
+    got = fast_weights_scan(zx, h, A, W, gain, bias, **kw, chunk_size=chunk)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_scan_refuses_zero_inner_steps():
+    zx = torch.randn(3, 2, 4)
+    with pytest.raises(ValueError, match="inner_steps"):
+        fast_weights_scan(zx, torch.zeros(2, 4), None, torch.eye(4), None, None, decay=0.9, fast_lr=0.5, inner_steps=0)
+
+
 def test_ops_share_one_signature():
     """Reference, scan and step take the same arguments, in the same order, options keyword-only."""
     import inspect
@@ -584,3 +614,16 @@ def test_non_finite_state_without_a_start_stays_non_finite(mode, steps):
     assert not torch.isfinite(y[:, 2]).any() and not torch.isfinite(h[2]).any()
     others = [0, 1, 3, 4, 5]
     assert torch.isfinite(y[:, others]).all() and torch.isfinite(A[others]).all()
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bool, torch.int64])
+def test_reference_write_mask_of_another_dtype_keeps_float64(mask_dtype):
+    """A float64 reference with an all-ones write mask of another dtype (torch.ones' default
+    float32, a bool mask) is the unmasked recurrence to float64 precision: the per-step decay
+    must not be computed in the mask's precision."""
+    core = FastWeightsRNN(3, 4, decay=0.95, mode="reference").double()
+    x = torch.randn(50, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y, (_, A) = core(x, write_mask=torch.ones(50, 2, dtype=mask_dtype))
+    y_none, (_, A_none) = core(x)
+    torch.testing.assert_close(A, A_none, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(y, y_none, rtol=1e-13, atol=1e-13)

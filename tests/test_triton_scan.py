@@ -575,3 +575,36 @@ def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm,
             continue
         name = "backward" if backward else "forward"
         assert stack <= (256 if backward else 0), f"{name} at H={hidden} ({flags}) spills {stack} B at the default warps"
+
+
+@needs_triton
+@pytest.mark.parametrize("where", ["h", "A", "zx"])
+def test_non_finite_values_stay_non_finite_as_in_the_reference(interpreter, where):
+    """relu(NaN) is NaN in every op: the kernel's tl.maximum must propagate it (its default,
+    PropagateNan.NONE, returns 0, turning a diverged state into finite, wrong outputs)."""
+    leaves, _ = make_case(4, 3, 6)
+    zx, h, A, W, lnw, lnb = (x.float() for x in leaves)
+    {"h": h, "A": A[:, 2], "zx": zx[1]}[where][1, 3] = float("nan")
+    kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2)
+    y_ref = fast_weights_reference(zx, h, A, W, lnw, lnb, **kw)[0]
+    y = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)[0]
+    assert torch.equal(torch.isfinite(y), torch.isfinite(y_ref))
+    assert not torch.isfinite(y[:, 1]).all() and torch.isfinite(y[:, [0, 2]]).all()
+
+
+@needs_triton
+def test_hidden_reset_at_step_0_clears_a_non_finite_carried_h(interpreter):
+    """As a start at t = 0 does (and as the reference and the scan do): the row's outputs are a
+    zero h's, and dL/dW stays finite (it sums over every row)."""
+    leaves, _ = make_case(3, 3, 6)
+    zx, h, A, W, lnw, lnb = (x.float() for x in leaves)
+    h[1, 2] = float("nan")
+    resets = torch.zeros(3, 3)
+    resets[0, 1] = 1.0
+    W.requires_grad_(True)
+    kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2, hidden_resets=resets)
+    y_ref = fast_weights_reference(zx, h, A, W, lnw, lnb, **kw)[0]
+    y = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)[0]
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    (grad_W,) = torch.autograd.grad(y.sum(), W)
+    assert torch.isfinite(grad_W).all()

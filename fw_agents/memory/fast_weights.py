@@ -112,7 +112,7 @@ class FastWeightsRNN(MemoryCore):
         self.normalize = check_bool("normalize", normalize)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
-        self.ln = nn.LayerNorm(self.hidden_size) if layer_norm else None
+        self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
         self.reset_parameters()
 
     @property

@@ -26,6 +26,8 @@ gradients with ``gradcheck`` in float64). The pieces:
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -103,7 +105,7 @@ def fast_weights_scan(
         W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``, as ``nn.Linear``).
         ln_weight: Layer-norm gain ``[H]`` (None with ``layer_norm=False``).
         ln_bias: Layer-norm bias ``[H]``.
-        decay: λ, in (0, 1).
+        decay: λ, in [0, 1] (the module asks for (0, 1)).
         fast_lr: η, > 0.
         inner_steps: S >= 1.
         episode_starts: ``[T, B]`` 0/1; 1 zeroes the row's ``h`` and ``A`` before step t, to
@@ -135,6 +137,8 @@ def fast_weights_scan(
         (torch.Size([5, 2, 4]), torch.Size([2, 4, 4]))
     """
     T, _, H = zx.shape
+    if isinstance(inner_steps, bool) or not (isinstance(inner_steps, numbers.Integral) and inner_steps >= 1):  # S = 0 would index empty buffers
+        raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
     starts = as_bool_mask(episode_starts)
     reset_h = hidden_reset_mask(starts, hidden_resets)
     write = None if write_mask is None else write_mask.to(zx.dtype)

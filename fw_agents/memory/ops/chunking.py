@@ -8,8 +8,6 @@ per chunk, so that the scan's inner loops hold no mask logic. The maths is in
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 # Chunks up to this many steps let every step read the whole block of h(tau) (future steps
@@ -127,25 +125,31 @@ def chunk_coefficients(
     """
     # Per-step decay of A: lambda where the step writes, 1 where it does not.
     if write is None:
-        log_decay = torch.full((steps, batch), math.log(decay), dtype=torch.float64, device=like.device)
+        decay_t = torch.full((steps, batch), decay, dtype=torch.float64, device=like.device)
         write_b = torch.ones(batch, steps, dtype=like.dtype, device=like.device)
     else:
-        log_decay = torch.log1p(-write.to(torch.float64) * (1.0 - decay))
+        decay_t = 1.0 - write.to(torch.float64) * (1.0 - decay)
         write_b = write.t().to(like.dtype)
+    # A step with d_k = 0 (lambda = 0) wipes A like a start: counted apart, since log 0 = -inf
+    # would give -inf - -inf = NaN in the differences below.
+    wiped = decay_t <= 0.0
+    log_decay = torch.where(wiped, 0.0, torch.log(decay_t.clamp(min=torch.finfo(torch.float64).tiny)))
     zeros = torch.zeros(1, batch, dtype=torch.float64, device=like.device)
-    cum = torch.cat([zeros, log_decay.cumsum(0)]).t()  # [B, K + 1]: log of prod_{k < j} d_k
+    cum = torch.cat([zeros, log_decay.cumsum(0)]).t()  # [B, K + 1]: log of prod_{k < j} d_k, d_k = 0 left out
+    wipes = torch.cat([zeros.to(torch.int64), wiped.to(torch.int64).cumsum(0)]).t()  # [B, K + 1]: zero d_k, k < j
     if starts is None:
         segment = torch.zeros(batch, steps + 1, dtype=torch.int64, device=like.device)
     else:
         segment = starts.t().to(torch.int64).cumsum(1)  # [B, K]: starts in [0, j]
         segment = torch.cat([segment, segment[:, -1:]], dim=1)  # the chunk end adds no reset
     # A_c survives to step j unless a reset happened at or before j.
-    init_coef = (cum.exp() * (segment == 0)).to(like.dtype)
+    init_coef = (cum.exp() * ((segment == 0) & (wipes == 0))).to(like.dtype)
     # h(tau) enters A at the end of step tau and reaches step j > tau decayed by
     # prod_{tau < k < j} d_k, unless a reset lies in (tau, j].
     j = torch.arange(steps + 1, device=like.device)[:, None]
     tau = torch.arange(steps, device=like.device)[None, :]
     log_w = cum[:, :, None] - cum[:, None, 1:]
     same = (segment[:, :, None] == segment[:, None, :steps]) & (tau < j)
+    same &= wipes[:, :, None] == wipes[:, None, 1:]  # no d_k = 0 for tau < k < j
     weights = (log_w.clamp(max=0.0).exp() * same).to(like.dtype) * (fast_lr * write_b[:, None, :])
     return init_coef, weights

@@ -84,7 +84,8 @@ def fast_weights_reference(
                 u = F.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
             hs = torch.relu(u)
         h = hs
-        write = torch.ones_like(h[:, 0]) if write_mask is None else write_mask[t]
+        # in zx's dtype: a float32 or bool mask must not turn decay_t (and the write) into float32
+        write = zx.new_ones(zx.shape[1]) if write_mask is None else write_mask[t].to(zx.dtype)
         decay_t = 1.0 - write * (1.0 - decay)
         A = decay_t[:, None, None] * A + fast_lr * write[:, None, None] * torch.einsum("bi,bj->bij", h, h)
         outputs.append(h)

@@ -57,6 +57,8 @@ def _fw_forward_kernel(
         fresh = tl.load(start_ptr + b) > 0.5
         h = tl.where(fresh, 0.0, h)
         At = tl.where(fresh, 0.0, At)
+    if HAS_RESET:  # so does a hidden reset at t = 0 for h (the scan and the reference clear it too)
+        h = tl.where(tl.load(reset_ptr + b) > 0.5, 0.0, h)
     for t in range(T):
         if SAVE:
             if t % K == 0:  # A^T entering the chunk, before this step's reset
@@ -68,7 +70,7 @@ def _fw_forward_kernel(
         if HAS_RESET:
             h = h * (1.0 - tl.load(reset_ptr + t * B + b).to(ACC))
         z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * BH + cols).to(ACC)
-        hs = tl.maximum(z, 0.0)
+        hs = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu (NONE gives 0)
         for s in tl.static_range(S):
             u = z + keep * tl.reduce(At * hs[:, None], 0, _ADD)
             if SAVE:
@@ -80,7 +82,7 @@ def _fw_forward_kernel(
                 diff = tl.where(lane, u - mean, 0.0)
                 rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                 u = diff * rstd * gain + beta
-            hs = tl.maximum(u, 0.0)
+            hs = tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL)
         h = hs
         tl.store(y_ptr + (t * B + b) * BH + cols, h)
         if HAS_WRITE:

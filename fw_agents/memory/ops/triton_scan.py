@@ -244,6 +244,8 @@ def fast_weights_triton_bwd(
         # z(t) = W h_in(t) + zx(t), h_in(t) = h(t-1) after the resets: dW = sum_t dz(t) h_in(t)^T
         if starts is not None:  # as the kernel: a start at t = 0 clears a carried NaN exactly
             h = h.masked_fill(starts[0, :, None] > 0.5, 0.0)
+        if resets is not None:  # and so does a hidden reset at t = 0
+            h = h.masked_fill(resets[0, :, None] > 0.5, 0.0)
         h_in = torch.cat([h[None], y[:-1]])
         if starts is not None:
             h_in = h_in * (1.0 - starts)[..., None]
