@@ -268,6 +268,8 @@ def test_a_misspelt_core_option_names_the_accepted_ones(memory, key):
     with pytest.raises(ValueError, match=f"unknown option '{key}' for memory '{memory}'; accepted: ") as error:
         make_memory(memory, 4, 8, **{key: 1})
     assert str(error.value).endswith(", ".join(memory_options(memory)) or "none")
+    with pytest.raises(ValueError, match=r"^unknown memory \['lstm'\]; choose one of fastweights, "):
+        make_memory(["lstm"], 4, 8)  # not a name at all
     env = envs.CatchSB3VecEnv.from_id("CatchBlind16-v0", 2)
     with pytest.raises(ValueError, match=f"unknown option '{key}'"):  # through policy_kwargs as well
         FastRecurrentPPO(RecurrentMemoryPolicy, env, policy_kwargs=dict(memory=memory, memory_kwargs={key: 1}))

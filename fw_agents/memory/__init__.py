@@ -29,7 +29,7 @@ MEMORY_NAMES: tuple[str, ...] = tuple(MEMORY_REGISTRY)
 
 def memory_class(name: str) -> type[MemoryCore]:
     """The class registered under ``name``; ``ValueError`` listing the valid names otherwise."""
-    if name not in MEMORY_REGISTRY:
+    if not isinstance(name, str) or name not in MEMORY_REGISTRY:
         raise ValueError(f"unknown memory {name!r}; choose one of {', '.join(MEMORY_NAMES)}")
     module_name, class_name = MEMORY_REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
