@@ -158,7 +158,7 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
         torch.manual_seed(0)
         zx = torch.randn(T, B, H, device=device, requires_grad=True)
         h = torch.zeros(B, H, device=device)
-        default_warps = triton_scan._launch_options(triton_scan.triton.next_power_of_2(H), backward=False)["num_warps"]
+        default_warps = triton_scan._launch_options(triton_scan.next_power_of_2(H), backward=False)["num_warps"]
         settings = [(f"{w} warps" + (" (default)" if w == default_warps else ""), (w, w), None) for w in SWEEP_WARPS]
         settings += [(f"chunk {k}" + (" (default)" if k == triton_scan.DEFAULT_CHUNK else ""), None, k)
                      for k in SWEEP_CHUNKS]  # fmt: skip

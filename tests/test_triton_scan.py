@@ -608,3 +608,8 @@ def test_hidden_reset_at_step_0_clears_a_non_finite_carried_h(interpreter):
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     (grad_W,) = torch.autograd.grad(y.sum(), W)
     assert torch.isfinite(grad_W).all()
+
+
+@needs_triton
+def test_next_power_of_2_is_tritons():
+    assert [triton_scan.next_power_of_2(n) for n in range(1, 600)] == [triton_scan.triton.next_power_of_2(n) for n in range(1, 600)]

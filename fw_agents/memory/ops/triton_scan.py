@@ -158,6 +158,12 @@ def _on_device(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n >= 1`` (``triton.next_power_of_2`` is a jit function:
+    a host call costs microseconds, at every rollout step)."""
+    return 1 << (n - 1).bit_length()
+
+
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -186,7 +192,7 @@ def fast_weights_triton_fwd(
     S = inner_steps
     hs_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
     u_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
-    ckpt = torch.empty(triton.cdiv(T, chunk), B, H, H, device=dev, dtype=dtype) if save else y
+    ckpt = torch.empty(-(-T // chunk), B, H, H, device=dev, dtype=dtype) if save else y
     dummy = y
     forward_kernel, _ = _kernels()
     with _on_device(zx):
@@ -397,7 +403,7 @@ def fast_weights_triton(
     chunk = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    chunk = min(triton.next_power_of_2(chunk), MAX_CHUNK)
+    chunk = min(next_power_of_2(chunk), MAX_CHUNK)
     out_dtype = zx.dtype
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     if T == 0 or B == 0:
@@ -417,7 +423,7 @@ def fast_weights_triton(
     starts = _mask(episode_starts, T, B, "episode_starts", zx, dtype)
     write = _mask(write_mask, T, B, "write_mask", zx, dtype)
     resets = _mask(hidden_resets, T, B, "hidden_resets", zx, dtype)
-    block = triton.next_power_of_2(H)
+    block = next_power_of_2(H)
     if block != H:  # zero-pad every hidden axis (differentiably): the kernels need no masks
         pad = block - H
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
