@@ -613,3 +613,12 @@ def test_hidden_reset_at_step_0_clears_a_non_finite_carried_h(interpreter):
 @needs_triton
 def test_next_power_of_2_is_tritons():
     assert [triton_scan.next_power_of_2(n) for n in range(1, 600)] == [triton_scan.triton.next_power_of_2(n) for n in range(1, 600)]
+
+
+@needs_triton
+def test_kernel_host_overhead_benchmark_runs():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_host_overhead.py"), "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ops that read back from the device: none" in done.stdout
+    assert "aten ops that launch on a GPU: 3 " in done.stdout
