@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "gae_lambda": ("gae_lambda",),
     "ent_coef": ("ent_coef",),
 }
-#: Config fields that are never taken from the old run's ``config.json``.
-PER_INVOCATION = ("resume", "run_dir", "runs_root", "progress_bar", "threads", "device")
+#: Config fields that are never taken from the old run's ``config.json``. ``trust_checkpoint`` above
+#: all: ``config.json`` is plain data anyone can edit (or hand you), so letting it say "trusted" would
+#: unpickle (run code from) the checkpoint without the user's ``--trust-checkpoint``.
+PER_INVOCATION = ("resume", "run_dir", "runs_root", "progress_bar", "threads", "device", "trust_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,14 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return max(steps, key=lambda candidate: (steps[candidate], candidate.name == "model.zip"))
 
 
-def resumed_config(config: Any, checkpoint: Checkpoint) -> tuple[Any, bool]:
+def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[str] | None = None) -> tuple[Any, bool]:
     """``config`` as the continued run must have it, and whether it continues in the same folder.
 
     :param config: A :class:`fw_agents.agent.TrainConfig` whose ``resume`` names ``checkpoint``.
     :param checkpoint: :func:`read_checkpoint` of it.
+    :param given_flags: The fields the user set (the command line's flags, a value equal to its
+        default included): kept over ``config.json`` and checked against the checkpoint. None
+        (from Python): a field counts as set when it differs from its default.
     :return: ``(config, same_folder)``: model settings from the checkpoint, the others from the
         run folder's ``config.json`` where ``config`` left them at their defaults, ``run_dir`` the
         checkpoint's folder unless one was given, ``resume`` the checkpoint's path.
@@ -106,18 +112,24 @@ def resumed_config(config: Any, checkpoint: Checkpoint) -> tuple[Any, bool]:
         beyond the steps it has trained.
     """
     defaults = {field.name: field_default(field) for field in dataclasses.fields(config)}
+
+    def explicit(name: str) -> bool:  # set by the user: kept, and checked against the checkpoint
+        if given_flags is not None:
+            return name in given_flags
+        return getattr(config, name) != defaults[name]
+
     changes: dict[str, Any] = {}
     recorded = _recorded_config(checkpoint.run_dir)
     for name, value in recorded.items():
         if name in defaults and name not in PER_INVOCATION and name not in MODEL_FIELDS:
-            if getattr(config, name) == defaults[name]:
+            if not explicit(name):
                 changes[name] = value
     for name, saved in checkpoint.settings.items():
         given = getattr(config, name)
         if name == "memory_kwargs":
             conflict = {key: value for key, value in given.items() if saved.get(key) != value}
         else:
-            conflict = given != defaults[name] and given != saved
+            conflict = explicit(name) and given != saved
         if conflict:
             shown = " ".join(f"{key}={value!r}" for key, value in conflict.items()) if name == "memory_kwargs" else given
             raise ValueError(

@@ -114,6 +114,12 @@ def _module_registering_a_broken_env(folder: Path) -> str:
     return "broken_envs:NeedsBox9D-v0"
 
 
+def _module_failing_on_import(folder: Path) -> str:
+    """A module (importable from ``folder``) whose own code raises when imported."""
+    (folder / "failing_envs.py").write_text("raise RuntimeError('no GPU simulator here')\n")
+    return "failing_envs:Sim-v0"
+
+
 @pytest.mark.parametrize(
     "make_args,needle",
     [
@@ -131,10 +137,16 @@ def _module_registering_a_broken_env(folder: Path) -> str:
         (lambda d: ["--fast-lr", "1e300"], "fast_lr (η) must be a finite number in (0, 1e+06]"),
         (lambda d: ["--device", "mps"], "invalid choice: 'mps'"),
         (lambda d: ["--device", "meta"], "invalid choice: 'meta'"),
-        (lambda d: ["--seed", "-1"], "seed must be an integer >= 0"),
+        (lambda d: ["--seed", "-1"], "seed must be an integer in [0, "),
         (lambda d: ["--memory-kwargs", "decay"], "expected KEY=VALUE"),
         (lambda d: ["--eval-episodes", "0"], "eval_episodes must be an integer >= 1"),
-        (lambda d: ["--env", "nomodule:Catch-v0"], "unknown env id 'nomodule:Catch-v0'"),
+        (lambda d: ["--env", "nomodule:Catch-v0"], "cannot import module 'nomodule' (ModuleNotFoundError"),
+        (lambda d: ["--env", _module_failing_on_import(d)], "cannot import module 'failing_envs' (RuntimeError: no GPU"),
+        (lambda d: ["--env", ".relative:Catch-v0"], "'.relative' is not a module name; use module:id"),
+        (lambda d: ["--env", ":Catch-v0"], "'' is not a module name; use module:id"),
+        (lambda d: ["--seed", "99999999999"], "seed must be an integer in [0, 4294947295], got 99999999999"),
+        (lambda d: ["--run-dir", ""], "run_dir must be a path, got ''"),
+        (lambda d: ["--resume", " "], "resume must be a path, got ' '"),
     ],
 )
 def test_bad_files_envs_and_sizes_are_one_line(make_args, needle, tmp_path, capsys, monkeypatch):
@@ -200,7 +212,7 @@ def test_command_line_and_python_api_build_the_same_config():
         (dict(memory_kwargs=[("decay", 0.9)]), "memory_kwargs must be a dict"),
         (dict(memory="alstm", hidden_size=7), "hidden_size must be even"),
         (dict(threads=0), "threads must be an integer >= 1, got 0"),
-        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(seed=-1), "seed must be an integer in [0, 4294947295], got -1"),
         (dict(gamma=0), "gamma must be a finite number in (0, 1], got 0"),
         (dict(progress_bar=1), "progress_bar must be True or False, got 1"),
     ],
@@ -451,3 +463,40 @@ def test_verbose_0_keeps_the_terminal_quiet(verbose, tmp_path, capsys):
     out = capsys.readouterr().out
     assert ("rollout/" in out) == bool(verbose) and ("Eval num_timesteps" in out) == bool(verbose)
     assert "train/loss" in (tmp_path / "r" / "progress.csv").read_text(), "the curves are written either way"
+
+
+def test_run_dir_dot_is_the_current_folder(tmp_path, monkeypatch):
+    """``--run-dir .`` trains in the current folder (SB3's EvalCallback had made ``makedirs("")`` of it)."""
+    monkeypatch.chdir(tmp_path)
+    summary = agent.train(TrainConfig(run_dir=".", env="CatchBlind16-v0", timesteps=128, n_envs=4, n_steps=32,
+                                      batch_size=64, n_epochs=1, hidden_size=8, eval_freq=64, eval_episodes=2,
+                                      gif_episodes=0, wandb="disabled", progress_bar=False))  # fmt: skip
+    assert summary["timesteps"] == 128 and Path(summary["run_dir"]) == tmp_path
+    assert (tmp_path / "eval_summary.json").exists() and (tmp_path / "evaluations.npz").exists()
+
+
+def test_non_finite_values_inside_an_update_stop_with_one_line(tmp_path, capsys):
+    """NaN that surfaces inside torch mid-update (a distribution's argument check) is the
+    non-finite stop (exit 1, one line), not bad input (exit 2) or a traceback."""
+    argv = ["--env", "Pendulum-v1", "--lr", "1e30", "--timesteps", "256", "--n-envs", "2", "--n-steps", "64",
+            "--batch-size", "64", "--hidden-size", "8", "--eval-freq", "256", "--eval-episodes", "1",
+            "--gif-episodes", "0", "--wandb", "disabled", "--no-progress-bar", "--run-dir", str(tmp_path / "r")]  # fmt: skip
+    status = train_agent.main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and "non-finite" in lines[0] and "Traceback" not in err, err
+
+
+def test_an_interrupt_after_training_says_the_model_is_saved(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent, "evaluate", interrupted)
+    config = TrainConfig(run_dir=str(tmp_path / "r"), env="CatchBlind16-v0", timesteps=64, n_envs=4, n_steps=16,
+                         batch_size=32, n_epochs=1, hidden_size=8, eval_freq=64, eval_episodes=2, gif_episodes=0,
+                         wandb="disabled", progress_bar=False)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        agent.train(config)
+    out = capsys.readouterr().out
+    assert f"interrupted after training; the model is saved to {tmp_path / 'r' / 'model.zip'}" in out
+    assert (tmp_path / "r" / "model.zip").exists()
