@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,7 +85,10 @@ def build_agent(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
 
 
 def train(
-    config: TrainConfig, callbacks: Sequence[BaseCallback] = (), eval_callbacks: Sequence[BaseCallback] = ()
+    config: TrainConfig,
+    callbacks: Sequence[BaseCallback] = (),
+    eval_callbacks: Sequence[BaseCallback] = (),
+    given_flags: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and save; returns the evaluation summary (also in ``eval_summary.json``).
 
@@ -96,6 +101,8 @@ def train(
         ``EvalCallback`` (``last_mean_reward``, ``evaluations_timesteps``, ...), so they can
         report, prune or stop (return False) on the evaluation, like SB3's
         ``StopTrainingOnNoModelImprovement``.
+    :param given_flags: With ``config.resume``: the fields the user set explicitly (see
+        :func:`fw_agents.resume.resumed_config`); the command passes its flags.
 
     Runs with ``config.threads`` torch threads (restored afterwards); ``config.json`` records
     :func:`run_record`. With ``config.resume`` the run continues as :mod:`fw_agents.resume`
@@ -106,7 +113,7 @@ def train(
     config.validate()
     same_folder = False
     if config.resume is not None:
-        config, same_folder = resumed_config(config, read_checkpoint(config.resume))
+        config, same_folder = resumed_config(config, read_checkpoint(config.resume), given_flags)
         config.validate()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -140,7 +147,7 @@ def _train(
             resume_step=model.num_timesteps if same_folder else None,
             log_formats=("stdout", "csv", "tensorboard") if config.verbose else ("csv", "tensorboard"),
         )  # fmt: skip
-        run_dir = tracker.run_dir
+        run_dir = tracker.run_dir.absolute()  # "--run-dir ." is Path("."): SB3's EvalCallback makedirs("") on it
         model.set_logger(tracker.logger)
         steps_per_call = config.n_envs
         evaluation = RunEvalCallback(
@@ -173,33 +180,69 @@ def _train(
                     reset_num_timesteps=not config.resume,
                     progress_bar=config.progress_bar,
                 )
+        except (ValueError, RuntimeError) as error:
+            if isinstance(error, NonFiniteError) or not _non_finite_failure(model, error):
+                raise
+            # NaN/inf that surfaced inside torch (a distribution's argument check, multinomial) before
+            # StopOnNonFinite's check: the same stop, not "bad input" (exit 2) or a traceback
+            raise NonFiniteError(
+                f"non-finite values in training at step {model.num_timesteps} ({_first_line(error)}); training "
+                "stopped, earlier checkpoints are kept. Try a lower --learning-rate (or --fast-lr for fast weights)"
+            ) from None
         except KeyboardInterrupt:
             path = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
             save_atomically(model, path)
             print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}")
             raise
         save_atomically(model, run_dir / "model.zip")
-        summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch)
-        summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
-        write_text_atomically(run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
-        tracker.log_summary(summary)
-        from fw_agents.plots import plot_learning_curve, record_gif
-
-        curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
-        tracker.save_file(curve)
-        tracker.log_media("learning_curve", curve, model.num_timesteps)
-        if config.gif_episodes:
-            gif = record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
-            if gif is not None:
-                tracker.log_media("episodes", gif, model.num_timesteps)
-        if config.wandb_log_model:
-            tracker.log_artifact(run_dir / "model.zip", f"model-{run_dir.name}")
-        return summary
+        try:
+            return _finish(config, model, eval_env, tracker, run_dir, is_catch)
+        except KeyboardInterrupt:  # training is complete and saved; --resume would find nothing left to train
+            print(
+                f"\ninterrupted after training; the model is saved to {run_dir / 'model.zip'} "
+                "(the final evaluation, plot or GIF was not finished)"
+            )
+            raise
     finally:
         env.close()
         eval_env.close()
         if tracker is not None:
             tracker.close()
+
+
+def _finish(
+    config: TrainConfig, model: RecurrentPPO, eval_env: VecEnv, tracker: Any, run_dir: Path, is_catch: bool
+) -> dict[str, Any]:
+    """The end of a run: the final evaluation, ``eval_summary.json``, the learning curve and the GIF."""
+    summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch)
+    summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
+    write_text_atomically(run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
+    tracker.log_summary(summary)
+    from fw_agents.plots import plot_learning_curve, record_gif
+
+    curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
+    tracker.save_file(curve)
+    tracker.log_media("learning_curve", curve, model.num_timesteps)
+    if config.gif_episodes:
+        gif = record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
+        if gif is not None:
+            tracker.log_media("episodes", gif, model.num_timesteps)
+    if config.wandb_log_model:
+        tracker.log_artifact(run_dir / "model.zip", f"model-{run_dir.name}")
+    return summary
+
+
+def _non_finite_failure(model: RecurrentPPO, error: BaseException) -> bool:
+    """Whether ``error`` (raised inside ``learn``) comes from NaN/inf: non-finite parameters, or
+    torch's own complaints about non-finite values (``Normal``'s argument validation, ``multinomial``)."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.policy.parameters()):
+        return True
+    return re.search(r"\bnan\b|\binf\b|invalid values|non-finite", str(error), re.IGNORECASE) is not None
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:120]}{'...' if len(text) > 120 else ''}"
 
 
 def run_record(config: TrainConfig, model: RecurrentPPO) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextvars
 import inspect
 import io
+import pickle
+import zipfile
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -219,6 +221,13 @@ class FastRecurrentPPO(RecurrentPPO):
                 path, env=env, device=device, custom_objects=objects, print_system_info=print_system_info,
                 force_reset=force_reset, **kwargs,
             )  # fmt: skip
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as error:
+            # a damaged tensor entry (policy.pth, the optimizer's, pytorch_variables.pth) or a missing key:
+            # torch.load / load_state_dict raise these, which are not the caller's bug but a bad file
+            text = " ".join(str(error).split())
+            raise ValueError(
+                f"cannot load model {str(path)!r}: {type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+            ) from None
         finally:
             _SAVED_MEMORY_CONFIG.reset(token)
 

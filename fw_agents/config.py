@@ -121,12 +121,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value and what is accepted."""
+        import_env_module(self.env)  # module:id: the module's own import error, not "unknown env id"
         if not env_registered(self.env):
             catch = ", ".join(envs.CATCH_IDS)
             raise ValueError(
                 f"unknown env id {self.env!r}; use a registered Gymnasium id, e.g. {catch}, "
                 "or module:id to import the module that registers it (e.g. popgym:popgym-RepeatFirstEasy-v0)"
             )
+        for name in ("run_dir", "runs_root", "resume"):  # Path("") is the current folder: never what "" meant
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise ValueError(f"{name} must be a path, got {value!r}" + ("" if name == "runs_root" else "; leave the flag out for none"))
         check_choice("memory", self.memory, MEMORY_NAMES)
         check_choice("device", self.device, DEVICES)
         check_choice("critic", self.critic, CRITIC_MODES)
@@ -137,7 +142,7 @@ class TrainConfig:
         for name in ("timesteps", "n_envs", "n_steps", "n_epochs", "hidden_size", "eval_freq", "eval_episodes",
                      "checkpoint_freq"):  # fmt: skip
             check_int(name, getattr(self, name), 1)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, 2**32 - 1 - 20_000)  # numpy's range, less the eval (+10000) and GIF (+20000) offsets
         check_int("batch_size", self.batch_size, 2)  # PPO normalises advantages over the minibatch: 1 gives NaN
         check_int("gif_episodes", self.gif_episodes, 0)
         if self.threads is not None:
@@ -194,8 +199,26 @@ def env_registered(env_id: str) -> bool:
     module, sep, name = env_id.partition(":")
     if sep:
         try:
-            importlib.import_module(module)
-        except ImportError:
+            import_env_module(env_id)
+        except ValueError:
             return False
         env_id = name
     return env_id in gym.registry
+
+
+def import_env_module(env_id: str) -> None:
+    """Import the ``module`` of a ``module:id`` env id (nothing for a plain id).
+
+    :raises ValueError: Not a module name, or importing it failed (the module itself missing, or
+        one of its dependencies, or its own code raising): one line naming the module and why.
+    """
+    module, sep, _ = env_id.partition(":")
+    if not sep:
+        return
+    if not module.strip() or module.startswith("."):
+        raise ValueError(f"env {env_id!r}: {module!r} is not a module name; use module:id, e.g. popgym:popgym-RepeatFirstEasy-v0")
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - a module's import may raise anything
+        text = " ".join(str(error).split())[:200]
+        raise ValueError(f"env {env_id!r}: cannot import module {module!r} ({type(error).__name__}: {text})") from None

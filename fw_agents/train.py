@@ -48,12 +48,28 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return config_from_args(TrainConfig, args, args.config_fields)
 
 
+def given_fields(argv: Sequence[str] | None = None) -> frozenset[str]:
+    """The ``TrainConfig`` fields the command line sets, a flag equal to its default included
+    (what ``--resume`` keeps rather than take from the old run's ``config.json``)."""
+    from fw_agents.agent import CORE_FLAGS
+
+    probe = build_parser()
+    fields = probe.get_default("config_fields")
+    for action in probe._actions:  # parse again without defaults: only what was typed lands in the namespace
+        action.default = argparse.SUPPRESS
+    typed = vars(probe.parse_args(argv))
+    given = {name for name in fields if name in typed}
+    if any(flag.dest in typed for flag in CORE_FLAGS):
+        given.add("memory_kwargs")
+    return frozenset(given)
+
+
 def _train(argv: Sequence[str] | None) -> int:
     from fw_agents.agent import NonFiniteError, train
 
     config = parse_config(argv)
     try:
-        summary = train(config)  # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits
+        summary = train(config, given_flags=given_fields(argv))  # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

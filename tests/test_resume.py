@@ -216,3 +216,51 @@ def test_resumed_tracker_without_sb3_logs_each_step_once(tmp_path, monkeypatch):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1), (2, 2), (3, -3), (4, -4), (5, -5),
                                                                     (6, -6), (7, -7)]  # fmt: skip
+
+
+def test_trust_is_never_taken_from_the_run_folder(tmp_path, monkeypatch):
+    """``config.json`` is plain data anyone can edit or hand you: a ``trust_checkpoint`` recorded
+    there must not let ``--resume`` unpickle (run code from) the checkpoint."""
+    from fw_agents.resume import resumed_config
+
+    run = _interrupted_run(tmp_path, monkeypatch)
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "trust_checkpoint": True}))
+    config, _ = resumed_config(TrainConfig(resume=str(run)), read_checkpoint(run))
+    assert config.trust_checkpoint is False
+    config, _ = resumed_config(TrainConfig(resume=str(run), trust_checkpoint=True), read_checkpoint(run))
+    assert config.trust_checkpoint is True  # the flag of this invocation
+
+
+def test_flags_typed_at_their_default_count_on_resume(tmp_path, monkeypatch):
+    """A flag the user types wins over the old run's ``config.json`` (and is checked against the
+    checkpoint) even when its value is the default."""
+    from fw_agents.resume import resumed_config
+    from fw_agents.train import given_fields, parse_config
+
+    run = _interrupted_run(tmp_path, monkeypatch, learning_rate=5e-4)
+    default = TrainConfig()
+    argv = ["--resume", str(run), "--eval-episodes", str(default.eval_episodes)]
+    config, _ = resumed_config(parse_config(argv), read_checkpoint(run), given_fields(argv))
+    assert config.eval_episodes == default.eval_episodes != TINY["eval_episodes"]
+    config, _ = resumed_config(parse_config(argv[:2]), read_checkpoint(run), given_fields(argv[:2]))
+    assert config.eval_episodes == TINY["eval_episodes"], "not typed: the run's own"
+    argv = ["--resume", str(run), "--lr", str(default.learning_rate)]
+    with pytest.raises(ValueError, match=f"--learning-rate {default.learning_rate} conflicts"):
+        resumed_config(parse_config(argv), read_checkpoint(run), given_fields(argv))
+    argv = ["--resume", str(run), "--decay", "0.95"]  # a core flag sets memory_kwargs
+    assert "memory_kwargs" in given_fields(argv) and "learning_rate" not in given_fields(argv)
+
+
+@pytest.mark.parametrize("entry", ["policy.pth", "policy.optimizer.pth", "pytorch_variables.pth"])
+def test_a_damaged_tensor_entry_is_a_one_line_value_error(tmp_path, monkeypatch, entry):
+    import zipfile
+
+    run = _interrupted_run(tmp_path, monkeypatch, stop_at=128)
+    good = latest_checkpoint(run)
+    bad = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name)[:40] if name == entry else src.read(name))
+    with pytest.raises(ValueError, match=f"^cannot load model '{bad}': "):
+        FastRecurrentPPO.load(bad)
