@@ -76,8 +76,8 @@ class TrainConfig:
     device: str = option("auto", help="torch device (auto: cuda when available)", choices=DEVICES)
     threads: int | None = option(
         1,
-        help="torch CPU threads during the run (None, from Python only: torch's own choice). 1 as in "
-        "rl-baselines3-zoo: on a busy 2-core machine torch's 2 threads trained 20x slower than 1",
+        help="torch CPU threads during the run (None, from Python only: torch's own choice). 1, as "
+        "rl-baselines3-zoo's --num-threads 1: on a busy 2-core machine torch's 2 threads trained up to 16x slower than 1",
     )
     learning_rate: float = option(1e-3, help="Adam step size", aliases=("--lr",))
     n_steps: int = option(64, help="rollout length per env between updates")

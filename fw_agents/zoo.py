@@ -249,7 +249,8 @@ def register() -> None:
 def shipped_conf_file(argv: Sequence[str]) -> Path | None:
     """The shipped hyper-parameter file for the ``--algo`` and ``--env`` of a zoo ``train``
     command line, or ``None`` when it names its own (``-conf``/``--conf-file``) or no shipped
-    file lists that env id."""
+    file lists that env id nor has a ``default`` entry (``fast_recurrent_ppo.yml`` has one: the
+    zoo ships no file for that algorithm, and its own files answer an unlisted id with theirs)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--algo", default="ppo")
     parser.add_argument("--env", default="CartPole-v1")
@@ -258,7 +259,8 @@ def shipped_conf_file(argv: Sequence[str]) -> Path | None:
     path = HYPERPARAMS_DIR / f"{args.algo}.yml"
     if args.conf_file is not None or not path.is_file():
         return None
-    return path if args.env in (yaml.safe_load(path.read_text()) or {}) else None
+    table = yaml.safe_load(path.read_text()) or {}
+    return path if args.env in table or "default" in table else None
 
 
 COMMANDS: dict[str, Callable[[], None]] = {"train": zoo_train.train, "enjoy": zoo_enjoy.enjoy}
