@@ -38,6 +38,11 @@ from fw_agents.validation import check_float, check_int
 MAX_SEED = 2**64 - 1
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or parameter; :func:`train_classifier` stops
+    (the task commands report it in one line, exit status 1)."""
+
+
 @dataclass
 class Split:
     """One split of a data set, already on the training device.
@@ -255,6 +260,9 @@ def train_classifier(
                 torch.cuda.synchronize(device)
             train_time += time.perf_counter() - tick
             if update % config.eval_every == 0 or update == config.steps:
+                # before the evaluation is logged or saved: a NaN model never becomes "best"
+                # and the training state on disk stays the last finite one
+                _check_finite(model, loss_sum, update, config, checkpoint, saved_at)
                 record_eval(update)
                 if checkpoint is not None:
                     save_training_state(checkpoint, state(update))
@@ -266,6 +274,23 @@ def train_classifier(
                   file=sys.stderr)  # fmt: skip
         raise
     return _results(model, best, best_state, curve, config, train_time, start_wall)
+
+
+def _check_finite(
+    model: nn.Module, loss_sum: torch.Tensor, update: int, config: SupervisedConfig, checkpoint: Path | None,
+    saved_at: int,
+) -> None:  # fmt: skip
+    """Raise :class:`NonFiniteError` if the loss since the last evaluation or a parameter is
+    not finite (one host sync, at an evaluation, which syncs anyway)."""
+    params_finite = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if params_finite and math.isfinite(loss_sum.item()):
+        return
+    what = "parameters" if not params_finite else "loss"
+    kept = f"; the training state of update {saved_at} is in {checkpoint}" if checkpoint is not None else ""
+    raise NonFiniteError(
+        f"non-finite {what} by update {update} (lr {config.lr:g}); training stopped: lower --lr or set "
+        f"--grad-clip{kept}"
+    )
 
 
 def _results(
