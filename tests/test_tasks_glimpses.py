@@ -264,3 +264,23 @@ def test_cli_malformed_idx_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     status = run_cli(glimpses.main, ["--data-dir", str(tmp_path), "--memory", "convnet", "--wandb", "disabled"])
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and "magic number" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--memory", "lstm", "--fast-lr", "0.3"], "--fast-lr applies to --memory fastweights only, got --memory lstm"),
+        (["--memory", "convnet", "--decay", "0.5"], "--decay applies to --memory fastweights only"),
+        (["--memory", "irnn", "--inner-steps", "2"], "--inner-steps applies to --memory fastweights only"),
+        (["--memory", "convnet", "--multi-level", "on"], "--multi-level on needs a core with fast weights"),
+    ],
+)
+def test_cli_flags_that_do_not_apply_are_refused(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_idx_dir(tmp_path / "data")
+    status = run_cli(glimpses.main, ["--data-dir", str(tmp_path / "data"), *argv, "--wandb", "disabled",
+                                     "--run-dir", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()

@@ -268,3 +268,60 @@ def test_ctrl_c_saves_the_training_state_and_resume_finishes_the_same_run(tmp_pa
     assert [e["test_nll"] for e in resumed["curve"]] == [e["test_nll"] for e in whole["curve"]]
     steps = [int(row["train/updates"]) for row in csv.DictReader((run / "progress.csv").open())]
     assert steps == [0, 10, 20, 30], "one curve, appended"
+
+
+@needs_core
+def test_non_finite_loss_stops_with_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A diverging run stops at the next evaluation: one line, exit 1, no NaN results, and the
+    training state on disk is the last finite one."""
+    run = tmp_path / "nan"
+    argv = ["--memory", "irnn", "--hidden", "8", "--steps", "30", "--eval-every", "10", "--batch-size", "16",
+            "--lr", "1e30", "--wandb", "disabled", "--threads", "1", "--run-dir", str(run)]  # fmt: skip
+    assert retrieval.main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "non-finite" in err and "Traceback" not in err, err
+    assert not (run / "results.json").exists() and not (run / "best_model.pt").exists()
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_resume_refuses_other_task_settings_before_touching_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resume with other task settings (or none given) is one line, exit 2, and leaves the
+    run's config.json as it was; a missing folder is not created."""
+    run = tmp_path / "run"
+    argv = ["--memory", "lstm", "--hidden", "8", "--eval-every", "10", "--wandb", "disabled", "--threads", "1"]
+    assert retrieval.main([*argv, "--steps", "10", "--run-dir", str(run)]) == 0
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    for other in (["--steps", "20"], [*argv[2:], "--steps", "20", "--data-seed", "3"], ["--steps", "20", "--memory", "gru"]):
+        assert retrieval.main([*other, "--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "conflict" in err and "Traceback" not in err, err
+        assert (run / "config.json").read_text() == config
+    assert retrieval.main(["--steps", "20", "--wandb", "disabled", "--resume", str(tmp_path / "typo")]) == 2
+    assert "no training state to resume" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+@needs_core
+def test_resume_after_a_kill_between_logging_and_saving_logs_each_evaluation_once(tmp_path, monkeypatch) -> None:
+    """Stopped while the state of update 20 was being saved (after update 20 was logged), the
+    resumed run redoes update 20: progress.csv holds it once."""
+    from fw_agents.tasks import training
+
+    real_save, calls = training.save_training_state, []
+
+    def stopped_while_saving_update_20(path, state):
+        calls.append(1)
+        if len(calls) == 3:  # updates 0, 10, then 20
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    run = tmp_path / "run"
+    argv = ["--memory", "lstm", "--hidden", "8", "--steps", "30", "--eval-every", "10", "--wandb", "disabled",
+            "--threads", "1"]  # fmt: skip
+    monkeypatch.setattr(training, "save_training_state", stopped_while_saving_update_20)
+    assert retrieval.main([*argv, "--run-dir", str(run)]) == 130
+    monkeypatch.undo()
+    assert retrieval.main([*argv, "--resume", str(run)]) == 0
+    steps = [int(row["train/updates"]) for row in csv.DictReader((run / "progress.csv").open())]
+    assert steps == [0, 10, 20, 30]

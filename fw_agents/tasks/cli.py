@@ -19,17 +19,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import torch
 
-from fw_agents.cli import HelpFormatter, OneLineArgumentParser, add_config_arguments, config_from_args, option, program_name
-from fw_agents.tasks.training import SupervisedConfig
+from fw_agents.cli import (
+    HelpFormatter,
+    OneLineArgumentParser,
+    add_config_arguments,
+    config_from_args,
+    option,
+    program_name,
+    run_interruptible,
+)
+from fw_agents.tasks.training import NonFiniteError, SupervisedConfig
 from fw_agents.tracking import TrackingOptions, add_tracking_args
 from fw_agents.validation import check_int
 
 T = TypeVar("T")
+
+#: The file in a task's run folder that ``--resume`` continues from.
+TRAINING_STATE = "training_state.pt"
+#: ``config.json`` entries a resumed run may change: the total number of updates and where it computes.
+RESUMABLE_CHANGES: tuple[str, ...] = ("steps", "device")
 
 #: What ``--device`` accepts (``cuda:<index>`` too).
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -43,6 +60,18 @@ class FastWeightsOptions:
     fast_lr: float | None = option(None, help="fast weights: eta (None: the core's, 0.5)")
     decay: float | None = option(None, help="fast weights: lambda (None: the core's, 0.95)")
     inner_steps: int | None = option(None, help="fast weights: S (None: the core's, 1)")
+
+    def check_fast_weights_flags(self) -> None:
+        """Refuse η, λ or S set away from their defaults for a core that is not fast weights
+        (they would be dropped silently). :raises ValueError: Naming the flag and ``--memory``."""
+        memory = getattr(self, "memory", None)
+        if memory == "fastweights":
+            return
+        for field in dataclasses.fields(FastWeightsOptions):
+            default = next(f.default for f in dataclasses.fields(self) if f.name == field.name)
+            if getattr(self, field.name) != default:
+                flag = "--" + field.name.replace("_", "-")
+                raise ValueError(f"{flag} applies to --memory fastweights only, got --memory {memory}")
 
     def memory_kwargs(self) -> dict[str, Any]:
         """Core-specific keyword arguments (only the fast-weights core takes η, λ, S)."""
@@ -121,6 +150,55 @@ def setup_task(task_config: type[T], args: argparse.Namespace) -> TaskSetup[T]:
     training = config_from_args(SupervisedConfig, args)
     device = config_from_args(DeviceOptions, args).apply()
     return TaskSetup(task, training, device, config_from_args(TrackingOptions, args))
+
+
+def run_task(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """:func:`fw_agents.cli.run_interruptible` for a task command, plus: a non-finite loss or
+    parameter ends it with one line and exit status 1 (as ``train_agent.py`` does)."""
+
+    def body(args: Sequence[str] | None) -> int:
+        try:
+            return main(args)
+        except NonFiniteError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return run_interruptible(body, argv)
+
+
+def check_resume(tracking: TrackingOptions, config: Mapping[str, Any]) -> int | None:
+    """With ``--resume``, check the run folder before anything in it is touched: it must hold a
+    training state, and ``config`` (what the command writes to ``config.json``) must be the run's
+    own but for :data:`RESUMABLE_CHANGES`.
+
+    :param tracking: The command's tracking options.
+    :param config: The resumed run's configuration, as the command builds it.
+    :return: The update of the saved training state (``None`` without ``--resume``), for
+        :meth:`~fw_agents.tracking.TrackingOptions.start`'s ``resume_step``.
+    :raises ValueError: No training state, an unreadable one, or a conflicting setting, named by its flag.
+    """
+    if tracking.resume is None:
+        return None
+    folder = Path(tracking.resume)
+    state_path = folder / TRAINING_STATE
+    if not state_path.is_file():
+        raise ValueError(f"no training state to resume at {str(state_path)!r}; the run saves one at every evaluation")
+    config_path = folder / "config.json"
+    try:
+        saved = json.loads(config_path.read_text())
+        update = int(torch.load(state_path, weights_only=True)["update"])
+    except Exception as error:  # noqa: BLE001 - a missing, truncated or foreign file
+        raise ValueError(f"cannot resume {str(folder)!r}: {type(error).__name__}: {error}") from None
+    now = json.loads(json.dumps(dict(config), default=str))  # as config.json holds it
+    if saved.get("task") != now.get("task"):
+        raise ValueError(f"{str(folder)!r} holds a {saved.get('task')!r} run, not a {now.get('task')!r} one")
+    differ = [k for k in sorted(now.keys() | saved.keys()) if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k)]
+    if differ:
+        given = ", ".join(f"--{key.replace('_', '-')} {now.get(key)}" for key in differ)
+        theirs = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
+        verb = "conflicts" if len(differ) == 1 else "conflict"
+        raise ValueError(f"{given} {verb} with the run being resumed ({theirs}); give the run's own settings")
+    return update
 
 
 def resolve_device(name: str) -> torch.device:

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_interruptible
+from fw_agents.cli import option
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
-from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
+from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, run_task, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
     NUM_GLIMPSES,
@@ -185,6 +185,9 @@ class GlimpseConfig(FastWeightsOptions):
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("memory", self.memory, MODEL_NAMES)
         check_choice("multi-level", self.multi_level, MULTI_LEVEL_CHOICES)
+        self.check_fast_weights_flags()
+        if self.memory == CONVNET and self.multi_level == "on":
+            raise ValueError(f"--multi-level on needs a core with fast weights, got --memory {CONVNET}")
         check_int("hidden", self.hidden)
         if self.conv_layers is None:
             self.conv_layers = CONV_LAYERS[self.dataset]
@@ -220,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train and evaluate one model; write the run directory. Bad input is one line (exit 2);
-    Ctrl-C or SIGTERM saves the training state (``--resume`` continues it). :return: exit status."""
-    return run_interruptible(_main, argv)
+    """Train and evaluate one model; write the run directory. Bad input is one line (exit 2), a
+    non-finite loss one line (exit 1); Ctrl-C or SIGTERM saves the training state (``--resume``
+    continues it). :return: exit status."""
+    return run_task(_main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -255,9 +259,11 @@ def _main(argv: Sequence[str] | None) -> int:
         "multi_level_active": multi_level,
     }
     name = f"glimpses-{task.dataset}-{task.memory}-H{task.hidden}"
-    with setup.tracking.start(name, config, ("glimpses", task.dataset, task.memory), sb3_logger=False) as tracker:
+    resume_step = check_resume(setup.tracking, config)  # before the folder's config.json is rewritten
+    with setup.tracking.start(name, config, ("glimpses", task.dataset, task.memory), sb3_logger=False,
+                              resume_step=resume_step, step_column="train/updates") as tracker:  # fmt: skip
         results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker,
-                                   checkpoint=tracker.run_dir / "training_state.pt",
+                                   checkpoint=tracker.run_dir / TRAINING_STATE,
                                    resume=setup.tracking.resume is not None)  # fmt: skip
         results = {
             "task": "glimpses",

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_interruptible
+from fw_agents.cli import option
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import FastWeightsOptions, setup_task, task_parser
+from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, run_task, setup_task, task_parser
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
 from fw_agents.validation import check_choice, check_int
 
@@ -190,6 +190,7 @@ class RetrievalConfig(FastWeightsOptions):
 
     def __post_init__(self) -> None:
         check_choice("memory", self.memory, MEMORY_NAMES)
+        self.check_fast_weights_flags()
         check_int("hidden", self.hidden)
         check_int("num-pairs", self.num_pairs, 1, NUM_LETTERS)
         check_int("data-seed", self.data_seed, 0)
@@ -215,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train and evaluate one model; write the run directory. Bad input is one line (exit 2);
-    Ctrl-C or SIGTERM saves the training state (``--resume`` continues it). :return: exit status."""
-    return run_interruptible(_main, argv)
+    """Train and evaluate one model; write the run directory. Bad input is one line (exit 2), a
+    non-finite loss one line (exit 1); Ctrl-C or SIGTERM saves the training state (``--resume``
+    continues it). :return: exit status."""
+    return run_task(_main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -232,9 +234,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
     config = {"task": "retrieval", **asdict(task), **asdict(train_config), "device": str(device)}
     tags = ("retrieval", task.memory)
-    with setup.tracking.start(f"retrieval-{task.memory}-R{task.hidden}", config, tags, sb3_logger=False) as tracker:
+    resume_step = check_resume(setup.tracking, config)  # before the folder's config.json is rewritten
+    with setup.tracking.start(f"retrieval-{task.memory}-R{task.hidden}", config, tags, sb3_logger=False,
+                              resume_step=resume_step, step_column="train/updates") as tracker:  # fmt: skip
         results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker,
-                                   checkpoint=tracker.run_dir / "training_state.pt",
+                                   checkpoint=tracker.run_dir / TRAINING_STATE,
                                    resume=setup.tracking.resume is not None)  # fmt: skip
         results = {"task": "retrieval", **asdict(task), "data_seconds": data_seconds, **results}
         paths = write_outputs(tracker.run_dir, results, model, f"retrieval: {task.memory}, R={task.hidden}", tracker)
