@@ -75,3 +75,35 @@ def test_table1_passes_its_flags_to_every_cell(tmp_path: Path) -> None:
     expected = {"steps": 2, "eval_every": 1, "batch_size": 8, "lr": 0.01, "seed": 3, "device": "cpu", "hidden": 4}
     assert {key: config[key] for key in expected} == expected
     assert "(batch 8, Adam lr 0.01" in (tmp_path / "table1.md").read_text()
+
+
+def test_run_grid_stops_on_ctrl_c_then_resumes_the_cell_and_force_reruns(tmp_path: Path) -> None:
+    """Ctrl-C / SIGTERM in a cell stops the sweep; the next sweep resumes that cell from its
+    training state; ``force`` re-runs a finished cell (its old folder kept aside)."""
+    from fw_agents.tasks.sweep import Cell, run_grid
+
+    seen: list[list[str]] = []
+
+    def main(argv):  # a task command's contract, in miniature
+        seen.append(list(argv))
+        flag, folder = argv[-2], Path(argv[-1])
+        if flag == "--run-dir" and (folder / "config.json").exists():
+            return 2  # "run folder already holds a run"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "training_state.pt").write_text("")
+        if len(seen) == 1:
+            return 143  # SIGTERM: state saved, no results
+        (folder / "results.json").write_text('{"test_error": 0.5}')
+        return 0
+
+    cells = [Cell("m", 1, ("--x",)), Cell("m", 2, ("--x",))]
+    with pytest.raises(SystemExit) as stop:
+        run_grid(main, cells, tmp_path)
+    assert stop.value.code == 143 and len(seen) == 1, "the sweep stops with the cell"
+    results = run_grid(main, cells, tmp_path)
+    assert seen[1][-2:] == ["--resume", str(tmp_path / "m-1")] and seen[2][-2] == "--run-dir"
+    assert results[("m", 1)] == results[("m", 2)] == {"test_error": 0.5}
+    results = run_grid(main, cells[:1], tmp_path, force=True)
+    assert seen[3][-2] == "--run-dir" and results[("m", 1)] == {"test_error": 0.5}
+    assert len(list(tmp_path.glob("m-1.replaced-*"))) == 1

@@ -2,7 +2,9 @@
 
 Each cell is one run of a task's ``main(argv)`` in its own run directory under
 the sweep's folder; a cell whose ``results.json`` already exists is reused
-(``force=False``), so an interrupted reproduction picks up where it stopped.
+(``force=False``) and a cell stopped part-way is resumed from its training state,
+so an interrupted reproduction picks up where it stopped. Ctrl-C or SIGTERM stops
+the whole sweep (exit status 130 / 143) after the running cell saved its state.
 A failing cell is recorded with its one-line error and the sweep goes on.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fw_agents.cli import add_config_arguments, config_from_args, config_to_argv
-from fw_agents.tasks.cli import DeviceOptions
+from fw_agents.tasks.cli import TRAINING_STATE, DeviceOptions
 from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.tracking import TrackingOptions
 from fw_agents.validation import check_int
@@ -84,8 +88,11 @@ def run_grid(
     :param main: The task's ``main(argv) -> status``.
     :param cells: The grid.
     :param out_dir: Sweep folder; each cell runs in ``out_dir/<model>-<size>``.
-    :param force: Re-run cells that already have results.
+    :param force: Re-run cells that already have results (their old folder is kept, renamed
+        ``<model>-<size>.replaced-<time>``).
     :return: ``{(model, size): results}``; a failed cell has ``{"error": "..."}``.
+    :raises SystemExit: With the cell's status (130 or 143) when Ctrl-C or SIGTERM stopped it:
+        the sweep stops too; run it again to continue.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     collected: dict[tuple[str, int], dict[str, Any]] = {}
@@ -97,9 +104,19 @@ def run_grid(
             collected[(cell.model, cell.size)] = json.loads(results_path.read_text())
             print(f"  reusing {results_path}", flush=True)
             continue
+        resume = not results_path.is_file() and (run_dir / TRAINING_STATE).is_file()
+        if not resume and (run_dir / "config.json").exists():  # a run to redo: keep it aside
+            aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)
+            print(f"  previous run moved to {aside}", flush=True)
+        elif resume:
+            print(f"  resuming {run_dir}", flush=True)
         start = time.perf_counter()
         try:
-            status = main([*cell.argv, "--run-dir", str(run_dir)])
+            status = main([*cell.argv, "--resume" if resume else "--run-dir", str(run_dir)])
+            if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # the user stopped the sweep
+                print(f"sweep stopped at {cell.name}; run the same command again to continue", file=sys.stderr)
+                raise SystemExit(status)
             error = None if status == 0 else f"exit status {status}"
         except Exception as exc:  # noqa: BLE001 - one broken cell must not end the sweep
             traceback.print_exc()
