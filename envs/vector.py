@@ -107,10 +107,12 @@ class CatchGymnasiumVectorEnv(VectorEnv):
             seeds: list[int | None] = [None] * n
         elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             seeds = [int(seed) + i for i in range(n)]
-        else:
+        elif isinstance(seed, (list, tuple, np.ndarray)):
             seeds = list(seed)
             if len(seeds) != n:
                 raise ValueError(f"seed must be None, an int or a list of {n} seeds, got a list of length {len(seeds)}")
+        else:
+            raise ValueError(f"seed must be None, an int or a list of {n} seeds, got {seed!r}")
 
         mask = None if options is None else options.get("reset_mask")
         if mask is None:

@@ -317,3 +317,11 @@ def test_old_class_names_still_work_with_a_deprecation_warning(module, old, new)
         assert getattr(namespace, old) is getattr(namespace, new)
     with pytest.raises(AttributeError, match="no attribute 'CatchNothing'"):
         namespace.CatchNothing
+
+
+@pytest.mark.parametrize("seed", ["a", 1.5, True])
+def test_reset_with_a_seed_of_the_wrong_type_is_a_clear_value_error(seed: object) -> None:
+    from envs import CatchGymnasiumVectorEnv
+
+    with pytest.raises(ValueError, match="seed must be None, an int or a list of 3 seeds, got"):
+        CatchGymnasiumVectorEnv(3).reset(seed=seed)
