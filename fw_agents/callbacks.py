@@ -91,7 +91,18 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
         if self.evaluations_results:
             self.best_mean_reward = float(np.max(np.mean(self.evaluations_results, axis=1)))
 
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        self._stop = False
+        due = self.eval_freq > 0 and self.n_calls > 0 and self.n_calls % self.eval_freq == 0
+        if due and (not self.evaluations_timesteps or self.evaluations_timesteps[-1] < self.num_timesteps):
+            # resumed from a checkpoint whose step had an evaluation that never completed (the run was
+            # stopped, killed or lost its database during it): make it now, or the curve has a hole there
+            self._stop = not self._on_step()
+
     def _on_step(self) -> bool:
+        if getattr(self, "_stop", False):  # the evaluation made at the start asked to stop (a pruned trial)
+            return False
         if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
             return super()._on_step()  # no evaluation at this step: nothing to set up or rename
         self._caught = []
