@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import re
 import socket
+import time
 import warnings
 import zlib
 from typing import TYPE_CHECKING, Any
@@ -22,8 +24,22 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler of ``--sampler`` (``random`` or ``tpe``) with seed ``seed``."""
     import optuna
 
-    if kind == "tpe":  # workers must not share a seed: each would propose the same points
-        return optuna.samplers.TPESampler(seed=zlib.crc32(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode()))
+    if kind == "tpe":
+
+        class TrialSeededTPESampler(optuna.samplers.TPESampler):
+            """TPE whose random state is set from (seed, trial number) before each trial: workers
+            never share a draw (their trials' numbers differ), and one worker's study is the same
+            run after run (a seed from the worker's pid made even that irreproducible)."""
+
+            def before_trial(self, study: Any, trial: Any) -> None:
+                key = zlib.crc32(f"{seed}:{trial.number}".encode())
+                for state in (getattr(self, "_rng", None), getattr(getattr(self, "_random_sampler", None), "_rng", None)):
+                    if hasattr(state, "rng"):  # Optuna's LazyRandomState (4.x, 5.x); else the salted seed below
+                        state.rng.seed(key)
+                super().before_trial(study, trial)
+
+        # salted per worker, so that workers still draw apart should a later Optuna move the states
+        return TrialSeededTPESampler(seed=zlib.crc32(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode()))
 
     class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
         """``RandomSampler`` whose draw of a parameter depends on (seed, trial number, name) only:
@@ -49,14 +65,32 @@ def retry_callback() -> Any:
         return retry(max_retry=MAX_RETRY)
 
 
+def _passwords(url: str) -> list[str]:
+    """The password of ``url`` as typed (between the scheme's ``user:`` and the LAST ``@``: a
+    password with a raw ``@``, ``:`` or ``/`` is still all of it), a ``password=`` query value,
+    and their ``@ : /``-separated pieces, which a parser that split the URL elsewhere shows
+    as a host or a port. Longest first."""
+    found = []
+    _, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo = rest.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    found += re.findall(r"[?&]password=([^&#]*)", url)
+    pieces = [piece for secret in found for piece in re.split(r"[@:/]", secret) if len(piece) >= 2]
+    return sorted({secret for secret in [*found, *pieces] if secret}, key=len, reverse=True)
+
+
+def scrub_password(text: str, url: str) -> str:
+    """``text`` (``url`` itself, or an error message about it) with ``url``'s password as ``***``."""
+    for secret in _passwords(url):
+        text = text.replace(secret, "***")
+    return text
+
+
 def hidden_password(url: str) -> str:
     """``url`` with its password as ``***`` (for messages)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: say so with the text itself
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return scrub_password(url, url)
 
 
 def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
@@ -78,16 +112,43 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
         if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
         else "failed_trial_callback"
     )
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                    **{callback_name: retry_callback()},
+                )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors alike
+            if attempt < SCHEMA_RACE_RETRIES and _schema_race(error):
+                # workers started together on an empty database: another one is creating Optuna's
+                # tables (a duplicate table, type or alembic row); once it has, they are there to use
+                time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
+                continue
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = scrub_password(f"{type(error).__name__}: {first}", url)
+            raise ValueError(f"cannot open storage {hidden_password(url)}: {message}") from None
+    raise AssertionError("unreachable")
+
+
+#: Times ``open_storage`` tries again when another worker is creating the schema at the same time.
+SCHEMA_RACE_RETRIES = 8
+
+
+def _schema_race(error: BaseException) -> bool:
+    """Whether ``error`` is another process creating Optuna's schema at the same time (SQLite:
+    "table ... already exists", alembic's version row; PostgreSQL: duplicate type/table/key)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                **{callback_name: retry_callback()},
-            )  # fmt: skip
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors alike
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot open storage {hidden_password(url)}: {type(error).__name__}: {first}") from None
+        from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    except ImportError:  # pragma: no cover - optuna's RDB storage needs SQLAlchemy
+        return False
+    text = str(error).lower()
+    if isinstance(error, IntegrityError):
+        return True
+    if isinstance(error, (ProgrammingError, OperationalError)):
+        return any(s in text for s in ("already exists", "duplicate", "database is locked"))
+    return False
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
