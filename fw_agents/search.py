@@ -121,7 +121,7 @@ class SearchOptions:
         if self.study_trials is not None:
             check_int("study_trials", self.study_trials, 1)
         check_choice("sampler", self.sampler, SAMPLERS)
-        check_int("sampler_seed", self.sampler_seed, 0)
+        check_int("sampler_seed", self.sampler_seed, 0, 2**32 - 1)  # numpy's seed range (the samplers')
         check_choice("pruner", self.pruner, PRUNERS)
         check_int("workers", self.workers, 1)
         check_int("heartbeat", self.heartbeat, 1)
@@ -142,6 +142,11 @@ class Search:
         fixed = [key for key in SEARCHED_CORE_OPTIONS.get(self.train.memory, ()) if key in self.train.memory_kwargs]
         if fixed:
             raise ValueError(f"--memory-kwargs {fixed[0]}=... is searched for {self.train.memory}; leave it out")
+        if self.train.eval_freq > self.train.timesteps:  # no evaluation: no curve, no objective
+            raise ValueError(
+                f"eval_freq must be <= timesteps (a trial's objective is the mean of its evaluations), got "
+                f"eval_freq={self.train.eval_freq}, timesteps={self.train.timesteps}"
+            )
 
     @property
     def study_name(self) -> str:
@@ -231,7 +236,9 @@ def open_study(search: Search) -> optuna.Study:
 
     if search.options.storage is None:
         search.study_dir.parent.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: Optuna logs every failed trial (a NaN, Ctrl-C) as a warning with its traceback; the
+    # worker prints one line per trial instead (_trial_line), the reason in its "error" attribute
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(search.storage_url, search.options.heartbeat)
     pruner = optuna.pruners.MedianPruner() if search.options.pruner == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(
@@ -242,9 +249,23 @@ def open_study(search: Search) -> optuna.Study:
         direction="maximize",
         load_if_exists=True,
     )
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:  # load_if_exists ignores `direction`
+        found = ", ".join(d.name.lower() for d in study.directions)
+        raise ValueError(
+            f"study {search.study_name!r} exists with direction {found}; the search maximizes the mean "
+            "evaluation return: use another --study"
+        )
     wanted = search.definition()
     stored = study.user_attrs.get("definition")
     if stored is None:
+        # a new study: trial-NNNN folders already there are another study's (its database deleted, or
+        # kept elsewhere); trial k of this one would stop on folder k ("already holds a run"), failed
+        leftovers = sorted(p.name for p in search.study_dir.glob("trial-*") if (p / "config.json").exists())
+        if leftovers and not study.get_trials(deepcopy=False):
+            raise ValueError(
+                f"{search.study_dir} already holds run folders ({leftovers[0]}, ...) that are not this new "
+                f"study's; move them away, or use another --study or --runs-root"
+            )
         study.set_user_attr("definition", wanted)
     elif stored != wanted:
         key = next(k for k in sorted({*stored, *wanted}) if stored.get(k) != wanted.get(k))
@@ -321,8 +342,12 @@ class Objective:
             config = dataclasses.replace(config, resume=str(run_dir))
             trial.set_user_attr("resumed_at", resume[1])
             _report_history(trial, run_dir, resume[1])
-        with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
-            summary = train(config, eval_callbacks=[report])
+        try:
+            with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
+                summary = train(config, eval_callbacks=[report])
+        except Exception as error:  # the reason stays in the study (the dashboard, figure5) and in the trial line
+            trial.set_user_attr("error", f"{type(error).__name__}: {_first_line(error)}")
+            raise
         curve = np.load(run_dir / "evaluations.npz")["results"].mean(axis=1)
         trial.set_user_attr("final_return", summary["mean_return"])
         trial.set_user_attr("steps", summary["timesteps"])
@@ -333,8 +358,15 @@ class Objective:
         return float(curve.mean())
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     value = f" {trial.value:.3f}" if trial.value is not None else ""
+    if trial.state.name == "FAIL" and "error" in trial.user_attrs:
+        value = f" ({trial.user_attrs['error']})"
     seconds = f" {trial.duration.total_seconds():.0f}s" if trial.duration else ""
     final = trial.user_attrs.get("final_return")
     final_text = f" final {final:.3f}" if final is not None else ""
@@ -359,6 +391,7 @@ def run_worker(search: Search) -> int:
         search = dataclasses.replace(search, train=dataclasses.replace(search.train, wandb_group=search.study_name))
     objective = Objective(search)
     ran = 0
+    storage_errors = _storage_errors()
     for _ in range(search.options.trials):
         fail_stale_trials(study)
         size, queued = study_size(study)
@@ -374,8 +407,62 @@ def run_worker(search: Search) -> int:
                     retry_callback()(study, frozen)  # as if its heartbeat had stopped: queued again
                     print(f"interrupted: trial {trial.number} queued again", file=sys.stderr)
             raise
+        except Exception as raised:
+            if objective.trial is not None and _taken_over(raised, study, objective.trial):
+                # this worker was paused or stalled (a suspended machine, a frozen VM) past 2 x --heartbeat:
+                # another worker failed its trial and runs the retry; training on here is wasted
+                print(
+                    f"trial {objective.trial.number} was taken over: no heartbeat from this worker for "
+                    f"2 x {search.options.heartbeat}s (was it paused?), so another worker failed it and runs its retry",
+                    file=sys.stderr,
+                )
+                ran += 1
+                continue
+            error = _from_storage(raised, storage_errors)
+            if error is None:
+                raise
+            # the database went away mid-trial (Optuna may raise its own error while failing the trial)
+            number = objective.trial.number if objective.trial is not None else "?"
+            raise WorkerError(
+                f"lost the storage {hidden_password(search.storage_url)} during trial {number} "
+                f"({type(error).__name__}: {_first_line(error)}); run the command again once it is back: the trial "
+                f"is retried from its last checkpoint after 2 x --heartbeat seconds"
+            ) from None
         ran += 1
     return ran
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot go on (a lost database, a full disk): one line, exit status 1."""
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (StorageInternalError, SQLAlchemyError)
+
+
+def _taken_over(error: BaseException, study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether ``error`` is Optuna refusing to finish ``trial`` because it is no longer running
+    (another worker failed it as stale), rather than anything else."""
+    from optuna.trial import TrialState
+
+    if not (isinstance(error, ValueError) and str(error).startswith("Cannot tell a")):
+        return False
+    return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
+
+
+def _from_storage(error: BaseException | None, storage_errors: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The database's error that ``error`` was raised from or while handling (or is), if any."""
+    seen = set()
+    found = None
+    while error is not None and id(error) not in seen:
+        if isinstance(error, storage_errors):
+            found = error  # the deepest: the driver's own words (connection refused, ...)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return found
 
 
 def launch_workers(search: Search) -> int:
@@ -393,9 +480,10 @@ def launch_workers(search: Search) -> int:
     try:
         run_worker(search)
         statuses = [process.wait() for process in processes]
-    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the workers too; let them queue their trials
+    except BaseException:  # Ctrl-C (it reached the workers too) or this worker's error: none runs on unseen
         for process in processes:
-            process.send_signal(signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # they queue their running trials again
         for process in processes:
             process.wait()
         raise
@@ -458,9 +546,23 @@ def _main(argv: Sequence[str] | None) -> int:
             status = 0
     except KeyboardInterrupt:
         return 130
+    except (OSError, WorkerError) as error:  # a full disk, a read-only --runs-root, a lost database
+        where = f" ({error.filename})" if isinstance(error, OSError) and error.filename else ""
+        text = (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
+        print(f"error: {text}{where}; the search stopped, finished trials are in the study", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(f"{summary_text(open_study(search))} ({time.perf_counter() - start:.0f}s)")
+    study = open_study(search)
+    print(f"{summary_text(study)} ({time.perf_counter() - start:.0f}s)")
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
+        reason = f" (trial {failed[-1].number}: {failed[-1].user_attrs['error']})" if failed else ""
+        print(f"error: no trial of study {study.study_name} has completed{reason}", file=sys.stderr)
+        return status or 1
     return status
 
 

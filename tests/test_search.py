@@ -101,8 +101,14 @@ BAD_INPUT = [
     (["--memory-kwargs", "decay=0.9"], "decay=... is searched"),
     (["--learning-rate", "0.1"], "unrecognized arguments"),
     (["--storage", "runs/search.db"], "storage must be a database URL"),
+    (["--eval-freq", "4096"], "eval_freq must be <= timesteps"),
+    (["--sampler-seed", str(2**32)], "sampler_seed must be an integer in [0, 4294967295], got 4294967296"),
     (["--storage", "nosuchdb://host/db"], "cannot open storage"),
     (["--storage", "postgresql+psycopg://fw:secret@127.0.0.1:1/db"], "cannot open storage postgresql+psycopg://fw:***@"),
+    # a password with a raw @ or : (not %-encoded), or in the query: no piece of it in the message
+    (["--storage", "postgresql+psycopg://fw:my@secret@127.0.0.1:1/db"], "cannot open storage postgresql+psycopg://fw:***@"),
+    (["--storage", "postgresql+psycopg://fw:my:secret@127.0.0.1:1/db"], "cannot open storage postgresql+psycopg://fw:***@"),
+    (["--storage", "postgresql+psycopg://fw@127.0.0.1:1/db?password=secret"], "cannot open storage"),
 ]
 
 
@@ -112,6 +118,24 @@ def _status_and_stderr(argv: list[str], capsys) -> tuple[int, str]:
     except SystemExit as exit_:  # argparse's errors
         status = exit_.code
     return status, capsys.readouterr().err
+
+
+def test_the_tpe_sampler_is_reproducible_with_one_worker(tmp_path):
+    """--sampler tpe --sampler-seed S: the same study, run twice by one worker (two processes),
+    gives the same draws (the sampler's seed used to include the worker's pid), and no two trials
+    share a draw."""
+    code = (
+        "import sys, numpy as np, optuna\n"
+        "from fw_agents.search_storage import make_sampler\n"
+        "optuna.logging.set_verbosity(optuna.logging.ERROR)\n"
+        "study = optuna.create_study(sampler=make_sampler('tpe', 3), direction='maximize')\n"
+        "study.optimize(lambda t: -abs(np.log(t.suggest_float('x', 1e-4, 1e-1, log=True)) + 5), n_trials=14)\n"
+        "print([t.params['x'] for t in study.trials])\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], env=command_env(), capture_output=True, text=True,
+                           timeout=120, check=True).stdout for _ in range(2)]  # fmt: skip
+    first = eval(runs[0])  # noqa: S307 - our own output, a list of floats
+    assert runs[0] == runs[1] and len(set(first)) == len(first) == 14
 
 
 @pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(argv) for argv, _ in BAD_INPUT])
@@ -127,6 +151,28 @@ def test_joining_a_study_with_other_settings_is_refused(tmp_path, capsys):
     assert status == 2 and "created with timesteps=1024, this worker has timesteps=2048" in err
     status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), "--sampler", "tpe"], capsys)
     assert status == 2 and "created with sampler='random'" in err
+
+
+def test_joining_a_study_that_minimizes_is_refused(tmp_path, capsys):
+    """A study of that name made by other means (``optuna create-study`` minimizes by default):
+    Optuna's best trial, which ``benchmarks/figure5.py --best-of`` and the dashboard read, would
+    be the worst one."""
+    (tmp_path / "search").mkdir()
+    optuna.create_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'search' / STUDY}.db", direction="minimize")
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path)], capsys)
+    assert status == 2 and "exists with direction minimize" in err and len(err.strip().splitlines()) == 1, err
+    assert sqlite_study(tmp_path).get_trials() == []
+
+
+def test_a_new_study_over_another_studys_run_folders_is_refused(tmp_path, capsys):
+    """The study's database was deleted (or a new --storage) but its trial folders stay: trial 0
+    would stop on trial-0000 ("already holds a run"), failed, each time the command is run."""
+    folder = tmp_path / "search" / STUDY / "trial-0000"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path)], capsys)
+    assert status == 2 and "already holds run folders (trial-0000, ...)" in err and len(err.strip().splitlines()) == 1
+    assert sqlite_study(tmp_path).get_trials() == []
 
 
 def test_the_command_itself_exits_2_without_traceback(tmp_path):
@@ -261,3 +307,99 @@ def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
         assert result.stdout.count(f" trial {trial.number} COMPLETE") == 1
         config = json.loads((Path(trial.user_attrs["run_dir"]) / "config.json").read_text())
         assert config["seed"] == trial.number and config["learning_rate"] == trial.params["learning_rate"]
+
+
+def _open_storage_in_a_process(url: str) -> str:
+    from fw_agents.search_storage import open_storage
+
+    try:
+        open_storage(url, 60)
+        return "ok"
+    except ValueError as error:
+        return str(error)
+
+
+def test_workers_started_together_on_an_empty_database_all_join(tmp_path):
+    """Workers started at once on a database without Optuna's tables race to create them (a
+    duplicate table / alembic row); each must join, not stop with 'cannot open storage'."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'race-{attempt}.db'}"
+        with context.Pool(4) as pool:
+            assert pool.map(_open_storage_in_a_process, [url] * 4) == ["ok"] * 4
+
+
+def test_a_trial_interrupted_during_an_evaluation_makes_it_when_retried(tmp_path, monkeypatch):
+    """Ctrl-C (or a kill, or a lost database) during the evaluation at a checkpoint's step: the
+    retry resumes at that step, and must make that evaluation rather than leave a hole in the
+    curve (and in the objective, its mean)."""
+    import stable_baselines3.common.callbacks as sb3_callbacks
+
+    argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "1", "--study-trials", "1", "--checkpoint-freq", "512"]
+    evaluate = sb3_callbacks.evaluate_policy
+
+    def interrupted(model, *args, **kwargs):
+        if model.num_timesteps == 512:
+            raise KeyboardInterrupt
+        return evaluate(model, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sb3_callbacks, "evaluate_policy", interrupted)
+        assert search.main(argv) == 130
+    assert search.main(argv) == 0
+    failed, retry = sqlite_study(tmp_path).get_trials()
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_at"] == 512
+    data = np.load(tmp_path / "search" / STUDY / "trial-0000" / "evaluations.npz")
+    assert data["timesteps"].tolist() == [512, 1024]
+    assert sorted(retry.intermediate_values) == [512, 1024]
+    assert retry.value == pytest.approx(data["results"].mean(axis=1).mean())
+
+
+def test_when_every_trial_fails_the_study_says_why_in_one_line_each(tmp_path, monkeypatch, capfd):
+    """Every trial diverges: each trial's line and the study say why (no Optuna traceback), the
+    reason is stored with the trial, and the command's status is 1, not 0."""
+    import fw_agents.callbacks as callbacks
+
+    def diverge(self) -> None:
+        if self.num_timesteps > 0:
+            raise callbacks.NonFiniteError(f"non-finite loss after the update ending at step {self.num_timesteps}")
+
+    monkeypatch.setattr(callbacks.StopOnNonFinite, "_on_rollout_start", diverge)
+    assert search.main([*TINY, "--runs-root", str(tmp_path), "--trials", "2"]) == 1
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert out.count("FAIL (NonFiniteError: non-finite loss after the update ending at step") == 2, out
+    assert err.strip().splitlines()[-1:] == [f"error: no trial of study {STUDY} has completed (trial 1: NonFiniteError: "
+                                        "non-finite loss after the update ending at step 256)"], err  # fmt: skip
+    trials = sqlite_study(tmp_path).get_trials()
+    assert all(t.state == TrialState.FAIL and t.user_attrs["error"].startswith("NonFiniteError") for t in trials)
+
+
+def test_an_unwritable_study_folder_is_one_line_and_status_1(tmp_path, capfd):
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / STUDY).write_text("a file where the trials' folders go")
+    assert search.main([*TINY, "--runs-root", str(tmp_path), "--trials", "1"]) == 1
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and err.count("error:") == 1, err
+    assert "error: Not a directory (" in err and "trial-0000" in err
+
+
+def test_a_worker_whose_trial_was_taken_over_goes_on(tmp_path, monkeypatch, capfd):
+    """A worker paused past 2 x --heartbeat (a suspended machine): another worker fails its trial
+    and runs the retry. When it wakes up, its next report finds the trial failed: it says so in
+    one line and goes on with its next trial (it stopped with "error: Cannot tell a FAIL trial.",
+    status 2)."""
+    report = optuna.trial.Trial.report
+
+    def report_after_a_pause(trial, value, step):
+        if trial.number == 0:  # what another worker's fail_stale_trials does meanwhile
+            trial.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return report(trial, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", report_after_a_pause)
+    assert search.main([*TINY, "--runs-root", str(tmp_path), "--trials", "2"]) == 0
+    out, err = capfd.readouterr()
+    assert "trial 0 was taken over" in err and "Traceback" not in err and "trial 1 COMPLETE" in out
+    assert [t.state for t in sqlite_study(tmp_path).get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
