@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import tempfile
+from typing import Any
 
 import triton
 import triton.backends.compiler as backend_compiler
@@ -59,14 +60,31 @@ def _source(
     signature = {k: v for k, v in signature.items() if v != "constexpr"}
     return ASTSource(kernel, signature, {**constants, **ones}, attrs)
 
-def resources(
+def resources(fn, flags: dict, **options: Any) -> tuple[int, int]:
+    """Compile one kernel for ``sm_<arch>`` without a GPU (:func:`compile_kernel`'s options);
+    ``(registers, spill stack bytes)`` per thread, read from the cubin with the ``cuobjdump``
+    that ships with Triton."""
+    compiled = compile_kernel(fn, flags, **options)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if match is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's output: {out.strip()[:200]}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def compile_kernel(
     fn, flags: dict, *, hidden: int, inner_steps: int, chunk: int, arch: int, num_warps: int,
     layer_norm: bool = True, float64: bool = False, steps: int = 16, batch: int = 256,
-) -> tuple[int, int]:  # fmt: skip
-    """Compile one kernel for ``sm_<arch>`` without a GPU; ``(registers, spill stack bytes)``
-    per thread, read from the cubin with the ``cuobjdump`` that ships with Triton.
-    ``steps`` and ``batch`` (T and B) matter only as the launcher specialises them: 1 (a
-    rollout step, one env) is compiled in as a constant, a multiple of 16 marked so."""
+) -> Any:  # fmt: skip
+    """One kernel compiled for ``sm_<arch>`` without a GPU, as the launcher would specialise
+    it (``compiled.asm`` holds its ``ttgir``, ``ptx`` and ``cubin``). ``steps`` and ``batch``
+    (T and B) matter only as the launcher specialises them: 1 (a rollout step, one env) is
+    compiled in as a constant, a multiple of 16 marked so."""
     block = triton.next_power_of_2(hidden)
     interpret = os.environ.pop("TRITON_INTERPRET", None)  # jit decides compiled vs interpreted now
     try:
@@ -97,17 +115,7 @@ def resources(
     ones = {name: 1 for name, value in ints.items() if value == 1}
     source = _source(kernel, names, signature, constants, divisible, ones)
     options = {**triton_scan._launch_options(block, backward=False), "num_warps": num_warps}  # the op's options
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(compiled.asm["cubin"])
-        out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
-    match = re.search(r"REG:(\d+) STACK:(\d+)", out)
-    if match is None:
-        raise RuntimeError(f"no resource usage in cuobjdump's output: {out.strip()[:200]}")
-    return int(match.group(1)), int(match.group(2))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def main() -> None:

@@ -622,3 +622,18 @@ def test_kernel_host_overhead_benchmark_runs():
     assert done.returncode == 0, done.stderr
     assert "ops that read back from the device: none" in done.stdout
     assert "aten ops that launch on a GPU: 3 " in done.stdout
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_compiled_relu_propagates_nan(arch):
+    """What the interpreter cannot show: on the GPU the forward's ReLUs compile to PTX's
+    NaN-propagating ``max.NaN.f32`` (plain ``max.f32`` returns the other operand: relu(NaN) = 0)."""
+    import re
+
+    resources = _compile_or_skip()
+    compiled = resources.compile_kernel(
+        triton_scan._fw_forward_kernel, resources.PPO_FORWARD_FLAGS, hidden=32, inner_steps=2,
+        chunk=triton_scan.DEFAULT_CHUNK, arch=arch, num_warps=2,
+    )  # fmt: skip
+    maxima = re.findall(r"\bmax(?:\.[A-Za-z0-9]+)*\.f32\b", compiled.asm["ptx"])
+    assert maxima and all(".NaN." in op for op in maxima), sorted(set(maxima))
