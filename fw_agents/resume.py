@@ -158,10 +158,16 @@ def _run_folder_of(path: Path) -> Path | None:
 
 
 def _recorded_config(run_dir: Path | None) -> dict[str, Any]:
-    if run_dir is None:
+    """The run's ``config.json`` (``{}`` without one). One that is there but unreadable (edited
+    by hand, say) is an error: the resumed run would otherwise take the defaults for the
+    settings the checkpoint does not hold (evaluation, checkpoints, seed) without a word."""
+    if run_dir is None or not (run_dir / RUN_MARKER).exists():
         return {}
+    path = run_dir / RUN_MARKER
     try:
-        recorded = json.loads((run_dir / RUN_MARKER).read_text())
-    except (OSError, ValueError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path} ({error}); fix or remove it to resume with the flags given") from None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} is not a JSON object; fix or remove it to resume with the flags given")
+    return recorded

@@ -265,3 +265,14 @@ def test_a_damaged_tensor_entry_is_a_one_line_value_error(tmp_path, monkeypatch,
             dst.writestr(name, src.read(name)[:40] if name == entry else src.read(name))
     with pytest.raises(ValueError, match=f"^cannot load model '{bad}': "):
         FastRecurrentPPO.load(bad)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_an_unreadable_config_json_stops_the_resume_in_one_line(tmp_path, monkeypatch, text):
+    """Rather than resume with the defaults for what only config.json holds (eval, seed, ...)."""
+    run = _interrupted_run(tmp_path, monkeypatch)
+    (run / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config.json.*; fix or remove it to resume with the flags given"):
+        train(TrainConfig(resume=str(run), progress_bar=False))
+    (run / "config.json").unlink()  # removed: the flags given (here the defaults) and the checkpoint's settings
+    assert train(TrainConfig(resume=str(run), **TINY))["timesteps"] == 512
