@@ -24,6 +24,15 @@ def one_thread():
 
 
 @pytest.fixture
+def full_fp32(monkeypatch):
+    """float32 on a GPU computed as float32: no TF32. cuDNN runs float32 RNNs (and convolutions)
+    in TF32 on Ampere and later by default (``torch.backends.cudnn.allow_tf32``, in torch 2.9+
+    ``torch.backends.cudnn.rnn.fp32_precision == "tf32"``): 10-bit operands, about 4e-4 off the
+    CPU's float32 for nn.LSTM/GRU/RNN, beyond a 1e-4 comparison. Restored after the test."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # cuBLAS matmuls: float32 by default
+
+
+@pytest.fixture
 def device_syncs():
     """``device_syncs(fn)``: the ops of ``fn()`` that read a value back from the tensors' device
     (on a GPU each one is a device-to-host sync), recorded at torch's dispatcher, so CPU runs
