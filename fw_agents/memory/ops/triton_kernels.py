@@ -35,6 +35,7 @@ def _fw_forward_kernel(
     HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)  # offsets in int64: ckpt and the saved states pass 2^31 elements at large T*B
+    nb = b * 0 + B  # B as int64 (an i32 argument): t * B itself passes 2^31 at large T*B, small H
     rows = tl.arange(0, BH)
     cols = tl.arange(0, BH)
     # Tiles held transposed (Wt[i, j] = W[j, i], the host passes W^T and A^T contiguous) so
@@ -62,19 +63,19 @@ def _fw_forward_kernel(
     for t in range(T):
         if SAVE:
             if t % K == 0:  # A^T entering the chunk, before this step's reset
-                ck_rows = ckpt_ptr + ((t // K) * B + b) * BH * BH + rows * BH
+                ck_rows = ckpt_ptr + ((t // K) * nb + b) * BH * BH + rows * BH
                 tl.store(ck_rows[:, None] + cols[None, :], At)
         # A_pre = keep A(t-1) is never formed: keep scales A's mat-vecs and the decay below
-        keep = 1.0 - tl.load(start_ptr + t * B + b).to(ACC) if HAS_START else 1.0
+        keep = 1.0 - tl.load(start_ptr + t * nb + b).to(ACC) if HAS_START else 1.0
         h = h * keep
         if HAS_RESET:
-            h = h * (1.0 - tl.load(reset_ptr + t * B + b).to(ACC))
-        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * B + b) * BH + cols).to(ACC)
+            h = h * (1.0 - tl.load(reset_ptr + t * nb + b).to(ACC))
+        z = tl.reduce(Wt * h[:, None], 0, _ADD) + tl.load(zx_ptr + (t * nb + b) * BH + cols).to(ACC)
         hs = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu (NONE gives 0)
         for s in tl.static_range(S):
             u = z + keep * tl.reduce(At * hs[:, None], 0, _ADD)
             if SAVE:
-                base = ((t * B + b) * S + s) * BH
+                base = ((t * nb + b) * S + s) * BH
                 tl.store(hs_ptr + base + cols, hs)
                 tl.store(u_ptr + base + cols, u)
             if LAYER_NORM:
@@ -84,9 +85,9 @@ def _fw_forward_kernel(
                 u = diff * rstd * gain + beta
             hs = tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL)
         h = hs
-        tl.store(y_ptr + (t * B + b) * BH + cols, h)
+        tl.store(y_ptr + (t * nb + b) * BH + cols, h)
         if HAS_WRITE:
-            w = tl.load(write_ptr + t * B + b).to(ACC)
+            w = tl.load(write_ptr + t * nb + b).to(ACC)
             At = (keep * (1.0 - w * (1.0 - decay))) * At + (fast_lr * w) * (h[:, None] * h[None, :])
         else:
             At = (keep * decay) * At + fast_lr * (h[:, None] * h[None, :])
@@ -106,6 +107,7 @@ def _fw_backward_kernel(
     HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)  # offsets in int64: ckpt and the saved states pass 2^31 elements at large T*B
+    nb = b * 0 + B  # B as int64 (an i32 argument): t * B itself passes 2^31 at large T*B, small H
     rows = tl.arange(0, BH)
     cols = tl.arange(0, BH)
     mat = rows[:, None] * BH + cols[None, :]
@@ -134,10 +136,10 @@ def _fw_backward_kernel(
         c = n_chunks - 1 - cc
         t0 = c * K
         n = tl.minimum(K, T - t0)
-        ck_rows = ckpt_ptr + (c * B + b) * BH * BH + rows * BH  # the checkpoint holds A_c^T
+        ck_rows = ckpt_ptr + (c * nb + b) * BH * BH + rows * BH  # the checkpoint holds A_c^T
         Act = tl.load(ck_rows[:, None] + cols[None, :]).to(ACC)
         Hc = tl.load(
-            y_ptr + ((t0 + kidx[:, None]) * B + b) * BH + cols[None, :], mask=kidx[:, None] < n, other=0.0
+            y_ptr + ((t0 + kidx[:, None]) * nb + b) * BH + cols[None, :], mask=kidx[:, None] < n, other=0.0
         ).to(ACC)  # fmt: skip
         # A(t0 + j - 1) after step t0 + j's reset = G[j] A_c + sum_i Wt[j, i] h_i h_i^T
         Wt = tl.full((K, K), 0.0, ACC)
@@ -148,27 +150,27 @@ def _fw_backward_kernel(
         w_prev = g * 0.0
         for j in range(n):
             t = t0 + j
-            keep = 1.0 - tl.load(start_ptr + t * B + b).to(ACC) if HAS_START else 1.0
+            keep = 1.0 - tl.load(start_ptr + t * nb + b).to(ACC) if HAS_START else 1.0
             wv = keep * (d_prev * wv + tl.where(kidx == j - 1, fast_lr * w_prev, 0.0))
             g = keep * d_prev * g
             Wt = tl.where(kidx[:, None] == j, wv[None, :], Wt)
             G = tl.where(kidx == j, g, G)
             if HAS_WRITE:
-                w_prev = tl.load(write_ptr + t * B + b).to(ACC)
+                w_prev = tl.load(write_ptr + t * nb + b).to(ACC)
             else:
                 w_prev = g * 0.0 + 1.0
             d_prev = 1.0 - w_prev * (1.0 - decay)
         for jj in range(n):
             j = n - 1 - jj
             t = t0 + j
-            keep = 1.0 - tl.load(start_ptr + t * B + b).to(ACC) if HAS_START else 1.0
-            w = tl.load(write_ptr + t * B + b).to(ACC) if HAS_WRITE else 1.0
+            keep = 1.0 - tl.load(start_ptr + t * nb + b).to(ACC) if HAS_START else 1.0
+            w = tl.load(write_ptr + t * nb + b).to(ACC) if HAS_WRITE else 1.0
             wrow = tl.reduce(tl.where(kidx[:, None] == j, Wt, 0.0), 0, _ADD)  # [K] over tau
             gj = tl.reduce(tl.where(kidx == j, G, 0.0), 0, _ADD)
-            h_t = tl.load(y_ptr + (t * B + b) * BH + rows).to(ACC)
+            h_t = tl.load(y_ptr + (t * nb + b) * BH + rows).to(ACC)
             gh = dh
             if HAS_GY:
-                gh = gh + tl.load(gy_ptr + (t * B + b) * BH + rows).to(ACC)
+                gh = gh + tl.load(gy_ptr + (t * nb + b) * BH + rows).to(ACC)
             # A(t) = d A_pre + eta w h h^T
             gh = gh + (fast_lr * w) * (tl.reduce(dA * h_t[None, :], 1, _ADD) + tl.reduce(dA * h_t[:, None], 0, _ADD))
             dA = (1.0 - w * (1.0 - decay)) * dA
@@ -176,7 +178,7 @@ def _fw_backward_kernel(
             h_next = h_t
             for ss in tl.static_range(S):
                 s = S - 1 - ss
-                base = ((t * B + b) * S + s) * BH
+                base = ((t * nb + b) * S + s) * BH
                 hs = tl.load(hs_ptr + base + rows).to(ACC)
                 u = tl.load(u_ptr + base + rows).to(ACC)
                 gu = tl.where(h_next > 0.0, gh, 0.0)
@@ -198,10 +200,10 @@ def _fw_backward_kernel(
                 gh = gj * tl.reduce(Act * gu[None, :], 1, _ADD) + tl.reduce(Hc * (wrow * proj)[:, None], 0, _ADD)
                 h_next = hs
             dz = dz + tl.where(h_next > 0.0, gh, 0.0)  # h_0 = relu(z)
-            tl.store(dzx_ptr + (t * B + b) * BH + rows, dz)
+            tl.store(dzx_ptr + (t * nb + b) * BH + rows, dz)
             dh = tl.reduce(W * dz[:, None], 0, _ADD)  # W^T dz
             if HAS_RESET:
-                dh = dh * (1.0 - tl.load(reset_ptr + t * B + b).to(ACC))
+                dh = dh * (1.0 - tl.load(reset_ptr + t * nb + b).to(ACC))
             if HAS_START:
                 dh = dh * keep
                 dA = dA * keep
