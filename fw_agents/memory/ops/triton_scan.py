@@ -271,6 +271,9 @@ class _FastWeightsTriton(torch.autograd.Function):
         hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
     ):  # fmt: skip
         save = any(ctx.needs_input_grad[:6])
+        # an output the loss does not use gets None, not zeros: no [B, H, H] zero tensor for an
+        # unused final A, and the backward is launched without it (HAS_GHT / HAS_GAT off)
+        ctx.set_materialize_grads(False)
         y, h_T, A_T, saved = fast_weights_triton_fwd(
             zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
             hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
