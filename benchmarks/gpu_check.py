@@ -3,6 +3,11 @@
     pip install "torch==2.13.0" -e ".[dev]"        # a CUDA build of torch on a GPU machine
     python benchmarks/gpu_check.py --out results/gpu
 
+On a machine without a package index (the H200 lent here: torch 2.11 and triton 3.6 installed,
+no gymnasium or Stable-Baselines3), keep its torch and triton and bring the pure-Python rest as
+wheels: gymnasium, farama-notifications, stable-baselines3, sb3-contrib (`pip install --no-index
+--no-deps --target DIR *.whl`, `PYTHONPATH=DIR`); the script runs from a checkout, uninstalled.
+
 Stages (each one's output goes into ``<out>/gpu_check.md``, written after every stage so
 a partial run still leaves a report; a failing stage does not stop the next):
 
@@ -36,9 +41,14 @@ import time
 import traceback
 from pathlib import Path
 
-from fw_agents.files import write_text_atomically
-
 ROOT = Path(__file__).resolve().parents[1]
+# `python benchmarks/gpu_check.py` puts benchmarks/ on sys.path, not the root: without this the
+# script needs the package installed, which an offline GPU machine cannot do (`pip install -e .`
+# fetches setuptools and the dependencies); its stages get the root on PYTHONPATH (_env)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fw_agents.files import write_text_atomically  # noqa: E402
 TARGETS = {"B=256 H=128 T=16": 1.0, "B=16 H=128 T=512": 2.0}  # Triton kernel fwd+bwd ≤ this × cuDNN LSTM
 
 
@@ -99,6 +109,8 @@ def stage_environment(report: Report) -> None:
         f"- fw-agents commit {commit}",
         f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
+        # the LSTM peer runs as users get it: cuDNN's RNNs take TF32 on Ampere and later by default
+        f"- TF32: cuDNN (the LSTM peer) {torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32}",
         f"- triton {triton.__version__}, Python {platform.python_version()}",
     ]
     report.add("Environment", "\n".join(lines))

@@ -341,6 +341,7 @@ def test_gpu_check_report_stages_without_a_gpu(tmp_path, monkeypatch):
     gpu_check.stage_bench_memory(report, rounds=1)
     text = (tmp_path / "gpu_check.md").read_text()
     assert "GPU: Fake H200, 141 GiB, compute capability 9.0" in text and "fw-agents commit " in text
+    assert f"- TF32: cuDNN (the LSTM peer) {torch.backends.cudnn.allow_tf32}, matmul " in text
     assert "B=256 H=128 T=16: 0.75× LSTM (target ≤ 1.0×) — met" in text
     assert "B=16 H=128 T=512: 2.50× LSTM (target ≤ 2.0×) — MISSED" in text
     assert "all stages ran" in text and not report.failed
@@ -637,3 +638,54 @@ def test_compiled_relu_propagates_nan(arch):
     )  # fmt: skip
     maxima = re.findall(r"\bmax(?:\.[A-Za-z0-9]+)*\.f32\b", compiled.asm["ptx"])
     assert maxima and all(".NaN." in op for op in maxima), sorted(set(maxima))
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_row_offsets_are_int64_before_the_multiply(backward):
+    """What the interpreter cannot show: ``t * B`` (time step times batch) is formed in int64,
+    not in the i32 of the arguments, where it wraps once T*B passes 2^31 (a float32 [T, B, 4]
+    input of 2^31 rows is 32 GiB: it fits on one H200)."""
+    import re
+
+    resources = _compile_or_skip()
+    fn = triton_scan._fw_backward_kernel if backward else triton_scan._fw_forward_kernel
+    compiled = resources.compile_kernel(
+        fn, resources.FLAG_SETS["all"][backward], hidden=4, inner_steps=1, chunk=triton_scan.DEFAULT_CHUNK,
+        arch=90, num_warps=2, steps=37, batch=5,
+    )  # fmt: skip
+    products = [line.strip() for line in compiled.asm["ttir"].splitlines() if re.search(r"arith\.muli .*%B\b.*: i32", line)]
+    assert not products, products
+
+
+def test_gpu_check_runs_from_a_checkout_without_the_package_installed(tmp_path):
+    """As on an offline GPU machine: no PYTHONPATH, another working folder."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "--out" in done.stdout, done.stderr
+
+
+@needs_triton
+@pytest.mark.parametrize("used", ["y", "h_T", "A_T"])
+def test_outputs_the_loss_does_not_use_get_no_gradient_at_all(interpreter, monkeypatch, used):
+    """The backward gets None (not zeros) for unused outputs and launches without them; the
+    gradients are still the reference's."""
+    leaves, masks = make_case(5, 2, 6, starts=[(2, 1)])
+    g = torch.Generator().manual_seed(5)
+    grads = {}
+    for fn in (fast_weights_reference, triton_scan.fast_weights_triton):
+        xs = [x.clone().requires_grad_() for x in leaves]
+        out = dict(zip(("y", "h_T", "A_T"), fn(*xs, decay=0.875, fast_lr=0.5, inner_steps=1, **masks)))  # float32-exact scalars
+        weight = torch.randn(out[used].shape, generator=g, dtype=out[used].dtype)
+        grads[fn] = torch.autograd.grad((out[used] * weight).sum(), xs)
+        g.manual_seed(5)
+    for ref, got in zip(grads[fast_weights_reference], grads[triton_scan.fast_weights_triton]):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+    flags = []
+    real = triton_scan.fast_weights_triton_bwd
+    monkeypatch.setattr(triton_scan, "fast_weights_triton_bwd",
+                        lambda *a, **k: flags.append([x is not None for x in a[:3]]) or real(*a, **k))  # fmt: skip
+    xs = [x.clone().requires_grad_() for x in leaves]
+    out = dict(zip(("y", "h_T", "A_T"), triton_scan.fast_weights_triton(*xs, decay=0.9, fast_lr=0.5, inner_steps=1, **masks)))
+    out[used].sum().backward()
+    assert flags == [[name == used for name in ("y", "h_T", "A_T")]]
