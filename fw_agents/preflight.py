@@ -58,7 +58,8 @@ def check_memory(
     """Raise unless the run's largest allocations fit in :data:`MEMORY_SHARE` of this machine's memory.
 
     Counted, in float32: the rollout buffer (per step and env: the observation and the core's
-    state for the actor and, with a separate critic, the critic), the envs' observations, and the
+    state for the actor and, with a separate critic or a ``Dict`` observation space, whose stock
+    buffer always keeps both copies, the critic), the envs' observations, and the
     core's parameters with Adam's two moments. The core is built on the ``meta`` device: its
     sizes are known without allocating it.
 
@@ -70,7 +71,10 @@ def check_memory(
     with torch.device("meta"):
         core = make_memory(memory, max(spaces.flatdim(observation), 1), hidden_size, **memory_kwargs)
     cores = 2 if separate_critic else 1
-    per_step = spaces.flatdim(observation) + cores * core.state_size + 8  # + actions, rewards, values, ...
+    # FastRecurrentPPO's compact buffer stores the critic's state only when it has its own core;
+    # Dict spaces keep sb3-contrib's RecurrentDictRolloutBuffer, which always stores both.
+    stored = 2 if separate_critic or isinstance(observation, spaces.Dict) else 1
+    per_step = spaces.flatdim(observation) + stored * core.state_size + 8  # + actions, rewards, values, ...
     parameters = cores * sum(p.numel() for p in core.parameters())
     needed = 4 * (n_envs * n_steps * per_step + n_envs * spaces.flatdim(observation) + 3 * parameters)
     available = _physical_memory()
@@ -83,9 +87,25 @@ def check_memory(
     return needed
 
 
+#: Where a container's memory limit is read (cgroup v2, then v1).
+CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def _physical_memory() -> int | None:
+    """The machine's memory, or the container's limit (cgroup) when that is lower: what the
+    OOM killer goes by."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
+        physical = None
+    for path in CGROUP_LIMIT_FILES:
+        try:
+            with open(path) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:  # "max": no limit
+            limit = int(text)
+            return limit if physical is None else min(physical, limit)
+    return physical
 

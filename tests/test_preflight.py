@@ -1,0 +1,30 @@
+"""Preflight memory estimate (fw_agents.preflight): Dict spaces' stock buffer and a container's memory limit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from fw_agents import preflight
+
+
+def test_dict_observations_count_both_stored_states():
+    box = spaces.Box(-1, 1, (3,), np.float32)
+    flat = preflight.check_memory(box, "fastweights", 32, {}, 4, 8)
+    as_dict = preflight.check_memory(spaces.Dict(a=box), "fastweights", 32, {}, 4, 8)
+    separate = preflight.check_memory(box, "fastweights", 32, {}, 4, 8, separate_critic=True)
+    assert as_dict - flat == 4 * (4 * 8) * (32 + 32 * 32)  # one more stored state per step and env
+    assert separate > as_dict
+
+
+def test_a_container_limit_below_the_machine_memory_is_used(tmp_path, monkeypatch):
+    limit = tmp_path / "memory.max"
+    limit.write_text("1073741824\n")  # 1 GiB
+    monkeypatch.setattr(preflight, "CGROUP_LIMIT_FILES", (str(limit),))
+    assert preflight._physical_memory() == 2**30
+    box = spaces.Box(-1, 1, (3,), np.float32)
+    with pytest.raises(ValueError, match="1.0 GiB"):  # ~1.1 GiB of fast-weights states
+        preflight.check_memory(box, "fastweights", 128, {}, 16, 1024)
+    limit.write_text("max\n")
+    assert preflight._physical_memory() > 2**30
