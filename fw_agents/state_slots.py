@@ -94,6 +94,11 @@ class CoreAdapter(nn.Module):
         """``(h, c)`` slots -> core state (views of the slots when they are the two halves
         of one buffer, as :meth:`to_slots` and :class:`SlotStore` make them)."""
         left, right = slots[0][0], slots[1][0]
+        if left.shape[-1] != self.hidden_size or right.shape[-1] != self.hidden_size:
+            # another model's state (e.g. predict(state=...) from one of another width): as nn.LSTM, refuse it
+            raise ValueError(
+                f"state slots must be [1, B, {self.hidden_size}] each, got {tuple(slots[0].shape)} and {tuple(slots[1].shape)}"
+            )
         flat = joined_halves(left, right)
         if flat is None:
             flat = torch.cat([left, right], dim=1)

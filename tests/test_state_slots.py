@@ -143,3 +143,18 @@ def test_buffer_rebuilds_the_stock_buffers_initial_states(memory, critic):
             assert torch.equal(part, reference)
         nonzero += int(pi[0].abs().sum(dim=-1).gt(0).sum())
     assert nonzero > 0  # real states, not only the zeros of episode starts
+
+
+@pytest.mark.parametrize("memory", ["lstm", "fastweights"])
+def test_predict_refuses_a_state_of_another_width(memory):
+    """A state from a model of another width is refused, as stock MlpLstmPolicy's nn.LSTM refuses it
+    (the slots were sliced to this core's size and read wrongly without a word)."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = FastRecurrentPPO(RecurrentMemoryPolicy, env, n_steps=8, batch_size=8, policy_kwargs=dict(memory=memory, hidden_size=8))
+    slot = model.policy.lstm_actor.hidden_size
+    obs = env.reset()
+    model.predict(obs, state=(np.zeros((1, 2, slot)), np.zeros((1, 2, slot))))
+    with pytest.raises(ValueError, match="state slots"):
+        model.predict(obs, state=(np.zeros((1, 2, 2 * slot)), np.zeros((1, 2, 2 * slot))))
