@@ -28,6 +28,7 @@ kept, so an interrupted command resumes where it stopped::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
 from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
+from fw_agents.resume import latest_checkpoint  # noqa: E402
+from fw_agents.run_folder import RUN_MARKER  # noqa: E402
 
 TARGET = 0.9
 #: Before ``TrainConfig.memory_kwargs``, the fast-weights options were fields of their own:
@@ -120,13 +123,22 @@ def best_trial(source: Path | str, memory: str) -> dict[str, Any]:
 
 
 def run(run_dir: Path, args: argparse.Namespace, env_id: str, memory: str, seed: int, **params: Any) -> Curve:
-    """Train one run unless ``run_dir`` already holds a finished one; return its curve."""
+    """Train one run unless ``run_dir`` already holds a finished one; return its curve. A run an
+    earlier command left unfinished (Ctrl-C, SIGTERM, a crash) continues from its latest
+    checkpoint, or, with none, starts again (the unfinished folder set aside)."""
     if not (run_dir / "evaluations.npz").exists() or not (run_dir / "model.zip").exists():
         config = TrainConfig(
             env=env_id, memory=memory, seed=seed, timesteps=args.timesteps, eval_freq=args.eval_freq,
             eval_episodes=args.eval_episodes, run_dir=str(run_dir), wandb="disabled", gif_episodes=0,
             progress_bar=False, threads=args.threads, **params,
         )  # fmt: skip
+        if (run_dir / RUN_MARKER).exists():
+            try:
+                latest_checkpoint(run_dir)
+                config = dataclasses.replace(config, resume=str(run_dir))
+            except ValueError:  # nothing saved to continue from
+                aside = next(p for n in range(1, 10_000) if not (p := run_dir.with_name(f"{run_dir.name}.unfinished-{n}")).exists())
+                run_dir.rename(aside)
         train(config)
     return load_curve(run_dir)
 
@@ -206,7 +218,15 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.trials < 0:
+        raise ValueError(f"trials must be an integer >= 0, got {args.trials}")
     searching = args.trials > 0
+    if not searching and args.best_of:  # every memory's entry before any run trains
+        for memory in args.memories:
+            try:
+                best_trial(args.best_of, memory)
+            except OSError as error:
+                raise ValueError(f"--best-of {args.best_of}: {error.strerror or error}") from None
     if searching and args.top < 1:
         raise ValueError(f"top must be an integer >= 1, got {args.top}")
 

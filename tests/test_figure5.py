@@ -89,3 +89,52 @@ def test_search_mode_errors_are_one_line(tmp_path, capsys):
     assert "storage must be a database URL" in capsys.readouterr().err
     assert figure5.main([*TINY, "--best-of", str(tmp_path), *out]) == 2
     assert "expected one figure5-<env>-fastweights study, found none" in capsys.readouterr().err
+
+
+def _seed_args():
+    """The options ``figure5.run`` reads in seeds mode."""
+    return argparse.Namespace(timesteps=100, eval_freq=50, eval_episodes=2, threads=1)
+
+
+def _fake_train(seen):
+    """``train`` that records its config and writes what a finished run leaves."""
+
+    def train(config):
+        seen.append(config)
+        run_dir = Path(config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(run_dir / "evaluations.npz", timesteps=np.array([50, 100]), results=np.zeros((2, 2)))
+        (run_dir / "model.zip").write_bytes(b"")
+    return train
+
+
+def test_a_seed_run_left_unfinished_with_a_checkpoint_is_resumed(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(figure5, "train", _fake_train(seen))
+    monkeypatch.setattr(figure5, "latest_checkpoint", lambda run_dir: run_dir / "checkpoints" / "interrupted_64_steps.zip")
+    run_dir = tmp_path / "CatchBlind16-v0-fastweights-s0"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    figure5.run(run_dir, _seed_args(), "CatchBlind16-v0", "fastweights", 0)
+    assert seen[0].resume == str(run_dir)
+
+
+def test_a_seed_run_left_unfinished_without_a_checkpoint_starts_again(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(figure5, "train", _fake_train(seen))
+    run_dir = tmp_path / "CatchBlind16-v0-fastweights-s0"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")  # killed (SIGTERM) before any checkpoint
+    figure5.run(run_dir, _seed_args(), "CatchBlind16-v0", "fastweights", 0)
+    assert seen[0].resume is None
+    assert (tmp_path / "CatchBlind16-v0-fastweights-s0.unfinished-1" / "config.json").exists()
+
+
+def test_bad_trials_and_best_of_fail_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert figure5.main(["--trials", "-1", "--out", str(out)]) == 2
+    assert figure5.main(["--best-of", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    table = ROOT / "benchmarks" / "figure5_best16.json"
+    assert figure5.main(["--best-of", str(table), "--memories", "fastweights", "gru", "--out", str(out)]) == 2
+    assert not any(out.glob("*-s*"))  # no run trained
+    assert "Traceback" not in capsys.readouterr().err
