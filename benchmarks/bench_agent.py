@@ -23,6 +23,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
+from fw_agents.cli import OneLineArgumentParser, int_at_least
+from fw_agents.memory import MEMORY_NAMES
 from fw_agents.policies import RecurrentMemoryPolicy
 
 ENV_ID = "CatchBlind16-v0"
@@ -63,13 +65,14 @@ def steps_per_second(name: str, env_kind: str, rollouts: int, device: str = "cpu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rollouts", type=int, default=6, help="timed rollouts (of 1,024 steps) per run")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per contestant (median kept)")
-    parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm"], help="cores to time with our policy")
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rollouts", type=int_at_least(1), default=6, help="timed rollouts (of 1,024 steps) per run")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, help="alternating runs per contestant (median kept)")
+    parser.add_argument("--memories", nargs="+", default=["fastweights", "lstm"], choices=MEMORY_NAMES,
+                        help="cores to time with our policy")  # fmt: skip
     parser.add_argument("--env", choices=["numpy", "dummy"], default="numpy",
                         help="numpy: batched envs.CatchSB3VecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for every run (default: torch's)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads for every run (default: torch's)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every model runs (the envs stay numpy)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ import numpy as np
 import envs  # noqa: F401  (registers the ids)
 from envs.catch import CatchEnv
 from envs.vector import CatchGymnasiumVectorEnv
+from fw_agents.cli import OneLineArgumentParser, int_at_least, positive_float
 
 ACTION_BANK_ROWS = 256
 
@@ -74,10 +74,10 @@ def vector_env_runner(step: Callable[[np.ndarray], object], num_games: int) -> C
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=0.5, help="duration of each timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (the best is kept)")
-    parser.add_argument("--size", type=int, default=16, help="N (screen side and frames per episode)")
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=positive_float, default=0.5, help="duration of each timed run")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, help="timed runs per row (the best is kept)")
+    parser.add_argument("--size", type=int_at_least(3), default=16, help="N (screen side and frames per episode)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 adapter row (imports torch)")
     args = parser.parse_args()
     n, sec, rep = args.size, args.seconds, args.repeats

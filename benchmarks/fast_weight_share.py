@@ -14,9 +14,12 @@ setting "transfers" when the ratio stays in one band as ``H``, λ and ``t`` chan
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
+from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.files import write_text_atomically
 from fw_agents.memory import FastWeightsRNN
 
@@ -38,7 +41,7 @@ def drive_ratio(core: FastWeightsRNN, steps: int, batch: int = 256, features: in
 
 def table(normalize: bool, fast_lr: float, seed: int = 0) -> list[str]:
     """Markdown rows: one per (decay, length), one column per width."""
-    rows = [f"| λ | t | " + " | ".join(f"H={h}" for h in WIDTHS) + " |", "|---|---|" + "---|" * len(WIDTHS)]
+    rows = ["| λ | t | " + " | ".join(f"H={h}" for h in WIDTHS) + " |", "|---|---|" + "---|" * len(WIDTHS)]
     for decay in DECAYS:
         for steps in LENGTHS:
             cells = []
@@ -50,10 +53,12 @@ def table(normalize: bool, fast_lr: float, seed: int = 0) -> list[str]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="docs/fast_weight_share.md")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="docs/fast_weight_share.md", help="the markdown file to write")
+    args = parser.parse_args(argv)
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; give the markdown file to write")
     torch.set_num_threads(1)
     lines = [
         "# Fast memory's share of the drive, `|A(t-1) h_0| / |z|`, at initialisation",
@@ -71,7 +76,8 @@ def main() -> None:
     ]
     write_text_atomically(args.out, "\n".join(lines))
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -65,7 +65,9 @@ def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequenc
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2.
+    """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2,
+    an ``OSError`` (a full disk, an output path that cannot be a folder) one line and status 1:
+    every file written before is intact (atomic writes).
 
     :param main: The command's body; returns its exit status.
     :param argv: Arguments (default: ``sys.argv[1:]``).
@@ -77,6 +79,36 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}; stopped, the files written before are kept", file=sys.stderr)
+        return 1
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= low`` (argparse's one-line error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number ``> 0``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def program_name(module_form: str) -> str:

@@ -150,3 +150,57 @@ def test_help_shows_each_fields_doc_and_default():
     assert "--learning-rate LEARNING_RATE, --lr LEARNING_RATE Adam step size (default: 0.001)" in text
     assert "--progress-bar, --no-progress-bar show a progress bar (default: True)" in text
     assert "{lstm,gru}" in text and "--internal" not in text
+
+
+def test_run_cli_turns_an_os_error_into_one_line_exit_1(tmp_path, capsys):
+    """A full disk or an output path that cannot be a folder: one line, status 1, no traceback."""
+    import errno
+
+    from fw_agents.cli import run_cli
+
+    def full_disk(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "model.zip"))
+
+    def not_a_folder(argv):
+        (tmp_path / "out").write_text("")
+        (tmp_path / "out").mkdir()
+
+    assert run_cli(full_disk, []) == 1
+    assert capsys.readouterr().err == f"error: No space left on device ({tmp_path / 'model.zip'}); stopped, the files written before are kept\n"
+    assert run_cli(not_a_folder, []) == 1
+    assert capsys.readouterr().err.startswith("error: File exists (")
+
+
+def test_range_types_name_the_flag_and_the_value(capsys):
+    from fw_agents.cli import int_at_least, positive_float
+
+    parser = OneLineArgumentParser(prog="p")
+    parser.add_argument("--n", type=int_at_least(1))
+    parser.add_argument("--t", type=positive_float)
+    assert vars(parser.parse_args(["--n", "3", "--t", "0.5"])) == {"n": 3, "t": 0.5}
+    for argv, needle in ((["--n", "0"], "argument --n: must be an integer >= 1, got 0"),
+                         (["--n", "x"], "argument --n: invalid int value: 'x'"),
+                         (["--t", "inf"], "argument --t: must be a finite number > 0, got inf"),
+                         (["--t", "-1"], "argument --t: must be a finite number > 0, got -1")):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(argv)
+        assert stop.value.code == 2 and capsys.readouterr().err == f"p: error: {needle}\n"
+
+
+@pytest.mark.parametrize(
+    "script, argv, needle",
+    [
+        ("bench_agent.py", ["--rollouts", "0"], "argument --rollouts: must be an integer >= 1, got 0"),
+        ("bench_agent.py", ["--memories", "bogus"], "argument --memories: invalid choice: 'bogus'"),
+        ("bench_catch.py", ["--seconds", "0"], "argument --seconds: must be a finite number > 0, got 0"),
+        ("fast_weight_share.py", ["--out", "."], "--out . is a folder"),
+    ],
+)
+def test_benchmark_scripts_refuse_bad_input_in_one_line(script, argv, needle):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / script), *argv], capture_output=True, text=True,
+                          timeout=120, cwd=root)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
