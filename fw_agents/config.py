@@ -144,6 +144,12 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0, 2**32 - 1 - 20_000)  # numpy's range, less the eval (+10000) and GIF (+20000) offsets
         check_int("batch_size", self.batch_size, 2)  # PPO normalises advantages over the minibatch: 1 gives NaN
+        rollout = self.n_envs * self.n_steps
+        if rollout % self.batch_size == 1:  # the last minibatch of an update: one sample, NaN advantages
+            raise ValueError(
+                f"batch_size {self.batch_size} leaves a last minibatch of one step (n_envs * n_steps = {rollout}), whose "
+                "normalised advantages are NaN; choose a batch_size that divides it or leaves at least 2"
+            )
         check_int("gif_episodes", self.gif_episodes, 0)
         if self.threads is not None:
             check_int("threads", self.threads, 1)

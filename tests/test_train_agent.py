@@ -212,6 +212,7 @@ def test_command_line_and_python_api_build_the_same_config():
         (dict(memory_kwargs=[("decay", 0.9)]), "memory_kwargs must be a dict"),
         (dict(memory="alstm", hidden_size=7), "hidden_size must be even"),
         (dict(threads=0), "threads must be an integer >= 1, got 0"),
+        (dict(n_envs=3, n_steps=7, batch_size=4), "batch_size 4 leaves a last minibatch of one step (n_envs * n_steps = 21)"),
         (dict(seed=-1), "seed must be an integer in [0, 4294947295], got -1"),
         (dict(gamma=0), "gamma must be a finite number in (0, 1], got 0"),
         (dict(progress_bar=1), "progress_bar must be True or False, got 1"),
