@@ -85,6 +85,17 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return 1
 
 
+def typed_dests(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> frozenset[str]:
+    """The destinations the command line ``argv`` sets, a flag typed at its default value
+    included (a fresh parser from ``build_parser`` parses it again with every default
+    suppressed, so only what was typed lands in the namespace)."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    probe.set_defaults(**{key: argparse.SUPPRESS for key in probe._defaults})
+    return frozenset(key for key, value in vars(probe.parse_args(argv)).items() if value is not argparse.SUPPRESS)
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer ``>= low`` (argparse's one-line error otherwise)."""
 

@@ -52,13 +52,10 @@ def given_fields(argv: Sequence[str] | None = None) -> frozenset[str]:
     """The ``TrainConfig`` fields the command line sets, a flag equal to its default included
     (what ``--resume`` keeps rather than take from the old run's ``config.json``)."""
     from fw_agents.agent import CORE_FLAGS
+    from fw_agents.cli import typed_dests
 
-    probe = build_parser()
-    fields = probe.get_default("config_fields")
-    for action in probe._actions:  # parse again without defaults: only what was typed lands in the namespace
-        action.default = argparse.SUPPRESS
-    typed = vars(probe.parse_args(argv))
-    given = {name for name in fields if name in typed}
+    typed = typed_dests(build_parser, argv)
+    given = {name for name in build_parser().get_default("config_fields") if name in typed}
     if any(flag.dest in typed for flag in CORE_FLAGS):
         given.add("memory_kwargs")
     return frozenset(given)

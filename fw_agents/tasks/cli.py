@@ -36,6 +36,7 @@ from fw_agents.cli import (
     option,
     program_name,
     run_interruptible,
+    typed_dests,
 )
 from fw_agents.tasks.training import NonFiniteError, SupervisedConfig
 from fw_agents.tracking import TrackingOptions, add_tracking_args
@@ -143,6 +144,30 @@ class TaskSetup(Generic[T]):
     tracking: TrackingOptions
 
 
+#: ``config.json`` entries a resumed run never takes from the run (where it computes is this
+#: invocation's choice; the others are recorded, not options).
+_NOT_RESUMED = ("device", "threads", "resume", "run_dir", "runs_root")
+
+
+def parse_task_args(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse a task command's flags. With ``--resume DIR``, every option not typed on the
+    command line takes the run's own value from its ``config.json`` (as ``train_agent.py
+    --resume`` does), so ``--resume DIR`` alone continues the run; a typed one that differs is
+    named by :func:`check_resume`."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "resume", None) is None:
+        return args
+    try:
+        saved = json.loads((Path(args.resume) / "config.json").read_text())
+    except (OSError, ValueError):  # no run there, or not readable: check_resume says so in one line
+        return args
+    typed = typed_dests(build_parser, argv)
+    for name, value in (saved.items() if isinstance(saved, dict) else ()):
+        if hasattr(args, name) and name not in typed and name not in _NOT_RESUMED:
+            setattr(args, name, value)
+    return args
+
+
 def setup_task(task_config: type[T], args: argparse.Namespace) -> TaskSetup[T]:
     """Build the configs of a :func:`task_parser` command from its parsed flags, set the
     threads and resolve the device. :raises ValueError: A bad value, named by its flag."""
@@ -175,7 +200,8 @@ def check_resume(tracking: TrackingOptions, config: Mapping[str, Any]) -> int | 
     :param config: The resumed run's configuration, as the command builds it.
     :return: The update of the saved training state (``None`` without ``--resume``), for
         :meth:`~fw_agents.tracking.TrackingOptions.start`'s ``resume_step``.
-    :raises ValueError: No training state, an unreadable one, or a conflicting setting, named by its flag.
+    :raises ValueError: No training state, an unreadable one, or a conflicting setting, named by its flag
+        (:func:`parse_task_args` fills in the options not typed, so only typed ones can conflict).
     """
     if tracking.resume is None:
         return None

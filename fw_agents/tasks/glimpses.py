@@ -34,7 +34,7 @@ from torch import nn
 
 from fw_agents.cli import option
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
-from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, run_task, setup_task, task_parser
+from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, run_task, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
     NUM_GLIMPSES,
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    setup = setup_task(GlimpseConfig, build_parser().parse_args(argv))
+    setup = setup_task(GlimpseConfig, parse_task_args(build_parser, argv))
     task, train_config, device = setup.task, setup.training, setup.device
 
     tick = time.perf_counter()

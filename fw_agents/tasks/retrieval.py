@@ -29,7 +29,7 @@ from torch import nn
 
 from fw_agents.cli import option
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, run_task, setup_task, task_parser
+from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, run_task, setup_task, task_parser
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
 from fw_agents.validation import check_choice, check_int
 
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    setup = setup_task(RetrievalConfig, build_parser().parse_args(argv))
+    setup = setup_task(RetrievalConfig, parse_task_args(build_parser, argv))
     task, train_config, device = setup.task, setup.training, setup.device
 
     tick = time.perf_counter()
