@@ -58,6 +58,7 @@ from fw_agents.search_storage import (
     make_sampler,
     open_storage,
     retry_callback,
+    scrub_password,
     study_size,
 )
 from fw_agents.validation import check_choice, check_int
@@ -425,7 +426,8 @@ def run_worker(search: Search) -> int:
             number = objective.trial.number if objective.trial is not None else "?"
             raise WorkerError(
                 f"lost the storage {hidden_password(search.storage_url)} during trial {number} "
-                f"({type(error).__name__}: {_first_line(error)}); run the command again once it is back: the trial "
+                f"({type(error).__name__}: {scrub_password(_first_line(error), search.storage_url)}); run the command "
+                f"again once it is back: the trial "
                 f"is retried from its last checkpoint after 2 x --heartbeat seconds"
             ) from None
         ran += 1
@@ -558,7 +560,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+    # only once nothing is left that may still complete: another worker's RUNNING trial (a sibling
+    # of --workers, or another machine's) or a queued retry is not a failure of this command
+    unfinished = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    if trials and not unfinished and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
         failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
         reason = f" (trial {failed[-1].number}: {failed[-1].user_attrs['error']})" if failed else ""
         print(f"error: no trial of study {study.study_name} has completed{reason}", file=sys.stderr)

@@ -90,6 +90,13 @@ def scrub_password(text: str, url: str) -> str:
 
 def hidden_password(url: str) -> str:
     """``url`` with its password as ``***`` (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo = rest.partition("@")[0]
+    if sep and rest.count("@") == 1 and "/" not in userinfo and "?" not in userinfo:
+        # unambiguous user:password@host: hide that field alone (a short password, or one that is
+        # also the user, host or database name, must not blank those out wherever they occur)
+        rest = re.sub(r"^([^:@]*:)[^@]*@", r"\1***@", rest)
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", f"{scheme}{sep}{rest}")
     return scrub_password(url, url)
 
 

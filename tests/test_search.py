@@ -403,3 +403,27 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(tmp_path, monkeypatch, capf
     out, err = capfd.readouterr()
     assert "trial 0 was taken over" in err and "Traceback" not in err and "trial 1 COMPLETE" in out
     assert [t.state for t in sqlite_study(tmp_path).get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://postgres:postgres@h/postgres", "postgresql://postgres:***@h/postgres"),  # only the password field
+        ("postgresql://fw:db@dbhost:5432/db", "postgresql://fw:***@dbhost:5432/db"),
+        ("postgresql://fw:s3cret@h/db?password=other", "postgresql://fw:***@h/db?password=***"),
+    ],
+)
+def test_hidden_password_hides_the_password_field_alone(url, shown):
+    from fw_agents.search_storage import hidden_password
+
+    assert hidden_password(url) == shown
+
+
+def test_a_worker_with_nothing_left_while_another_trial_runs_exits_0(tmp_path):
+    """``--study-trials`` reached while another worker's trial is still running: this worker runs
+    nothing, and that is not a failed search (the running trial may still complete)."""
+    argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "1", "--study-trials", "1"]
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() outside optimize()
+        search.open_study(search.parse_search(argv)).ask()  # worker A's trial 0, RUNNING
+    assert search.main(argv) == 0
+    assert [t.state for t in sqlite_study(tmp_path).get_trials()] == [TrialState.RUNNING]
