@@ -221,6 +221,8 @@ class FastRecurrentPPO(RecurrentPPO):
                 path, env=env, device=device, custom_objects=objects, print_system_info=print_system_info,
                 force_reset=force_reset, **kwargs,
             )  # fmt: skip
+        except th.cuda.OutOfMemoryError:  # a RuntimeError, but the device's, not the file's: not "bad input"
+            raise
         except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as error:
             # a damaged tensor entry (policy.pth, the optimizer's, pytorch_variables.pth) or a missing key:
             # torch.load / load_state_dict raise these, which are not the caller's bug but a bad file
