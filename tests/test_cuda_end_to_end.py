@@ -80,3 +80,16 @@ def test_a_rollout_step_reads_nothing_back_from_the_device(device, monkeypatch, 
         finally:
             if device == "cuda":
                 torch.cuda.set_sync_debug_mode(previous)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run benchmarks/gpu_check.py)")
+def test_a_supervised_run_stopped_on_the_gpu_resumes_on_the_cpu(tmp_path, one_thread):
+    """``--device`` may change on ``--resume``: the training state is read onto the CPU first."""
+    from fw_agents.tasks import retrieval
+
+    run = tmp_path / "r"
+    argv = ["--memory", "fastweights", "--hidden", "8", "--eval-every", "2", "--wandb", "disabled"]
+    assert retrieval.main([*argv, "--steps", "2", "--device", "cuda", "--run-dir", str(run)]) == 0
+    assert retrieval.main(["--steps", "4", "--device", "cpu", "--resume", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["updates"] == 4

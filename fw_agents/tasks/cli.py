@@ -212,7 +212,7 @@ def check_resume(tracking: TrackingOptions, config: Mapping[str, Any]) -> int | 
     config_path = folder / "config.json"
     try:
         saved = json.loads(config_path.read_text())
-        update = int(torch.load(state_path, weights_only=True)["update"])
+        update = int(torch.load(state_path, map_location="cpu", weights_only=True)["update"])
     except Exception as error:  # noqa: BLE001 - a missing, truncated or foreign file
         raise ValueError(f"cannot resume {str(folder)!r}: {type(error).__name__}: {error}") from None
     now = json.loads(json.dumps(dict(config), default=str))  # as config.json holds it

@@ -332,7 +332,7 @@ def load_training_state(path: Path | None, config: SupervisedConfig) -> dict[str
     if path is None or not path.is_file():
         raise ValueError(f"no training state to resume at {str(path)!r}; the run saves one at every evaluation")
     try:
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # a CUDA run resumes on CPU too
     except Exception as error:  # noqa: BLE001 - a truncated or foreign file
         raise ValueError(f"cannot read training state {str(path)!r}: {type(error).__name__}: {error}") from None
     now, then = asdict(config), dict(saved["config"])
