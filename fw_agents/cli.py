@@ -92,6 +92,7 @@ def typed_dests(build_parser: Callable[[], argparse.ArgumentParser], argv: Seque
     probe = build_parser()
     for action in probe._actions:
         action.default = argparse.SUPPRESS
+        action.required = False  # a required flag left out is the caller's to report
     probe.set_defaults(**{key: argparse.SUPPRESS for key in probe._defaults})
     return frozenset(key for key, value in vars(probe.parse_args(argv)).items() if value is not argparse.SUPPRESS)
 

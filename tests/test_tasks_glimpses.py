@@ -284,3 +284,24 @@ def test_cli_flags_that_do_not_apply_are_refused(
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_resume_alone_continues_with_the_runs_settings(tmp_path: Path) -> None:
+    """``--resume DIR`` with no other setting: the run's own data set, model and sizes (read back
+    from its config.json, lists and paths included), trained on to the new ``--steps``."""
+    _write_idx_dir(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--memory", "convnet", "--hidden", "8",
+            "--val-size", "10", "--steps", "4", "--eval-every", "2", "--batch-size", "16", "--wandb", "disabled"]  # fmt: skip
+    assert run_cli(glimpses.main, [*argv, "--run-dir", str(run_dir)]) == 0
+    assert run_cli(glimpses.main, ["--steps", "6", "--wandb", "disabled", "--resume", str(run_dir)]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["memory"] == "convnet" and results["hidden"] == 8 and results["curve"][-1]["updates"] == 6
+
+
+def test_cli_resume_of_a_folder_without_a_run_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = run_cli(glimpses.main, ["--steps", "6", "--wandb", "disabled", "--resume", str(tmp_path / "typo")])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"no readable run to resume in {tmp_path / 'typo'} (its config.json); give --data-dir" in err
+    assert not (tmp_path / "typo").exists()

@@ -152,19 +152,30 @@ _NOT_RESUMED = ("device", "threads", "resume", "run_dir", "runs_root")
 def parse_task_args(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse a task command's flags. With ``--resume DIR``, every option not typed on the
     command line takes the run's own value from its ``config.json`` (as ``train_agent.py
-    --resume`` does), so ``--resume DIR`` alone continues the run; a typed one that differs is
-    named by :func:`check_resume`."""
-    args = build_parser().parse_args(argv)
-    if getattr(args, "resume", None) is None:
-        return args
+    --resume`` does), required ones included, so ``--resume DIR`` alone continues the run; a
+    typed one that differs is named by :func:`check_resume`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--resume")
+    if probe.parse_known_args(argv)[0].resume is None:
+        return parser.parse_args(argv)
+    required = [action for action in parser._actions if action.required]
+    for action in required:  # the run's config.json may give them
+        action.required = False
+    args = parser.parse_args(argv)
     try:
         saved = json.loads((Path(args.resume) / "config.json").read_text())
     except (OSError, ValueError):  # no run there, or not readable: check_resume says so in one line
-        return args
-    typed = typed_dests(build_parser, argv)
+        saved = {}
+    typed = typed_dests(build_parser, argv) if saved else frozenset()
+    options = {action.dest for action in parser._actions}
     for name, value in (saved.items() if isinstance(saved, dict) else ()):
-        if hasattr(args, name) and name not in typed and name not in _NOT_RESUMED:
+        if name in options and name not in typed and name not in _NOT_RESUMED:
             setattr(args, name, value)
+    missing = [action.option_strings[0] for action in required if getattr(args, action.dest, None) is None]
+    if missing:
+        parser.error(f"no readable run to resume in {args.resume} (its config.json); give {', '.join(missing)}")
     return args
 
 
