@@ -175,7 +175,7 @@ def parse_task_args(build_parser: Callable[[], argparse.ArgumentParser], argv: S
             setattr(args, name, value)
     missing = [action.option_strings[0] for action in required if getattr(args, action.dest, None) is None]
     if missing:
-        parser.error(f"no readable run to resume in {args.resume} (its config.json); give {', '.join(missing)}")
+        raise ValueError(f"no readable run to resume in {args.resume} (its config.json); give {', '.join(missing)}")
     return args
 
 
