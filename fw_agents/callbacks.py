@@ -14,6 +14,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
+from fw_agents.cli import NonFiniteError
 from fw_agents.files import atomic_path
 
 class CatchRateCallback(BaseCallback):
@@ -121,10 +122,6 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
         if locals_["done"] and "caught" in locals_["info"]:
             self._caught.append(bool(locals_["info"]["caught"]))
             self.logger.record("eval/catch_rate", float(np.mean(self._caught)))
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or parameter; the run stops (see :class:`StopOnNonFinite`)."""
 
 
 class StopOnNonFinite(BaseCallback):

@@ -41,6 +41,12 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
+class NonFiniteError(RuntimeError):
+    """A run produced a non-finite loss or parameter and stopped (earlier files are kept);
+    :func:`run_cli` reports it in one line with exit status 1. Raised by the agents'
+    :class:`~fw_agents.callbacks.StopOnNonFinite` and the supervised tasks' training loop."""
+
+
 def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """:func:`run_cli` for a long-running command: SIGTERM (what schedulers and ``timeout``
     send) acts as Ctrl-C, and either ends the command with status ``128 + signal`` after
@@ -66,8 +72,8 @@ def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequenc
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2,
-    an ``OSError`` (a full disk, an output path that cannot be a folder) one line and status 1:
-    every file written before is intact (atomic writes).
+    a :class:`NonFiniteError` or an ``OSError`` (a full disk, an output path that cannot be a
+    folder) one line and status 1: every file written before is intact (atomic writes).
 
     :param main: The command's body; returns its exit status.
     :param argv: Arguments (default: ``sys.argv[1:]``).
@@ -79,6 +85,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {error.strerror or error}{where}; stopped, the files written before are kept", file=sys.stderr)

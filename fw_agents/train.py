@@ -62,18 +62,12 @@ def given_fields(argv: Sequence[str] | None = None) -> frozenset[str]:
 
 
 def _train(argv: Sequence[str] | None) -> int:
-    from fw_agents.agent import NonFiniteError, train
+    from fw_agents.agent import train
 
     config = parse_config(argv)
-    try:
-        summary = train(config, given_flags=given_fields(argv))  # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits
-    except NonFiniteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # e.g. a full disk: every file written before is intact (atomic writes)
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {error.strerror or error}{where}; the run stopped, its earlier files are kept", file=sys.stderr)
-        return 1
+    # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits; a
+    # non-finite loss or a full disk: run_cli's one line, status 1
+    summary = train(config, given_flags=given_fields(argv))
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
     print(
         f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"

@@ -35,10 +35,9 @@ from fw_agents.cli import (
     config_from_args,
     option,
     program_name,
-    run_interruptible,
     typed_dests,
 )
-from fw_agents.tasks.training import NonFiniteError, SupervisedConfig
+from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.tracking import TrackingOptions, add_tracking_args
 from fw_agents.validation import check_int
 
@@ -186,20 +185,6 @@ def setup_task(task_config: type[T], args: argparse.Namespace) -> TaskSetup[T]:
     training = config_from_args(SupervisedConfig, args)
     device = config_from_args(DeviceOptions, args).apply()
     return TaskSetup(task, training, device, config_from_args(TrackingOptions, args))
-
-
-def run_task(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """:func:`fw_agents.cli.run_interruptible` for a task command, plus: a non-finite loss or
-    parameter ends it with one line and exit status 1 (as ``train_agent.py`` does)."""
-
-    def body(args: Sequence[str] | None) -> int:
-        try:
-            return main(args)
-        except NonFiniteError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-
-    return run_interruptible(body, argv)
 
 
 def check_resume(tracking: TrackingOptions, config: Mapping[str, Any]) -> int | None:

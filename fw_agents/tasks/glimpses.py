@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fw_agents.cli import option
+from fw_agents.cli import option, run_interruptible
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
-from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, run_task, setup_task, task_parser
+from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
 from fw_agents.tasks.glimpse_geometry import (
     NUM_GLIMPSES,
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train and evaluate one model; write the run directory. Bad input is one line (exit 2), a
     non-finite loss one line (exit 1); Ctrl-C or SIGTERM saves the training state (``--resume``
     continues it). :return: exit status."""
-    return run_task(_main, argv)
+    return run_interruptible(_main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:

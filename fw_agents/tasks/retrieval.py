@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fw_agents.cli import option
+from fw_agents.cli import option, run_interruptible
 from fw_agents.memory import MEMORY_NAMES, make_memory
-from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, run_task, setup_task, task_parser
+from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
 from fw_agents.tasks.training import Split, train_classifier, write_outputs
 from fw_agents.validation import check_choice, check_int
 
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train and evaluate one model; write the run directory. Bad input is one line (exit 2), a
     non-finite loss one line (exit 1); Ctrl-C or SIGTERM saves the training state (``--resume``
     continues it). :return: exit status."""
-    return run_task(_main, argv)
+    return run_interruptible(_main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:

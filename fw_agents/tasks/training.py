@@ -29,18 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fw_agents.cli import option
+from fw_agents.cli import NonFiniteError, option
 from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.tracking import Tracker
 from fw_agents.validation import check_float, check_int
 
 #: Largest seed torch's generators take.
 MAX_SEED = 2**64 - 1
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or parameter; :func:`train_classifier` stops
-    (the task commands report it in one line, exit status 1)."""
 
 
 @dataclass
