@@ -294,47 +294,42 @@ def _checkpoint_policy_kwargs(
     return {**policy_kwargs, "memory_kwargs": {**_LEGACY_FAST_WEIGHTS_KWARGS, **memory_kwargs}}
 
 
-class _EnvOutsideInferenceMode:
-    """The rollout's env, its ``step`` run with inference mode off and autograd off (the stock
-    rollout's ``no_grad``); any other attribute is the env's own."""
+class _Forwarding:
+    """Wraps ``inner``: every attribute a subclass does not define is ``inner``'s own."""
 
-    def __init__(self, env: VecEnv) -> None:
-        self.env = env
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
 
     def __getattr__(self, name: str) -> Any:
-        if name == "env":  # not set yet (copy, unpickling): no recursion
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
             raise AttributeError(name)
-        return getattr(self.env, name)
+        return getattr(self.inner, name)
+
+
+class _EnvOutsideInferenceMode(_Forwarding):
+    """The rollout's env, its ``step`` run with inference mode off and autograd off (the stock
+    rollout's ``no_grad``)."""
 
     def step(self, actions: np.ndarray) -> Any:
         with th.inference_mode(False), th.no_grad():
-            return self.env.step(actions)
+            return self.inner.step(actions)
 
 
-class _OutsideInferenceMode:
-    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off
-    (any other attribute is the callback's own)."""
-
-    def __init__(self, callback: BaseCallback) -> None:
-        self.callback = callback
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "callback":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.callback, name)
+class _OutsideInferenceMode(_Forwarding):
+    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off."""
 
     def on_rollout_start(self) -> None:
         with th.inference_mode(False):
-            self.callback.on_rollout_start()
+            self.inner.on_rollout_start()
 
     def update_locals(self, locals_: dict[str, Any]) -> None:
         with th.inference_mode(False):
-            self.callback.update_locals(locals_)
+            self.inner.update_locals(locals_)
 
     def on_step(self) -> bool:
         with th.inference_mode(False):
-            return self.callback.on_step()
+            return self.inner.on_step()
 
     def on_rollout_end(self) -> None:
         with th.inference_mode(False):
-            self.callback.on_rollout_end()
+            self.inner.on_rollout_end()
