@@ -274,5 +274,6 @@ def test_an_unreadable_config_json_stops_the_resume_in_one_line(tmp_path, monkey
     (run / "config.json").write_text(text)
     with pytest.raises(ValueError, match=r"config.json.*; fix or remove it to resume with the flags given"):
         train(TrainConfig(resume=str(run), progress_bar=False))
-    (run / "config.json").unlink()  # removed: the flags given (here the defaults) and the checkpoint's settings
-    assert train(TrainConfig(resume=str(run), **TINY))["timesteps"] == 512
+    (run / "config.json").unlink()  # removed: the flags given and the checkpoint's settings
+    # (a folder without its config.json is no longer a run folder: the run continues in a new one)
+    assert train(TrainConfig(resume=str(run), run_dir=str(tmp_path / "continued"), **TINY))["timesteps"] == 512
