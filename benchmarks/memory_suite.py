@@ -118,6 +118,7 @@ class Job:
     eval_episodes: int = 100
     memory_kwargs: dict[str, Any] | None = None  # None: the policy's defaults
     command: str = ""
+    policy_options: dict[str, Any] | None = None  # a variant's other policy_kwargs (critic, net_arch)
 
 
 def one_line(error: BaseException) -> str:
@@ -233,6 +234,7 @@ def policy_kwargs(job: Job) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(memory=job.model.split("[")[0], hidden_size=job.hidden_size)
     if job.memory_kwargs is not None:
         kwargs["memory_kwargs"] = job.memory_kwargs
+    kwargs.update(job.policy_options or {})
     return kwargs
 
 
@@ -549,6 +551,9 @@ def write_report(out: Path, command: str, tasks: Sequence[str] | None = None, mo
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
 
+    A key ``"policy"`` holds the variant's other ``RecurrentMemoryPolicy`` options, e.g.
+    ``sep={"policy": {"critic": "separate"}}``; they are checked when the model is built.
+
     :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_lr": 2.0}``.
     """
     label, sep, raw = text.partition("=")
@@ -562,8 +567,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"bad --fast-variant {text!r}: the JSON must be an object of fast-weights options")
     from fw_agents.agent import check_memory_kwargs
 
+    if not isinstance(kwargs.get("policy", {}), dict):
+        raise ValueError(f"bad --fast-variant {text!r}: \"policy\" must be an object of policy options")
     try:
-        check_memory_kwargs("fastweights", kwargs, hidden_size=4)
+        check_memory_kwargs("fastweights", {k: v for k, v in kwargs.items() if k != "policy"}, hidden_size=4)
     except ValueError as error:
         raise ValueError(f"bad --fast-variant {text!r}: {error}") from None
     return f"fastweights[{label}]", kwargs
@@ -633,8 +640,10 @@ def make_jobs(args: argparse.Namespace, tasks: list[str], models: list[str], var
                         if old["timesteps"] != budget:
                             print(f"note: keeping {path} ({old['timesteps']:,} steps, not {budget:,})")
                         continue
+                variant = dict(variants.get(model) or {})
+                policy_options = variant.pop("policy", None)
                 jobs.append(Job(task, model, seed, budget, str(path), args.hidden_size, args.eval_episodes,
-                                variants.get(model), command))  # fmt: skip
+                                variant if model in variants else None, command, policy_options))  # fmt: skip
     return jobs
 
 

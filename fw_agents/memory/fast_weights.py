@@ -86,6 +86,8 @@ class FastWeightsRNN(MemoryCore):
         ``"triton"``.
     :param normalize: Read ``fast_lr`` as the fast memory's share of the drive rather than
         the paper's η: the write is scaled by ``(1-λ)/H`` (see above). Default: the paper's η.
+    :param identity_scale: Scale ``s`` of the initial slow recurrent weights ``W = s·I`` (> 0).
+        Paper: 0.05 (its IRNN baseline: 0.5).
 
     State: ``(h [B, H], A [B, H, H])``.
     """
@@ -102,6 +104,7 @@ class FastWeightsRNN(MemoryCore):
         layer_norm: bool = True,
         mode: str = "auto",
         normalize: bool = False,
+        identity_scale: float = 0.05,
     ) -> None:
         super().__init__(input_size, hidden_size)
         self.decay = check_float("decay (λ)", decay, 0.0, 1.0)
@@ -110,6 +113,7 @@ class FastWeightsRNN(MemoryCore):
         self.inner_steps = check_int("inner_steps", inner_steps)
         self.mode = check_choice("mode", mode, MODES)
         self.normalize = check_bool("normalize", normalize)
+        self.identity_scale = check_float("identity_scale", identity_scale, 0.0)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
@@ -128,9 +132,9 @@ class FastWeightsRNN(MemoryCore):
         return self.ln is not None
 
     def reset_parameters(self) -> None:
-        """Paper's initialisation: ``W = 0.05·I``; input weights uniform in ±1/√H."""
+        """Paper's initialisation: ``W = identity_scale·I`` (0.05); input weights uniform in ±1/√H."""
         with torch.no_grad():
-            self.W.weight.copy_(0.05 * torch.eye(self.hidden_size))
+            self.W.weight.copy_(self.identity_scale * torch.eye(self.hidden_size))
             bound = 1.0 / math.sqrt(self.hidden_size)
             self.C.weight.uniform_(-bound, bound)
             self.C.bias.zero_()
@@ -245,5 +249,5 @@ class FastWeightsRNN(MemoryCore):
         return (
             f"{self.input_size}, {self.hidden_size}, fast_lr={self.fast_lr}, decay={self.decay}, "
             f"inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}, "
-            f"normalize={self.normalize}"
+            f"normalize={self.normalize}, identity_scale={self.identity_scale}"
         )
