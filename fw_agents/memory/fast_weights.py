@@ -88,8 +88,12 @@ class FastWeightsRNN(MemoryCore):
         the paper's η: the write is scaled by ``(1-λ)/H`` (see above). Default: the paper's η.
     :param identity_scale: Scale ``s`` of the initial slow recurrent weights ``W = s·I`` (> 0).
         Paper: 0.05 (its IRNN baseline: 0.5).
+    :param bias_correction: Read the fast memory at full strength from an episode's first
+        step: ``A`` is divided by its filled share ``m(t) = 1 - λ^n`` (``n`` writes since the
+        start), as Adam corrects its moment estimates. See :func:`bias_corrected_writes`.
 
-    State: ``(h [B, H], A [B, H, H])``.
+    State: ``(h [B, H], A [B, H, H])``, and ``m [B, 1]`` (the filled share) with
+    ``bias_correction``.
     """
 
     supports_write_mask = True
@@ -105,6 +109,7 @@ class FastWeightsRNN(MemoryCore):
         mode: str = "auto",
         normalize: bool = False,
         identity_scale: float = 0.05,
+        bias_correction: bool = False,
     ) -> None:
         super().__init__(input_size, hidden_size)
         self.decay = check_float("decay (λ)", decay, 0.0, 1.0)
@@ -114,6 +119,7 @@ class FastWeightsRNN(MemoryCore):
         self.mode = check_choice("mode", mode, MODES)
         self.normalize = check_bool("normalize", normalize)
         self.identity_scale = check_float("identity_scale", identity_scale, 0.0)
+        self.bias_correction = check_bool("bias_correction", bias_correction)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
@@ -143,7 +149,8 @@ class FastWeightsRNN(MemoryCore):
 
     @property
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,), (self.hidden_size, self.hidden_size))
+        shapes = ((self.hidden_size,), (self.hidden_size, self.hidden_size))
+        return (*shapes, (1,)) if self.bias_correction else shapes
 
     def chunk_size(self, steps: int) -> int:
         """Steps between explicit formations of ``A`` for a call of ``steps`` steps."""
@@ -196,10 +203,12 @@ class FastWeightsRNN(MemoryCore):
     ) -> tuple[torch.Tensor, State]:
         fresh = state is None
         # the kernel reads the starts as they come: no device sync to ask whether any is set
-        (h, A), starts = self._prepare(x, state, episode_starts, drop_idle_starts=not self._uses_kernel(x))
+        (h, A, *filled), starts = self._prepare(x, state, episode_starts, drop_idle_starts=not self._uses_kernel(x))
         for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
             if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        if self.bias_correction:
+            write_mask, filled_T = bias_corrected_writes(self.decay, filled[0][:, 0], starts, write_mask, x.shape[0])
         op, chunk_size = self._op(x)
         inputs = (
             self.C(x),  # C x(t) for every step at once
@@ -231,6 +240,8 @@ class FastWeightsRNN(MemoryCore):
             triton_scan.mark_unusable(x.device, error)
             op, chunk_size = self._op(x)
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
+        if self.bias_correction:
+            return y, (h_T, A_T, filled_T[:, None])
         return y, (h_T, A_T)
 
     def _uses_kernel(self, x: torch.Tensor) -> bool:
@@ -249,5 +260,50 @@ class FastWeightsRNN(MemoryCore):
         return (
             f"{self.input_size}, {self.hidden_size}, fast_lr={self.fast_lr}, decay={self.decay}, "
             f"inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}, "
-            f"normalize={self.normalize}, identity_scale={self.identity_scale}"
+            f"normalize={self.normalize}, identity_scale={self.identity_scale}, "
+            f"bias_correction={self.bias_correction}"
         )
+
+
+def bias_corrected_writes(
+    decay: float,
+    filled: torch.Tensor,
+    episode_starts: torch.Tensor | None,
+    write_mask: torch.Tensor | None,
+    steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write weights that keep ``A`` bias-corrected, and the filled share after the last step.
+
+    Eq. 1 starts ``A`` empty, so ``n`` writes after a start it holds ``m = 1 - λ^n`` of the
+    weight its steady state gives the recent past (0.14 after 3 steps at λ = 0.95). The
+    corrected memory ``Â(t) = A(t) / m(t)``, with ``m(t) = λ m(t-1) + (1 - λ)``, obeys Eq. 1
+    with a write weight ``w(t) = 1 / m(t)`` on the step::
+
+        Â(t) = (1 - w(1-λ)) Â(t-1) + η w h(t) h(t)^T,   w = 1/m(t)
+
+    since ``1 - (1-λ)/m(t) = λ m(t-1)/m(t)``: the form every op computes for a ``write_mask``
+    value ``w``. The first write (``m = 1 - λ``) replaces ``Â`` outright; after ``~1/(1-λ)``
+    steps ``w -> 1`` and the paper's Eq. 1 is back. A step whose ``write_mask`` is 0 leaves
+    both ``Â`` and ``m`` unchanged.
+
+    :param decay: λ.
+    :param filled: ``m`` before the first step, ``[B]`` (0 at a fresh start).
+    :param episode_starts: ``[T, B]`` 0/1 (a start sets ``m`` to 0 first), or None.
+    :param write_mask: ``[T, B]`` 0/1 (0: no write), or None (every step writes).
+    :param steps: ``T``.
+    :return: ``(write weights [T, B], m after the last step [B])``, in ``filled``'s dtype.
+    """
+    batch, like = filled.shape[0], filled
+    writes = like.new_ones(steps, batch, dtype=torch.float64) if write_mask is None else (write_mask > 0.5).double()
+    count = writes.cumsum(0)  # writes up to and including step t since the call's start
+    time = torch.arange(steps, device=like.device)[:, None].expand(steps, batch)
+    if episode_starts is None:
+        last_start = torch.full((steps, batch), -1, device=like.device)
+    else:
+        last_start = torch.where(episode_starts > 0.5, time, -1).cummax(0).values  # [T, B], -1: none yet
+    before = (count - writes).gather(0, last_start.clamp(min=0))  # writes before that start
+    n = torch.where(last_start >= 0, count - before, count)
+    empty = torch.where(last_start >= 0, 1.0, 1.0 - filled.double()[None, :])  # 1 - m where counting began
+    m = 1.0 - decay**n * empty
+    weights = torch.where(writes > 0, writes / m.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+    return weights.to(like.dtype), m[-1].to(like.dtype)
