@@ -86,20 +86,17 @@ def drive_shares(core: Any, x: torch.Tensor, starts: torch.Tensor) -> tuple[np.n
 
 def reach(core: Any, x: torch.Tensor, starts: torch.Tensor, window: int, ends: int, seed: int) -> np.ndarray:
     """``reach[k]``, ``k < window``: mean ``|d v.y(T)/d x(T-k)| / |d v.y(T)/d x(T)|`` over
-    ``ends`` window ends ``T`` and the envs whose episode began at or before ``T-k``."""
+    ``ends`` steps ``T`` and the envs whose episode began at or before ``T-k`` (each run
+    from the recording's start, where every env starts an episode)."""
     generator = torch.Generator().manual_seed(seed)
     steps = episode_steps(starts.numpy())
     sums, counts = np.zeros(window), np.zeros(window)
-    last = x.shape[0] - 1
-    for end in np.linspace(window - 1, last, ends).astype(int):
-        begin = end - window + 1
-        inputs = x[begin : end + 1].clone().requires_grad_(True)
-        first = starts[begin : end + 1].clone()
-        first[0] = 1.0  # each window starts from an empty memory: the episode's past before it is cut
-        y, _ = core(inputs, None, episode_starts=first)
+    for end in np.linspace(window - 1, x.shape[0] - 1, ends).astype(int):
+        inputs = x[: end + 1].clone().requires_grad_(True)
+        y, _ = core(inputs, None, episode_starts=starts[: end + 1])
         v = torch.randn(y.shape[1:], generator=generator)
         (grad,) = torch.autograd.grad((y[-1] * v).sum(), inputs)
-        norms = grad.norm(dim=2).flip(0).numpy()  # [window, N], k = 0 at T
+        norms = grad[-window:].norm(dim=2).flip(0).numpy()  # [window, N], k = 0 at T
         for k in range(window):
             valid = (steps[end] >= k) & (norms[0] > 0)
             sums[k] += (norms[k][valid] / norms[0][valid]).sum()
