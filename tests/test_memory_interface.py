@@ -1,7 +1,9 @@
 """Conformance of every registered memory core to the one interface (``MemoryCore``).
 
-Each test runs once per name in ``MEMORY_NAMES``; the test ids carry the name, so
-``pytest -k "not fastweights"`` skips one core.
+Each test runs once per name in ``MEMORY_NAMES`` (each core with its own defaults), and once
+more for the fast-weights core with the agent's options (``DEFAULT_MEMORY_KWARGS``) and
+bias-corrected writes, whose state has a third slot; the test ids carry the name, so
+``pytest -k "not fastweights"`` skips the fast-weights cores.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, State, make_memory
+from fw_agents.policies import default_memory_kwargs
 
 INPUT, HIDDEN, BATCH, STEPS = 5, 6, 4, 9  # HIDDEN even: the associative LSTM needs H/2 complex units
 
@@ -20,14 +23,23 @@ CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reas
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
-@pytest.fixture(params=MEMORY_NAMES)
+#: Core configurations beyond each core's defaults: name -> (core, options).
+CONFIGURED = {
+    "fastweights-agent-bias-corrected": (
+        "fastweights", {**default_memory_kwargs("fastweights"), "bias_correction": True, "identity_scale": 0.5}
+    ),
+}
+
+
+@pytest.fixture(params=[*MEMORY_NAMES, *CONFIGURED])
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def make(name: str, seed: int = 0) -> MemoryCore:
+def make(name: str, seed: int = 0, input_size: object = INPUT, hidden_size: object = HIDDEN) -> MemoryCore:
     torch.manual_seed(seed)
-    return make_memory(name, INPUT, HIDDEN)
+    core, options = CONFIGURED.get(name, (name, {}))
+    return make_memory(core, input_size, hidden_size, **options)
 
 
 def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -286,7 +298,7 @@ def test_bad_shapes_raise(name: str) -> None:
 )
 def test_bad_sizes_raise(name: str, input_size: object, hidden_size: object, bad: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"got {bad}")):
-        make_memory(name, input_size, hidden_size)
+        make(name, input_size=input_size, hidden_size=hidden_size)
 
 
 def test_unknown_name_lists_the_valid_ones() -> None:
@@ -297,9 +309,9 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     assert all(valid in message for valid in MEMORY_NAMES)
 
 
-@pytest.mark.parametrize("name", MEMORY_NAMES)
+@pytest.mark.parametrize("name", [*MEMORY_NAMES, *CONFIGURED])
 def test_empty_sequence_raises(name):
-    core = make_memory(name, 3, 4)
+    core = make(name, input_size=3, hidden_size=4)
     with pytest.raises(ValueError, match="T >= 1"):
         core(torch.zeros(0, 2, 3))
 
@@ -312,10 +324,10 @@ def test_reset_clears_non_finite_rows():
     assert torch.equal(cleared, torch.tensor([[0.0, 0.0], [2.0, 3.0]]))
 
 
-@pytest.mark.parametrize("name", MEMORY_NAMES)
+@pytest.mark.parametrize("name", [*MEMORY_NAMES, *CONFIGURED])
 def test_supports_write_mask_says_whether_the_masks_are_honoured(name):
     """A core that claims the masks must take them and act on them; the others must refuse them."""
-    core = make_memory(name, 3, 8).double()
+    core = make(name, input_size=3, hidden_size=8).double()
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     masks = dict(write_mask=torch.zeros(4, 2, dtype=torch.float64), hidden_resets=torch.ones(4, 2, dtype=torch.float64))
     if not core.supports_write_mask:
