@@ -422,7 +422,7 @@ def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_re
         def __init__(self):
             self.logged, self.artifacts, self.summary = [], [], {}
 
-        def log(self, values):
+        def log(self, values, step=None):
             self.logged.append(values)
             self.summary.update(values)  # as W&B does: the summary holds each key's last value
 
