@@ -222,11 +222,12 @@ def _finish(
 
     curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
     tracker.save_file(curve)
-    tracker.log_media("learning_curve", curve, model.num_timesteps)
+    # media under media/: the summary's keys (eval_summary.json's, e.g. "episodes") stay the evaluation's
+    tracker.log_media("media/learning_curve", curve, model.num_timesteps)
     if config.gif_episodes:
         gif = record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
         if gif is not None:
-            tracker.log_media("episodes", gif, model.num_timesteps)
+            tracker.log_media("media/episodes_gif", gif, model.num_timesteps)
     if config.wandb_log_model:
         tracker.log_artifact(run_dir / "model.zip", f"model-{run_dir.name}")
     return summary

@@ -12,7 +12,8 @@ for one key of a ``dict`` field (``--decay 0.9`` for ``--memory-kwargs decay=0.9
 **One-line errors.** Bad input ends a command with **one** line on stderr and exit
 status 2, never a traceback: :class:`OneLineArgumentParser` drops argparse's usage
 block, and :func:`run_cli` turns a ``ValueError`` raised while setting up or running
-into the same kind of line.
+into the same kind of line. A warning raised meanwhile is one ``warning:`` line too
+(:func:`show_warning_line`), without the ANSI colour codes Gymnasium puts in its own.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import argparse
 import ast
 import dataclasses
 import os
+import re
 import signal
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -70,15 +73,46 @@ def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequenc
         signal.signal(signal.SIGTERM, previous)
 
 
+#: An ANSI escape sequence: CSI (colours, ``\x1b[33m``), OSC (``\x1b]...`` up to BEL or ST), or a
+#: two-character escape.
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without its ANSI escape sequences (terminal colours and the like)."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
+def show_warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: typing.TextIO | None = None, line: str | None = None) -> None:  # fmt: skip
+    """``warnings.showwarning`` of a command: ``warning: <message> (<category> at <file>:<line>)``,
+    one line on stderr, ANSI escape codes removed (Gymnasium colours its warnings, which a log
+    file or a non-colour terminal shows as raw ``\x1b[33m``)."""
+    text = " ".join(strip_ansi(str(message)).split())
+    stream = sys.stderr if file is None else file
+    try:
+        print(f"warning: {text} ({category.__name__} at {filename}:{lineno})", file=stream, flush=True)
+    except OSError:  # a closed or broken stderr: a warning never stops the command
+        pass
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2,
     a :class:`NonFiniteError` or an ``OSError`` (a full disk, an output path that cannot be a
     folder) one line and status 1: every file written before is intact (atomic writes).
+    Warnings are shown as one line each (:func:`show_warning_line`) meanwhile.
 
     :param main: The command's body; returns its exit status.
     :param argv: Arguments (default: ``sys.argv[1:]``).
     :return: The exit status.
     """
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.showwarning = show_warning_line
+        return _run_reporting_errors(main, argv)
+
+
+def _run_reporting_errors(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """:func:`run_cli`'s body: ``main(argv)``, its bad input and failures as one line and a status."""
     try:
         return main(argv)
     except ValueError as error:

@@ -94,7 +94,8 @@ class TrainConfig:
     eval_episodes: int = option(200, help="episodes per evaluation (and in the final one)")
     checkpoint_freq: int = option(50_000, help="env steps between checkpoints")
     gif_episodes: int = option(3, help="episodes recorded in episodes.gif (0: no GIF)")
-    run_dir: str | None = option(None, help="run directory (None: <runs-root>/<env>-<memory>-s<seed>-<time>)")
+    run_dir: str | None = option(None, help="run directory (None: <runs-root>/<env>-<memory>-s<seed>-<time>, "
+                                 "characters outside A-Za-z0-9._- as -)")
     runs_root: str = option("runs", help="parent folder of auto-named run directories")
     wandb: str | None = option(
         None, help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)", choices=WANDB_MODES

@@ -9,11 +9,17 @@ the temporary files a writer killed mid-save left there (:mod:`fw_agents.files`)
 A folder that already holds a finished or interrupted run (its ``config.json``) is only taken back by
 a run that continues it (``resume=True``); anything else stops, rather than
 silently mixing two runs' files.
+
+An auto-named folder's name keeps only characters every file system takes
+(:func:`safe_folder_name`): an env id such as ``popgym:popgym-MineSweeperEasy-v0`` or
+``ALE/Pong-v5`` gives one folder right under the runs root. A folder given by path (``--run-dir``,
+``--resume``) is used as it is.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +31,21 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, folders ar
 LOCK_NAME = ".lock"
 #: The file whose presence says a folder holds a run.
 RUN_MARKER = "config.json"
+
+
+#: Names Windows reserves for devices, whatever follows their first dot (``nul.txt`` too).
+WINDOWS_RESERVED_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{port}{k}" for port in ("COM", "LPT") for k in range(1, 10)]
+)
+
+
+def safe_folder_name(name: str) -> str:
+    """``name`` as a folder name safe on every file system: trailing dots and spaces dropped
+    (Windows drops them itself), every character outside ``[A-Za-z0-9._-]`` (``:`` ``/`` ``\\``,
+    spaces, non-ASCII, ...) as ``-``, a name Windows reserves (``CON``, ``NUL.x``, ``LPT1``, ...)
+    prefixed with ``_``, and ``run`` for nothing left."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", name.rstrip(". ")) or "run"
+    return f"_{safe}" if safe.split(".")[0].upper() in WINDOWS_RESERVED_NAMES else safe
 
 
 class RunFolderError(ValueError):
@@ -53,7 +74,8 @@ def claim_run_folder(root: str | os.PathLike[str], name: str, run_dir: str | Non
     """Create (or reuse) and lock the folder of a run.
 
     :param root: Parent folder of auto-named runs.
-    :param name: Prefix of the auto-generated name ``<name>-<YYYYmmdd-HHMMSS>[-k]``.
+    :param name: Prefix of the auto-generated name ``<name>-<YYYYmmdd-HHMMSS>[-k]`` (made
+        safe by :func:`safe_folder_name`: ``ALE/Pong-v5`` is ``ALE-Pong-v5``).
     :param run_dir: Explicit folder instead of an auto-named one.
     :param resume: The run continues the one already in ``run_dir`` (its files are kept and
         appended to); without it a folder that holds a run is refused.
@@ -104,7 +126,7 @@ def _make(path: Path) -> Path:
 
 def _make_unique(root: Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = root / f"{name}-{stamp}"
+    base = root / f"{safe_folder_name(name)}-{stamp}"
     path, k = base, 1
     while True:
         try:

@@ -42,6 +42,11 @@ class WandbScalars:
         the steps up to where the crashed run got (W&B cannot delete points); the resumed run
         logs the steps after its checkpoint again, and W&B takes each step once, as it does
         with ``log(step=...)``.
+
+    Each row is sent with ``step=`` its step, so W&B's own step (``_step``) is the logged one:
+    a resumed offline run (a second offline folder of the same run; offline, W&B cannot ask
+    the server where the run got and would restart at 0) continues the steps when both are
+    synced.
     """
 
     def __init__(self, run: Any, first_step: int | None = None) -> None:
@@ -57,7 +62,7 @@ class WandbScalars:
             if scalar is not None:
                 payload[key] = scalar
         try:
-            self.run.log(payload)
+            self.run.log(payload, step=int(step))
         except Exception as error:  # noqa: BLE001 - logging must never stop training
             warn(f"W&B logging failed, mirroring turned off: {one_line(error)}")
             self.run = None

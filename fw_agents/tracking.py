@@ -206,7 +206,7 @@ class Tracker:
             import wandb
 
             media = wandb.Video(str(path)) if Path(path).suffix in (".gif", ".mp4") else wandb.Image(str(path))
-            self.wandb_run.log({key: media, **({} if step is None else {"global_step": step})})
+            self.wandb_run.log({key: media, **({} if step is None else {"global_step": step})}, step=step)
         except Exception as error:  # noqa: BLE001
             warn(f"W&B media log failed: {one_line(error)}")
 
@@ -237,7 +237,8 @@ class Tracker:
             except Exception as error:  # noqa: BLE001
                 warn(f"W&B finish failed: {one_line(error)}")
             if offline and run_files:  # .../wandb/offline-run-<time>-<id>/files
-                print(f"W&B offline run saved; upload it with: wandb sync {Path(run_files).parent}", file=sys.stderr)
+                folders = " ".join(str(folder) for folder in offline_run_folders(Path(run_files).parent))
+                print(f"W&B offline run saved; upload it with: wandb sync {folders}", file=sys.stderr)
             self.wandb_run = None
         if self.folder is not None:
             self.folder.release()
@@ -248,6 +249,16 @@ class Tracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def offline_run_folders(folder: Path) -> list[Path]:
+    """The offline folders of the W&B run whose offline folder is ``folder``
+    (``<run>/wandb/offline-run-<time>-<id>``), oldest first: a resumed offline run writes a new
+    one. ``wandb sync`` given them all uploads them as one run, in order of start time, the
+    steps continued (:class:`~fw_agents.scalar_writers.WandbScalars` sends ``step=``)."""
+    run_id = folder.name.rsplit("-", 1)[-1]
+    found = sorted(folder.parent.glob(f"offline-run-*-{run_id}"))  # <time> is YYYYMMDD_HHMMSS: sorts by age
+    return found if folder in found else [*found, folder]
 
 
 def write_config(path: str | os.PathLike[str], config: Mapping[str, Any] | None) -> dict[str, Any]:

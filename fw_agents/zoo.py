@@ -202,11 +202,15 @@ class ExperimentManager(zoo_exp_manager.ExperimentManager):
     * ``--trial-id`` (with ``fast_recurrent_ppo`` or a YAML entry naming one of this project's
       policies) converts the trial as :func:`convert_fast_recurrent_ppo_params` and merges its
       ``policy_kwargs`` into the YAML entry's;
-    * the default ``dummy`` envs of a Catch id are one batched ``envs.CatchSB3VecEnv``.
+    * the default ``dummy`` envs of a Catch id are one batched ``envs.CatchSB3VecEnv``;
+    * ``--trial-id 0`` loads trial 0 (the zoo reads ``if self.trial_id:``, which took 0 for
+      "no trial" and trained the YAML's hyper-parameters; see :class:`_GivenTrialId`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.trial_id is not None:
+            self.trial_id = _GivenTrialId(self.trial_id)
         entry_point = gym.spec(self.env_name.gym_id).entry_point
         if self.vec_env_class is DummyVecEnv and entry_point in (CatchEnv, "envs.catch:CatchEnv"):
             self.vec_env_class = catch_vec_env  # type: ignore[assignment]
@@ -227,6 +231,15 @@ class ExperimentManager(zoo_exp_manager.ExperimentManager):
         base = eval(base, vars(zoo_exp_manager)) if isinstance(base, str) else base  # as the zoo reads it
         params["policy_kwargs"] = merge_policy_kwargs(base, params["policy_kwargs"])
         return params
+
+
+class _GivenTrialId(int):
+    """A ``--trial-id`` that was given: true even when it is 0, so that the zoo's
+    ``if self.trial_id:`` (``ExperimentManager.read_hyperparameters``) loads trial 0; otherwise
+    the int it is (``study.trials[trial_id]``)."""
+
+    def __bool__(self) -> bool:
+        return True
 
 
 def _yaml_entry(path: Path, env_id: str) -> dict[str, Any]:

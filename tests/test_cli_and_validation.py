@@ -171,6 +171,28 @@ def test_run_cli_turns_an_os_error_into_one_line_exit_1(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: File exists (")
 
 
+def test_run_cli_reports_a_warning_in_one_line_without_escape_codes(capsys):
+    """Gymnasium (and popgym's envs through it) colour their warnings with ANSI codes
+    (``\x1b[33mWARN: ...\x1b[0m``): a command reports each as one plain ``warning:`` line."""
+    import warnings
+
+    from fw_agents.cli import run_cli, strip_ansi
+
+    def warns(argv):
+        warnings.warn("\x1b[33mWARN: render_mode 'rgb_array' is not in\nthe possible render_modes ([]).\x1b[0m", UserWarning)
+        warnings.warn("\x1b]8;;https://x.org\x07link\x1b]8;;\x07 and \x1b[1;31mred\x1b[m", RuntimeWarning)
+        return 0
+
+    shown_before = warnings.showwarning
+    assert run_cli(warns, []) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "\x1b" not in "".join(lines), lines
+    assert lines[0].startswith("warning: WARN: render_mode 'rgb_array' is not in the possible render_modes ([]). (UserWarning")
+    assert lines[1].startswith("warning: link and red (RuntimeWarning")
+    assert warnings.showwarning is shown_before, "the command's warning display is restored"
+    assert strip_ansi("\x1b[33mWARN\x1b[0m: a\x1b[2Kb") == "WARN: ab" and strip_ansi("plain [33m") == "plain [33m"
+
+
 def test_range_types_name_the_flag_and_the_value(capsys):
     from fw_agents.cli import int_at_least, positive_float
 

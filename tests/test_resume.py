@@ -52,7 +52,8 @@ class FakeWandbRun:
     def __init__(self, sent: list[int] | None = None) -> None:
         self.sent = [] if sent is None else sent
 
-    def log(self, payload):
+    def log(self, payload, step=None):
+        assert step == payload["global_step"]  # W&B's own step is the logged one
         self.sent.append(payload["global_step"])
 
     def finish(self):

@@ -25,6 +25,34 @@ def test_auto_named_folders_are_unique_and_explicit_ones_are_created(tmp_path):
     assert explicit.path == tmp_path / "a" / "b" and explicit.path.is_dir()
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("popgym:popgym-MineSweeperEasy-v0-fastweights-s0", "popgym-popgym-MineSweeperEasy-v0-fastweights-s0"),
+    ("ALE/Pong-v5-lstm-s1", "ALE-Pong-v5-lstm-s1"),
+    ("my.pkg:Env v1\\x*?<>|\"é", "my.pkg-Env-v1-x-------"),
+    ("CatchBlind16-v0-gru-s3", "CatchBlind16-v0-gru-s3"),  # already safe: unchanged
+    ("con", "_con"), ("NUL.v0", "_NUL.v0"), ("com1-x", "com1-x"), ("lpt9", "_lpt9"),  # names Windows reserves
+    ("job. . ", "job"), ("..", "run"), ("", "run"),  # no trailing dots or spaces, never empty
+])  # fmt: skip
+def test_folder_names_keep_only_characters_safe_on_every_file_system(name, expected):
+    from fw_agents.run_folder import safe_folder_name
+
+    assert safe_folder_name(name) == expected
+
+
+def test_an_auto_named_folder_of_any_env_id_is_one_safe_folder(tmp_path):
+    """``<runs-root>/<env>-<memory>-s<seed>-<time>`` for env ids with ':' (module:id) or '/' (ALE/...):
+    one folder right under the root, named with [A-Za-z0-9._-] only; an explicit --run-dir is kept."""
+    import re
+
+    for env_id in ("popgym:popgym-MineSweeperEasy-v0", "ALE/Pong-v5", "ns.mod:Team/Env v2"):
+        folder = claim_run_folder(tmp_path, f"{env_id}-lstm-s0")
+        folder.release()
+        assert folder.path.parent == tmp_path and re.fullmatch(r"[A-Za-z0-9._-]+", folder.path.name), folder.path
+    explicit = claim_run_folder(tmp_path, "x:y", run_dir=str(tmp_path / "a:b" / "c d"))
+    explicit.release()
+    assert explicit.path == tmp_path / "a:b" / "c d"  # the folder given (a resumed one too) is used as it is
+
+
 def test_a_held_folder_is_refused_until_released(tmp_path):
     held = claim_run_folder(tmp_path, "job", run_dir=str(tmp_path / "r"))
     with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {os.getpid()}\)"):

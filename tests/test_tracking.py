@@ -142,7 +142,8 @@ class _FakeRun:
         self.logged: list[dict] = []
         self.fail = fail
 
-    def log(self, payload: dict) -> None:
+    def log(self, payload: dict, step: int | None = None) -> None:
+        assert step == payload["global_step"]
         if self.fail:
             raise RuntimeError("network down")
         self.logged.append(payload)
@@ -171,3 +172,40 @@ def test_an_offline_run_says_how_to_upload_it(tmp_path, capsys):
     run = SimpleNamespace(settings=SimpleNamespace(_offline=True), dir=str(files), finish=lambda: None)
     Tracker(run_dir=tmp_path, wandb_run=run).close()
     assert f"wandb sync {files.parent}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sb3_logger", [True, False])
+def test_an_offline_resume_continues_the_run_and_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sb3_logger: bool
+) -> None:
+    """A resumed offline run is a second offline folder of the same W&B run: W&B's own step is the
+    logged step (offline, W&B cannot ask the server where the run got, and restarted at 0), and the
+    run says how to upload both folders together, oldest first."""
+    import fw_agents.tracking as tracking
+
+    steps_given: list[int | None] = []
+
+    def spied_init(*args, **kwargs):  # the real offline W&B run; its log() records the step it is given
+        run = real_init(*args, **kwargs)
+        log = run.log
+        run.log = lambda data, step=None, **rest: steps_given.append(step) or log(data, step=step, **rest)
+        return run
+
+    real_init = tracking.init_wandb
+    monkeypatch.setattr(tracking, "init_wandb", spied_init)
+    options = dict(run_dir=str(tmp_path / "r"), wandb_mode="offline", log_formats=("csv",), sb3_logger=sb3_logger,
+                   step_column="train/updates")  # fmt: skip
+    ids = []
+    for resume, steps in ((False, range(1, 6)), (True, range(3, 8))):  # crashed after 5, its checkpoint at 2
+        if resume:  # W&B names an offline folder by its start second: a resume is never within that second
+            time.sleep(1.0)
+        with start_run(tmp_path, "x", resume=resume, resume_step=2 if resume else None, **options) as tracker:
+            ids.append(tracker.wandb_run.id)
+            for step in steps:
+                tracker.log_scalars({"train/updates": step, "loss": float(step)}, step=step)
+    assert ids[0] == ids[1]
+    assert steps_given == [1, 2, 3, 4, 5, 6, 7], "W&B's step continues across the resume"
+    folders = sorted((tmp_path / "r" / "wandb").glob(f"offline-run-*-{ids[0]}"))
+    assert len(folders) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"wandb sync {folders[0]} {folders[1]}"), last

@@ -420,10 +420,11 @@ def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_re
         id, dir, settings = "r1", str(tmp_path), None
 
         def __init__(self):
-            self.logged, self.artifacts = [], []
+            self.logged, self.artifacts, self.summary = [], [], {}
 
-        def log(self, values):
+        def log(self, values, step=None):
             self.logged.append(values)
+            self.summary.update(values)  # as W&B does: the summary holds each key's last value
 
         def log_artifact(self, artifact):
             self.artifacts.append(artifact)
@@ -439,9 +440,12 @@ def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_re
     monkeypatch.setenv("WANDB_PROJECT", "from-env")
     config = TrainConfig(env="CatchBlind16-v0", run_dir=str(tmp_path / "r"), wandb_group="g", wandb_tags=("a", "b"),
                          wandb_log_model=True, **{**TINY, "wandb": "offline"})  # fmt: skip
-    train(config)
-    media = {key: type(value).__name__ for values in run.logged for key, value in values.items() if key != "global_step"}
-    assert media.get("learning_curve") == "Image" and media.get("episodes") == "Video"
+    train_summary = train(config)
+    media = {key: type(value).__name__ for values in run.logged for key, value in values.items()
+             if type(value).__name__ in ("Image", "Video")}  # fmt: skip
+    assert media == {"media/learning_curve": "Image", "media/episodes_gif": "Video"}
+    # the final evaluation's episode count stays in the summary, not overwritten by the GIF
+    assert run.summary["episodes"] == config.eval_episodes and run.summary["mean_return"] == train_summary["mean_return"]
     assert [artifact.type for artifact in run.artifacts] == ["model"]
     assert init["project"] == "from-env" and init["group"] == "g" and list(init["tags"]) == ["a", "b"]
     assert init["config"]["algorithm"] == "FastRecurrentPPO"

@@ -212,3 +212,25 @@ def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_th
     assert loaded["policy_kwargs"]["memory_kwargs"] == dict(normalize=True, fast_lr=params["fast_lr"],
                                                             decay=params["decay"], inner_steps=params["inner_steps"])  # fmt: skip
     assert loaded["policy_kwargs"]["memory"] == "fastweights" and loaded["policy_kwargs"]["hidden_size"] == 128
+
+
+@pytest.mark.parametrize("trial_id", [0, 1])
+def test_trial_id_loads_that_trial_including_trial_0(tmp_path, trial_id):
+    """``--trial-id N`` trains trial N's hyper-parameters over the YAML entry's; trial 0 too (the zoo
+    reads ``if self.trial_id:``, which took 0 for "no trial" and silently kept the YAML's)."""
+    storage = str(tmp_path / "study.log")
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+                                study_name="s")  # fmt: skip
+    trials = [{**PPO_PARAMS, "learning_rate": lr, "fast_lr": fast_lr} for lr, fast_lr in ((1e-4, 2.0), (5e-4, 0.3))]
+    choices = {key: sorted({trial[key] for trial in trials}, key=str) for key in trials[0]}
+    for params in trials:
+        distributions = {key: optuna.distributions.CategoricalDistribution(choices[key]) for key in params}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=1.0))
+    zoo.register()
+    experiment = zoo.ExperimentManager(argparse.Namespace(), zoo.ALGO, "CatchBlind16-v0", str(tmp_path), n_timesteps=256,
+                                       eval_freq=-1, config=str(zoo.HYPERPARAMS_DIR / f"{zoo.ALGO}.yml"),
+                                       storage=storage, study_name="s", trial_id=trial_id)  # fmt: skip
+    hyperparams, _ = experiment.read_hyperparameters()
+    assert hyperparams["learning_rate"] == trials[trial_id]["learning_rate"]  # the YAML's is 1e-3
+    assert hyperparams["policy_kwargs"]["memory_kwargs"]["fast_lr"] == trials[trial_id]["fast_lr"]
+    assert hyperparams["policy_kwargs"]["hidden_size"] == 128  # the YAML entry's, kept
