@@ -18,13 +18,16 @@ SUITE_PATH = ROOT / "benchmarks" / "memory_suite.py"
 
 @pytest.fixture(scope="module")
 def suite():
-    """The benchmark module (benchmarks/ is not a package), registered as ``memory_suite``."""
+    """The benchmark module (benchmarks/ is not a package), registered as ``memory_suite``; its
+    sibling modules (suite_tasks, suite_report) import from benchmarks/ on the path."""
+    sys.path.insert(0, str(SUITE_PATH.parent))
     spec = importlib.util.spec_from_file_location("memory_suite", SUITE_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules["memory_suite"] = module
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("memory_suite", None)
+    sys.path.remove(str(SUITE_PATH.parent))
 
 
 def _record(task, model, seed, final=0.0, status="ok", wall=10.0, timesteps=1000, curve=((500, 1000), (0.0, 0.0))):
