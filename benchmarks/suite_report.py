@@ -203,7 +203,7 @@ def iqm_section(runs: Runs, tasks: Sequence[str], models: Sequence[str], reps: i
     common = common_tasks(runs, tasks, models)
     left_out = [t for t in tasks if t not in common]
     scored = {metric: score_matrices(runs, common, models, metric) for metric in ("final", "auc")}
-    dropped = list(dict.fromkeys(scored["final"][2] + scored["auc"][2]))
+    dropped = scored["final"][2] + scored["auc"][2]
     seeds = scored["final"][1]
     where = f"the {len(common)} tasks every model has results for" + (f" (left out: {', '.join(left_out)})" if left_out else "")
     if not scored["final"][0]:
@@ -220,9 +220,9 @@ def iqm_section(runs: Runs, tasks: Sequence[str], models: Sequence[str], reps: i
         own_scored = {metric: score_matrices(runs, own, [model], metric) for metric in ("final", "auc")}
         texts = _iqm_texts({metric: own_scored[metric][0] for metric in own_scored}, [model], reps, seed)[model]
         lines.append(f"| {model} | {len(own)} | {', '.join(map(str, own_scored['final'][1])) or '—'} | {' | '.join(texts)} |")
-        dropped += [d for metric in own_scored for d in own_scored[metric][2] if d not in dropped]
+        dropped += [d for metric in own_scored for d in own_scored[metric][2]]
     if dropped:
-        lines += ["", f"Runs left out so that every task has the same seeds: {'; '.join(dropped)}."]
+        lines += ["", f"Runs left out so that every task has the same seeds: {'; '.join(dict.fromkeys(dropped))}."]
     if scored["final"][0]:
         lines += ["", f"![performance profile]({PROFILE_NAME})", "",
                   f"Performance profile ({PROFILE_NAME}) over the {len(common)} common tasks: the fraction of runs × "
