@@ -16,7 +16,9 @@ Two modes, both training through ``fw_agents.agent.train`` and writing into ``--
   table) and each of ``--seeds``; the plot shows mean ± std over seeds.
 
 Outputs: ``figure5_<env>.png`` (one line per memory) and ``figure5.md`` (env steps to first
-reach a mean evaluation return of 0.9, and the final return). Finished runs and trials are
+reach a mean evaluation return of 0.9, and the final return; then each memory's interquartile
+mean over its trials or seeds of the area under the evaluation curve and of the final return,
+with 95% bootstrap intervals, through ``rliable``: ``fw_agents.aggregate``). Finished runs and trials are
 kept, so an interrupted command resumes where it stopped::
 
     python benchmarks/figure5.py --timesteps 500000 --seeds 0 1 2
@@ -42,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fw_agents import search  # noqa: E402
+from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED, iqm_cells  # noqa: E402
 from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
 from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
@@ -210,8 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (TrainConfig.threads; default: torch's in seeds mode, 1 per "
                              "search worker; 1 lets two commands share 2 cores)")  # fmt: skip
+    parser.add_argument("--bootstrap-reps", type=int, default=DEFAULT_REPS,
+                        help="bootstrap replications of the report's IQM intervals")  # fmt: skip
+    parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, help="seed of the report's bootstraps")
     parser.add_argument("--out", default="runs/figure5")
     return parser
+
+
+def iqm_row(env_id: str, memory: str, returns: np.ndarray, reps: int, seed: int) -> str:
+    """The IQM table's row of one env × memory: the IQM over its runs (trials or seeds) of the
+    area under the evaluation curve (its mean) and of the final evaluation return, with 95%
+    bootstrap intervals (:func:`fw_agents.aggregate.iqm_cells`, one task).
+
+    :param env_id: The env.
+    :param memory: The memory.
+    :param returns: ``[runs x evaluations]`` mean evaluation returns.
+    :param reps: Bootstrap replications.
+    :param seed: Bootstrap seed.
+    """
+    auc, final = iqm_cells([returns.mean(axis=1, keepdims=True), returns[:, -1:]], reps, seed)
+    return f"| {env_id} | {memory} | {len(returns)} | {auc} | {final} |"
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -229,10 +250,17 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise ValueError(f"--best-of {args.best_of}: {error.strerror or error}") from None
     if searching and args.top < 1:
         raise ValueError(f"top must be an integer >= 1, got {args.top}")
+    if args.bootstrap_reps < 1 or args.bootstrap_seed < 0:
+        raise ValueError(f"bootstrap reps must be >= 1 and bootstrap seed >= 0, got {args.bootstrap_reps}, "
+                         f"{args.bootstrap_seed}")  # fmt: skip
 
     spread = f"top {args.top} of {args.trials} trials" if searching else "per seed"
     table = [f"| env | memory | steps to mean return ≥ 0.9 ({spread}) | final return (mean ± std) | best run |",
              "|---|---|---|---|---|"]  # fmt: skip
+    iqm_table = ["", f"Interquartile mean over the runs ({spread}) with its 95% bootstrap confidence interval "
+                 f"({args.bootstrap_reps:,} replications, seed {args.bootstrap_seed}):", "",
+                 "| env | memory | runs | area under the curve (mean eval return): IQM [95% CI] | final return: IQM "
+                 "[95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
     trials_table = ["| env | memory | trial | hyper-parameters | mean eval return | final |", "|---|---|---|---|---|---|"]
     for env_id in args.envs:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -268,6 +296,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 f"| {env_id} | {memory} | {reach} | {final.mean():.3f} ± {final.std():.3f} | "
                 f"{best_name}: {_params_text(best_params)} |"
             )
+            iqm_table.append(iqm_row(env_id, memory, returns, args.bootstrap_reps, args.bootstrap_seed))
         ax.axhline(TARGET, color="grey", lw=0.8, ls="--")
         what = f"top {args.top} of {args.trials} trials" if searching else f"{len(args.seeds)} seed(s)"
         ax.set(xlabel="env steps", ylabel="evaluation return", title=f"{env_id} ({what})", ylim=(-1.05, 1.05))
@@ -277,6 +306,7 @@ def _main(argv: Sequence[str] | None) -> int:
         with atomic_path(out / f"figure5_{env_id}.png") as tmp:
             fig.savefig(tmp, dpi=100)
         plt.close(fig)
+    table += iqm_table
     write_text_atomically(out / "figure5.md", "\n".join(table) + "\n")
     if searching:
         write_text_atomically(out / "trials.md", "\n".join(trials_table) + "\n")

@@ -138,3 +138,33 @@ def test_bad_trials_and_best_of_fail_before_any_run(tmp_path, capsys):
     assert figure5.main(["--best-of", str(table), "--memories", "fastweights", "gru", "--out", str(out)]) == 2
     assert not any(out.glob("*-s*"))  # no run trained
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_seeds_report_gives_each_memorys_iqm_with_its_interval(tmp_path, monkeypatch, capsys):
+    import scipy.stats
+
+    finals = {0: 0.2, 1: 0.5, 2: 0.9, 3: -0.4}
+
+    def train(config):  # curves 0 then the seed's final return
+        run_dir = Path(config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        results = np.array([[0.0, 0.0], [finals[config.seed]] * 2])
+        np.savez(run_dir / "evaluations.npz", timesteps=np.array([50, 100]), results=results)
+        (run_dir / "model.zip").write_bytes(b"")
+
+    monkeypatch.setattr(figure5, "train", train)
+    argv = ["--envs", "Catch-v0", "--memories", "fastweights", "irnn", "--seeds", "0", "1", "2", "3",
+            "--bootstrap-reps", "200", "--out", str(tmp_path)]  # fmt: skip
+    assert figure5.main(argv) == 0
+    report = (tmp_path / "figure5.md").read_text()
+    assert "Interquartile mean over the runs (per seed) with its 95% bootstrap confidence interval (200 replications" in report
+    final = scipy.stats.trim_mean(list(finals.values()), 0.25)
+    auc = scipy.stats.trim_mean([f / 2 for f in finals.values()], 0.25)
+    for memory in ("fastweights", "irnn"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| Catch-v0 | {memory} | 4 | "))
+        cells = [c.strip() for c in row.split("|")[4:6]]
+        for cell, expected in zip(cells, (auc, final)):
+            iqm, low, high = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
+            assert iqm == pytest.approx(expected, abs=5e-4) and low <= iqm <= high
+    assert figure5.main([*argv, "--bootstrap-reps", "0"]) == 2
+    assert "bootstrap reps must be >= 1" in capsys.readouterr().err

@@ -18,13 +18,16 @@ SUITE_PATH = ROOT / "benchmarks" / "memory_suite.py"
 
 @pytest.fixture(scope="module")
 def suite():
-    """The benchmark module (benchmarks/ is not a package), registered as ``memory_suite``."""
+    """The benchmark module (benchmarks/ is not a package), registered as ``memory_suite``; its
+    sibling modules (suite_tasks, suite_report) import from benchmarks/ on the path."""
+    sys.path.insert(0, str(SUITE_PATH.parent))
     spec = importlib.util.spec_from_file_location("memory_suite", SUITE_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules["memory_suite"] = module
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("memory_suite", None)
+    sys.path.remove(str(SUITE_PATH.parent))
 
 
 def _record(task, model, seed, final=0.0, status="ok", wall=10.0, timesteps=1000, curve=((500, 1000), (0.0, 0.0))):
@@ -242,3 +245,73 @@ def test_report_checks_the_target_against_the_stock_lstm(suite):
     assert "| mean of 1 tasks | 0.650 | 0.850 (stock's mean) | **no** |" in lines
     runs[(task, "fastweights")] = [_record(task, "fastweights", 0, final=0.5)]
     assert f"| {task} | 0.750 | 0.750 | yes |" in suite.target_check(runs, [task])
+
+
+def _suite_runs(suite, out, seeds, scale):
+    """fastweights and stock-lstm on RepeatFirst and CatchBlind16 (stock cannot build on
+    CountRecall) at ``scale`` of the budgets; final raw returns vary with the seed."""
+    finals = {}
+    for task in ("RepeatFirstEasy", "CountRecallEasy", "CatchBlind16"):
+        for model in ("fastweights", "stock-lstm"):
+            for seed in seeds:
+                status = "cannot build" if (task, model) == ("CountRecallEasy", "stock-lstm") else "ok"
+                final = -0.9 + 0.3 * seed + (0.5 if model == "fastweights" else 0.0) + (0.1 if task == "CatchBlind16" else 0)
+                finals[(task, model, seed)] = final
+                _write(out, _record(task, model, seed, final, status=status, timesteps=suite.budget(task, scale)))
+    return finals
+
+
+def test_report_with_one_seed_leaves_the_target_out_and_says_why(suite, tmp_path):
+    _suite_runs(suite, tmp_path, [0], 0.2)
+    text = suite.write_report(tmp_path, "cmd", reps=100)
+    assert "## Target" not in text and "| met |" not in text
+    assert ("Target check (fast weights against the stock LSTM) left out: RepeatFirstEasy / fastweights has 1; "
+            "RepeatFirstEasy / stock-lstm has 1; CatchBlind16 / fastweights has 1; CatchBlind16 / stock-lstm has 1 "
+            "seed(s); it needs ≥ 3 seeds per compared cell and every run at budget scale 1 or 0.2.") in text
+
+
+def test_report_with_three_seeds_at_other_budgets_leaves_the_target_out(suite, tmp_path):
+    _suite_runs(suite, tmp_path, [0, 1, 2], 0.5)
+    text = suite.write_report(tmp_path, "cmd", reps=100)
+    assert "## Target" not in text
+    assert "left out: RepeatFirstEasy / fastweights ran 200,000 steps, not 400,000 or 80,000;" in text
+
+
+def test_report_with_three_seeds_at_scale_02_checks_the_target_and_gives_iqms(suite, tmp_path):
+    import scipy.stats
+
+    finals = _suite_runs(suite, tmp_path, [0, 1, 2], 0.2)
+    _write(tmp_path, _record("CatchBlind16", "fastweights", 3, 1.0, timesteps=suite.budget("CatchBlind16", 0.2)))
+    text = suite.write_report(tmp_path, "cmd", reps=200)
+    target = text.split("## Target: fast weights (defaults) against the stock LSTM\n\nRule: ")[1]
+    assert target.startswith("on each task, fast weights' mean final normalised return ≥ the stock LSTM's mean − 1 std")
+    assert "budget scale 0.2)." in target and "| CountRecallEasy | 0.450 | stock cannot run | — |" in target
+    iqm = text.split("## Interquartile mean over tasks × seeds (rliable)")[1].split("\n## ")[0]
+    assert "Over the 2 tasks every model has results for (left out: CountRecallEasy), seeds 0, 1, 2:" in iqm
+    for model in ("fastweights", "stock-lstm"):  # the IQM over the common tasks, against scipy's trimmed mean
+        common = [suite.normalise(t, finals[(t, model, s)]) for t in ("RepeatFirstEasy", "CatchBlind16") for s in range(3)]
+        assert f"| {model} | {scipy.stats.trim_mean(common, 0.25):.3f} [" in iqm
+    own = [suite.normalise(t, finals[(t, "fastweights", s)]) for t in suite.TASKS if t != "RepeatPreviousEasy"
+           for s in range(3) if (t, "fastweights", s) in finals]  # fmt: skip
+    assert f"| fastweights | 3 | 0, 1, 2 | {scipy.stats.trim_mean(own, 0.25):.3f} [" in iqm
+    assert "| stock-lstm | 2 | 0, 1, 2 |" in iqm
+    assert "Runs left out so that every task has the same seeds: CatchBlind16 / fastweights / seed 3." in iqm
+    assert "![performance profile](memory_suite_profile.png)" in iqm
+    assert (tmp_path / "memory_suite_profile.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_curves_legend_stays_inside_the_figure_with_one_task(suite):
+    import matplotlib.pyplot as plt
+
+    models = [*suite.MODELS, "fastweights[a-long-variant-label]"]
+    runs = {("CatchBlind16", m): [_record("CatchBlind16", m, 0, curve=((500, 1000), (-1.0, 0.5)))] for m in models}
+    fig = sys.modules["suite_report"].curves_figure(runs, ["CatchBlind16"], models)
+    try:
+        fig.canvas.draw()
+        (legend,) = fig.legends
+        box, frame = legend.get_window_extent(), fig.bbox
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        axes_box = fig.axes[0].get_tightbbox()
+        assert box.y1 <= axes_box.y0 + 1  # below the subplot, not over it
+    finally:
+        plt.close(fig)

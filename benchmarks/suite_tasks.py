@@ -1,0 +1,112 @@
+"""The memory suite's tasks and scores: task names, env-step budgets, episode-return bounds,
+normalisation and the area under a training curve (``benchmarks/memory_suite.py`` runs them,
+``benchmarks/suite_report.py`` reports them).
+
+Sizing :data:`BUDGETS`: training throughput (env steps/s, updates included; 16 envs, hidden
+128, one torch thread per run; 8k-16k-step runs) on the 2-core machine, measured while another
+user's jobs also ran on it (load average 3-4), so an idle machine should be faster::
+
+    one run at a time  RepeatPrevious  CatchBlind16  CartPole  Pendulum  MineSweeper  Concentration
+    fastweights             2,430          3,040       2,440     2,870      2,580         2,100
+    lstm / gru / irnn  4,970 / 3,440 / 6,040   5,630 / 5,020 / 7,330
+    stock-lstm                890            990         740     1,640      1,290            —
+
+    two runs at once (--workers 2)   CountRecall   HigherLower   NoisyCartPole
+    fastweights                        1,130         1,130          1,130
+    lstm / gru / irnn          2,290/1,600/2,740  2,230/1,580/2,760  1,780/1,200/2,120
+    stock-lstm                      cannot build       400            680
+
+At the two-at-once rates (fastweights 1,130, lstm 2,000, gru 1,400, irnn 2,400, stock-lstm
+550 steps/s), one env step of all five models costs 4.3 ms of one worker (2.5 ms for the four
+``RecurrentMemoryPolicy`` cores, on CountRecall, whose MultiDiscrete observations stock-lstm
+cannot build on); the budgets sum to 4.5M steps over the 9 tasks with all five models and 0.8M
+for CountRecall, so 3 seeds take 3 × (4.5M × 4.3 ms + 0.8M × 2.5 ms) ≈ 64,000 worker-seconds,
+≈ 8.9 h with ``--workers 2`` (+ a few minutes of evaluations and worker start-up); on an idle
+machine, nearer the one-at-a-time rates, about 5 h. stock-lstm is ~40% of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+POPGYM_TASKS = (
+    "RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "HigherLowerEasy", "PositionOnlyCartPoleEasy",
+    "NoisyPositionOnlyCartPoleEasy", "PositionOnlyPendulumEasy", "MineSweeperEasy", "ConcentrationEasy",
+)  # fmt: skip
+#: task name -> Gymnasium id.
+TASKS: dict[str, str] = {**{name: f"popgym-{name}-v0" for name in POPGYM_TASKS}, "CatchBlind16": "CatchBlind16-v0"}
+#: task name -> env steps per run (``--timesteps`` overrides, ``--budget-scale`` multiplies).
+#: More for the longer-memory tasks; CountRecall (no stock-lstm run) gets the time saved. The module docstring has the measured throughputs and the overnight estimate.
+BUDGETS: dict[str, int] = {
+    "RepeatPreviousEasy": 600_000, "RepeatFirstEasy": 400_000, "CountRecallEasy": 800_000,
+    "HigherLowerEasy": 400_000, "PositionOnlyCartPoleEasy": 500_000, "NoisyPositionOnlyCartPoleEasy": 500_000,
+    "PositionOnlyPendulumEasy": 500_000, "MineSweeperEasy": 600_000, "ConcentrationEasy": 500_000,
+    "CatchBlind16": 500_000,  # Figure 5's budget for CatchBlind16 (benchmarks/figure5.py)
+}  # fmt: skip
+# Episode-return bounds, from popgym 1.0.7's source (popgym/envs/*.py): the card games scale
+# each step's reward so that an episode sums to [-1, 1]: RepeatPrevious ±1/(52-k) on the 52-k
+# steps after the first k=4; RepeatFirst and CountRecall ±1/51 on 51 steps; HigherLower ±1/52
+# (0 on a tie) on 51 steps; Concentration +1/26 per pair found, -1/104 per card of a wrong or
+# repeated flip over 104 steps; MineSweeper +1/14 per safe cell (14 of 4x4 - 2 mines), -0.5/12
+# per repeated cell, -0.5-1/14 on a mine; PositionOnlyPendulum maps Pendulum's [-16.27, 0] per
+# step onto [-1, 1]/200 over 200 steps. The CartPoles give +1/200 per step survived (Gymnasium's
+# CartPole pays 1.0 on every step, the falling one included; popgym's -1 is only for a 0 reward,
+# i.e. stepping after the end), so a return is in (0, 1]. Catch: +1 caught, -1 missed.
+RETURN_BOUNDS: dict[str, tuple[float, float]] = {
+    **{name: (-1.0, 1.0) for name in TASKS},
+    "PositionOnlyCartPoleEasy": (0.0, 1.0),
+    "NoisyPositionOnlyCartPoleEasy": (0.0, 1.0),
+}
+MODELS = ("fastweights", "lstm", "gru", "irnn", "stock-lstm")
+STOCK = "stock-lstm"
+AUC_POINTS = 20
+#: The ``--budget-scale`` values whose runs count for the report's target check: the full budgets and 20% of them.
+TARGET_SCALES = (1.0, 0.2)
+
+
+def normalise(task: str, returns: Any) -> np.ndarray:
+    """Returns mapped to [0, 1] with the task's bounds: ``(R - min) / (max - min)``.
+
+    :param task: Task name (a key of :data:`RETURN_BOUNDS`).
+    :param returns: Episode returns (scalar or array).
+    """
+    low, high = RETURN_BOUNDS[task]
+    return (np.asarray(returns, dtype=float) - low) / (high - low)
+
+
+def interpolate_curve(steps: Sequence[float], values: Sequence[float], budget: float, points: int) -> np.ndarray:
+    """A curve on the grid ``budget/points, 2*budget/points, ..., budget`` (held constant beyond its ends).
+
+    :param steps: Env steps of the curve's points (increasing).
+    :param values: Curve values.
+    :param budget: The run's env-step budget.
+    :param points: Grid size.
+    :return: ``[points]`` values, all NaN for an empty curve.
+    """
+    if len(steps) == 0:
+        return np.full(points, np.nan)
+    grid = np.linspace(budget / points, budget, points)
+    return np.interp(grid, np.asarray(steps, float), np.asarray(values, float))
+
+
+def area_under_curve(task: str, steps: Sequence[float], returns: Sequence[float], budget: float) -> float:
+    """Mean of the normalised training curve on a fixed :data:`AUC_POINTS`-point grid over the budget.
+
+    :param task: Task name (for the normalisation).
+    :param steps: Env steps at each rollout end.
+    :param returns: Mean raw episode return in each rollout.
+    :param budget: The run's env-step budget.
+    """
+    return float(np.mean(interpolate_curve(steps, normalise(task, returns), budget, AUC_POINTS)))
+
+
+def budget(task: str, scale: float = 1.0) -> int:
+    """The task's env-step budget times ``scale`` (at least one step).
+
+    :param task: Task name (a key of :data:`BUDGETS`).
+    :param scale: ``--budget-scale``.
+    """
+    return max(round(BUDGETS[task] * scale), 1)
