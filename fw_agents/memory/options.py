@@ -115,11 +115,11 @@ class CoreOption:
 FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
     CoreOption("fast_lr", float, "η", "the paper's absolute η (Eq. 1: A = λA + η h hᵀ)", 0.0, 1e6, False, True,
                default=0.5, agent_default=None, flag="--fast-lr",
-               help="η of the paper's Eq. 1, absolute (replaces the agents' default fast_share)",
+               help="η of the paper's Eq. 1, absolute (not with fast_share)",
                search=SearchSpace("log", 1e-4, 0.1)),
     CoreOption("fast_share", float, "η share", "η as the fast memory's share of the drive: the write scaled by "
                "(1-λ)/H, paper η = fast_share·(1-λ)/H", 0.0, 1e6, False, True, default=None, agent_default=0.5,
-               flag="--fast-share", help="η as the fast memory's share of the drive (‖A‖ <= fast_share at any width)",
+               flag="--fast-share", help="η as the fast memory's share of the drive, ‖A‖ <= fast_share at any width (not with fast_lr)",
                search=SearchSpace("log", 0.05, 5.0)),
     CoreOption("decay", float, "λ", "share of the fast memory kept at each step", 0.0, 1.0, False, False,
                default=0.95, agent_default=0.95, flag="--decay", help="λ, the share of the fast memory kept at each step",
