@@ -190,6 +190,8 @@ def test_format_1_checkpoints_load_with_their_eta_translated(normalize, unit, tm
     and the resolved policy_kwargs): they load, η in today's name, the same paper η, no warning."""
     import warnings
 
+    from fw_agents.resume import read_checkpoint
+
     legacy = dict(normalize=normalize, fast_lr=0.25, decay=0.9, inner_steps=1)
     model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu",
                              policy_kwargs=dict(memory_kwargs={unit: 0.25, "decay": 0.9}), **SMALL)  # fmt: skip
@@ -204,6 +206,10 @@ def test_format_1_checkpoints_load_with_their_eta_translated(normalize, unit, tm
             core = algorithm.load(tmp_path / "v1.zip", device="cpu").policy.lstm_actor.core
             assert getattr(core, unit) == 0.25 and core.decay == 0.9
             assert core.paper_fast_lr == model.policy.lstm_actor.core.paper_fast_lr
+    # --resume reads the model's settings in today's names too (what TrainConfig accepts)
+    settings = read_checkpoint(tmp_path / "v1.zip").settings["memory_kwargs"]
+    assert settings == {unit: 0.25, "decay": 0.9, "inner_steps": 1}
+    TrainConfig(memory_kwargs=settings).validate()
     with pytest.warns(UserWarning, match="fast_share"):  # and a real difference is still reported
         RecurrentPPO.load(tmp_path / "v1.zip", device="cpu", custom_objects=dict(
             policy_kwargs=dict(memory_kwargs=dict(fast_share=3.0 if normalize else 0.25, decay=0.9))))
