@@ -66,7 +66,9 @@ def default_memory_kwargs(memory: str) -> dict[str, Any]:
     return dict(DEFAULT_MEMORY_KWARGS.get(memory, {}))
 
 
-def resolve_memory_kwargs(memory: str, memory_kwargs: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve_memory_kwargs(
+    memory: str, memory_kwargs: dict[str, Any] | None, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``memory_kwargs`` over ``base`` (default: :func:`default_memory_kwargs`), fast weights'
     saved legacy options translated and η merged by unit
     (:func:`~fw_agents.memory.options.merge_options`)."""

@@ -50,8 +50,10 @@ def study_memory_kwargs(memory: str, memory_kwargs: dict[str, Any]) -> dict[str,
     """The fixed core options that define a study: ``memory_kwargs`` less the searched ones and
     those at the core's own default (a key that is not there means that default)."""
     fixed = fixed_by_search(memory)
-    return {key: value for key, value in memory_kwargs.items()
-            if key not in fixed and not (memory == "fastweights" and key in OPTIONS and OPTIONS[key].default == value)}  # fmt: skip
+    at_default = {key for key, value in memory_kwargs.items() if key in OPTIONS and OPTIONS[key].default == value}
+    if memory != "fastweights":
+        at_default = set()
+    return {key: value for key, value in memory_kwargs.items() if key not in fixed and key not in at_default}
 
 
 def space_table() -> str:

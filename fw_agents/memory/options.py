@@ -119,7 +119,8 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
                search=SearchSpace("log", 1e-4, 0.1)),
     CoreOption("fast_share", float, "η share", "η as the fast memory's share of the drive: the write scaled by "
                "(1-λ)/H, paper η = fast_share·(1-λ)/H", 0.0, 1e6, False, True, default=None, agent_default=0.5,
-               flag="--fast-share", help="η as the fast memory's share of the drive, ‖A‖ <= fast_share at any width (not with fast_lr)",
+               flag="--fast-share",
+               help="η as the fast memory's share of the drive, ‖A‖ <= fast_share at any width (not with fast_lr)",
                search=SearchSpace("log", 0.05, 5.0)),
     CoreOption("decay", float, "λ", "share of the fast memory kept at each step", 0.0, 1.0, False, False,
                default=0.95, agent_default=0.95, flag="--decay", help="λ, the share of the fast memory kept at each step",
