@@ -4,7 +4,8 @@ Two modes, both training through ``fw_agents.agent.train`` and writing into ``--
 
 * **search** (``--trials N``): the paper's protocol (notes §5: "learning rate, number of
   inner steps, η and λ found by random search; curves average the top 5 runs") through
-  ``fw_agents.search``: one Optuna study per env × memory, ``figure5-<env>-<memory>``, in
+  ``fw_agents.search --space paper`` (η searched as the paper's absolute η, ``fast_lr``):
+  one Optuna study per env × memory, ``figure5-<env>-<memory>``, in
   ``--storage`` (default: ``<out>/search/<study>.db``). The command runs what the studies
   still lack of their ``N`` trials (``--workers K`` processes at once), then reads them back:
   trials ranked by their objective, the mean of their evaluation curve (the area under it),
@@ -49,13 +50,15 @@ from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
 from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
+from fw_agents.memory.options import translate_legacy_options  # noqa: E402
 from fw_agents.resume import latest_checkpoint  # noqa: E402
 from fw_agents.run_folder import RUN_MARKER  # noqa: E402
 
 TARGET = 0.9
 #: Before ``TrainConfig.memory_kwargs``, the fast-weights options were fields of their own:
-#: old field -> core option (old JSON tables).
-LEGACY_FAST_FIELDS = dict(fast_lr="fast_lr", decay="decay", inner_steps="inner_steps", fast_normalize="normalize")
+#: old field -> core option (old JSON tables); a study's flat parameters are read the same way.
+LEGACY_FAST_FIELDS = dict(fast_lr="fast_lr", fast_share="fast_share", decay="decay", inner_steps="inner_steps",
+                          fast_normalize="normalize")  # fmt: skip
 Curve = tuple[np.ndarray, np.ndarray]
 
 
@@ -73,13 +76,13 @@ def steps_to_target(steps: np.ndarray, returns: np.ndarray, target: float = TARG
 def trial_params(entry: dict[str, Any], memory: str) -> dict[str, Any]:
     """The ``TrainConfig`` keyword arguments of a trial (``learning_rate``, ``memory_kwargs``) from
     a best-of JSON entry or a study's flat parameters, also in the old form with the fast-weights
-    options as fields of their own (:data:`LEGACY_FAST_FIELDS`)."""
+    options as fields of their own (:data:`LEGACY_FAST_FIELDS`); ``normalize`` in today's names
+    (:func:`~fw_agents.memory.options.translate_legacy_options`: ``fast_lr`` is the paper's η)."""
     params: dict[str, Any] = dict(learning_rate=entry["learning_rate"])
     if "memory_kwargs" in entry:
-        memory_kwargs = dict(entry["memory_kwargs"])
+        memory_kwargs = translate_legacy_options(entry["memory_kwargs"])
     elif memory == "fastweights":
-        memory_kwargs = {key: entry[old] for old, key in LEGACY_FAST_FIELDS.items() if old in entry}
-        memory_kwargs.setdefault("normalize", False)  # the search's η is the paper's absolute one
+        memory_kwargs = translate_legacy_options({key: entry[old] for old, key in LEGACY_FAST_FIELDS.items() if old in entry})
     else:
         memory_kwargs = {}
     if memory_kwargs:
@@ -152,7 +155,7 @@ def study_search(args: argparse.Namespace, env_id: str, memory: str) -> search.S
     argv = [
         "--env", env_id, "--memory", memory, "--study", study_name(env_id, memory), "--runs-root", args.out,
         "--trials", str(args.trials), "--study-trials", str(args.trials), "--workers", str(args.workers),
-        "--sampler-seed", str(args.sampler_seed), "--timesteps", str(args.timesteps), "--eval-freq",
+        "--sampler-seed", str(args.sampler_seed), "--space", "paper", "--timesteps", str(args.timesteps), "--eval-freq",
         str(args.eval_freq), "--eval-episodes", str(args.eval_episodes), "--threads", str(args.threads or 1),
     ]  # fmt: skip
     argv += ["--storage", args.storage] if args.storage else []

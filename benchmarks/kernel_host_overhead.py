@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     triton_scan._kernels = lambda: (_NoLaunch(), _NoLaunch())
-    core = FastWeightsRNN(args.hidden, args.hidden, mode="triton", normalize=True)
+    core = FastWeightsRNN(args.hidden, args.hidden, mode="triton", fast_share=0.5)
     x, starts = torch.randn(1, args.batch, args.hidden), torch.zeros(1, args.batch)
     state = core.initial_state(args.batch)
     with torch.inference_mode():

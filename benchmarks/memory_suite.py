@@ -20,7 +20,7 @@ normalised training curve, wall time; each model's interquartile mean over tasks
     python benchmarks/memory_suite.py                      # the whole suite, overnight on 2 cores
     python benchmarks/memory_suite.py --workers 2 --tasks RepeatFirstEasy CatchBlind16 --seeds 0
     python benchmarks/memory_suite.py --quick              # smoke run, well under a minute
-    python benchmarks/memory_suite.py --models fastweights --fast-variant 'eta2={"fast_lr": 2.0}'
+    python benchmarks/memory_suite.py --models fastweights --fast-variant 'eta2={"fast_share": 2.0}'
     python benchmarks/memory_suite.py --report-only        # rebuild the report from <out>/runs
 
 The tasks, their budgets (sized from measured throughputs, in ``suite_tasks.py``'s docstring) and
@@ -72,7 +72,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     A key ``"policy"`` holds the variant's other ``RecurrentMemoryPolicy`` options, e.g.
     ``sep={"policy": {"critic": "separate"}}``; they are checked when the model is built.
 
-    :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_lr": 2.0}``.
+    :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_share": 2.0}``.
     """
     label, sep, raw = text.partition("=")
     if not sep or not LABEL.fullmatch(label):

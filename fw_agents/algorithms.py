@@ -46,7 +46,8 @@ from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
-from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy
+from fw_agents.memory.options import LEGACY_FAST_LR_DEFAULT, LEGACY_UNIT_KEY
+from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy, resolve_memory_kwargs
 from fw_agents.safe_load import read_saved_memory_config, safe_custom_objects
 from fw_agents.state_slots import SlotStore, critic_has_own_state
 
@@ -56,9 +57,9 @@ _SAVED_MEMORY_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvar
     "fw_agents_saved_memory_config", default=None
 )
 
-#: The fast-weights core options of policies saved before ``normalize`` existed: the core's own
+#: The fast-weights core options of policies saved before η's unit was a choice: the core's own
 #: (paper) defaults, which those policies used for every key they did not set.
-_LEGACY_FAST_WEIGHTS_KWARGS = dict(normalize=False, fast_lr=0.5, decay=0.95, inner_steps=1)
+_LEGACY_FAST_WEIGHTS_KWARGS = dict(fast_lr=LEGACY_FAST_LR_DEFAULT, decay=0.95, inner_steps=1)
 
 
 class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
@@ -280,18 +281,20 @@ def _checkpoint_policy_kwargs(
 ) -> dict[str, Any]:
     """The ``policy_kwargs`` to rebuild a checkpoint's policy with: its core options as the
     policy saved them in its state dict (``saved``, exact whoever saved the file), else, for
-    files from before that, with the options of a fast-weights policy saved before
-    ``normalize`` existed made explicit (the paper's η, as it was trained with)."""
+    files from before that, with the options of a fast-weights policy saved before η's unit
+    was a choice made explicit (the paper's η, as it was trained with). Legacy names
+    (``normalize``) are translated (:func:`~fw_agents.memory.options.translate_legacy_options`)."""
     if not (isinstance(policy_class, type) and issubclass(policy_class, RecurrentMemoryPolicy)):
         return policy_kwargs
-    if saved is not None:
-        memory_kwargs = {**(policy_kwargs.get("memory_kwargs") or {}), **saved["memory_kwargs"]}
-        return {**policy_kwargs, "memory_kwargs": memory_kwargs}
     memory = policy_kwargs.get("memory", inspect.signature(policy_class).parameters["memory"].default)
     memory_kwargs = policy_kwargs.get("memory_kwargs") or {}
-    if memory != "fastweights" or "normalize" in memory_kwargs:
-        return policy_kwargs
-    return {**policy_kwargs, "memory_kwargs": {**_LEGACY_FAST_WEIGHTS_KWARGS, **memory_kwargs}}
+    if saved is not None:
+        memory_kwargs = resolve_memory_kwargs(memory, saved["memory_kwargs"], base=memory_kwargs)
+    elif memory == "fastweights" and LEGACY_UNIT_KEY not in memory_kwargs and "fast_share" not in memory_kwargs:
+        memory_kwargs = resolve_memory_kwargs(memory, memory_kwargs, base=_LEGACY_FAST_WEIGHTS_KWARGS)
+    else:
+        memory_kwargs = resolve_memory_kwargs(memory, memory_kwargs, base={})
+    return {**policy_kwargs, "memory_kwargs": memory_kwargs}
 
 
 class _Forwarding:

@@ -15,7 +15,8 @@ import torch
 import envs
 from fw_agents.cli import KeyFlag, option
 from fw_agents.memory import MEMORY_NAMES, make_memory, memory_options
-from fw_agents.policies import CRITIC_MODES, default_memory_kwargs
+from fw_agents.memory.options import ETA_NAMES, FAST_WEIGHTS_OPTIONS
+from fw_agents.policies import CRITIC_MODES, resolve_memory_kwargs
 from fw_agents.tracking import WANDB_MODES
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
@@ -31,7 +32,7 @@ def check_memory_kwargs(memory: str, memory_kwargs: Any, hidden_size: int = 128)
     by the core itself, a throwaway one of width ``hidden_size`` built over the policies' defaults
     on the ``meta`` device (no memory, no random numbers drawn).
 
-    :return: The resolved options: :func:`fw_agents.policies.default_memory_kwargs` with these over them.
+    :return: The resolved options: :func:`fw_agents.policies.resolve_memory_kwargs` of these.
     """
     if not isinstance(memory_kwargs, dict):
         raise ValueError(f"memory_kwargs must be a dict, got {memory_kwargs!r}")
@@ -41,7 +42,7 @@ def check_memory_kwargs(memory: str, memory_kwargs: Any, hidden_size: int = 128)
         raise ValueError(
             f"unknown memory_kwargs key {unknown[0]!r} for memory {memory}; accepted: {', '.join(accepted) or 'none'}"
         )
-    resolved = {**default_memory_kwargs(memory), **memory_kwargs}
+    resolved = resolve_memory_kwargs(memory, memory_kwargs)
     try:
         with torch.device("meta"):  # sizes and checks without allocating (or drawing random numbers)
             make_memory(memory, 1, hidden_size, **resolved)
@@ -167,8 +168,9 @@ class TrainConfig:
             raise ValueError(f"cannot read resume checkpoint {self.resume!r} (no such readable file or run folder)")
 
     def resolved_memory_kwargs(self) -> dict[str, Any]:
-        """The core's options: :func:`fw_agents.policies.default_memory_kwargs` with ``memory_kwargs`` over them."""
-        return {**default_memory_kwargs(self.memory), **self.memory_kwargs}
+        """The core's options: :func:`fw_agents.policies.resolve_memory_kwargs` (the defaults with
+        ``memory_kwargs`` over them, η by unit)."""
+        return resolve_memory_kwargs(self.memory, self.memory_kwargs)
 
     def resolved(self) -> dict[str, Any]:
         """Every field, ``memory_kwargs`` resolved: what ``config.json`` and W&B record."""
@@ -184,20 +186,16 @@ class TrainConfig:
         )
 
 
-def _fast_weights_flag(flag: str, key: str, kind: type, help: str) -> KeyFlag:
-    default = default_memory_kwargs("fastweights")[key]
-    return KeyFlag(flag, "memory_kwargs", key, kind, f"fast weights: {help}", ("memory", "fastweights"), default)
-
-
-#: Command-line shortcuts for the fast-weights options (README and docs use them): ``--decay 0.9``
-#: is ``--memory-kwargs decay=0.9``, and an error with another ``--memory``.
-CORE_FLAGS: tuple[KeyFlag, ...] = (
-    _fast_weights_flag("--fast-lr", "fast_lr", float, "η, the fast memory's share of the drive (--fast-normalize)"),
-    _fast_weights_flag("--decay", "decay", float, "λ, the share of the fast memory kept at each step"),
-    _fast_weights_flag("--inner-steps", "inner_steps", int, "S, inner-loop steps per time step"),
-    _fast_weights_flag("--fast-normalize", "normalize", bool, "η is the fast memory's share of the drive (write "
-                       "scaled by (1-λ)/H); --no-fast-normalize reads it as the paper's absolute η"),
-)  # fmt: skip
+#: Command-line shortcuts for the fast-weights options, one per option of the spec
+#: (:data:`fw_agents.memory.options.FAST_WEIGHTS_OPTIONS`): ``--decay 0.9`` is
+#: ``--memory-kwargs decay=0.9``, and an error with another ``--memory``. ``--fast-lr`` (the
+#: paper's η) replaces the default ``--fast-share``; the two are mutually exclusive.
+CORE_FLAGS: tuple[KeyFlag, ...] = tuple(
+    KeyFlag(o.flag, "memory_kwargs", o.name, o.kind, f"fast weights: {o.help}", ("memory", "fastweights"), o.agent_default)
+    for o in FAST_WEIGHTS_OPTIONS
+)
+#: The flags of :data:`CORE_FLAGS` of which one at most may be given (η's two units).
+EXCLUSIVE_CORE_FLAGS: tuple[KeyFlag, ...] = tuple(flag for flag in CORE_FLAGS if flag.key in ETA_NAMES)
 
 
 def env_registered(env_id: str) -> bool:

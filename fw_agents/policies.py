@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
+from fw_agents.memory.options import agent_defaults, core_defaults, merge_options, translate_legacy_options
 from fw_agents.state_slots import CoreAdapter, Slots
 from fw_agents.validation import check_int
 
@@ -33,17 +34,20 @@ CRITIC_MODES = ("shared", "separate")
 
 #: The core options every entry point starts from (:class:`FastWeightsPolicy`,
 #: ``RecurrentMemoryPolicy(memory="fastweights")``, ``train_agent.py``); a caller's
-#: ``memory_kwargs`` override them key by key. Fast weights: η as the fast memory's share of
-#: the drive (``normalize=True``, see :class:`fw_agents.memory.FastWeightsRNN`), so that one
-#: setting transfers across widths, episode lengths and tasks; chosen by measurement
-#: (docs/fast_weights_defaults.md).
-DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {
-    "fastweights": dict(normalize=True, fast_lr=0.5, decay=0.95, inner_steps=1),
-}
+#: ``memory_kwargs`` override them key by key (η by unit: a ``fast_lr`` replaces the default
+#: ``fast_share``). Fast weights: the spec's agent defaults
+#: (:data:`fw_agents.memory.options.FAST_WEIGHTS_OPTIONS`), η as the fast memory's share of
+#: the drive (``fast_share``), so that one setting transfers across widths, episode lengths
+#: and tasks; chosen by measurement (docs/fast_weights_defaults.md).
+DEFAULT_MEMORY_KWARGS: dict[str, dict[str, Any]] = {"fastweights": agent_defaults()}
 
 
-#: Version of the core options a policy saves in its state dict (``get_extra_state``).
-SAVED_CONFIG_FORMAT = 1
+#: Version of the core options a policy saves in its state dict (``get_extra_state``); 2: η as
+#: ``fast_lr`` or ``fast_share``. Format 1 (``normalize``) is read through
+#: :func:`~fw_agents.memory.options.translate_legacy_options`.
+SAVED_CONFIG_FORMAT = 2
+#: The formats :meth:`RecurrentMemoryPolicy.set_extra_state` and ``FastRecurrentPPO.load`` read.
+READABLE_CONFIG_FORMATS = (1, 2)
 
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +64,26 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
 def default_memory_kwargs(memory: str) -> dict[str, Any]:
     """A copy of :data:`DEFAULT_MEMORY_KWARGS` for ``memory`` (empty for cores without any)."""
     return dict(DEFAULT_MEMORY_KWARGS.get(memory, {}))
+
+
+def resolve_memory_kwargs(
+    memory: str, memory_kwargs: dict[str, Any] | None, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``memory_kwargs`` over ``base`` (default: :func:`default_memory_kwargs`), fast weights'
+    saved legacy options translated and η merged by unit
+    (:func:`~fw_agents.memory.options.merge_options`)."""
+    base = default_memory_kwargs(memory) if base is None else dict(base)
+    if memory != "fastweights":
+        return {**base, **(memory_kwargs or {})}
+    return merge_options(translate_legacy_options(base), translate_legacy_options(memory_kwargs or {}))
+
+
+def saved_core_options(memory: Any, memory_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Saved core options (any readable format) in today's names, the core's defaults filled in
+    for fast weights: what two saved configs are compared on."""
+    if memory != "fastweights":
+        return dict(memory_kwargs)
+    return merge_options(core_defaults(), translate_legacy_options(memory_kwargs))
 
 
 class MlpEncoder(BaseFeaturesExtractor):
@@ -135,9 +159,9 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
     :param lr_schedule: Learning-rate schedule.
     :param memory: Core name, one of :data:`fw_agents.memory.MEMORY_NAMES`.
     :param hidden_size: Width of the memory core (paper: 128).
-    :param memory_kwargs: Core options, e.g. ``dict(fast_lr=2.0, decay=0.9, inner_steps=2)``;
+    :param memory_kwargs: Core options, e.g. ``dict(fast_share=2.0, decay=0.9, inner_steps=2)``;
         the keys it omits keep :data:`DEFAULT_MEMORY_KWARGS`. For the paper's absolute η
-        (Eq. 1 as written) pass ``dict(normalize=False, fast_lr=0.5)``.
+        (Eq. 1 as written) pass ``dict(fast_lr=0.5)``: it replaces the default ``fast_share``.
     :param critic: ``"shared"``: the value head reads the actor's core and its loss trains
         the core too (the paper's A3C agents); ``"separate"``: the critic has its own core.
     :param net_arch: Hidden layers between the core and the heads (default: none).
@@ -179,7 +203,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         if features_extractor_class is MlpEncoder and features_extractor_kwargs is None:
             features_extractor_kwargs = dict(features_dim=128)
         self.memory = memory
-        self.memory_kwargs = {**default_memory_kwargs(memory), **(memory_kwargs or {})}
+        self.memory_kwargs = resolve_memory_kwargs(memory, memory_kwargs)
         self.critic_mode = critic
         self.lstm_output_dim = hidden_size  # read by _build_mlp_extractor
         # Skip RecurrentActorCriticPolicy.__init__, which builds nn.LSTM cores.
@@ -238,9 +262,10 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         """Warn when the checkpoint's core was built with other options than this policy's
         (``mode`` aside: it picks an implementation, not the maths). ``None``: a checkpoint
         from before the options were saved."""
-        if not isinstance(state, dict) or state.get("format") != SAVED_CONFIG_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in READABLE_CONFIG_FORMATS:
             return
-        saved, ours = state.get("memory_kwargs", {}), _plain(self.memory_kwargs)
+        saved = saved_core_options(state.get("memory"), state.get("memory_kwargs", {}))
+        ours = saved_core_options(self.memory, _plain(self.memory_kwargs))
         keys = sorted(k for k in {*saved, *ours} - {"mode"} if saved.get(k) != ours.get(k))
         if state.get("memory") != self.memory or keys:
             warnings.warn(
@@ -340,10 +365,10 @@ class FastWeightsPolicy(RecurrentMemoryPolicy):
     """:class:`RecurrentMemoryPolicy` with the fast-weights core (``memory="fastweights"``).
 
     With no options it uses :data:`DEFAULT_MEMORY_KWARGS` (η as the fast memory's share of the
-    drive, ``normalize=True``), the same core as ``train_agent.py``'s defaults. Fast-weight
+    drive, ``fast_share``), the same core as ``train_agent.py``'s defaults. Fast-weight
     hyper-parameters go in ``memory_kwargs``, each overriding its default:
-    ``RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=dict(memory_kwargs=dict(fast_lr=2.0)))``;
-    the paper's absolute η: ``memory_kwargs=dict(normalize=False, fast_lr=0.5)``.
+    ``RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=dict(memory_kwargs=dict(fast_share=2.0)))``;
+    the paper's absolute η: ``memory_kwargs=dict(fast_lr=0.5)``.
     """
 
     def __init__(self, *args: Any, memory: str = "fastweights", **kwargs: Any) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fw_agents.cli import field_default
+from fw_agents.memory.options import translate_legacy_options
 from fw_agents.run_folder import RUN_MARKER
 from fw_agents.safe_load import read_model_data
 
@@ -76,6 +77,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             value = value.get(key) if isinstance(value, dict) else None
         if value is not None and not (isinstance(value, dict) and ":serialized:" in value):
             settings[name] = value
+    if isinstance(settings.get("memory_kwargs"), dict):  # a checkpoint saved with normalize: today's names
+        settings["memory_kwargs"] = translate_legacy_options(settings["memory_kwargs"])
     return Checkpoint(path, _run_folder_of(path), int(data.get("num_timesteps", 0)), settings)
 
 

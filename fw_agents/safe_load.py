@@ -160,10 +160,10 @@ def read_saved_memory_config(path: str | Path | io.BufferedIOBase) -> dict[str, 
     with ``weights_only=True``).
 
     :param path: The model zip or a file object (left at its start).
-    :return: The options, or ``None``: another policy, a file from before they were saved, or
+    :return: The options (format 1's translated to today's names), or ``None``: another policy, a file from before they were saved, or
         a file that cannot be read (SB3's ``load`` then says why).
     """
-    from fw_agents.policies import SAVED_CONFIG_FORMAT
+    from fw_agents.policies import READABLE_CONFIG_FORMATS, resolve_memory_kwargs
 
     if isinstance(path, (str, Path)) and not Path(path).exists() and Path(f"{path}.zip").exists():
         path = Path(f"{path}.zip")
@@ -179,8 +179,11 @@ def read_saved_memory_config(path: str | Path | io.BufferedIOBase) -> dict[str, 
         if hasattr(path, "seek"):
             path.seek(0)
     saved = state.get("_extra_state") if isinstance(state, dict) else None
-    ours = isinstance(saved, dict) and saved.get("format") == SAVED_CONFIG_FORMAT
-    return saved if ours and isinstance(saved.get("memory_kwargs"), dict) else None
+    ours = isinstance(saved, dict) and saved.get("format") in READABLE_CONFIG_FORMATS
+    if not (ours and isinstance(saved.get("memory_kwargs"), dict)):
+        return None
+    # format 1 (normalize) in today's names; the saved options are complete: no defaults added
+    return {**saved, "memory_kwargs": resolve_memory_kwargs(saved.get("memory"), saved["memory_kwargs"], base={})}
 
 
 def load_model(

@@ -10,12 +10,10 @@ directory <runs-root>/search/<study>/trial-NNNN (config.json, evaluations.npz, t
 Its objective is the mean of its evaluation curve (the area under it, the ranking of the
 paper's "top 5 runs"); every periodic evaluation is reported to Optuna (the curve lives in the
 study, so trials run on other machines read back the same). The space (the paper's: "learning
-rate, number of inner steps, eta and lambda found by random search"):
+rate, number of inner steps, eta and lambda found by random search"; eta as the fast memory's
+share of the drive, fast_share, or with --space paper the paper's absolute eta, fast_lr):
 
-    learning_rate  log-uniform in [1e-4, 3e-3]           every memory
-    fast_lr (eta)  log-uniform in [1e-4, 0.1]            fastweights: the paper's absolute eta
-    decay (lambda) uniform in [0.5, 0.99]                fastweights    (normalize=False)
-    inner_steps S  1 or 2                                fastweights
+{space}
 
 --trials is what THIS worker runs; any number of workers (--workers K here, or the same
 command on other machines with one --storage) join the study, and none runs a trial twice.
@@ -52,6 +50,7 @@ from fw_agents.cli import (
     option,
     run_cli,
 )
+from fw_agents.memory.options import merge_options
 from fw_agents.search_storage import (
     fail_stale_trials,
     hidden_password,
@@ -61,7 +60,10 @@ from fw_agents.search_storage import (
     scrub_password,
     study_size,
 )
+from fw_agents.search_space import LEGACY_SPACE, SPACES, fixed_by_search, space_table, study_memory_kwargs, suggest
 from fw_agents.validation import check_choice, check_int
+
+__doc__ = __doc__.replace("{space}", space_table())
 
 if TYPE_CHECKING:
     import optuna
@@ -70,13 +72,6 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "median")
-#: The space (``fw_agents.search.suggest``): name -> (low, high, log) per parameter.
-LEARNING_RATE_RANGE = (1e-4, 3e-3)
-FAST_LR_RANGE = (1e-4, 0.1)
-DECAY_RANGE = (0.5, 0.99)
-INNER_STEPS = (1, 2)
-#: The core options the search sets, per memory (a fixed ``--memory-kwargs`` may not set them).
-SEARCHED_CORE_OPTIONS = {"fastweights": ("fast_lr", "decay", "inner_steps", "normalize")}
 #: ``TrainConfig`` fields that are the search's (``learning_rate``), or each worker's own
 #: choice; every other field defines the study, and a worker joining it must agree on them.
 NOT_STUDY_FIELDS = ("learning_rate", "device", "threads", "runs_root", "wandb", "wandb_project", "wandb_group", "wandb_tags",
@@ -111,6 +106,8 @@ class SearchOptions:
         choices=SAMPLERS,
     )
     sampler_seed: int = option(0, help="seed of the sampler")
+    space: str = option("share", help="fast weights: search eta as a share of the drive (fast_share) or the paper's "
+                        "absolute eta (fast_lr)", choices=tuple(SPACES))  # fmt: skip
     pruner: str = option("none", help="median: stop a trial below the median curve of earlier ones", choices=PRUNERS)
     workers: int = option(1, help="worker processes to start on this machine, each running --trials trials")
     heartbeat: int = option(
@@ -122,6 +119,7 @@ class SearchOptions:
         if self.study_trials is not None:
             check_int("study_trials", self.study_trials, 1)
         check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("space", self.space, SPACES)
         check_int("sampler_seed", self.sampler_seed, 0, 2**32 - 1)  # numpy's seed range (the samplers')
         check_choice("pruner", self.pruner, PRUNERS)
         check_int("workers", self.workers, 1)
@@ -140,7 +138,7 @@ class Search:
     def validate(self) -> None:
         self.options.validate()
         self.train.validate()
-        fixed = [key for key in SEARCHED_CORE_OPTIONS.get(self.train.memory, ()) if key in self.train.memory_kwargs]
+        fixed = [key for key in fixed_by_search(self.train.memory) if key in self.train.memory_kwargs]
         if fixed:
             raise ValueError(f"--memory-kwargs {fixed[0]}=... is searched for {self.train.memory}; leave it out")
         if self.train.eval_freq > self.train.timesteps:  # no evaluation: no curve, no objective
@@ -167,31 +165,16 @@ class Search:
     def definition(self) -> dict[str, Any]:
         """What every worker of the study must agree on (stored in the study at its creation)."""
         config = {k: v for k, v in self.train.resolved().items() if k not in NOT_STUDY_FIELDS}
-        searched = SEARCHED_CORE_OPTIONS.get(self.train.memory, ())
-        config["memory_kwargs"] = {k: v for k, v in config["memory_kwargs"].items() if k not in searched}
-        config.update(sampler=self.options.sampler, sampler_seed=self.options.sampler_seed, pruner=self.options.pruner)
+        config["memory_kwargs"] = study_memory_kwargs(self.train.memory, config["memory_kwargs"])
+        config.update(sampler=self.options.sampler, sampler_seed=self.options.sampler_seed, pruner=self.options.pruner,
+                      space=self.options.space)  # fmt: skip
         return json.loads(json.dumps(config))  # as the storage gives it back
 
 
-# ------------------------------------------------------------------------- the space
-def suggest(trial: optuna.Trial, memory: str) -> dict[str, Any]:
-    """The trial's draw as ``TrainConfig`` keyword arguments: the learning rate for every memory;
-    for fast weights also η, λ and S as ``memory_kwargs``, η the paper's absolute one
-    (``normalize=False``), as the paper searched it."""
-    params: dict[str, Any] = dict(learning_rate=trial.suggest_float("learning_rate", *LEARNING_RATE_RANGE, log=True))
-    if memory == "fastweights":
-        params["memory_kwargs"] = dict(
-            fast_lr=trial.suggest_float("fast_lr", *FAST_LR_RANGE, log=True),
-            decay=trial.suggest_float("decay", *DECAY_RANGE),
-            inner_steps=trial.suggest_int("inner_steps", min(INNER_STEPS), max(INNER_STEPS)),
-            normalize=False,
-        )
-    return params
-
-
+# ------------------------------------------------------------------------- the space: fw_agents.search_space
 def trial_config(base: TrainConfig, params: dict[str, Any], seed: int, run_dir: Path) -> TrainConfig:
     """The ``TrainConfig`` of one trial: ``base`` with the draw ``params`` (:func:`suggest`) over it."""
-    memory_kwargs = {**base.memory_kwargs, **params.get("memory_kwargs", {})}
+    memory_kwargs = merge_options(base.memory_kwargs, params.get("memory_kwargs", {}))
     return dataclasses.replace(
         base, **{**params, "memory_kwargs": memory_kwargs}, seed=seed, run_dir=str(run_dir), progress_bar=False
     )
@@ -268,7 +251,7 @@ def open_study(search: Search) -> optuna.Study:
                 f"study's; move them away, or use another --study or --runs-root"
             )
         study.set_user_attr("definition", wanted)
-    elif stored != wanted:
+    elif (stored := {"space": LEGACY_SPACE, **stored}) != wanted:  # a study from before --space: the paper's
         key = next(k for k in sorted({*stored, *wanted}) if stored.get(k) != wanted.get(k))
         raise ValueError(
             f"study {search.study_name!r} was created with {key}={stored.get(key)!r}, this worker has "
@@ -326,7 +309,7 @@ class Objective:
 
         self.trial = trial
         base = self.search.train
-        params = suggest(trial, base.memory)
+        params = suggest(trial, base.memory, self.search.options.space)
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         original = frozen.system_attrs.get("failed_trial")  # a retry keeps its original's seed
         seed = base.seed + (trial.number if original is None else original)

@@ -7,8 +7,8 @@
 The same command is ``fw-train`` once installed, and ``python -m fw_agents``.
 
 Every option is a field of fw_agents.agent.TrainConfig; a core's own options go in
---memory-kwargs (--fast-lr, --decay, --inner-steps, --fast-normalize are shortcuts for
-fast weights). Writes a run directory (model.zip, checkpoints/, progress.csv, TensorBoard
+--memory-kwargs (--fast-share or --fast-lr, --decay, --inner-steps, --identity-scale,
+--bias-correction are shortcuts for fast weights; table: python -m fw_agents.memory.options). Writes a run directory (model.zip, checkpoints/, progress.csv, TensorBoard
 events, learning_curve.png, eval_summary.json, episodes.gif, config.json: the resolved
 config). Ctrl-C or SIGTERM saves a checkpoint; --resume continues from it.
 """
@@ -28,13 +28,16 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per ``TrainConfig`` field (its doc as help, its default shown) and the
-    fast-weights shortcuts ``--fast-lr --decay --inner-steps --fast-normalize``."""
+    fast-weights shortcuts (``fw_agents.config.CORE_FLAGS``; ``--fast-lr``/``--fast-share`` exclusive)."""
     from fw_agents.agent import CORE_FLAGS, TrainConfig
     from fw_agents.cli import add_config_arguments, add_key_flags
+    from fw_agents.config import EXCLUSIVE_CORE_FLAGS
 
     p = OneLineArgumentParser(prog=program_name("python -m fw_agents"), description=__doc__, formatter_class=HelpFormatter)
     p.set_defaults(config_fields=add_config_arguments(p, TrainConfig))
-    add_key_flags(p.add_argument_group("fast-weights options (shortcuts for --memory-kwargs KEY=VALUE)"), CORE_FLAGS)
+    group = p.add_argument_group("fast-weights options (shortcuts for --memory-kwargs KEY=VALUE)")
+    add_key_flags(group.add_mutually_exclusive_group(), EXCLUSIVE_CORE_FLAGS)
+    add_key_flags(group, [flag for flag in CORE_FLAGS if flag not in EXCLUSIVE_CORE_FLAGS])
     return p
 
 

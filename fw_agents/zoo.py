@@ -47,7 +47,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 import envs  # noqa: F401  (registers the Catch ids)
 from envs.catch import CatchEnv
 from fw_agents.algorithms import FastRecurrentPPO
-from fw_agents.policies import RecurrentMemoryPolicy, default_memory_kwargs
+from fw_agents.memory.options import merge_options, searched_names, suggest_options, translate_legacy_options
+from fw_agents.policies import RecurrentMemoryPolicy, resolve_memory_kwargs
 
 #: The zoo's name of :class:`~fw_agents.algorithms.FastRecurrentPPO`.
 ALGO = "fast_recurrent_ppo"
@@ -55,13 +56,10 @@ ALGO = "fast_recurrent_ppo"
 #: The shipped zoo hyper-parameter files, one per algorithm name (``<algo>.yml``).
 HYPERPARAMS_DIR = Path(__file__).with_name("hyperparams")
 
-#: The fast-weights options the samplers search: η log-uniform (its range depends on
-#: ``normalize``: η as the fast memory's share of the drive, the project's default, or the
-#: paper's absolute η, whose range is ``benchmarks/figure5.py``'s), λ uniform, S categorical.
-FAST_LR_RANGE = {True: (0.05, 5.0), False: (1e-4, 0.1)}
-DECAY_RANGE = (0.5, 0.99)
-INNER_STEPS_CHOICES = (1, 2)
-FAST_WEIGHT_PARAMS = ("fast_lr", "decay", "inner_steps")
+#: The fast-weights options the samplers may search (Optuna parameter names), each on its
+#: spec's space (:data:`fw_agents.memory.options.FAST_WEIGHTS_OPTIONS`): η as ``fast_share``
+#: (the agents' unit) or, when the experiment's policy sets ``fast_lr``, the paper's η.
+FAST_WEIGHT_PARAMS = tuple(dict.fromkeys(searched_names("fast_share") + searched_names("fast_lr")))
 
 
 #: The algorithm the zoo runs; once a subclass that added the policy aliases, which
@@ -76,11 +74,13 @@ _EXPERIMENT_HYPERPARAMS: contextvars.ContextVar[dict[str, Any]] = contextvars.Co
 
 def merge_policy_kwargs(base: dict[str, Any] | None, update: dict[str, Any]) -> dict[str, Any]:
     """``base`` with the keys of ``update`` over it; ``memory_kwargs`` merged key by key, unless
-    ``update`` changes the memory (then ``base``'s core options do not apply)."""
+    ``update`` changes the memory (then ``base``'s core options do not apply); η by unit
+    (:func:`~fw_agents.memory.options.merge_options`), legacy ``normalize`` translated."""
     base = dict(base or {})
     merged = {**base, **update}
     if "memory_kwargs" in base and "memory_kwargs" in update and merged.get("memory") == base.get("memory"):
-        merged["memory_kwargs"] = {**base["memory_kwargs"], **update["memory_kwargs"]}
+        merged["memory_kwargs"] = merge_options(translate_legacy_options(base["memory_kwargs"] or {}),
+                                                translate_legacy_options(update["memory_kwargs"] or {}))  # fmt: skip
     return merged
 
 
@@ -102,16 +102,13 @@ def fast_weights_options(policy: Any, policy_kwargs: dict[str, Any] | None) -> d
     memory = policy_kwargs.get("memory", inspect.signature(policy).parameters["memory"].default)
     if memory != "fastweights":
         return None
-    return {**default_memory_kwargs(memory), **(policy_kwargs.get("memory_kwargs") or {})}
+    return resolve_memory_kwargs(memory, policy_kwargs.get("memory_kwargs"))
 
 
-def sample_memory_kwargs(trial: optuna.Trial, normalize: bool) -> dict[str, Any]:
-    """η, λ and S for one trial (Optuna parameters ``fast_lr``, ``decay``, ``inner_steps``)."""
-    return dict(
-        fast_lr=trial.suggest_float("fast_lr", *FAST_LR_RANGE[normalize], log=True),
-        decay=trial.suggest_float("decay", *DECAY_RANGE),
-        inner_steps=trial.suggest_categorical("inner_steps", list(INNER_STEPS_CHOICES)),
-    )
+def sample_memory_kwargs(trial: optuna.Trial, eta: str = "fast_share") -> dict[str, Any]:
+    """η, λ and S for one trial (Optuna parameters ``eta``, ``decay``, ``inner_steps``), on
+    the spec's spaces; ``eta`` is ``"fast_share"`` or the paper's ``"fast_lr"``."""
+    return suggest_options(trial, searched_names(eta))
 
 
 def sample_fast_recurrent_ppo_params(
@@ -136,7 +133,8 @@ def sample_fast_recurrent_ppo_params(
     options = fast_weights_options(hyperparams.get("policy"), hyperparams.get("policy_kwargs"))
     if options is not None:
         # every option explicit, so that any class loading the model rebuilds this core
-        sampled["policy_kwargs"]["memory_kwargs"] = {**options, **sample_memory_kwargs(trial, options["normalize"])}
+        eta = "fast_lr" if "fast_lr" in options else "fast_share"  # the experiment's unit of η
+        sampled["policy_kwargs"]["memory_kwargs"] = merge_options(options, sample_memory_kwargs(trial, eta))
     sampled["policy_kwargs"] = merge_policy_kwargs(hyperparams.get("policy_kwargs"), sampled["policy_kwargs"])
     return sampled
 

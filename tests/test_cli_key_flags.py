@@ -26,7 +26,7 @@ class _Config:
 
 FLAGS = (
     KeyFlag("--decay", "memory_kwargs", "decay", float, "λ", ("memory", "fast"), 0.95),
-    KeyFlag("--fast-normalize", "memory_kwargs", "normalize", bool, "share", ("memory", "fast"), True),
+    KeyFlag("--bias-correction", "memory_kwargs", "bias_correction", bool, "1/m(t)", ("memory", "fast"), True),
 )
 
 
@@ -42,8 +42,8 @@ def _parse(argv: list[str]) -> _Config:
 def test_key_flags_fold_into_their_dict_field():
     assert _parse([]) == _Config()  # not given: the field stays as the user left it
     assert _parse(["--decay", "0.9"]).memory_kwargs == {"decay": 0.9}
-    assert _parse(["--no-fast-normalize", "--memory-kwargs", "x=1"]).memory_kwargs == {"x": 1, "normalize": False}
-    assert _parse(["--fast-normalize"]).memory_kwargs == {"normalize": True}
+    assert _parse(["--no-bias-correction", "--memory-kwargs", "x=1"]).memory_kwargs == {"x": 1, "bias_correction": False}
+    assert _parse(["--bias-correction"]).memory_kwargs == {"bias_correction": True}
     assert _parse(["--decay=0.5", "--decay", "0.8"]).memory_kwargs == {"decay": 0.8}  # the last one wins
 
 
@@ -51,7 +51,7 @@ def test_key_flags_show_their_default_and_keep_it_in_args():
     parser = OneLineArgumentParser(prog="prog")
     add_key_flags(parser, FLAGS)
     args = parser.parse_args([])
-    assert (args.decay, args.fast_normalize) == (0.95, True)
+    assert (args.decay, args.bias_correction) == (0.95, True)
     assert not hasattr(parser.parse_args([]), "_given_key_flags")
 
 
@@ -59,7 +59,7 @@ def test_key_flags_show_their_default_and_keep_it_in_args():
     "argv,message",
     [
         (["--memory", "slow", "--decay", "0.9"], "--decay applies to --memory fast only"),
-        (["--no-fast-normalize", "--memory", "slow"], "--no-fast-normalize applies to --memory fast only"),
+        (["--no-bias-correction", "--memory", "slow"], "--no-bias-correction applies to --memory fast only"),
         (["--decay", "0.9", "--memory-kwargs", "decay=0.8"], "--decay and --memory-kwargs decay=... both set decay; "
                                                              "give one"),  # fmt: skip
     ],

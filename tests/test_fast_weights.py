@@ -426,14 +426,14 @@ def test_backward_leaves_the_incoming_gradient_untouched():
     assert torch.equal(upstream, kept)
 
 
-# ---------------------------------------------------------------- normalize=True: η as a share
+# ---------------------------------------------------------------- fast_share: η as a share
 @pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
 @pytest.mark.parametrize("hidden,decay", [(5, 0.9), (12, 0.6)])
 def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay):
-    """``normalize=True`` computes Eq. 1/5 exactly with η_paper = η (1-λ)/H: values and
+    """``fast_share`` computes Eq. 1/5 exactly with η_paper = η (1-λ)/H: values and
     gradients against the float64 reference called with that η."""
     torch.manual_seed(2)
-    core = FastWeightsRNN(3, hidden, fast_lr=2.5, decay=decay, inner_steps=2, normalize=True, mode=mode).double()
+    core = FastWeightsRNN(3, hidden, fast_share=2.5, decay=decay, inner_steps=2, mode=mode).double()
     assert core.paper_fast_lr == pytest.approx(2.5 * (1 - decay) / hidden, rel=1e-15)
     x = torch.randn(7, 4, 3, dtype=DT, requires_grad=True)
     h0 = torch.rand(4, hidden, dtype=DT, requires_grad=True)
@@ -450,14 +450,14 @@ def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay
 
 def test_normalized_equals_the_paper_parameterisation_at_the_mapped_eta():
     torch.manual_seed(4)
-    normalized = FastWeightsRNN(6, 16, fast_lr=3.0, decay=0.8, normalize=True)
+    normalized = FastWeightsRNN(6, 16, fast_share=3.0, decay=0.8)
     paper = FastWeightsRNN(6, 16, fast_lr=3.0 * 0.2 / 16, decay=0.8)
     paper.load_state_dict(normalized.state_dict())
     x = torch.randn(30, 5, 6)
     y, (h, A) = normalized(x)
     y2, (h2, A2) = paper(x)
     assert torch.equal(y, y2) and torch.equal(A, A2)
-    assert not normalized.fast_lr == paper.fast_lr == paper.paper_fast_lr
+    assert normalized.fast_lr is None and paper.fast_share is None and paper.fast_lr == paper.paper_fast_lr
 
 
 @pytest.mark.parametrize("hidden", [8, 64])
@@ -466,7 +466,7 @@ def test_normalized_fast_weights_are_bounded_by_eta_at_any_width_and_length(hidd
     """With unit layer-norm gain |h|² <= H, so the moving average of h hᵀ/H has ‖A‖_F <= η,
     whatever H, λ and the sequence length (the paper's η gives η H / (1-λ))."""
     torch.manual_seed(6)
-    core = FastWeightsRNN(8, hidden, fast_lr=2.0, decay=decay, normalize=True)
+    core = FastWeightsRNN(8, hidden, fast_share=2.0, decay=decay)
     with torch.no_grad():
         _, (_, A) = core(4 * torch.randn(2_000, 4, 8))
     norms = torch.linalg.matrix_norm(A)
@@ -474,10 +474,10 @@ def test_normalized_fast_weights_are_bounded_by_eta_at_any_width_and_length(hidd
     assert norms.min() > 0.05  # and the memory is used, not vanishing
 
 
-@pytest.mark.parametrize("bad", ["yes", 1, None])
-def test_normalize_must_be_a_bool(bad):
-    with pytest.raises(ValueError, match="normalize"):
-        FastWeightsRNN(4, 8, normalize=bad)
+def test_normalize_is_no_longer_an_option():
+    """η's unit is its name (fast_lr or fast_share); the old switch is refused, not ignored."""
+    with pytest.raises(TypeError, match="normalize"):
+        FastWeightsRNN(4, 8, normalize=True)
 
 
 # ------------------------------------------- the scan's two passes, each on its own

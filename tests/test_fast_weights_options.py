@@ -16,9 +16,9 @@ DT = torch.float64
 MODES = ["auto", "scan", "matrix", "attention", "reference"]
 
 
-def _core(seed=0, inner_steps=1, normalize=True, **options):
+def _core(seed=0, inner_steps=1, eta="fast_share", **options):
     torch.manual_seed(seed)
-    core = FastWeightsRNN(4, 6, fast_lr=0.7, decay=0.8, inner_steps=inner_steps, normalize=normalize, **options)
+    core = FastWeightsRNN(4, 6, **{eta: 0.7}, decay=0.8, inner_steps=inner_steps, **options)
     core = core.double()
     with torch.no_grad():  # away from the initial values, so that every parameter matters
         core.W.weight.add_(0.2 * torch.randn(6, 6, dtype=DT))
@@ -73,9 +73,9 @@ def _corrected(A_raw, n, lam):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("inner_steps", [1, 2])
-@pytest.mark.parametrize("normalize", [True, False])
-def test_bias_correction_matches_the_hand_counted_loop(mode, inner_steps, normalize):
-    core = _core(inner_steps=inner_steps, normalize=normalize, bias_correction=True, mode=mode)
+@pytest.mark.parametrize("eta", ["fast_share", "fast_lr"])
+def test_bias_correction_matches_the_hand_counted_loop(mode, inner_steps, eta):
+    core = _core(inner_steps=inner_steps, eta=eta, bias_correction=True, mode=mode)
     T, B = 11, 3
     x = torch.randn(T, B, 4, dtype=DT, generator=torch.Generator().manual_seed(2))
     starts, writes = _masks(T, B, p_skip=0.2)

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE5_PATH = ROOT / "benchmarks" / "figure5.py"
-BEST = dict(learning_rate=0.00084, memory_kwargs=dict(fast_lr=0.049, decay=0.88, inner_steps=2, normalize=False))
+BEST = dict(learning_rate=0.00084, memory_kwargs=dict(fast_lr=0.049, decay=0.88, inner_steps=2))
 
 
 def _import_figure5():  # benchmarks/ is not a package
@@ -35,6 +35,9 @@ def test_best_of_table_new_and_old_form(tmp_path):
     old.write_text(json.dumps({"fastweights": {"learning_rate": 0.00084, "fast_lr": 0.049, "decay": 0.88,
                                                "inner_steps": 2, "fast_normalize": False}}))  # fmt: skip
     assert figure5.best_trial(old, "fastweights") == BEST
+    shipped_before = tmp_path / "shipped_before.json"  # memory_kwargs with normalize (before fast_share)
+    shipped_before.write_text(json.dumps({"fastweights": dict(BEST, memory_kwargs=dict(BEST["memory_kwargs"], normalize=False))}))
+    assert figure5.best_trial(shipped_before, "fastweights") == BEST
     with pytest.raises(ValueError, match="no entry for 'gru'"):
         figure5.best_trial(shipped, "gru")
 
@@ -73,7 +76,8 @@ def test_search_mode_runs_studies_and_reads_them_back(tmp_path, monkeypatch, cap
             assert np.allclose(figure5.load_curve(Path(trial.user_attrs["run_dir"]))[1], curve)
             assert params["learning_rate"] == trial.params["learning_rate"] and list(steps) == [512, 1024]
         assert figure5.best_trial(out, memory) == figure5.trial_params(study.best_trial.params, memory)
-    assert figure5.best_trial(out, "fastweights")["memory_kwargs"]["normalize"] is False
+    best = figure5.best_trial(out, "fastweights")["memory_kwargs"]  # the paper's space: η as fast_lr
+    assert 1e-4 <= best["fast_lr"] <= 0.1 and "fast_share" not in best
     capsys.readouterr()
     assert figure5.main(argv) == 0  # complete studies: nothing runs again
     assert " COMPLETE " not in capsys.readouterr().out

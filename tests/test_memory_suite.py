@@ -109,11 +109,11 @@ def _status(suite, argv, capsys):
     [
         (["--tasks", "CatchBlind16", "Nope"], "'Nope'; choose from RepeatPreviousEasy"),
         (["--tasks", "CatchBlind16", "--models", "lstm", "transformer"], "'transformer'; choose from fastweights"),
-        (["--fast-variant", 'eta={"fast_lr": 2.0'], "invalid JSON"),
+        (["--fast-variant", 'eta={"fast_share": 2.0'], "invalid JSON"),
         (["--fast-variant", "eta"], "LABEL=JSON"),
-        (["--fast-variant", 'a/b={"fast_lr": 2.0}'], "LABEL=JSON"),
+        (["--fast-variant", 'a/b={"fast_share": 2.0}'], "LABEL=JSON"),
         (["--fast-variant", "eta=[2.0]"], "must be an object"),
-        (["--fast-variant", 'eta={"fast_lr": 2.0, "nope": 1}'], "nope"),
+        (["--fast-variant", 'eta={"fast_share": 2.0, "nope": 1}'], "nope"),
         (["--fast-variant", 'eta={"decay": 1.5}'], "decay"),
         (["--fast-variant", 'a={"decay": 0.9}', "--fast-variant", 'a={"decay": 0.8}'], "distinct"),
         (["--workers", "0"], "--workers"),
@@ -140,8 +140,8 @@ def test_popgym_missing(suite, capsys, monkeypatch):
 
 
 def test_models_and_variants(suite):
-    name, kwargs = suite.parse_variant('eta2={"fast_lr": 2.0}')
-    assert (name, kwargs) == ("fastweights[eta2]", {"fast_lr": 2.0})
+    name, kwargs = suite.parse_variant('eta2={"fast_share": 2.0}')
+    assert (name, kwargs) == ("fastweights[eta2]", {"fast_share": 2.0})
     assert suite.resolve_models(None, {name: kwargs}) == [*suite.MODELS, name]
     assert suite.resolve_models(["lstm"], {name: kwargs}) == ["lstm", name]
     tasks = suite.resolve_tasks(["CatchBlind16-v0", "CatchBlind16", "RepeatFirstEasy"])  # ids accepted, once each
@@ -164,14 +164,14 @@ def test_make_jobs_skips_finished_runs(suite, tmp_path):
 
 def test_build_job_model_uses_policy_defaults_unless_a_variant(suite, one_thread):
     default = suite.Job("CatchBlind16", "fastweights", 0, 64, "x", hidden_size=8)
-    variant = suite.Job("CatchBlind16", "fastweights[eta2]", 0, 64, "x", hidden_size=8, memory_kwargs={"fast_lr": 2.0})
+    variant = suite.Job("CatchBlind16", "fastweights[eta2]", 0, 64, "x", hidden_size=8, memory_kwargs={"fast_share": 2.0})
     assert suite.policy_kwargs(default) == dict(memory="fastweights", hidden_size=8)  # the policy's own defaults
-    assert suite.policy_kwargs(variant) == dict(memory="fastweights", hidden_size=8, memory_kwargs={"fast_lr": 2.0})
+    assert suite.policy_kwargs(variant) == dict(memory="fastweights", hidden_size=8, memory_kwargs={"fast_share": 2.0})
     env = suite.make_task_env("CatchBlind16", 2, 0)
     try:
         default = suite.build_job_model(default, env)
         assert default.policy.memory == "fastweights"
-        assert suite.build_job_model(variant, env).policy.memory_kwargs["fast_lr"] == 2.0
+        assert suite.build_job_model(variant, env).policy.memory_kwargs["fast_share"] == 2.0
         stock = suite.build_job_model(suite.Job("CatchBlind16", "stock-lstm", 0, 64, "x", hidden_size=8), env)
         assert stock.policy.lstm_actor.hidden_size == 8
         assert default.n_steps == stock.n_steps == suite.ppo_settings()["n_steps"]

@@ -114,18 +114,18 @@ def test_fast_weights_state_travels_whole_through_the_buffer():
     assert model.rollout_buffer.hidden_state_shape == (SMALL["n_steps"], 1, 2, (H + H * H) // 2)
     core = adapter.core
     defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
-    assert (core.normalize, core.fast_lr, core.decay, core.inner_steps) == (
-        defaults["normalize"], defaults["fast_lr"], defaults["decay"], defaults["inner_steps"]
+    assert (core.fast_share, core.fast_lr, core.decay, core.inner_steps) == (
+        defaults["fast_share"], None, defaults["decay"], defaults["inner_steps"]
     )
 
 
 def test_fast_weight_hyperparameters_through_policy_kwargs():
     env = envs.CatchSB3VecEnv.from_id("Catch-v0", 2)
-    kwargs = dict(hidden_size=32, memory_kwargs=dict(fast_lr=0.3, decay=0.9, inner_steps=2), critic="separate")
+    kwargs = dict(hidden_size=32, memory_kwargs=dict(fast_share=0.3, decay=0.9, inner_steps=2), critic="separate")
     model = RecurrentPPO(FastWeightsPolicy, env, policy_kwargs=kwargs, device="cpu", **SMALL)
     for adapter in (model.policy.lstm_actor, model.policy.lstm_critic):
         core = adapter.core
-        assert (core.hidden_size, core.fast_lr, core.decay, core.inner_steps) == (32, 0.3, 0.9, 2)
+        assert (core.hidden_size, core.fast_share, core.decay, core.inner_steps) == (32, 0.3, 0.9, 2)
 
 
 def test_paper_architecture_by_default():

@@ -16,6 +16,7 @@ import envs
 from fw_agents.agent import TrainConfig
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
+from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
 from fw_agents.policies import DEFAULT_MEMORY_KWARGS, FastWeightsPolicy, MlpEncoder, RecurrentMemoryPolicy
 
 SMALL = dict(n_steps=8, batch_size=16, n_epochs=1)
@@ -121,8 +122,8 @@ def _core(policy_class, **policy_kwargs):
 
 
 def _settings(core) -> tuple:
-    return (type(core).__name__, core.hidden_size, core.normalize, core.fast_lr, core.decay, core.inner_steps,
-            core.layer_norm, core.mode)  # fmt: skip
+    return (type(core).__name__, core.hidden_size, core.fast_share, core.fast_lr, core.decay, core.inner_steps,
+            core.identity_scale, core.bias_correction, core.layer_norm, core.mode)  # fmt: skip
 
 
 def test_three_entry_points_build_the_same_fast_weights_core():
@@ -133,8 +134,10 @@ def test_three_entry_points_build_the_same_fast_weights_core():
     from_train_agent = _settings(_core(RecurrentMemoryPolicy, **config.policy_kwargs()))
     assert from_policy == from_memory_policy == from_train_agent
     defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
-    assert from_policy[2:6] == (defaults["normalize"], defaults["fast_lr"], defaults["decay"], defaults["inner_steps"])
-    assert defaults["normalize"] is True
+    assert from_policy[2:8] == (defaults["fast_share"], None, defaults["decay"], defaults["inner_steps"],
+                                defaults["identity_scale"], defaults["bias_correction"])  # fmt: skip
+    assert defaults == {o.name: o.agent_default for o in FAST_WEIGHTS_OPTIONS if o.agent_default is not None}
+    assert "fast_lr" not in defaults and "normalize" not in defaults
 
 
 def test_train_agent_cli_defaults_are_the_policy_defaults():
@@ -142,18 +145,16 @@ def test_train_agent_cli_defaults_are_the_policy_defaults():
 
     args = train_agent.build_parser().parse_args([])
     defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
-    assert (args.fast_normalize, args.fast_lr, args.decay, args.inner_steps) == (
-        defaults["normalize"], defaults["fast_lr"], defaults["decay"], defaults["inner_steps"]
-    )
-    assert train_agent.build_parser().parse_args(["--no-fast-normalize"]).fast_normalize is False
+    assert {key: getattr(args, key) for key in defaults} == defaults and args.fast_lr is None
+    assert train_agent.build_parser().parse_args(["--bias-correction"]).bias_correction is True
 
 
 def test_memory_kwargs_override_the_defaults_key_by_key():
     core = _core(FastWeightsPolicy, memory_kwargs=dict(decay=0.9))
     defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
-    assert (core.decay, core.fast_lr, core.normalize) == (0.9, defaults["fast_lr"], True)
-    paper = _core(FastWeightsPolicy, memory_kwargs=dict(normalize=False, fast_lr=0.5))
-    assert paper.normalize is False and paper.paper_fast_lr == 0.5
+    assert (core.decay, core.fast_share, core.fast_lr) == (0.9, defaults["fast_share"], None)
+    paper = _core(FastWeightsPolicy, memory_kwargs=dict(fast_lr=0.5))  # replaces the default share
+    assert paper.fast_share is None and paper.fast_lr == paper.paper_fast_lr == 0.5
     assert _core(RecurrentMemoryPolicy, memory="lstm").__class__.__name__ == "LSTMCore"  # no fast options
 
 
@@ -164,23 +165,54 @@ def test_saved_model_keeps_its_resolved_core_options(tmp_path, monkeypatch):
 
     model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
     model.save(tmp_path / "m.zip")
-    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(normalize=True, fast_lr=123.0))
+    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(fast_share=123.0))
     loaded = FastRecurrentPPO.load(tmp_path / "m.zip", device="cpu")
     assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
-    assert _core(FastWeightsPolicy).fast_lr == 123.0  # the patched defaults do apply to new models
+    assert _core(FastWeightsPolicy).fast_share == 123.0  # the patched defaults do apply to new models
 
 
 @pytest.mark.parametrize("memory_kwargs", [None, dict(fast_lr=0.001, decay=0.95, inner_steps=1)])
-def test_checkpoints_from_before_normalize_load_with_the_papers_eta(memory_kwargs, tmp_path, monkeypatch):
-    """Policies saved before ``normalize`` existed computed with the paper's η (core default 0.5)."""
+def test_checkpoints_from_before_the_share_load_with_the_papers_eta(memory_kwargs, tmp_path, monkeypatch):
+    """Policies saved before η's unit was a choice computed with the paper's η (core default 0.5)."""
     model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu", **SMALL)
     model.policy_kwargs = {} if memory_kwargs is None else dict(memory_kwargs=memory_kwargs)  # as saved then
     with monkeypatch.context() as patch:  # nor did their state dicts carry the core's options
         patch.setattr(RecurrentMemoryPolicy, "get_extra_state", torch.nn.Module.get_extra_state)
         model.save(tmp_path / "old.zip")
     core = FastRecurrentPPO.load(tmp_path / "old.zip", device="cpu").policy.lstm_actor.core
-    assert core.normalize is False
+    assert core.fast_share is None
     assert core.fast_lr == (0.5 if memory_kwargs is None else 0.001)
+
+
+@pytest.mark.parametrize("normalize, unit", [(True, "fast_share"), (False, "fast_lr")])
+def test_format_1_checkpoints_load_with_their_eta_translated(normalize, unit, tmp_path, monkeypatch):
+    """Checkpoints of SAVED_CONFIG_FORMAT 1 saved ``normalize`` and ``fast_lr`` (in the state dict
+    and the resolved policy_kwargs): they load, η in today's name, the same paper η, no warning."""
+    import warnings
+
+    from fw_agents.resume import read_checkpoint
+
+    legacy = dict(normalize=normalize, fast_lr=0.25, decay=0.9, inner_steps=1)
+    model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu",
+                             policy_kwargs=dict(memory_kwargs={unit: 0.25, "decay": 0.9}), **SMALL)  # fmt: skip
+    model.policy_kwargs = dict(memory_kwargs=legacy)  # as FastRecurrentPPO saved them then
+    with monkeypatch.context() as patch:
+        patch.setattr(RecurrentMemoryPolicy, "get_extra_state",
+                      lambda self: {"format": 1, "memory": "fastweights", "memory_kwargs": dict(legacy)})  # fmt: skip
+        model.save(tmp_path / "v1.zip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # set_extra_state finds the same options: no warning
+        for algorithm in (FastRecurrentPPO, RecurrentPPO):
+            core = algorithm.load(tmp_path / "v1.zip", device="cpu").policy.lstm_actor.core
+            assert getattr(core, unit) == 0.25 and core.decay == 0.9
+            assert core.paper_fast_lr == model.policy.lstm_actor.core.paper_fast_lr
+    # --resume reads the model's settings in today's names too (what TrainConfig accepts)
+    settings = read_checkpoint(tmp_path / "v1.zip").settings["memory_kwargs"]
+    assert settings == {unit: 0.25, "decay": 0.9, "inner_steps": 1}
+    TrainConfig(memory_kwargs=settings).validate()
+    with pytest.warns(UserWarning, match="fast_share"):  # and a real difference is still reported
+        RecurrentPPO.load(tmp_path / "v1.zip", device="cpu", custom_objects=dict(
+            policy_kwargs=dict(memory_kwargs=dict(fast_share=3.0 if normalize else 0.25, decay=0.9))))
 
 
 def _stock_saved(tmp_path, policy_kwargs):
@@ -195,11 +227,11 @@ def _stock_saved(tmp_path, policy_kwargs):
 @pytest.mark.parametrize("policy_kwargs", [None, dict(memory_kwargs=dict(decay=0.9))])
 def test_stock_recurrent_ppo_checkpoint_loads_with_the_options_it_was_built_with(tmp_path, policy_kwargs):
     """The policy's state dict carries its resolved core options, so FastRecurrentPPO.load builds
-    the core a stock RecurrentPPO trained (normalized η, not the pre-``normalize`` paper η)."""
+    the core a stock RecurrentPPO trained (η as a share, not the pre-share paper η)."""
     model = _stock_saved(tmp_path, policy_kwargs)
     loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
     assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
-    assert loaded.policy.lstm_actor.core.normalize is True
+    assert loaded.policy.lstm_actor.core.fast_share == 0.5
     weights = loaded.policy.state_dict()
     for name, tensor in model.policy.state_dict().items():
         if isinstance(tensor, torch.Tensor):
@@ -213,14 +245,14 @@ def test_saved_core_options_are_plain_values_and_survive_later_default_changes(t
     import fw_agents.policies as policies
     from fw_agents.safe_load import read_saved_memory_config
 
-    model = _stock_saved(tmp_path, dict(memory_kwargs=dict(fast_lr=np.float64(0.25))))
+    model = _stock_saved(tmp_path, dict(memory_kwargs=dict(fast_share=np.float64(0.25))))
     saved = read_saved_memory_config(tmp_path / "stock.zip")
-    assert saved["memory"] == "fastweights" and saved["memory_kwargs"]["fast_lr"] == 0.25
-    assert type(saved["memory_kwargs"]["fast_lr"]) is float and saved["memory_kwargs"]["normalize"] is True
-    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(normalize=False, fast_lr=0.5, decay=0.8, inner_steps=1))
+    assert saved["format"] == 2 and saved["memory"] == "fastweights" and saved["memory_kwargs"]["fast_share"] == 0.25
+    assert type(saved["memory_kwargs"]["fast_share"]) is float and "fast_lr" not in saved["memory_kwargs"]
+    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(fast_lr=0.5, decay=0.8, inner_steps=1))
     loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
     assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
-    with pytest.warns(UserWarning, match=r"trained with memory='fastweights', memory_kwargs=\{'decay': 0.95, 'normalize': True\}"):
+    with pytest.warns(UserWarning, match=r"trained with memory='fastweights', memory_kwargs=\{'decay': 0.95\}"):
         RecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
 
 

@@ -53,8 +53,8 @@ def test_the_space_and_per_trial_draws():
     for params in draws[0]:
         assert 1e-4 <= params["learning_rate"] <= 3e-3
         kwargs = params["memory_kwargs"]
-        assert 1e-4 <= kwargs["fast_lr"] <= 0.1 and 0.5 <= kwargs["decay"] <= 0.99
-        assert kwargs["inner_steps"] in (1, 2) and kwargs["normalize"] is False
+        assert 0.05 <= kwargs["fast_share"] <= 5.0 and 0.5 <= kwargs["decay"] <= 0.99  # the default space: a share
+        assert kwargs["inner_steps"] in (1, 2) and set(kwargs) == {"fast_share", "decay", "inner_steps"}
         config = search.trial_config(TrainConfig(memory="fastweights"), params, 3, Path("r"))
         assert config.memory_kwargs == kwargs and config.seed == 3 and config.run_dir == "r"
         config.validate()
@@ -151,6 +151,21 @@ def test_joining_a_study_with_other_settings_is_refused(tmp_path, capsys):
     assert status == 2 and "created with timesteps=1024, this worker has timesteps=2048" in err
     status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), "--sampler", "tpe"], capsys)
     assert status == 2 and "created with sampler='random'" in err
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), "--space", "paper"], capsys)
+    assert status == 2 and "created with space='share', this worker has space='paper'" in err
+
+
+def test_a_study_from_before_space_joins_as_the_papers_space(tmp_path):
+    """Studies created before --space (and the agents' identity_scale/bias_correction defaults)
+    searched the paper's η: they join with --space paper, and are refused with the share."""
+    paper = search.parse_search([*TINY, "--runs-root", str(tmp_path), "--space", "paper"])
+    study = search.open_study(paper)
+    old = {k: v for k, v in paper.definition().items() if k != "space"}
+    assert old["memory_kwargs"] == {}  # as the definitions of then: every fixed core option at the core's default
+    study.set_user_attr("definition", old)
+    search.open_study(paper)
+    with pytest.raises(ValueError, match="created with space='paper', this worker has space='share'"):
+        search.open_study(search.parse_search([*TINY, "--runs-root", str(tmp_path)]))
 
 
 def test_joining_a_study_that_minimizes_is_refused(tmp_path, capsys):
@@ -194,7 +209,7 @@ def test_trials_run_through_train_and_the_study_resumes(tmp_path, monkeypatch, c
         assert run_dir == tmp_path / "search" / STUDY / f"trial-{trial.number:04d}"
         config = json.loads((run_dir / "config.json").read_text())
         assert config["learning_rate"] == trial.params["learning_rate"] and config["timesteps"] == 1024
-        assert config["memory_kwargs"]["fast_lr"] == trial.params["fast_lr"] and config["memory_kwargs"]["normalize"] is False
+        assert config["memory_kwargs"]["fast_share"] == trial.params["fast_share"] and "fast_lr" not in config["memory_kwargs"]
         assert config["seed"] == trial.user_attrs["seed"] == 10 + trial.number and config["threads"] == 1
         assert config["wandb_group"] == STUDY  # every trial's W&B run in one group per study
         data = np.load(run_dir / "evaluations.npz")

@@ -78,7 +78,9 @@ def test_cli_end_to_end(tmp_path):
         (["--memory-kwargs", "nope=1"], "unknown memory_kwargs key 'nope' for memory fastweights; accepted: fast_lr"),
         (["--memory", "irnn", "--memory-kwargs", "decay=0.9"], "accepted: identity_scale"),
         (["--decay", "0.9", "--memory", "lstm"], "--decay applies to --memory fastweights only"),
-        (["--memory", "gru", "--no-fast-normalize"], "--no-fast-normalize applies to --memory fastweights only"),
+        (["--memory", "gru", "--no-bias-correction"], "--no-bias-correction applies to --memory fastweights only"),
+        (["--memory", "gru", "--fast-share", "1"], "--fast-share applies to --memory fastweights only"),
+        (["--fast-share", "0"], "fast_share (η share) must be a finite number in (0, 1e+06], got 0.0"),
         (["--decay", "0.9", "--memory-kwargs", "decay=0.8"], "both set decay"),
         (["--gae-lambda", "1.5"], "gae_lambda"),
         (["--gamma", "0"], "gamma"),
@@ -180,7 +182,8 @@ def test_help_documents_every_field_with_its_default():
     assert text.count("(default: ") >= len(fields(TrainConfig)) + len(agent.CORE_FLAGS)
     assert all(env_id in text for env_id in agent.envs.CATCH_IDS) and "CatchFlicker16-v0" in text
     assert "module:id" in text and "--lr LEARNING_RATE" in text and "--no-progress-bar" in text
-    for flag in ("--fast-lr FAST_LR", "--decay DECAY", "--inner-steps INNER_STEPS", "--no-fast-normalize"):
+    for flag in ("--fast-lr FAST_LR", "--fast-share FAST_SHARE", "--decay DECAY", "--inner-steps INNER_STEPS",
+                 "--identity-scale IDENTITY_SCALE", "--no-bias-correction"):  # fmt: skip
         assert flag in text
     assert "--decay DECAY fast weights: λ, the share of the fast memory kept at each step (default: 0.95)" in text
 
@@ -189,11 +192,12 @@ def test_command_line_and_python_api_build_the_same_config():
     import train_agent
 
     assert train_agent.parse_config([]) == TrainConfig()
-    config = train_agent.parse_config(["--fast-lr", "0.3", "--no-fast-normalize", "--memory-kwargs", "decay=0.9",
+    config = train_agent.parse_config(["--fast-lr", "0.3", "--no-bias-correction", "--memory-kwargs", "decay=0.9",
                                        "--gamma", "0.9", "--threads", "2", "--lr", "0.01"])  # fmt: skip
-    assert config == TrainConfig(memory_kwargs=dict(decay=0.9, fast_lr=0.3, normalize=False), gamma=0.9, threads=2,
-                                 learning_rate=0.01)  # fmt: skip
-    assert config.policy_kwargs()["memory_kwargs"] == dict(normalize=False, fast_lr=0.3, decay=0.9, inner_steps=1)
+    assert config == TrainConfig(memory_kwargs=dict(decay=0.9, fast_lr=0.3, bias_correction=False), gamma=0.9,
+                                 threads=2, learning_rate=0.01)  # fmt: skip
+    assert config.policy_kwargs()["memory_kwargs"] == dict(fast_lr=0.3, decay=0.9, inner_steps=1, identity_scale=0.05,
+                                                           bias_correction=False)  # fmt: skip
     assert TrainConfig(memory="lstm").policy_kwargs()["memory_kwargs"] == {}
     assert TrainConfig(memory="irnn", memory_kwargs={"identity_scale": 1.0}).resolved()["memory_kwargs"] == {
         "identity_scale": 1.0
@@ -205,7 +209,7 @@ def test_command_line_and_python_api_build_the_same_config():
     "changes,message",
     [
         (dict(memory_kwargs={"nope": 1}), "unknown memory_kwargs key 'nope' for memory fastweights; accepted: fast_lr, "
-                                          "decay, inner_steps, layer_norm, mode, normalize"),  # fmt: skip
+                                          "decay, inner_steps, layer_norm, mode, fast_share, identity_scale, bias_correction"),  # fmt: skip
         (dict(memory="lstm", memory_kwargs={"decay": 0.9}), "unknown memory_kwargs key 'decay' for memory lstm; "
                                                             "accepted: none"),  # fmt: skip
         (dict(memory_kwargs={"decay": 1.5}), "decay"),

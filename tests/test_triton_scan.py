@@ -179,14 +179,14 @@ def test_a_kernel_step_makes_no_device_to_host_sync(interpreter, starts_at, devi
     would stall every step): the episode starts go to the kernel as they are, set or not."""
     from fw_agents.memory import FastWeightsRNN
 
-    core = FastWeightsRNN(4, 8, mode="triton", normalize=True)
+    core = FastWeightsRNN(4, 8, mode="triton", fast_share=0.5)
     x, starts = torch.randn(1, 3, 4), torch.zeros(1, 3)
     for t, b in starts_at:
         starts[t, b] = 1.0
     state = core.initial_state(3)
     with torch.inference_mode():
         assert device_syncs(lambda: core(x, state, starts)) == []
-    scan = FastWeightsRNN(4, 8, mode="scan", normalize=True)  # the scan asks, to skip the resets' arithmetic
+    scan = FastWeightsRNN(4, 8, mode="scan", fast_share=0.5)  # the scan asks, to skip the resets' arithmetic
     with torch.inference_mode():
         assert device_syncs(lambda: scan(x, state, starts)) != []
 
@@ -382,7 +382,7 @@ def test_module_mode_triton_matches_the_reference_module(interpreter):
     from fw_agents.memory import FastWeightsRNN
 
     torch.manual_seed(0)
-    cores = {mode: FastWeightsRNN(3, 6, inner_steps=2, normalize=True, mode=mode).double() for mode in ("reference", "triton")}
+    cores = {mode: FastWeightsRNN(3, 6, inner_steps=2, fast_share=0.5, mode=mode).double() for mode in ("reference", "triton")}
     cores["triton"].load_state_dict(cores["reference"].state_dict())
     x = torch.randn(7, 3, 3, dtype=torch.float64)
     starts = torch.zeros(7, 3, dtype=torch.float64)

@@ -37,7 +37,7 @@ def _core(model):
 
 def _fast_options(model) -> dict:
     core = _core(model)
-    return dict(fast_lr=core.fast_lr, decay=core.decay, inner_steps=core.inner_steps, normalize=core.normalize)
+    return dict(fast_lr=core.fast_lr, fast_share=core.fast_share, decay=core.decay, inner_steps=core.inner_steps)
 
 
 def _train(tmp_path: Path, *args: str, algo: str = zoo.ALGO) -> None:
@@ -46,15 +46,15 @@ def _train(tmp_path: Path, *args: str, algo: str = zoo.ALGO) -> None:
 
 
 def test_train_through_the_zoo_keeps_the_core_options(tmp_path, one_thread):
-    memory_kwargs = "memory_kwargs=dict(fast_lr=2.0, decay=0.9, inner_steps=2)"
+    memory_kwargs = "memory_kwargs=dict(fast_share=2.0, decay=0.9, inner_steps=2)"
     _train(tmp_path, "--eval-freq", "128", "--eval-episodes", "2",
            "--hyperparams", *TINY, f"policy_kwargs:{TINY_POLICY.format(memory_kwargs)}")  # fmt: skip
     run = tmp_path / "logs" / "fast_recurrent_ppo" / "CatchBlind16-v0_1"
     model = FastRecurrentPPO.load(run / "CatchBlind16-v0.zip", device="cpu")  # loads with the project's class
     assert model.num_timesteps == 256 and model.n_steps == 32 and model.n_envs == 2
     assert isinstance(model.policy, RecurrentMemoryPolicy) and _core(model).hidden_size == 16
-    # η, λ, S from the override; normalize from the project's defaults (the override omits it)
-    assert _fast_options(model) == dict(fast_lr=2.0, decay=0.9, inner_steps=2, normalize=True)
+    # η, λ, S from the override
+    assert _fast_options(model) == dict(fast_lr=None, fast_share=2.0, decay=0.9, inner_steps=2)
     assert (run / "best_model.zip").is_file() and (run / "evaluations.npz").is_file()
     monitor = (run / "0.monitor.csv").read_text().splitlines()
     assert monitor[1] == "r,l,t,caught" and len(monitor) > 10  # the batched envs' episodes, logged
@@ -66,11 +66,12 @@ def test_train_through_the_zoo_keeps_the_core_options(tmp_path, one_thread):
 
 def test_train_reads_a_given_conf_file(tmp_path, one_thread):
     conf = yaml.safe_load((zoo.HYPERPARAMS_DIR / "fast_recurrent_ppo.yml").read_text())["CatchBlind16-v0"]
+    # an old YAML, η's unit as normalize: translated (normalize=False: the paper's η, fast_lr)
     conf["policy_kwargs"] = TINY_POLICY.format("memory_kwargs=dict(fast_lr=0.25, decay=0.8, normalize=False)")
     (tmp_path / "mine.yml").write_text(yaml.safe_dump({"CatchBlind16-v0": conf}))
     _train(tmp_path, "--eval-freq", "-1", "-conf", str(tmp_path / "mine.yml"), "--hyperparams", *TINY)
     model = FastRecurrentPPO.load(tmp_path / "logs/fast_recurrent_ppo/CatchBlind16-v0_1/CatchBlind16-v0.zip")
-    assert _fast_options(model) == dict(fast_lr=0.25, decay=0.8, inner_steps=1, normalize=False)
+    assert _fast_options(model) == dict(fast_lr=0.25, fast_share=None, decay=0.8, inner_steps=1)
     assert model.lr_schedule(1) == conf["learning_rate"] and model.ent_coef == conf["ent_coef"]
 
 
@@ -110,7 +111,7 @@ def test_every_shipped_entry_builds_its_model(tmp_path, algo):
         assert (model.gamma, model.gae_lambda, model.ent_coef, model.lr_schedule(1)) == (0.99, 0.95, 0.01, 1e-3)
         assert type(model.policy) is RecurrentMemoryPolicy and model.policy.memory == "fastweights"
         assert _core(model).hidden_size == 128 and model.policy.critic_mode == "shared"
-        assert _fast_options(model) == dict(fast_lr=0.5, decay=0.95, inner_steps=1, normalize=True)
+        assert _fast_options(model) == dict(fast_lr=None, fast_share=0.5, decay=0.95, inner_steps=1)  # the agent defaults
         # the zoo's default (dummy) envs of a Catch id: one batched CatchSB3VecEnv
         assert isinstance(model.env, VecMonitor) and isinstance(model.env.venv, CatchSB3VecEnv)
         assert model.observation_space == gym.spec(env_id).make().observation_space
@@ -139,25 +140,27 @@ def test_catch_vec_env_is_the_dummy_vec_env_batched():
 
 
 YAML_POLICY = dict(memory="fastweights", hidden_size=128, critic="shared",
-                   memory_kwargs=dict(normalize=True, fast_lr=0.5, decay=0.95, inner_steps=1))  # fmt: skip
+                   memory_kwargs=dict(fast_share=0.5, decay=0.95, inner_steps=1))  # fmt: skip
 PPO_PARAMS = dict(batch_size_pow=5, n_steps_pow=5, one_minus_gamma=0.01, one_minus_gae_lambda=0.05, learning_rate=3e-4,
                   ent_coef=1e-3, clip_range=0.2, n_epochs=1, max_grad_norm=0.5, net_arch="tiny", activation_fn="relu")  # fmt: skip
 
 
 def test_sampler_merges_eta_lambda_s_into_the_policy_kwargs():
-    trial = optuna.trial.FixedTrial({**PPO_PARAMS, "fast_lr": 2.0, "decay": 0.7, "inner_steps": 2})
+    trial = optuna.trial.FixedTrial({**PPO_PARAMS, "fast_share": 2.0, "decay": 0.7, "inner_steps": 2})
     hyperparams = dict(policy="RecurrentMemoryPolicy", policy_kwargs=YAML_POLICY)
     sampled = zoo.sample_fast_recurrent_ppo_params(trial, 0, 16, {}, hyperparams)
     assert (sampled["n_steps"], sampled["batch_size"], sampled["gamma"]) == (32, 32, 0.99)
     policy_kwargs = sampled["policy_kwargs"]
     assert {k: policy_kwargs[k] for k in ("memory", "hidden_size", "critic")} == dict(memory="fastweights",
                                                                                    hidden_size=128, critic="shared")  # fmt: skip
-    assert policy_kwargs["memory_kwargs"] == dict(normalize=True, fast_lr=2.0, decay=0.7, inner_steps=2)
+    # complete: the sampled options over the YAML's, the agent defaults for the rest
+    assert policy_kwargs["memory_kwargs"] == dict(fast_share=2.0, decay=0.7, inner_steps=2, identity_scale=0.05,
+                                                  bias_correction=False)  # fmt: skip
     assert policy_kwargs["net_arch"] == dict(pi=[64], vf=[64])  # the zoo's own search, merged too
-    assert YAML_POLICY["memory_kwargs"]["fast_lr"] == 0.5  # the experiment's dict untouched
+    assert YAML_POLICY["memory_kwargs"]["fast_share"] == 0.5  # the experiment's dict untouched
     # the converter (the zoo's --trial-id) reads the same parameters back
     converted = zoo.convert_fast_recurrent_ppo_params(trial.params)
-    assert converted["policy_kwargs"]["memory_kwargs"] == dict(fast_lr=2.0, decay=0.7, inner_steps=2)
+    assert converted["policy_kwargs"]["memory_kwargs"] == dict(fast_share=2.0, decay=0.7, inner_steps=2)
     assert {k: converted[k] for k in ("n_steps", "learning_rate")} == dict(n_steps=32, learning_rate=3e-4)
 
 
@@ -169,14 +172,14 @@ def test_sampler_searches_fast_weights_only_for_a_fast_weights_core():
     assert lstm["policy_kwargs"]["memory"] == "lstm" and "memory_kwargs" not in lstm["policy_kwargs"]
     mlp = zoo.sample_fast_recurrent_ppo_params(optuna.trial.FixedTrial(PPO_PARAMS), 0, 16, {}, dict(policy="MlpLstmPolicy"))
     assert "memory_kwargs" not in mlp["policy_kwargs"]
-    # the paper's absolute η (normalize=False) is searched on figure5.py's range
+    # the paper's absolute η (a YAML that sets fast_lr) is searched on figure5.py's range
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
-        paper = dict(YAML_POLICY, memory_kwargs=dict(normalize=False))
+        paper = dict(YAML_POLICY, memory_kwargs=dict(fast_lr=0.5))
         kwargs = zoo.sample_fast_recurrent_ppo_params(study.ask(), 0, 16, {}, dict(policy="FastWeightsPolicy",
                                                                                  policy_kwargs=paper))  # fmt: skip
         memory_kwargs = kwargs["policy_kwargs"]["memory_kwargs"]
-        assert memory_kwargs["normalize"] is False and 1e-4 <= memory_kwargs["fast_lr"] <= 0.1
+        assert "fast_share" not in memory_kwargs and 1e-4 <= memory_kwargs["fast_lr"] <= 0.1
         assert 0.5 <= memory_kwargs["decay"] <= 0.99 and memory_kwargs["inner_steps"] in (1, 2)
 
 
@@ -199,18 +202,18 @@ def test_optimize_through_the_zoo_reaches_the_core(tmp_path, monkeypatch, one_th
            "--hyperparams", "n_envs:2", f"policy_kwargs:{TINY_POLICY.format('')}", algo=algo)  # fmt: skip
     (report,) = (tmp_path / "logs" / algo).glob("report_*.pkl")
     params = pickle.loads(report.read_bytes()).trials[0].params
-    assert {"fast_lr", "decay", "inner_steps"} <= set(params)
+    assert {"fast_share", "decay", "inner_steps"} <= set(params) and "fast_lr" not in params
     model = FastRecurrentPPO.load(tmp_path / "trials" / "trial_0" / "best_model.zip", device="cpu")
-    assert _fast_options(model) == dict(fast_lr=params["fast_lr"], decay=params["decay"],
-                                        inner_steps=params["inner_steps"], normalize=True)  # fmt: skip
+    assert _fast_options(model) == dict(fast_lr=None, fast_share=params["fast_share"], decay=params["decay"],
+                                        inner_steps=params["inner_steps"])  # fmt: skip
     assert model.policy.memory == "fastweights" and _core(model).hidden_size == 16  # the YAML's / override's
     assert model.lr_schedule(1) == params["learning_rate"] and model.n_steps == 32
 
-    # --trial-id: the trial's parameters over the YAML entry's policy_kwargs (memory, width, normalize kept)
+    # --trial-id: the trial's parameters over the YAML entry's policy_kwargs (memory, width kept)
     experiment = _experiment(tmp_path, algo, "CatchBlind16-v0")
     loaded = experiment.load_trial(storage, "s", 0)
-    assert loaded["policy_kwargs"]["memory_kwargs"] == dict(normalize=True, fast_lr=params["fast_lr"],
-                                                            decay=params["decay"], inner_steps=params["inner_steps"])  # fmt: skip
+    assert loaded["policy_kwargs"]["memory_kwargs"] == dict(fast_share=params["fast_share"], decay=params["decay"],
+                                                            inner_steps=params["inner_steps"])  # fmt: skip
     assert loaded["policy_kwargs"]["memory"] == "fastweights" and loaded["policy_kwargs"]["hidden_size"] == 128
 
 

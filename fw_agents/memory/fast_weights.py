@@ -12,7 +12,8 @@ from fw_agents.memory.base import MemoryCore, State
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, triton_scan
 from fw_agents.memory.ops.chunking import default_chunk_size
 from fw_agents.memory.ops.triton_scan import fast_weights_triton
-from fw_agents.validation import check_bool, check_choice, check_float, check_int
+from fw_agents.memory.options import OPTIONS, resolve_eta
+from fw_agents.validation import check_bool, check_choice
 
 # The op that runs a call, by mode: (a sequence, a one-step call). All of them share one signature.
 # A rollout step in "auto"/"scan"/"matrix" mode takes the matrix-form step (fewest ops);
@@ -43,14 +44,14 @@ class FastWeightsRNN(MemoryCore):
     Layer norm normalises each example over its ``H`` hidden units (never across
     the batch), with a learned gain and bias.
 
-    **Two units for η.** With ``normalize=False`` (the default) ``fast_lr`` is the paper's
+    **Two units for η, two names.** ``fast_lr`` (the default, 0.5) is the paper's
     η of Eq. 1, exactly. That η is an absolute scale: after layer norm and the ReLU
     ``|h|² ≈ H/2``, and the decayed sum of writes grows to ``1/(1-λ)`` of one write, so
     ``A h`` grows like ``η·H/(1-λ)`` against an input drive ``W h + C x`` of order one,
     and an η that suits one width and decay drowns the input at another.
-    With ``normalize=True`` the write is divided by both factors::
+    ``fast_share`` (the agents' default) divides the write by both factors::
 
-        A(t) = λ A(t-1) + η (1-λ)/H · h(t) h(t)^T     # i.e. η_paper = η (1-λ)/H
+        A(t) = λ A(t-1) + η (1-λ)/H · h(t) h(t)^T     # η = fast_share, η_paper = η (1-λ)/H
 
     ``A`` is then η times an exponential moving average of ``h hᵀ/H`` with horizon
     ``1/(1-λ)`` steps (Eq. 4: ``A h_s = η (1-λ) Σ_k λ^k h(τ) (h(τ)·h_s / H)``). With a unit
@@ -78,14 +79,16 @@ class FastWeightsRNN(MemoryCore):
 
     :param input_size: Number of input features.
     :param hidden_size: Number of recurrent units ``H``.
-    :param fast_lr: Fast learning rate η (> 0). Paper: 0.5 (``normalize=False``).
+    :param fast_lr: The paper's fast learning rate η of Eq. 1 (> 0). Paper: 0.5, the default
+        when neither it nor ``fast_share`` is given; give at most one of them.
     :param decay: Fast-weight decay λ, in (0, 1). Paper: 0.95 (0.9 for associative retrieval).
     :param inner_steps: Inner-loop steps S (>= 1). Paper: 1.
     :param layer_norm: Layer norm on every inner step (paper: yes).
     :param mode: One of ``"auto"``, ``"scan"``, ``"matrix"``, ``"attention"``, ``"reference"``,
         ``"triton"``.
-    :param normalize: Read ``fast_lr`` as the fast memory's share of the drive rather than
-        the paper's η: the write is scaled by ``(1-λ)/H`` (see above). Default: the paper's η.
+    :param fast_share: η as the fast memory's share of the drive (> 0): the write is scaled by
+        ``(1-λ)/H`` (see above). Ranges and defaults of every option:
+        :data:`fw_agents.memory.options.FAST_WEIGHTS_OPTIONS`.
     :param identity_scale: Scale ``s`` of the initial slow recurrent weights ``W = s·I`` (> 0).
         Paper: 0.05 (its IRNN baseline: 0.5).
     :param bias_correction: Read the fast memory at full strength from an episode's first
@@ -102,24 +105,26 @@ class FastWeightsRNN(MemoryCore):
         self,
         input_size: int,
         hidden_size: int,
-        fast_lr: float = 0.5,
-        decay: float = 0.95,
-        inner_steps: int = 1,
+        fast_lr: float | None = None,
+        decay: float = OPTIONS["decay"].default,
+        inner_steps: int = OPTIONS["inner_steps"].default,
         layer_norm: bool = True,
         mode: str = "auto",
-        normalize: bool = False,
-        identity_scale: float = 0.05,
-        bias_correction: bool = False,
+        fast_share: float | None = None,
+        identity_scale: float = OPTIONS["identity_scale"].default,
+        bias_correction: bool = OPTIONS["bias_correction"].default,
     ) -> None:
         super().__init__(input_size, hidden_size)
-        self.decay = check_float("decay (λ)", decay, 0.0, 1.0)
-        # Beyond 1e6 the write overflows float32 activations at once (paper: η = 0.5; normalised: ~1).
-        self.fast_lr = check_float("fast_lr (η)", fast_lr, 0.0, 1e6, high_inclusive=True)
-        self.inner_steps = check_int("inner_steps", inner_steps)
+        # every range is the spec's (fw_agents.memory.options), as every flag and search is
+        self.decay = OPTIONS["decay"].check(decay)
+        eta_name, eta = resolve_eta(fast_lr, fast_share)
+        #: η as given: the paper's (``fast_lr``) or a share of the drive (``fast_share``); the other is None.
+        self.fast_lr = eta if eta_name == "fast_lr" else None
+        self.fast_share = eta if eta_name == "fast_share" else None
+        self.inner_steps = OPTIONS["inner_steps"].check(inner_steps)
         self.mode = check_choice("mode", mode, MODES)
-        self.normalize = check_bool("normalize", normalize)
-        self.identity_scale = check_float("identity_scale", identity_scale, 0.0)
-        self.bias_correction = check_bool("bias_correction", bias_correction)
+        self.identity_scale = OPTIONS["identity_scale"].check(identity_scale)
+        self.bias_correction = OPTIONS["bias_correction"].check(bias_correction)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
@@ -127,10 +132,10 @@ class FastWeightsRNN(MemoryCore):
 
     @property
     def paper_fast_lr(self) -> float:
-        """The η of the paper's Eq. 1 this core computes with: ``fast_lr``, times ``(1-λ)/H``
-        when ``normalize`` is set."""
-        if self.normalize:
-            return self.fast_lr * (1.0 - self.decay) / self.hidden_size
+        """The η of the paper's Eq. 1 this core computes with: ``fast_lr``, or
+        ``fast_share·(1-λ)/H``."""
+        if self.fast_share is not None:
+            return self.fast_share * (1.0 - self.decay) / self.hidden_size
         return self.fast_lr
 
     @property
@@ -258,9 +263,10 @@ class FastWeightsRNN(MemoryCore):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.input_size}, {self.hidden_size}, fast_lr={self.fast_lr}, decay={self.decay}, "
-            f"inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}, "
-            f"normalize={self.normalize}, identity_scale={self.identity_scale}, "
+            f"{self.input_size}, {self.hidden_size}, "
+            + (f"fast_lr={self.fast_lr}" if self.fast_share is None else f"fast_share={self.fast_share}")
+            + f", decay={self.decay}, inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}, "
+            f"identity_scale={self.identity_scale}, "
             f"bias_correction={self.bias_correction}"
         )
 

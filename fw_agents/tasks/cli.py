@@ -37,6 +37,7 @@ from fw_agents.cli import (
     program_name,
     typed_dests,
 )
+from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
 from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.tracking import TrackingOptions, add_tracking_args
 from fw_agents.validation import check_int
@@ -52,18 +53,12 @@ RESUMABLE_CHANGES: tuple[str, ...] = ("steps", "device")
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
-@dataclass(kw_only=True)
-class FastWeightsOptions:
-    """η, λ, S of the fast-weights core, for a task config with a ``memory`` field
-    (``None``: the core's default; the core checks the values)."""
-
-    fast_lr: float | None = option(None, help="fast weights: eta (None: the core's, 0.5)")
-    decay: float | None = option(None, help="fast weights: lambda (None: the core's, 0.95)")
-    inner_steps: int | None = option(None, help="fast weights: S (None: the core's, 1)")
+class _FastWeightsMethods:
+    """The methods of :class:`FastWeightsOptions` (its fields come from the spec)."""
 
     def check_fast_weights_flags(self) -> None:
-        """Refuse η, λ or S set away from their defaults for a core that is not fast weights
-        (they would be dropped silently). :raises ValueError: Naming the flag and ``--memory``."""
+        """Refuse a fast-weights option set away from its default for a core that is not fast
+        weights (it would be dropped silently). :raises ValueError: Naming the flag and ``--memory``."""
         memory = getattr(self, "memory", None)
         if memory == "fastweights":
             return
@@ -74,11 +69,26 @@ class FastWeightsOptions:
                 raise ValueError(f"{flag} applies to --memory fastweights only, got --memory {memory}")
 
     def memory_kwargs(self) -> dict[str, Any]:
-        """Core-specific keyword arguments (only the fast-weights core takes η, λ, S)."""
+        """Core-specific keyword arguments: the fast-weights options set (only that core takes them;
+        the core refuses ``fast_lr`` and ``fast_share`` together)."""
         if getattr(self, "memory", None) != "fastweights":
             return {}
-        options = {"fast_lr": self.fast_lr, "decay": self.decay, "inner_steps": self.inner_steps}
+        options = {field.name: getattr(self, field.name) for field in dataclasses.fields(FastWeightsOptions)}
         return {key: value for key, value in options.items() if value is not None}
+
+
+#: The fast-weights core's options for a task config with a ``memory`` field, one field per
+#: option of the spec (:data:`fw_agents.memory.options.FAST_WEIGHTS_OPTIONS`: same names and
+#: units as the agents' flags; ``fast_lr`` is the paper's η, ``fast_share`` η as a share of the
+#: drive). ``None``: the core's default; the core checks the values.
+FastWeightsOptions = dataclasses.make_dataclass(
+    "FastWeightsOptions",
+    [(o.name, o.kind | None, option(None, help=f"fast weights: {o.help} (None: the core's default)"))
+     for o in FAST_WEIGHTS_OPTIONS],
+    bases=(_FastWeightsMethods,),
+    kw_only=True,
+)  # fmt: skip
+FastWeightsOptions.__module__ = __name__
 
 
 @dataclass

@@ -170,7 +170,7 @@ def build_glimpse_model(
 @dataclass(kw_only=True)
 class GlimpseConfig(FastWeightsOptions):
     """Everything one glimpse run depends on besides the training loop (the command's own
-    flags; ``fast_lr``, ``decay``, ``inner_steps`` from :class:`FastWeightsOptions`)."""
+    flags; the fast-weights options from :class:`FastWeightsOptions`)."""
 
     dataset: str = option("mnist", choices=DATASETS, help="mnist: IDX files (also Fashion-MNIST); faces: 48x48")
     data_dir: str = option(help="IDX folder, FER-2013 CSV, or class-folder tree")

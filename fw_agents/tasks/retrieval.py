@@ -180,7 +180,7 @@ class RetrievalModel(nn.Module):
 @dataclass(kw_only=True)
 class RetrievalConfig(FastWeightsOptions):
     """Everything one retrieval run depends on besides the training loop (the command's own
-    flags; ``fast_lr``, ``decay``, ``inner_steps`` from :class:`FastWeightsOptions`)."""
+    flags; the fast-weights options from :class:`FastWeightsOptions`)."""
 
     memory: str = option("fastweights", choices=MEMORY_NAMES, help="memory core")
     hidden: int = option(20, help="R, number of recurrent units")
