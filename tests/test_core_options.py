@@ -96,7 +96,7 @@ def test_fast_lr_and_fast_share_together_are_refused_naming_both():
 # ------------------------------------------------------------------ agent defaults and flags
 def test_agent_defaults_are_the_specs_and_fast_lr_replaces_the_share():
     assert DEFAULT_MEMORY_KWARGS["fastweights"] == agent_defaults() == dict(
-        fast_share=0.5, decay=0.95, inner_steps=1, identity_scale=0.05, bias_correction=False
+        fast_share=0.5, decay=0.95, inner_steps=1, identity_scale=0.05, bias_correction=True
     )
     resolved = resolve_memory_kwargs("fastweights", dict(fast_lr=0.01))
     assert resolved["fast_lr"] == 0.01 and "fast_share" not in resolved

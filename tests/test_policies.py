@@ -110,8 +110,9 @@ def test_fast_weights_state_travels_whole_through_the_buffer():
     adapter = model.policy.lstm_actor
     assert isinstance(adapter, CoreAdapter)
     H = 128
-    assert adapter.state_size == H + H * H and adapter.hidden_size == (H + H * H) // 2
-    assert model.rollout_buffer.hidden_state_shape == (SMALL["n_steps"], 1, 2, (H + H * H) // 2)
+    size = H + H * H + (1 if adapter.core.bias_correction else 0)  # h, A and the filled share m
+    assert adapter.state_size == size and adapter.hidden_size == (size + 1) // 2
+    assert model.rollout_buffer.hidden_state_shape == (SMALL["n_steps"], 1, 2, (size + 1) // 2)
     core = adapter.core
     defaults = DEFAULT_MEMORY_KWARGS["fastweights"]
     assert (core.fast_share, core.fast_lr, core.decay, core.inner_steps) == (

@@ -202,10 +202,15 @@ def test_format_1_checkpoints_load_with_their_eta_translated(normalize, unit, tm
         model.save(tmp_path / "v1.zip")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # set_extra_state finds the same options: no warning
-        for algorithm in (FastRecurrentPPO, RecurrentPPO):
-            core = algorithm.load(tmp_path / "v1.zip", device="cpu").policy.lstm_actor.core
-            assert getattr(core, unit) == 0.25 and core.decay == 0.9
-            assert core.paper_fast_lr == model.policy.lstm_actor.core.paper_fast_lr
+        core = FastRecurrentPPO.load(tmp_path / "v1.zip", device="cpu").policy.lstm_actor.core
+    # options added since (bias_correction, identity_scale) are the core's defaults, as trained
+    assert getattr(core, unit) == 0.25 and core.decay == 0.9 and core.bias_correction is False
+    assert core.identity_scale == 0.05 and core.paper_fast_lr == model.policy.lstm_actor.core.paper_fast_lr
+    # stock RecurrentPPO builds today's agent defaults for the keys the file does not name,
+    # and says so, naming the one that differs
+    with pytest.warns(UserWarning, match=r"memory_kwargs=\{'bias_correction': False\}"):
+        core = RecurrentPPO.load(tmp_path / "v1.zip", device="cpu").policy.lstm_actor.core
+    assert getattr(core, unit) == 0.25 and core.decay == 0.9
     # --resume reads the model's settings in today's names too (what TrainConfig accepts)
     settings = read_checkpoint(tmp_path / "v1.zip").settings["memory_kwargs"]
     assert settings == {unit: 0.25, "decay": 0.9, "inner_steps": 1}
@@ -249,7 +254,9 @@ def test_saved_core_options_are_plain_values_and_survive_later_default_changes(t
     saved = read_saved_memory_config(tmp_path / "stock.zip")
     assert saved["format"] == 2 and saved["memory"] == "fastweights" and saved["memory_kwargs"]["fast_share"] == 0.25
     assert type(saved["memory_kwargs"]["fast_share"]) is float and "fast_lr" not in saved["memory_kwargs"]
-    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", dict(fast_lr=0.5, decay=0.8, inner_steps=1))
+    changed = {**policies.DEFAULT_MEMORY_KWARGS["fastweights"], "fast_lr": 0.5, "decay": 0.8}
+    changed.pop("fast_share")
+    monkeypatch.setitem(policies.DEFAULT_MEMORY_KWARGS, "fastweights", changed)
     loaded = FastRecurrentPPO.load(tmp_path / "stock.zip", device="cpu")
     assert _settings(loaded.policy.lstm_actor.core) == _settings(model.policy.lstm_actor.core)
     with pytest.warns(UserWarning, match=r"trained with memory='fastweights', memory_kwargs=\{'decay': 0.95\}"):

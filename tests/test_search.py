@@ -157,15 +157,20 @@ def test_joining_a_study_with_other_settings_is_refused(tmp_path, capsys):
 
 def test_a_study_from_before_space_joins_as_the_papers_space(tmp_path):
     """Studies created before --space (and the agents' identity_scale/bias_correction defaults)
-    searched the paper's η: they join with --space paper, and are refused with the share."""
-    paper = search.parse_search([*TINY, "--runs-root", str(tmp_path), "--space", "paper"])
+    searched the paper's η without bias correction: they join with --space paper
+    --memory-kwargs bias_correction=False, and are refused, naming the difference, with either of
+    today's defaults."""
+    without_correction = ["--memory-kwargs", "bias_correction=False"]
+    paper = search.parse_search([*TINY, "--runs-root", str(tmp_path), "--space", "paper", *without_correction])
     study = search.open_study(paper)
     old = {k: v for k, v in paper.definition().items() if k != "space"}
     assert old["memory_kwargs"] == {}  # as the definitions of then: every fixed core option at the core's default
     study.set_user_attr("definition", old)
     search.open_study(paper)
+    with pytest.raises(ValueError, match=r"with memory_kwargs=\{\}, this worker has memory_kwargs=\{'bias_correction': True\}"):
+        search.open_study(search.parse_search([*TINY, "--runs-root", str(tmp_path), "--space", "paper"]))
     with pytest.raises(ValueError, match="created with space='paper', this worker has space='share'"):
-        search.open_study(search.parse_search([*TINY, "--runs-root", str(tmp_path)]))
+        search.open_study(search.parse_search([*TINY, "--runs-root", str(tmp_path), *without_correction]))
 
 
 def test_joining_a_study_that_minimizes_is_refused(tmp_path, capsys):

@@ -22,6 +22,7 @@ import envs  # noqa: E402
 from envs.sb3 import CatchSB3VecEnv  # noqa: E402
 from fw_agents import zoo  # noqa: E402
 from fw_agents.algorithms import FastRecurrentPPO  # noqa: E402
+from fw_agents.policies import DEFAULT_MEMORY_KWARGS  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 from fw_agents.policies import RecurrentMemoryPolicy  # noqa: E402
 
@@ -154,8 +155,8 @@ def test_sampler_merges_eta_lambda_s_into_the_policy_kwargs():
     assert {k: policy_kwargs[k] for k in ("memory", "hidden_size", "critic")} == dict(memory="fastweights",
                                                                                    hidden_size=128, critic="shared")  # fmt: skip
     # complete: the sampled options over the YAML's, the agent defaults for the rest
-    assert policy_kwargs["memory_kwargs"] == dict(fast_share=2.0, decay=0.7, inner_steps=2, identity_scale=0.05,
-                                                  bias_correction=False)  # fmt: skip
+    assert policy_kwargs["memory_kwargs"] == {**DEFAULT_MEMORY_KWARGS["fastweights"], "fast_share": 2.0, "decay": 0.7,
+                                              "inner_steps": 2}  # fmt: skip
     assert policy_kwargs["net_arch"] == dict(pi=[64], vf=[64])  # the zoo's own search, merged too
     assert YAML_POLICY["memory_kwargs"]["fast_share"] == 0.5  # the experiment's dict untouched
     # the converter (the zoo's --trial-id) reads the same parameters back

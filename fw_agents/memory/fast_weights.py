@@ -300,6 +300,8 @@ def bias_corrected_writes(
     :return: ``(write weights [T, B], m after the last step [B])``, in ``filled``'s dtype.
     """
     batch, like = filled.shape[0], filled
+    if steps == 1:  # a rollout step: the same formula without the scans (a few [B] ops)
+        return _bias_corrected_step(decay, filled, episode_starts, write_mask)
     writes = like.new_ones(steps, batch, dtype=torch.float64) if write_mask is None else (write_mask > 0.5).double()
     count = writes.cumsum(0)  # writes up to and including step t since the call's start
     time = torch.arange(steps, device=like.device)[:, None].expand(steps, batch)
@@ -313,3 +315,21 @@ def bias_corrected_writes(
     m = 1.0 - decay**n * empty
     weights = torch.where(writes > 0, writes / m.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
     return weights.to(like.dtype), m[-1].to(like.dtype)
+
+
+def _bias_corrected_step(
+    decay: float, filled: torch.Tensor, episode_starts: torch.Tensor | None, write_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bias_corrected_writes` for one step, in the same arithmetic (``m = 1 - λ^n (1 - m0)``,
+    ``n`` = 0 or 1 writes, ``m0 = 0`` after a start)."""
+    empty = 1.0 - filled.double()
+    if episode_starts is not None:
+        empty = torch.where(episode_starts[0] > 0.5, 1.0, empty)
+    if write_mask is None:
+        m = 1.0 - decay * empty
+        weights = 1.0 / m.clamp(min=torch.finfo(torch.float64).tiny)
+    else:
+        write = write_mask[0] > 0.5
+        m = 1.0 - torch.where(write, decay, 1.0) * empty
+        weights = torch.where(write, 1.0 / m.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+    return weights[None].to(filled.dtype), m.to(filled.dtype)

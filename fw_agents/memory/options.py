@@ -132,7 +132,7 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
                False, False, default=0.05, agent_default=0.05, flag="--identity-scale",
                help="s, the slow recurrent weights' initial scale (W = s·I; paper 0.05)"),
     CoreOption("bias_correction", bool, "", "read A at full strength from an episode's first step (A / (1-λ^n))",
-               None, None, False, False, default=False, agent_default=False, flag="--bias-correction",
+               None, None, False, False, default=False, agent_default=True, flag="--bias-correction",
                help="divide A by its filled share 1-λ^n, as Adam's moments (early steps at full strength)"),
 )  # fmt: skip
 #: The spec by name.

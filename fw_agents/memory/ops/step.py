@@ -66,7 +66,11 @@ def fast_weights_step(
         else:
             A_new = torch.baddbmm(A, q.unsqueeze(2), q.unsqueeze(1), beta=decay, alpha=fast_lr)
     else:
-        write = write_mask[0].to(zx.dtype)[:, None, None]
-        outer = torch.einsum("bi,bj->bij", q, q) * (fast_lr * write)
-        A_new = outer if A is None else A * (1.0 - write * (1.0 - decay)) + outer
+        # a per-row weight w: A <- (1 - w(1-λ)) A + η w h h^T, in two passes over [B, H, H]
+        write = write_mask[0].to(zx.dtype)
+        scaled = q * (fast_lr * write)[:, None]
+        if A is None:
+            A_new = torch.einsum("bi,bj->bij", scaled, q)
+        else:
+            A_new = torch.baddbmm(A * (1.0 - write * (1.0 - decay))[:, None, None], scaled.unsqueeze(2), q.unsqueeze(1))
     return q.unsqueeze(0), q, A_new
