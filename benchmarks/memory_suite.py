@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import multiprocessing
 import re
 import shlex
 import sys
@@ -63,7 +62,7 @@ from suite_tasks import (  # noqa: F401  (the suite's tables and scores, importa
 )  # fmt: skip
 
 from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED
-from fw_agents.cell_study import cell_records, enqueue_cells, load_cell_study, open_cell_study, pending_cells
+from fw_agents.cell_study import cell_records, enqueue_cells, launch_cell_workers, load_cell_study, open_cell_study
 from fw_agents.search_storage import MAX_RETRY, hidden_password
 from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.validation import check_float, check_int
@@ -199,24 +198,6 @@ def study_location(args: argparse.Namespace, out: Path) -> tuple[str, str]:
     return args.storage or f"sqlite:///{(out / 'suite.db').resolve()}", args.study
 
 
-def run_workers(storage: str, study_name: str, heartbeat: int, out: Path, workers: int) -> None:
-    """``workers`` workers of the study on this machine: this process and ``workers - 1`` spawned
-    ones (each prints a line per run it finishes); Ctrl-C queues the running cells again."""
-    waiting, running = pending_cells(open_cell_study(storage, study_name, heartbeat))
-    if not waiting and not running:
-        return
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=suite_worker, args=(storage, study_name, heartbeat, str(out)))
-                 for _ in range(min(workers, max(waiting, 1)) - 1)]  # fmt: skip
-    for process in processes:
-        process.start()
-    try:
-        suite_worker(storage, study_name, heartbeat, str(out))
-    finally:
-        for process in processes:
-            process.join()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite (or rebuild its report) and write the report; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -256,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"workers, study {study_name} in {hidden_password(storage)}, JSONs into {out}", flush=True)  # fmt: skip
     start = time.perf_counter()
     try:
-        run_workers(storage, study_name, args.heartbeat, out, args.workers)
+        launch_cell_workers(suite_worker, (storage, study_name, args.heartbeat, str(out)), args.workers, study)
     except KeyboardInterrupt:
         print("interrupted: the finished runs are saved, the running ones queued again; run the same command "
               "again to resume", file=sys.stderr)  # fmt: skip

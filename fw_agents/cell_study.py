@@ -251,3 +251,30 @@ def runs_per_cell(study: optuna.Study) -> dict[str, int]:
                  for t in trials)
         for key, trials in trials_by_cell(study).items()
     }  # fmt: skip
+
+
+def launch_cell_workers(worker: Callable[..., int], worker_args: tuple[Any, ...], workers: int,
+                        study: optuna.Study) -> None:  # fmt: skip
+    """Run ``workers`` workers on this machine: this process and ``workers - 1`` spawned ones
+    (no more than cells wait), each ``worker(*worker_args)`` (a module-level function that opens
+    the study and calls :func:`run_cells`). Ctrl-C reaches them all: each queues its cell again.
+
+    :param worker: The worker's function (picklable: defined at a module's top level).
+    :param worker_args: Its arguments.
+    :param workers: Processes on this machine.
+    :param study: The study (to see whether anything is left).
+    """
+    import multiprocessing
+
+    waiting, running = pending_cells(study)
+    if not waiting and not running:
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=worker, args=worker_args) for _ in range(min(workers, max(waiting, 1)) - 1)]
+    for process in processes:
+        process.start()
+    try:
+        worker(*worker_args)
+    finally:
+        for process in processes:
+            process.join()
