@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from fw_agents.search_storage import fail_stale_trials, open_storage, retry_callback
+from fw_agents.search_storage import fail_stale_trials, open_storage, retry_callback, taken_over
 
 if TYPE_CHECKING:
     import optuna
@@ -188,8 +188,6 @@ def run_cells(
     :param on_done: Called with each cell this worker ran and its record.
     :return: The number of cells this worker ran.
     """
-    from fw_agents.search import _taken_over
-
     objective = CellObjective(run_cell, value)
     ran = 0
     while True:
@@ -206,7 +204,7 @@ def run_cells(
             _queue_again(study, objective.trial)
             raise
         except Exception as raised:
-            if objective.trial is None or not _taken_over(raised, study, objective.trial):
+            if objective.trial is None or not taken_over(raised, study, objective.trial):
                 raise
             print(f"cell {objective.trial.user_attrs.get('cell')} was taken over by another worker (this one was "
                   f"silent for 2 x {heartbeat}s)", file=sys.stderr)  # fmt: skip

@@ -61,6 +61,7 @@ from fw_agents.search_storage import (
     retry_callback,
     scrub_password,
     study_size,
+    taken_over as _taken_over,
 )
 from fw_agents.search_trial import (  # noqa: F401 (importable from here as before)
     Objective, _first_line, _report_callback, _report_history, resumable_attempt, trial_config,
@@ -296,16 +297,6 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     return (StorageInternalError, SQLAlchemyError)
-
-
-def _taken_over(error: BaseException, study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether ``error`` is Optuna refusing to finish ``trial`` because it is no longer running
-    (another worker failed it as stale), rather than anything else."""
-    from optuna.trial import TrialState
-
-    if not (isinstance(error, ValueError) and str(error).startswith("Cannot tell a")):
-        return False
-    return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
 
 
 def _from_storage(error: BaseException | None, storage_errors: tuple[type[BaseException], ...]) -> BaseException | None:
