@@ -27,7 +27,7 @@ At the end the command (not the workers it started) prints the study's report, a
 to <runs-root>/search/<study>_report.md with <study>_best_curves.png: every trial sorted by
 objective (parameters, objective, final return, state), the best trial, and the evaluation
 curves of the best 5. --report-only does just that, from any machine, at any time; the live
-view is optuna-dashboard --storage URL (docs/search.md).
+view is `optuna-dashboard URL` (docs/search.md).
 """
 
 from __future__ import annotations

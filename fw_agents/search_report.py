@@ -2,7 +2,7 @@
 one line per finished trial while workers run, and at the end (or ``--report-only``) a table of
 every trial sorted by objective, the best trial once, and a figure of the best trials'
 evaluation curves (the intermediate values each trial reported). The live view is
-``optuna-dashboard --storage URL`` (docs/search.md)."""
+``optuna-dashboard URL`` (the storage URL as its argument; docs/search.md)."""
 
 from __future__ import annotations
 
