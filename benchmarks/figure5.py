@@ -14,7 +14,15 @@ Two modes, both training through ``fw_agents.agent.train`` and writing into ``--
   fw_agents.search`` on other machines with the same ``--storage``).
 * **seeds** (default): every memory with the same hyper-parameters (or, with ``--best-of``,
   each memory's best trial of a search: its ``--out`` folder, its storage URL, or a JSON
-  table) and each of ``--seeds``; the plot shows mean ± std over seeds.
+  table) and each of ``--seeds``; the plot shows mean ± std over seeds. Each env × memory ×
+  seed run is a cell of one Optuna study (``--storage``, default
+  ``sqlite:///<out>/figure5_seeds.db``; ``--study``, default ``figure5-seeds``): the command
+  enqueues the runs the study lacks, ``--workers K`` processes take them, and the same command
+  on other machines with one PostgreSQL ``--storage`` joins in (docs/scale.md); a run never
+  trains twice, a dead worker's run is taken over after 2 × ``--heartbeat`` s, and the curves
+  are read back from the study (``--plot-only``, alias ``--report-only``, on any machine). A
+  run already in the study keeps its settings; a finished run folder in ``--out`` is read, not
+  trained again.
 
 Outputs: ``figure5_<env>.png`` (one line per memory) and ``figure5.md`` (env steps to first
 reach a mean evaluation return of 0.9, and the final return; then each memory's interquartile
@@ -32,8 +40,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +57,9 @@ import numpy as np  # noqa: E402
 
 from fw_agents import search  # noqa: E402
 from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED, iqm_cells  # noqa: E402
+from fw_agents.cell_study import (  # noqa: E402
+    cell_records, enqueue_cells, launch_cell_workers, load_cell_study, open_cell_study, run_cells,
+)  # fmt: skip
 from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
 from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
@@ -149,6 +163,74 @@ def run(run_dir: Path, args: argparse.Namespace, env_id: str, memory: str, seed:
     return load_curve(run_dir)
 
 
+# ---------------------------------------------------------------------- seeds mode: one study of cells
+SEEDS_STUDY = "figure5-seeds"
+
+
+def seeds_storage(args: argparse.Namespace, out: Path) -> tuple[str, str]:
+    """(storage URL, study name) of the seeds mode: ``--storage`` (default
+    ``sqlite:///<out>/figure5_seeds.db``) and ``--study``."""
+    return args.storage or f"sqlite:///{(out / 'figure5_seeds.db').resolve()}", args.study or SEEDS_STUDY
+
+
+def seed_cells(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every env × memory × seed run as a study cell: ``env/memory/s<seed>`` -> its settings."""
+    cells = {}
+    for env_id in args.envs:
+        for memory in args.memories:
+            params = best_trial(args.best_of, memory) if args.best_of else dict(learning_rate=args.learning_rate)
+            for seed in args.seeds:
+                cells[f"{env_id}/{memory}/s{seed}"] = dict(
+                    env=env_id, memory=memory, seed=seed, params=params, timesteps=args.timesteps,
+                    eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, threads=args.threads,
+                )  # fmt: skip
+    return cells
+
+
+def run_seed_cell(out: Path, key: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Train one seeds-mode cell in ``<out>/<env>-<memory>-s<seed>`` (a finished folder there is
+    read, not trained again: :func:`run`); its record holds the evaluation curve."""
+    settings = argparse.Namespace(**{k: job[k] for k in ("timesteps", "eval_freq", "eval_episodes", "threads")})
+    start = time.perf_counter()
+    run_dir = out / f"{job['env']}-{job['memory']}-s{job['seed']}"
+    steps, returns = run(run_dir, settings, job["env"], job["memory"], job["seed"], **job["params"])
+    return dict(job, status="ok", steps=steps.tolist(), returns=returns.tolist(), run_dir=str(run_dir),
+                wall_time_s=time.perf_counter() - start)  # fmt: skip
+
+
+def _seed_line(key: str, record: dict[str, Any]) -> None:
+    print(f"[pid {os.getpid()}] {key}: final {record['returns'][-1]:.3f} ({record['wall_time_s']:.0f} s)", flush=True)
+
+
+def seed_worker(storage: str, name: str, heartbeat: int, out: str) -> int:
+    """One worker of the seeds-mode study (see :func:`fw_agents.cell_study.run_cells`)."""
+    study = open_cell_study(storage, name, heartbeat)
+    return run_cells(study, functools.partial(run_seed_cell, Path(out)), heartbeat, _final_return, _seed_line)
+
+
+def _final_return(record: dict[str, Any]) -> float:
+    return float(record["returns"][-1])
+
+
+def seed_runs(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
+    """Run the seeds mode's cells still missing from its study (``--workers`` processes here, any
+    number elsewhere with one ``--storage``), unless ``--plot-only``; return their records by key."""
+    storage, name = seeds_storage(args, out)
+    cells = seed_cells(args)
+    study = load_cell_study(storage, name) if args.plot_only else open_cell_study(storage, name, args.heartbeat)
+    if not args.plot_only:
+        enqueued, _ = enqueue_cells(study, cells, value=_final_return)
+        print(f"{enqueued} runs to do ({len(cells)} in all), {args.workers} workers, study {name} in "
+              f"{search.hidden_password(storage)}", flush=True)  # fmt: skip
+        launch_cell_workers(seed_worker, (storage, name, args.heartbeat, str(out)), args.workers, study)
+    records = cell_records(study, cells) if study is not None else {}
+    missing = [key for key in cells if key not in records]
+    if missing:
+        raise ValueError(f"study {name} has no result for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                         f"; run the command without --plot-only (here or on other machines)")  # fmt: skip
+    return records
+
+
 # ---------------------------------------------------------------------- search mode
 def study_search(args: argparse.Namespace, env_id: str, memory: str) -> search.Search:
     """The ``fw_agents.search`` command of one study, parsed."""
@@ -202,12 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "JSON of them")  # fmt: skip
     parser.add_argument("--trials", type=int, default=0, help="search mode: trials per study (env x memory)")
     parser.add_argument("--top", type=int, default=5, help="search mode: trials averaged in the plot")
-    parser.add_argument("--workers", type=int, default=1, help="search mode: worker processes on this machine")
-    parser.add_argument("--storage", default=None, help="search mode: Optuna storage URL (default: a SQLite "
-                        "file per study under <out>/search)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="Optuna storage URL shared by every machine, e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB "
+                             "(default: search mode, a SQLite file per study under <out>/search; seeds mode, "
+                             "sqlite:///<out>/figure5_seeds.db)")  # fmt: skip
+    parser.add_argument("--study", default=None, help=f"seeds mode: the study of the runs (default: {SEEDS_STUDY})")
+    parser.add_argument("--heartbeat", type=int, default=60,
+                        help="seeds mode: seconds between a running run's heartbeats; one silent for twice this "
+                             "is run again")  # fmt: skip
     parser.add_argument("--sampler-seed", type=int, default=0, help="search mode: seed of the random search")
-    parser.add_argument("--plot-only", action="store_true",
-                        help="search mode: read the studies back without running trials")  # fmt: skip
+    parser.add_argument("--plot-only", "--report-only", action="store_true",
+                        help="read the studies back without running anything")  # fmt: skip
     parser.add_argument("--wandb", default=None, choices=("online", "offline", "disabled"),
                         help="search mode: W&B mode of the trials (one group per study)")  # fmt: skip
     parser.add_argument("--timesteps", type=int, default=500_000)
@@ -264,6 +352,9 @@ def _main(argv: Sequence[str] | None) -> int:
                  f"({args.bootstrap_reps:,} replications, seed {args.bootstrap_seed}):", "",
                  "| env | memory | runs | area under the curve (mean eval return): IQM [95% CI] | final return: IQM "
                  "[95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+    if args.workers < 1 or args.heartbeat < 1:
+        raise ValueError(f"workers and heartbeat must be integers >= 1, got {args.workers}, {args.heartbeat}")
+    records = {} if searching else seed_runs(args, out)
     trials_table = ["| env | memory | trial | hyper-parameters | mean eval return | final |", "|---|---|---|---|---|---|"]
     for env_id in args.envs:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -283,9 +374,8 @@ def _main(argv: Sequence[str] | None) -> int:
                                  f"{curve.mean():.3f} | {curve[-1]:.3f} |" for label, params, (_, curve) in runs]  # fmt: skip
                 runs = runs[: args.top]
             else:
-                params = best_trial(args.best_of, memory) if args.best_of else dict(learning_rate=args.learning_rate)
-                runs = [(f"s{seed}", params, run(out / f"{env_id}-{memory}-s{seed}", args, env_id, memory, seed, **params))
-                        for seed in args.seeds]  # fmt: skip
+                found = [records[f"{env_id}/{memory}/s{seed}"] for seed in args.seeds]
+                runs = [(f"s{r['seed']}", r["params"], (np.array(r["steps"]), np.array(r["returns"]))) for r in found]
             n = min(len(c[0]) for _, _, c in runs)
             steps = runs[0][2][0][:n]
             returns = np.stack([c[1][:n] for _, _, c in runs])

@@ -10,9 +10,16 @@ Tasks: the POPGym "Easy" memory tasks (``pip install -e '.[bench]'`` for popgym)
 
 Per run: the training curve (mean return of the episodes finished in each rollout), a
 deterministic evaluation over ``--eval-episodes`` episodes on a separate env (seed + 10,000)
-and the training wall time, in ``<out>/runs/<task>/<model>/seed<k>.json`` (written atomically;
-an existing JSON is skipped, so an interrupted suite resumes; ``--retry-errors`` reruns the
-runs that raised). Report: ``<out>/memory_suite.md`` (normalised final return, area under the
+and the training wall time. Every run is a cell of one Optuna study (``--storage``, default
+``sqlite:///<out>/suite.db``; ``--study``): the command enqueues the cells the study lacks, then
+``--workers`` processes take waiting cells until none is left. The same command on other
+machines with one PostgreSQL ``--storage`` joins the same study (docs/scale.md); no cell runs
+twice, a dead worker's cell runs again after 2 × ``--heartbeat`` seconds (fw_agents.cell_study).
+Each record is stored in its trial and written to ``<out>/runs/<task>/<model>/seed<k>.json``
+on the machine that ran it; a JSON already there whose cell the study lacks is recorded in the
+study as it is (not rerun); ``--retry-errors`` reruns the runs that raised. A cell already in the
+study keeps its budget and settings (a command asking other ones reruns nothing: use another
+``--study``/``--out``). Report: ``<out>/memory_suite.md`` (normalised final return, area under the
 normalised training curve, wall time; each model's interquartile mean over tasks × seeds with
 95% bootstrap intervals; the target check when the runs allow it), ``<out>/memory_suite.png``
 (training curves) and ``<out>/memory_suite_profile.png`` (performance profiles)::
@@ -21,7 +28,7 @@ normalised training curve, wall time; each model's interquartile mean over tasks
     python benchmarks/memory_suite.py --workers 2 --tasks RepeatFirstEasy CatchBlind16 --seeds 0
     python benchmarks/memory_suite.py --quick              # smoke run, well under a minute
     python benchmarks/memory_suite.py --models fastweights --fast-variant 'eta2={"fast_share": 2.0}'
-    python benchmarks/memory_suite.py --report-only        # rebuild the report from <out>/runs
+    python benchmarks/memory_suite.py --report-only        # the report from the study, any time, any machine
 
 The tasks, their budgets (sized from measured throughputs, in ``suite_tasks.py``'s docstring) and
 scores are in ``benchmarks/suite_tasks.py``, one run's code in ``benchmarks/suite_runs.py``, the
@@ -31,23 +38,23 @@ report in ``benchmarks/suite_report.py``.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import functools
 import json
-import multiprocessing
 import re
 import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from suite_report import (  # noqa: F401  (the report's names, importable from here as before)
-    build_report, load_runs, ordered, plot_curves, run_value, target_check, write_report,
+    build_report, group_runs, load_runs, ordered, plot_curves, run_value, target_check, write_report,
 )  # fmt: skip
 from suite_runs import (  # noqa: F401  (one run's code, importable from here as before)
-    EVAL_SEED_OFFSET, Job, _init_pool_worker, build_job_model, make_task_env, one_line, policy_kwargs,
-    ppo_settings, run_job,
+    EVAL_SEED_OFFSET, Job, build_job_model, cell_key, make_task_env, one_line, policy_kwargs, ppo_settings,
+    record_value, run_job, run_path, suite_worker,
 )  # fmt: skip
 from suite_tasks import (  # noqa: F401  (the suite's tables and scores, importable from here as before)
     AUC_POINTS, BUDGETS, MODELS, POPGYM_TASKS, RETURN_BOUNDS, STOCK, TASKS, area_under_curve, budget,
@@ -55,6 +62,8 @@ from suite_tasks import (  # noqa: F401  (the suite's tables and scores, importa
 )  # fmt: skip
 
 from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED
+from fw_agents.cell_study import cell_records, enqueue_cells, launch_cell_workers, load_cell_study, open_cell_study
+from fw_agents.search_storage import MAX_RETRY, hidden_password
 from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.validation import check_float, check_int
 
@@ -126,10 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every budget")
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--eval-episodes", type=int, default=100)
-    p.add_argument("--workers", type=int, default=2, help="runs in parallel, one process and one thread each")
+    p.add_argument("--workers", type=int, default=2,
+                   help="worker processes on this machine joining the study, one run and one thread each")  # fmt: skip
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage of the suite's study, shared by every worker on every machine, e.g. "
+                        "postgresql+psycopg://USER:PASSWORD@HOST:5432/DB (default: sqlite:///<out>/suite.db)")  # fmt: skip
+    p.add_argument("--study", default="memory_suite", help="the study's name (one per suite)")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a running run's heartbeats; one silent for twice this is run again")  # fmt: skip
     p.add_argument("--out", help="default: runs/memory_suite (runs/memory_suite_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 tasks, 2 models, 1 seed, 4k steps")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/runs")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the study (and <out>/runs), from any machine at any time")  # fmt: skip
     p.add_argument("--retry-errors", action="store_true", help="rerun runs recorded with status error")
     p.add_argument("--bootstrap-reps", type=int, default=DEFAULT_REPS,
                    help="bootstrap replications of the report's IQM intervals and performance profiles")  # fmt: skip
@@ -138,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ("timesteps", "hidden_size", "eval_episodes", "workers", "bootstrap_reps"):
+    for name in ("timesteps", "hidden_size", "eval_episodes", "workers", "bootstrap_reps", "heartbeat"):
         if getattr(args, name) is not None:
             check_int(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     check_float("--budget-scale", args.budget_scale, 0)
@@ -147,59 +164,38 @@ def _check(args: argparse.Namespace) -> None:
     check_int("--bootstrap-seed", args.bootstrap_seed, 0)
 
 
-def make_jobs(args: argparse.Namespace, tasks: list[str], models: list[str], variants: dict[str, dict[str, Any]],
-              out: Path, command: str) -> list[Job]:  # fmt: skip
-    """The runs still to do, seed by seed (so a partial suite has whole seeds); finished ones are skipped."""
-    jobs = []
+def make_cells(args: argparse.Namespace, tasks: list[str], models: list[str], variants: dict[str, dict[str, Any]],
+               command: str) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every run of the command as a study cell, seed by seed (a partial suite has whole seeds):
+    :func:`~suite_runs.cell_key` -> its :class:`~suite_runs.Job` fields but ``path`` (each
+    machine writes the JSON under its own ``--out``)."""
+    cells = {}
     for seed in args.seeds:
         for task in tasks:
             steps = args.timesteps or budget(task, args.budget_scale)
             for model in models:
-                path = out / "runs" / task / model / f"seed{seed}.json"
-                if path.exists():
-                    old = json.loads(path.read_text())
-                    if not (args.retry_errors and old["status"] == "error"):
-                        if old["timesteps"] != steps:
-                            print(f"note: keeping {path} ({old['timesteps']:,} steps, not {steps:,})")
-                        continue
                 variant = dict(variants.get(model) or {})
                 policy_options = variant.pop("policy", None)
-                jobs.append(Job(task, model, seed, steps, str(path), args.hidden_size, args.eval_episodes,
-                                variant if model in variants else None, command, policy_options))  # fmt: skip
-    return jobs
+                job = Job(task, model, seed, steps, "", args.hidden_size, args.eval_episodes,
+                          variant if model in variants else None, command, policy_options)  # fmt: skip
+                cells[cell_key(task, model, seed)] = {k: v for k, v in asdict(job).items() if k != "path"}
+    return cells
 
 
-def run_jobs(jobs: list[Job], workers: int) -> int:
-    """Run the jobs in ``workers`` spawned processes, printing a line per finished run.
+def local_record(out: Path, cells: dict[str, dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The record of ``key`` in this machine's JSON, if any (noting a budget other than the cell's)."""
+    path = run_path(out, key)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record["timesteps"] != cells[key]["timesteps"]:
+        print(f"note: keeping {path} ({record['timesteps']:,} steps, not {cells[key]['timesteps']:,})")
+    return record
 
-    :return: The number of runs whose worker died (no record written).
-    """
-    start, lost = time.perf_counter(), 0
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(
-        min(workers, len(jobs)), mp_context=context, initializer=_init_pool_worker
-    )
-    try:
-        futures = {pool.submit(run_job, job): job for job in jobs}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            job = futures[future]
-            try:
-                record = future.result()
-                status = record["status"]
-                detail = (f"final {record['final_normalised']:.3f}, auc {record['auc']:.3f}, "
-                          f"{record['wall_time_s']:.0f} s" if status == "ok" else record["error"])  # fmt: skip
-            except Exception as error:  # the worker died (e.g. out of memory)
-                lost, status, detail = lost + 1, "lost", one_line(error)
-            elapsed = (time.perf_counter() - start) / 60
-            print(f"[{done}/{len(jobs)} {elapsed:.1f} min] {job.task} {job.model} seed {job.seed}: {status}: {detail}",
-                  flush=True)  # fmt: skip
-    except KeyboardInterrupt:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before 3.14
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return lost
+
+def study_location(args: argparse.Namespace, out: Path) -> tuple[str, str]:
+    """(storage URL, study name): ``--storage`` / ``--study``, by default ``sqlite:///<out>/suite.db``."""
+    return args.storage or f"sqlite:///{(out / 'suite.db').resolve()}", args.study
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         tasks = resolve_tasks(args.tasks) if args.tasks else None
         models = resolve_models(args.models, variants) if args.models or variants else None
-        print(write_report(out, command, tasks, models, args.seeds, args.bootstrap_reps, args.bootstrap_seed), end="")
+        storage, study_name = study_location(args, out)
+        exists = args.storage is not None or (out / "suite.db").exists()  # else a folder of JSONs from before the study
+        print(report(out, load_cell_study(storage, study_name) if exists else None, tasks, models, args), end="")
         return 0
     tasks, models = resolve_tasks(args.tasks or list(TASKS)), resolve_models(args.models, variants)
     args.seeds = list(dict.fromkeys(args.seeds or [0, 1, 2]))
@@ -226,18 +224,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             import popgym  # noqa: F401
         except ImportError:
             raise ValueError("popgym is not installed; pip install -e '.[bench]'") from None
-    jobs = make_jobs(args, tasks, models, variants, out, command)
-    print(f"{len(jobs)} runs to do ({len(tasks)} tasks × {len(models)} models × {len(args.seeds)} seeds, "
-          f"finished ones skipped), {args.workers} workers, into {out}", flush=True)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    storage, study_name = study_location(args, out)
+    study = open_cell_study(storage, study_name, args.heartbeat)
+    if "command" not in study.user_attrs:  # the report's header, the same whichever process writes it
+        study.set_user_attr("command", command)
+    cells = make_cells(args, tasks, models, variants, command)
+    enqueued, imported = enqueue_cells(study, cells, functools.partial(local_record, out, cells), args.retry_errors,
+                                       record_value)  # fmt: skip
+    print(f"{enqueued} runs to do ({len(tasks)} tasks × {len(models)} models × {len(args.seeds)} seeds; "
+          f"{imported} taken from {out / 'runs'}, the others finished or taken in the study), {args.workers} "
+          f"workers, study {study_name} in {hidden_password(storage)}, JSONs into {out}", flush=True)  # fmt: skip
+    start = time.perf_counter()
     try:
-        lost = run_jobs(jobs, args.workers) if jobs else 0
+        launch_cell_workers(suite_worker, (storage, study_name, args.heartbeat, str(out)), args.workers, study)
     except KeyboardInterrupt:
-        print("interrupted: the finished runs are saved; run the same command again to resume", file=sys.stderr)
+        print("interrupted: the finished runs are saved, the running ones queued again; run the same command "
+              "again to resume", file=sys.stderr)  # fmt: skip
         return 130
-    print(write_report(out, command, tasks, models, args.seeds, args.bootstrap_reps, args.bootstrap_seed), end="")
+    print(f"workers done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    records = cell_records(study)
+    missing = [key for key in cells if key not in records]
+    print(report(out, study, tasks, models, args), end="")
     figures = [out / name for name in ("memory_suite.png", "memory_suite_profile.png") if (out / name).exists()]
     print(f"\nreport: {', '.join(map(str, [out / 'memory_suite.md', *figures]))}")
-    return 1 if lost else 0
+    if missing:
+        print(f"error: {len(missing)} runs have no result (their workers died {MAX_RETRY + 1} times?): "
+              f"{', '.join(missing[:5])}; run the command again", file=sys.stderr)  # fmt: skip
+    return 1 if missing else 0
+
+
+def report(out: Path, study: Any, tasks: list[str] | None, models: list[str] | None, args: argparse.Namespace) -> str:
+    """Write the report from the study's records (and this machine's JSONs of runs not in it)."""
+    records = {key: record for key, record in cell_records(study).items()} if study is not None else {}
+    local = {str(path.relative_to(out / "runs").with_suffix("")): path for path in (out / "runs").glob("*/*/seed*.json")}
+    for key in sorted(set(local) - set(records)):
+        records[key] = json.loads(local[key].read_text())
+    command = study.user_attrs.get("command", "") if study is not None else "(from the JSONs)"
+    return write_report(out, command, tasks, models, args.seeds, args.bootstrap_reps, args.bootstrap_seed,
+                        runs=group_runs(records.values()))  # fmt: skip
 
 
 if __name__ == "__main__":

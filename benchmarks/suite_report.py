@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,17 @@ def load_runs(out: Path) -> Runs:
 
     :param out: The suite's output folder.
     """
+    return group_runs(json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/*/seed*.json")))
+
+
+def group_runs(records: Iterable[dict[str, Any]]) -> Runs:
+    """Run records by (task, model), sorted by seed.
+
+    :param records: Run records (from the JSONs or the study).
+    """
     runs: Runs = {}
-    for path in sorted((out / "runs").glob("*/*/seed*.json")):
-        record = json.loads(path.read_text())
-        runs.setdefault((path.parts[-3], path.parts[-2]), []).append(record)
+    for record in records:
+        runs.setdefault((record["task"], record["model"]), []).append(record)
     return {key: sorted(records, key=lambda r: r["seed"]) for key, records in runs.items()}
 
 
@@ -367,7 +374,7 @@ def plot_curves(runs: Runs, tasks: Sequence[str], models: Sequence[str], path: P
 
 def write_report(
     out: Path, command: str, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None, reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED,
+    seeds: Sequence[int] | None = None, reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED, runs: Runs | None = None,
 ) -> str:  # fmt: skip
     """Write ``memory_suite.md``, ``memory_suite.png`` and (when the models share tasks and seeds)
     ``memory_suite_profile.png`` in ``out`` from its runs; return the markdown.
@@ -379,14 +386,15 @@ def write_report(
     :param seeds: Seeds to include (default: all).
     :param reps: Bootstrap replications of the IQMs' intervals and the profile's bands.
     :param seed: Bootstrap seed.
+    :param runs: The run records (default: the JSONs under ``<out>/runs``).
     """
-    runs = load_runs(out)
+    runs = load_runs(out) if runs is None else runs
     if seeds is not None:
         runs = {key: [r for r in records if r["seed"] in seeds] for key, records in runs.items()}
     tasks = ordered(set(tasks) if tasks is not None else {t for t, _ in runs}, list(TASKS))
     models = ordered(set(models) if models is not None else {m for _, m in runs}, MODELS)
     if not runs:
-        raise ValueError(f"no runs in {out / 'runs'}; run the suite first")
+        raise ValueError(f"no runs in {out / 'runs'} or the suite's study; run the suite first")
     text = build_report(runs, tasks, models, command, reps, seed)
     write_text_atomically(out / "memory_suite.md", text)
     plot_curves(runs, tasks, models, out / "memory_suite.png")

@@ -5,11 +5,13 @@ JSON record (``benchmarks/memory_suite.py`` schedules the runs).
 
 from __future__ import annotations
 
+import functools
 import json
-import signal
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +49,6 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*render_mode.*")  # make_vec_env asks popgym for rgb_array
     warnings.filterwarnings("ignore", message=".*share an object.*")  # popgym reuses its info dicts
-
-
-def _init_pool_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
-    _init_worker()
 
 
 def make_task_env(task: str, n_envs: int, seed: int) -> Any:
@@ -198,3 +195,50 @@ def run_job(job: Job) -> dict[str, Any]:
             env.close()
     write_text_atomically(job.path, json.dumps(record, indent=1, default=str) + "\n")
     return record
+
+
+# ------------------------------------------------------------------ a worker of the suite's study
+
+
+def cell_key(task: str, model: str, seed: int) -> str:
+    """The study's name of one run: ``task/model/seed<k>`` (also its JSON's place under ``<out>/runs``)."""
+    return f"{task}/{model}/seed{seed}"
+
+
+def run_path(out: Path, key: str) -> Path:
+    """Where this machine writes the JSON of the run ``key``."""
+    return out / "runs" / f"{key}.json"
+
+
+def record_value(record: dict[str, Any]) -> float:
+    """A record's objective value in the study: its final normalised return (0 when it did not run)."""
+    return float(record["final_normalised"]) if record.get("status") == "ok" else 0.0
+
+
+def run_cell(out: Path, key: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run the study's cell ``key`` (its :class:`Job` fields but ``path``), its JSON under ``out``."""
+    return run_job(Job(**job, path=str(run_path(out, key))))
+
+
+def _finished_line(key: str, record: dict[str, Any]) -> None:
+    status = record["status"]
+    detail = (f"final {record['final_normalised']:.3f}, auc {record['auc']:.3f}, {record['wall_time_s']:.0f} s"
+              if status == "ok" else record["error"])  # fmt: skip
+    task, model, seed = key.split("/")
+    print(f"[{time.strftime('%H:%M:%S')} pid {os.getpid()}] {task} {model} seed {seed[4:]}: {status}: {detail}",
+          flush=True)  # fmt: skip
+
+
+def suite_worker(storage: str, study_name: str, heartbeat: int, out: str) -> int:
+    """One worker of the suite's study: run its waiting cells until none waits or runs.
+
+    :param storage: The study's storage URL.
+    :param study_name: The study.
+    :param heartbeat: Seconds between a running cell's heartbeats (a silent one is retried after 2 x).
+    :param out: This machine's output folder (the runs' JSONs).
+    :return: The number of cells this worker ran.
+    """
+    from fw_agents.cell_study import open_cell_study, run_cells
+
+    study = open_cell_study(storage, study_name, heartbeat)
+    return run_cells(study, functools.partial(run_cell, Path(out)), heartbeat, record_value, _finished_line)

@@ -22,18 +22,21 @@ command at any time and run it again to go on. A trial whose worker dies (kill -
 machine) stops sending heartbeats; after 2 x --heartbeat seconds the next trial a worker
 starts marks it failed and queues a retry with the same hyper-parameters (at most 3 times).
 Ctrl-C or SIGTERM queues the running trial's retry at once.
+
+At the end the command (not the workers it started) prints the study's report, also written
+to <runs-root>/search/<study>_report.md with <study>_best_curves.png: every trial sorted by
+objective (parameters, objective, final return, state), the best trial, and the evaluation
+curves of the best 5. --report-only does just that, from any machine, at any time; the live
+view is `optuna-dashboard URL` (docs/search.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,7 +53,6 @@ from fw_agents.cli import (
     option,
     run_cli,
 )
-from fw_agents.memory.options import merge_options
 from fw_agents.search_storage import (
     fail_stale_trials,
     hidden_password,
@@ -59,8 +61,15 @@ from fw_agents.search_storage import (
     retry_callback,
     scrub_password,
     study_size,
+    taken_over as _taken_over,
 )
-from fw_agents.search_space import LEGACY_SPACE, SPACES, fixed_by_search, space_table, study_memory_kwargs, suggest
+from fw_agents.search_trial import (  # noqa: F401 (importable from here as before)
+    Objective, _first_line, _report_callback, _report_history, resumable_attempt, trial_config,
+)  # fmt: skip
+from fw_agents.search_report import params_text, summary_text, trial_line, write_report  # noqa: F401 (search.*)
+from fw_agents.search_space import (  # noqa: F401 (suggest: importable from here as before)
+    LEGACY_SPACE, SPACES, fixed_by_search, space_table, study_memory_kwargs, suggest,
+)  # fmt: skip
 from fw_agents.validation import check_choice, check_int
 
 __doc__ = __doc__.replace("{space}", space_table())
@@ -113,6 +122,10 @@ class SearchOptions:
     heartbeat: int = option(
         60, help="seconds between a running trial's heartbeats; one silent for twice this is failed and retried"
     )
+    report: bool = option(True, help="at the end, print and write the study's report (--no-report: the workers "
+                          "that --workers starts; their parent reports once)")  # fmt: skip
+    report_only: bool = option(False, help="run nothing: print and write the study's report (trials by objective, "
+                               "the best trial, its curves) into <runs-root>/search, from any machine")  # fmt: skip
 
     def validate(self) -> None:
         check_int("trials", self.trials, 1)
@@ -171,48 +184,6 @@ class Search:
         return json.loads(json.dumps(config))  # as the storage gives it back
 
 
-# ------------------------------------------------------------------------- the space: fw_agents.search_space
-def trial_config(base: TrainConfig, params: dict[str, Any], seed: int, run_dir: Path) -> TrainConfig:
-    """The ``TrainConfig`` of one trial: ``base`` with the draw ``params`` (:func:`suggest`) over it."""
-    memory_kwargs = merge_options(base.memory_kwargs, params.get("memory_kwargs", {}))
-    return dataclasses.replace(
-        base, **{**params, "memory_kwargs": memory_kwargs}, seed=seed, run_dir=str(run_dir), progress_bar=False
-    )
-
-
-def resumable_attempt(study_dir: Path, retry_history: Sequence[int], timesteps: int) -> tuple[Path, int] | None:
-    """Where a retried trial continues: the folder of its latest earlier attempt that holds a
-    checkpoint short of ``timesteps`` and that no live process holds (a retry continues in
-    its predecessor's folder, so earlier attempts are looked at too), with the checkpoint's
-    env steps. None: start afresh (no such folder on this machine, no checkpoint yet, or
-    training had ended).
-
-    :param study_dir: The study's folder (``trial-NNNN`` folders).
-    :param retry_history: The earlier attempts' trial numbers, oldest first (Optuna's
-        ``retry_history`` system attribute).
-    :param timesteps: The trial's training budget.
-    """
-    from fw_agents.resume import read_checkpoint
-    from fw_agents.run_folder import folder_in_use
-
-    for number in reversed(list(retry_history)):
-        folder = study_dir / f"trial-{number:04d}"
-        if not folder.is_dir() or folder_in_use(folder):
-            continue
-        try:
-            checkpoint = read_checkpoint(folder)
-        except ValueError:  # no checkpoint written yet
-            continue
-        if checkpoint.timesteps < timesteps:
-            return folder, checkpoint.timesteps
-    return None
-
-
-def params_text(params: dict[str, Any]) -> str:
-    """``learning_rate=0.00084, fast_lr=0.049, ...``: a trial's flat parameters, 3 digits."""
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
 # ------------------------------------------------------------------------- the study
 def open_study(search: Search) -> optuna.Study:
     """Create the study, or join it after checking that it searches the same thing."""
@@ -260,107 +231,7 @@ def open_study(search: Search) -> optuna.Study:
     return study
 
 
-# ------------------------------------------------------------------------- a worker
-def _report_callback(trial: optuna.Trial, prune: bool) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class ReportEvaluation(BaseCallback):
-        """After each periodic evaluation: report its mean return; stop if the pruner says so."""
-
-        pruned = False
-
-        def _on_step(self) -> bool:
-            trial.report(float(self.parent.last_mean_reward), int(self.parent.evaluations_timesteps[-1]))
-            if prune and trial.should_prune():
-                self.pruned = True
-                return False
-            return True
-
-    return ReportEvaluation()
-
-
-def _report_history(trial: optuna.Trial, run_dir: Path, steps: int) -> None:
-    """Report a resumed run's earlier evaluations (up to its checkpoint's ``steps``) to the
-    trial that continues it, so the pruner compares it at those steps too."""
-    import numpy as np
-
-    try:
-        with np.load(run_dir / "evaluations.npz") as saved:
-            history = list(zip(saved["timesteps"].tolist(), saved["results"].mean(axis=1).tolist()))
-    except (OSError, KeyError, ValueError):
-        return
-    for step, value in history:
-        if step <= steps:
-            trial.report(float(value), int(step))
-
-
-class Objective:
-    """One trial: sample, train through ``fw_agents.agent.train``, return the mean evaluation return."""
-
-    def __init__(self, search: Search) -> None:
-        self.search = search
-        self.trial: optuna.Trial | None = None
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        import numpy as np
-        import optuna
-
-        from fw_agents.agent import train
-
-        self.trial = trial
-        base = self.search.train
-        params = suggest(trial, base.memory, self.search.options.space)
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        original = frozen.system_attrs.get("failed_trial")  # a retry keeps its original's seed
-        seed = base.seed + (trial.number if original is None else original)
-        # a retry (a worker died, or Ctrl-C) continues its predecessor's run from its last checkpoint
-        resume = resumable_attempt(self.search.study_dir, frozen.system_attrs.get("retry_history", []), base.timesteps)
-        run_dir = resume[0] if resume else self.search.study_dir / f"trial-{trial.number:04d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        worker = f"{socket.gethostname()}:{os.getpid()}"
-        for key, value in dict(run_dir=str(run_dir), worker=worker, seed=seed).items():
-            trial.set_user_attr(key, value)
-        report = _report_callback(trial, self.search.options.pruner != "none")
-        config = trial_config(base, params, seed, run_dir)
-        if resume is not None:
-            config = dataclasses.replace(config, resume=str(run_dir))
-            trial.set_user_attr("resumed_at", resume[1])
-            _report_history(trial, run_dir, resume[1])
-        try:
-            with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
-                summary = train(config, eval_callbacks=[report])
-        except Exception as error:  # the reason stays in the study (the dashboard, figure5) and in the trial line
-            trial.set_user_attr("error", f"{type(error).__name__}: {_first_line(error)}")
-            raise
-        curve = np.load(run_dir / "evaluations.npz")["results"].mean(axis=1)
-        trial.set_user_attr("final_return", summary["mean_return"])
-        trial.set_user_attr("steps", summary["timesteps"])
-        if "catch_rate" in summary:
-            trial.set_user_attr("catch_rate", summary["catch_rate"])
-        if report.pruned:
-            raise optuna.TrialPruned(f"pruned at {summary['timesteps']} steps")
-        return float(curve.mean())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    value = f" {trial.value:.3f}" if trial.value is not None else ""
-    if trial.state.name == "FAIL" and "error" in trial.user_attrs:
-        value = f" ({trial.user_attrs['error']})"
-    seconds = f" {trial.duration.total_seconds():.0f}s" if trial.duration else ""
-    final = trial.user_attrs.get("final_return")
-    final_text = f" final {final:.3f}" if final is not None else ""
-    print(
-        f"[{socket.gethostname()}:{os.getpid()}] {study.study_name} trial {trial.number} {trial.state.name}{value}"
-        f"{final_text}{seconds} ({params_text(trial.params)}) {trial.user_attrs.get('run_dir', '')}",
-        flush=True,
-    )
-
-
+# ------------------------------------------------------------------------- a worker (one trial: fw_agents.search_trial)
 def run_worker(search: Search) -> int:
     """Run up to ``--trials`` trials of the study (fewer once ``--study-trials`` is reached).
 
@@ -382,7 +253,7 @@ def run_worker(search: Search) -> int:
         if search.options.study_trials is not None and size >= search.options.study_trials and not queued:
             break
         try:
-            study.optimize(objective, n_trials=1, catch=(NonFiniteError,), callbacks=[_trial_line])
+            study.optimize(objective, n_trials=1, catch=(NonFiniteError,), callbacks=[trial_line])
         except KeyboardInterrupt:
             trial = objective.trial
             if trial is not None:
@@ -428,16 +299,6 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
     return (StorageInternalError, SQLAlchemyError)
 
 
-def _taken_over(error: BaseException, study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether ``error`` is Optuna refusing to finish ``trial`` because it is no longer running
-    (another worker failed it as stale), rather than anything else."""
-    from optuna.trial import TrialState
-
-    if not (isinstance(error, ValueError) and str(error).startswith("Cannot tell a")):
-        return False
-    return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
-
-
 def _from_storage(error: BaseException | None, storage_errors: tuple[type[BaseException], ...]) -> BaseException | None:
     """The database's error that ``error`` was raised from or while handling (or is), if any."""
     seen = set()
@@ -457,7 +318,8 @@ def launch_workers(search: Search) -> int:
     :return: 0 when all succeeded, else the first non-zero exit status.
     """
     open_study(search)  # create it once, before the workers race to
-    options = dataclasses.replace(search.options, workers=1, study=search.study_name, storage=search.storage_url)
+    options = dataclasses.replace(search.options, workers=1, study=search.study_name, storage=search.storage_url,
+                                  report=False)  # fmt: skip
     train_fields = [f.name for f in dataclasses.fields(search.train) if f.name not in TRIAL_FIELDS]
     argv = [*config_to_argv(options), *config_to_argv(search.train, train_fields)]
     command = [sys.executable, "-m", "fw_agents.search", *argv]
@@ -473,18 +335,6 @@ def launch_workers(search: Search) -> int:
             process.wait()
         raise
     return next((status for status in statuses if status), 0)
-
-
-def summary_text(study: optuna.Study) -> str:
-    """One line: the study's trials by state and its best trial."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}" for s in TrialState)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value, default=None)
-    best_text = f"; best trial {best.number}: {best.value:.3f} ({params_text(best.params)})" if best else ""
-    return f"study {study.study_name}: {counts}{best_text}"
 
 
 # ---------------------------------------------------------------------------- the CLI
@@ -517,6 +367,8 @@ def parse_search(argv: Sequence[str] | None = None) -> Search:
 
 def _main(argv: Sequence[str] | None) -> int:
     search = parse_search(argv)
+    if search.options.report_only:
+        return _report(search)
 
     def interrupt(signum: int, frame: object) -> None:  # SIGTERM (schedulers, `timeout`) acts as Ctrl-C
         raise KeyboardInterrupt
@@ -539,7 +391,9 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     study = open_study(search)
-    print(f"{summary_text(study)} ({time.perf_counter() - start:.0f}s)")
+    if search.options.report:  # once per command: not by the workers that --workers started
+        print(f"workers done in {time.perf_counter() - start:.0f}s")
+        _report(search, study)  # with the summary line (summary_text)
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -552,6 +406,23 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: no trial of study {study.study_name} has completed{reason}", file=sys.stderr)
         return status or 1
     return status
+
+
+def _report(search: Search, study: optuna.Study | None = None) -> int:
+    """Print the study's report (the trials table and the best trial) and write it with its
+    figure into ``<runs-root>/search`` (``--report-only``: the study must exist)."""
+    if study is None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            study = optuna.load_study(study_name=search.study_name, storage=open_storage(search.storage_url, 60))
+        except KeyError:
+            raise ValueError(f"no study {search.study_name!r} in {hidden_password(search.storage_url)}") from None
+    folder = Path(search.train.runs_root) / "search"
+    print(write_report(study, folder), end="")
+    print(f"report: {folder / f'{study.study_name}_report.md'}, {folder / f'{study.study_name}_best_curves.png'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -179,3 +179,13 @@ def study_size(study: optuna.Study) -> tuple[int, int]:
     }
     failed_and_retried = sum(t.state == TrialState.FAIL and t.number in retried for t in trials)
     return len(trials) - failed_and_retried, sum(t.state == TrialState.WAITING for t in trials)
+
+
+def taken_over(error: BaseException, study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether ``error`` is Optuna refusing to finish ``trial`` because it is no longer running
+    (another worker failed it as stale), rather than anything else."""
+    from optuna.trial import TrialState
+
+    if not (isinstance(error, ValueError) and str(error).startswith("Cannot tell a")):
+        return False
+    return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL

@@ -172,3 +172,49 @@ def test_seeds_report_gives_each_memorys_iqm_with_its_interval(tmp_path, monkeyp
             assert iqm == pytest.approx(expected, abs=5e-4) and low <= iqm <= high
     assert figure5.main([*argv, "--bootstrap-reps", "0"]) == 2
     assert "bootstrap reps must be >= 1" in capsys.readouterr().err
+
+
+def _train_seed_tenths(config):  # a curve 0 then the seed's tenth, in the run folder as train() writes it
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = np.array([[0.0, 0.0], [config.seed / 10] * 2])
+    np.savez(run_dir / "evaluations.npz", timesteps=np.array([50, 100]), results=results)
+    (run_dir / "model.zip").write_bytes(b"")
+
+
+def test_seed_runs_are_cells_of_one_study_read_back_anywhere(tmp_path, monkeypatch, capsys):
+    from fw_agents.cell_study import cell_records, runs_per_cell
+
+    monkeypatch.setattr(figure5, "train", _train_seed_tenths)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    argv = ["--envs", "Catch-v0", "--memories", "fastweights", "irnn", "--seeds", "0", "1", "--bootstrap-reps", "100",
+            "--storage", url]  # fmt: skip
+    assert figure5.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.startswith("4 runs to do (4 in all)")
+    study = optuna.load_study(study_name="figure5-seeds", storage=url)
+    assert runs_per_cell(study) == {f"Catch-v0/{m}/s{s}": 1 for m in ("fastweights", "irnn") for s in (0, 1)}
+    assert cell_records(study)["Catch-v0/irnn/s1"]["returns"] == [0.0, 0.1]
+    assert figure5.main([*argv, "--out", str(tmp_path / "b")]) == 0  # another machine: nothing left to run
+    assert capsys.readouterr().out.startswith("0 runs to do") and not list((tmp_path / "b").glob("Catch-v0-*"))
+    assert (tmp_path / "b" / "figure5.md").read_text() == (tmp_path / "a" / "figure5.md").read_text()
+    assert figure5.main([*argv, "--report-only", "--seeds", "0", "1", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "study figure5-seeds has no result for Catch-v0/fastweights/s2" in capsys.readouterr().err
+
+
+def test_seed_runs_two_workers_train_each_run_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from fw_agents.cell_study import runs_per_cell
+
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    argv = [*TINY, "--seeds", "0", "--workers", "2", "--threads", "1", "--bootstrap-reps", "100", "--out", str(tmp_path)]
+    result = subprocess.run([sys.executable, str(FIGURE5_PATH), *argv], env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name="figure5-seeds", storage=f"sqlite:///{tmp_path / 'figure5_seeds.db'}")
+    assert runs_per_cell(study) == {"Catch-v0/fastweights/s0": 1, "Catch-v0/irnn/s0": 1}
+    assert sorted(p.name for p in tmp_path.glob("Catch-v0-*")) == ["Catch-v0-fastweights-s0", "Catch-v0-irnn-s0"]
+    assert "| Catch-v0 | irnn | 1 |" in (tmp_path / "figure5.md").read_text()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -148,18 +153,25 @@ def test_models_and_variants(suite):
     assert tasks == ["CatchBlind16", "RepeatFirstEasy"]
 
 
-def test_make_jobs_skips_finished_runs(suite, tmp_path):
-    args = argparse.Namespace(seeds=[0, 1], timesteps=None, budget_scale=0.5, hidden_size=8, eval_episodes=3,
-                              retry_errors=False)  # fmt: skip
+def test_cells_are_enqueued_once_and_local_jsons_recorded_without_running(suite, tmp_path):
+    from fw_agents.cell_study import cell_records, enqueue_cells, open_cell_study, runs_per_cell
+
+    args = argparse.Namespace(seeds=[0, 1], timesteps=None, budget_scale=0.5, hidden_size=8, eval_episodes=3)
+    cells = suite.make_cells(args, ["CatchBlind16"], ["lstm", "gru"], {}, "cmd")
+    assert list(cells) == ["CatchBlind16/lstm/seed0", "CatchBlind16/gru/seed0", "CatchBlind16/lstm/seed1",
+                           "CatchBlind16/gru/seed1"]  # seed by seed  # fmt: skip
+    assert cells["CatchBlind16/gru/seed0"]["timesteps"] == round(suite.BUDGETS["CatchBlind16"] * 0.5)
+    assert "path" not in cells["CatchBlind16/gru/seed0"]  # each machine writes under its own --out
     _write(tmp_path, _record("CatchBlind16", "lstm", 0, timesteps=suite.BUDGETS["CatchBlind16"] // 2))
     _write(tmp_path, _record("CatchBlind16", "gru", 1, status="error"))
-    jobs = suite.make_jobs(args, ["CatchBlind16"], ["lstm", "gru"], {}, tmp_path, "cmd")
-    assert [(j.model, j.seed) for j in jobs] == [("gru", 0), ("lstm", 1)]  # seed by seed
-    assert jobs[0].timesteps == round(suite.BUDGETS["CatchBlind16"] * 0.5)
-    assert jobs[0].path == str(tmp_path / "runs" / "CatchBlind16" / "gru" / "seed0.json")
-    args.retry_errors = True
-    jobs = suite.make_jobs(args, ["CatchBlind16"], ["lstm", "gru"], {}, tmp_path, "cmd")
-    assert [(j.model, j.seed) for j in jobs] == [("gru", 0), ("lstm", 1), ("gru", 1)]
+    local = functools.partial(suite.local_record, tmp_path, cells)
+    study = open_cell_study(f"sqlite:///{tmp_path / 'suite.db'}", "s", 60)
+    assert enqueue_cells(study, cells, local) == (2, 2)  # the JSONs recorded as they are, the others queued
+    assert enqueue_cells(study, cells, local) == (0, 0)  # a second command enqueues nothing
+    assert set(cell_records(study)) == {"CatchBlind16/lstm/seed0", "CatchBlind16/gru/seed1"}
+    assert runs_per_cell(study)["CatchBlind16/lstm/seed0"] == 0  # recorded, not run
+    assert enqueue_cells(study, cells, local, rerun_errors=True) == (1, 0)  # the error, queued again
+    assert enqueue_cells(study, cells, local, rerun_errors=True) == (0, 0)
 
 
 def test_build_job_model_uses_policy_defaults_unless_a_variant(suite, one_thread):
@@ -315,3 +327,110 @@ def test_curves_legend_stays_inside_the_figure_with_one_task(suite):
         assert box.y1 <= axes_box.y0 + 1  # below the subplot, not over it
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------- many workers on one study
+#: 2 tasks × 2 models × 1 seed, a second or so per run.
+SHARED = ["--tasks", "CatchBlind16", "RepeatFirstEasy", "--models", "irnn", "lstm", "--seeds", "0", "--timesteps", "256",
+          "--hidden-size", "8", "--eval-episodes", "2", "--bootstrap-reps", "100"]  # fmt: skip
+
+
+def suite_command(*argv: str) -> list[str]:
+    return [sys.executable, str(SUITE_PATH), *argv]
+
+
+def command_env() -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _study(url: str, name: str = "memory_suite"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _each_cell_ran_once(study, cells: int) -> None:
+    from fw_agents.cell_study import cell_records, runs_per_cell
+
+    assert runs_per_cell(study) == {key: 1 for key in cell_records(study)} and len(cell_records(study)) == cells
+    assert all(record["status"] == "ok" for record in cell_records(study).values())
+
+
+def test_two_local_workers_share_one_sqlite_study(tmp_path):
+    pytest.importorskip("popgym")
+    out = tmp_path / "out"
+    result = subprocess.run(suite_command(*SHARED, "--workers", "2", "--out", str(out)), env=command_env(),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = _study(f"sqlite:///{out / 'suite.db'}")
+    _each_cell_ran_once(study, 4)
+    assert result.stdout.count(": ok: final") == 4  # one line per run, whichever worker ran it
+    assert len(list((out / "runs").glob("*/*/seed0.json"))) == 4
+    again = subprocess.run(suite_command(*SHARED, "--workers", "2", "--out", str(out)), env=command_env(),
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0 and again.stdout.startswith("0 runs to do")
+    assert len(_study(f"sqlite:///{out / 'suite.db'}").get_trials()) == 4  # nothing enqueued or run again
+
+
+def test_two_machines_share_one_postgres_study(postgres_url, tmp_path):
+    """Two commands with their own --out (two machines) on one PostgreSQL study: every cell runs
+    once, its JSON on the machine that ran it; the report reads the study, whichever machine asks."""
+    pytest.importorskip("popgym")
+    name = f"suite-{uuid.uuid4().hex[:8]}"
+    shared = [*SHARED, "--workers", "1", "--storage", postgres_url, "--study", name]
+    machines = [subprocess.Popen(suite_command(*shared, "--out", str(tmp_path / f"m{k}")), env=command_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]  # fmt: skip
+    for machine in machines:
+        _, stderr = machine.communicate(timeout=300)
+        assert machine.returncode == 0, stderr[-2000:]
+    _each_cell_ran_once(_study(postgres_url, name), 4)
+    jsons = [p.relative_to(tmp_path / f"m{k}") for k in range(2) for p in (tmp_path / f"m{k}").glob("runs/*/*/*.json")]
+    assert len(jsons) == len(set(jsons)) == 4  # each run's JSON on one machine
+    reports = [(tmp_path / f"m{k}" / "memory_suite.md").read_text() for k in range(2)]
+    assert reports[0] == reports[1]  # both reports are the study's, whoever finished last
+
+
+def _wait_for_a_running_cell(url: str, process: subprocess.Popen, timeout: float = 120):
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the worker ended before a cell started"
+        assert time.monotonic() < deadline, "no cell started"
+        try:
+            running = _study(url).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            running = []
+        if running:
+            return running[0]
+        time.sleep(0.05)
+
+
+def test_a_killed_workers_cell_is_run_again_and_the_report_is_the_studys(tmp_path):
+    from optuna.trial import TrialState
+
+    out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'suite.db'}"
+    argv = ["--tasks", "CatchBlind16", "--models", "fastweights", "--seeds", "0", "1", "--timesteps", "4096",
+            "--hidden-size", "8", "--eval-episodes", "2", "--bootstrap-reps", "100", "--heartbeat", "1",
+            "--workers", "1", "--out", str(out)]  # fmt: skip
+    worker = subprocess.Popen(suite_command(*argv), env=command_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    killed = _wait_for_a_running_cell(url, worker)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(2.5)  # the grace period: 2 x --heartbeat
+    result = subprocess.run(suite_command(*argv), env=command_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = _study(url)
+    _each_cell_ran_once(study, 2)
+    cell = killed.user_attrs["cell"]
+    states = [t.state for t in study.get_trials() if t.user_attrs.get("cell") == cell]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]  # the dead worker's trial, then its retry
+    third = subprocess.run(suite_command("--report-only", "--storage", url, "--out", str(tmp_path / "elsewhere"),
+                                         "--bootstrap-reps", "100"),
+                           env=command_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert third.stdout == (out / "memory_suite.md").read_text()
+    assert third.stdout.startswith("# Memory suite") and "| CatchBlind16 |" in third.stdout

@@ -319,6 +319,7 @@ def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
     trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert result.stdout.count("Best trial: ") == 1 and result.stdout.count(f"study {name}: ") == 1  # one report
     workers = [t.user_attrs["worker"] for t in trials]
     assert len(set(workers)) == 2 and all(workers.count(w) == 2 for w in workers)  # 2 processes, 2 trials each
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
@@ -447,3 +448,56 @@ def test_a_worker_with_nothing_left_while_another_trial_runs_exits_0(tmp_path):
         search.open_study(search.parse_search(argv)).ask()  # worker A's trial 0, RUNNING
     assert search.main(argv) == 0
     assert [t.state for t in sqlite_study(tmp_path).get_trials()] == [TrialState.RUNNING]
+
+
+# ------------------------------------------------------------------------- the report
+def _study_with_curves(tmp_path: Path) -> optuna.Study:
+    """Four trials by hand: three complete ones with curves (objectives 0.2, 0.7, 0.5) and a failed one."""
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'search' / STUDY}.db",
+                                direction="maximize")  # fmt: skip
+    rate = FloatDistribution(1e-4, 3e-3, log=True)
+    for k, value in enumerate((0.2, 0.7, 0.5)):
+        study.add_trial(optuna.create_trial(
+            params={"learning_rate": 1e-3 * (k + 1)}, distributions={"learning_rate": rate}, value=value,
+            intermediate_values={512: value - 0.1, 1024: value + 0.1}, user_attrs={"final_return": value + 0.1},
+        ))  # fmt: skip
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={"error": "NonFiniteError: loss is nan"}))
+    return study
+
+
+def test_report_only_prints_the_trials_by_objective_the_best_once_and_their_curves(tmp_path, capsys):
+    (tmp_path / "search").mkdir()
+    _study_with_curves(tmp_path)
+    assert search.main([*TINY, "--runs-root", str(tmp_path), "--report-only"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "2", "0", "3"]  # by objective, the failed one last
+    assert rows[0] == "| 1 | 1 | 0.700 | 0.800 | complete | learning_rate=0.002 |"
+    assert rows[-1] == "|  | 3 | — | — | fail (NonFiniteError: loss is nan) |  |"
+    assert out.count("Best trial: 1, objective 0.700") == 1
+    assert (tmp_path / "search" / f"{STUDY}_report.md").read_text() in out
+    assert (tmp_path / "search" / f"{STUDY}_best_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'search' / STUDY}.db").trials) == 4
+
+
+def test_the_curves_figure_draws_the_best_trials_reported_values(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from fw_agents.search_report import curves_figure
+
+    (tmp_path / "search").mkdir()
+    fig = curves_figure(_study_with_curves(tmp_path), top=2)
+    try:
+        lines = fig.axes[0].get_lines()
+        assert [line.get_label() for line in lines] == ["trial 1: 0.700", "trial 2: 0.500"]
+        assert lines[0].get_xdata().tolist() == [512, 1024] and lines[0].get_ydata() == pytest.approx([0.6, 0.8])
+    finally:
+        plt.close(fig)
+
+
+def test_report_only_without_the_study_is_one_line(tmp_path, capsys):
+    (tmp_path / "search").mkdir()
+    assert search.main([*TINY, "--runs-root", str(tmp_path), "--report-only"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no study '{STUDY}' in sqlite:///")
