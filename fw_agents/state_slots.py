@@ -84,10 +84,9 @@ class CoreAdapter(nn.Module):
 
     def to_slots(self, state: tuple[torch.Tensor, ...]) -> Slots:
         """Core state -> ``(h, c)``, each ``[1, B, slot]``: the two halves of one buffer."""
-        flat = self.core.pack_state(state)
         pad = 2 * self.hidden_size - self.state_size
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], dim=1)
+        # an odd state size: the padding packed in the same copy (a second cat would copy it all again)
+        flat = self.core.pack_state((*state, state[0].new_zeros(state[0].shape[0], pad)) if pad else state)
         return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
 
     def from_slots(self, slots: Slots) -> tuple[torch.Tensor, ...]:

@@ -72,5 +72,6 @@ def fast_weights_step(
         if A is None:
             A_new = torch.einsum("bi,bj->bij", scaled, q)
         else:
-            A_new = torch.baddbmm(A * (1.0 - write * (1.0 - decay))[:, None, None], scaled.unsqueeze(2), q.unsqueeze(1))
+            A_new = A * (1.0 - write * (1.0 - decay))[:, None, None]
+            A_new.baddbmm_(scaled.unsqueeze(2), q.unsqueeze(1))  # in place: one new [B, H, H] per step
     return q.unsqueeze(0), q, A_new
