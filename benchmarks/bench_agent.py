@@ -8,11 +8,13 @@ RecurrentPPO with a compact rollout buffer, same results) with that policy.
 Runs alternate (peer, ours, peer, ours, ...) and the median rate is reported.
 
     python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm] [--threads 1] [--device cuda]
+    python benchmarks/bench_agent.py --memories fastweights --fast-variant 'nobc={"bias_correction": false}' --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -40,15 +42,20 @@ def make_env(kind: str) -> VecEnv:
     return make_vec_env(ENV_ID, n_envs=N_ENVS)
 
 
+#: ``--fast-variant`` contestants: label -> fast-weights ``memory_kwargs`` over the agents' defaults.
+VARIANTS: dict[str, dict] = {}
+
+
 def make_model(name: str, env: VecEnv, device: str = "cpu") -> RecurrentPPO:
     if name == PEER:
         return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=HIDDEN), seed=0, device=device,
                             **SETTINGS)  # fmt: skip
     algorithm, memory = name.split(":")
+    memory, _, label = memory.partition("[")
     return (FastRecurrentPPO if algorithm == "FastRecurrentPPO" else RecurrentPPO)(
         RecurrentMemoryPolicy,
         env,
-        policy_kwargs=dict(memory=memory, hidden_size=HIDDEN),
+        policy_kwargs=dict(memory=memory, hidden_size=HIDDEN, memory_kwargs=VARIANTS.get(label.rstrip("]"))),
         seed=0,
         device=device,
         **SETTINGS,
@@ -74,7 +81,18 @@ def main() -> None:
                         help="numpy: batched envs.CatchSB3VecEnv; dummy: DummyVecEnv of single envs (same for all)")  # fmt: skip
     parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads for every run (default: torch's)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every model runs (the envs stay numpy)")
+    parser.add_argument("--fast-variant", action="append", default=[], metavar="LABEL=JSON",
+                        help="also time FastRecurrentPPO + fast weights with these memory_kwargs, e.g. "
+                             "'nobc={\"bias_correction\": false}' (repeatable)")  # fmt: skip
     args = parser.parse_args()
+    for text in args.fast_variant:
+        label, _, body = text.partition("=")
+        try:
+            VARIANTS[label] = json.loads(body)
+        except json.JSONDecodeError:
+            VARIANTS[label] = None
+        if not label or "[" in label or not isinstance(VARIANTS[label], dict):
+            parser.error(f"--fast-variant {text!r}: expected LABEL=JSON object, e.g. 'nobc={{\"bias_correction\": false}}'")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     if args.threads:
@@ -83,6 +101,7 @@ def main() -> None:
           f"{N_ENVS} envs, {SETTINGS}, "
           f"{HIDDEN} units, env: {args.env}\n")  # fmt: skip
     names = [PEER] + [f"{algo}:{m}" for m in args.memories for algo in ("RecurrentPPO", "FastRecurrentPPO")]
+    names += [f"FastRecurrentPPO:fastweights[{label}]" for label in VARIANTS]
     rates: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
         for name in names:
