@@ -331,8 +331,8 @@ def test_curves_legend_stays_inside_the_figure_with_one_task(suite):
 
 # ------------------------------------------------------- many workers on one study
 #: 2 tasks × 2 models × 1 seed, a second or so per run.
-SHARED = ["--tasks", "CatchBlind16", "RepeatFirstEasy", "--models", "irnn", "lstm", "--seeds", "0", "--timesteps", "256",
-          "--hidden-size", "8", "--eval-episodes", "2", "--bootstrap-reps", "100"]  # fmt: skip
+SHARED = ["--tasks", "CatchBlind16", "RepeatFirstEasy", "--models", "irnn", "lstm", "--seeds", "0", "1",
+          "--timesteps", "256", "--hidden-size", "8", "--eval-episodes", "2", "--bootstrap-reps", "100"]  # fmt: skip
 
 
 def suite_command(*argv: str) -> list[str]:
@@ -365,13 +365,13 @@ def test_two_local_workers_share_one_sqlite_study(tmp_path):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     study = _study(f"sqlite:///{out / 'suite.db'}")
-    _each_cell_ran_once(study, 4)
-    assert result.stdout.count(": ok: final") == 4  # one line per run, whichever worker ran it
-    assert len(list((out / "runs").glob("*/*/seed0.json"))) == 4
+    _each_cell_ran_once(study, 8)  # 2 tasks x 2 models x 2 seeds
+    assert result.stdout.count(": ok: final") == 8  # one line per run, whichever worker ran it
+    assert len(list((out / "runs").glob("*/*/seed*.json"))) == 8
     again = subprocess.run(suite_command(*SHARED, "--workers", "2", "--out", str(out)), env=command_env(),
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0 and again.stdout.startswith("0 runs to do")
-    assert len(_study(f"sqlite:///{out / 'suite.db'}").get_trials()) == 4  # nothing enqueued or run again
+    assert len(_study(f"sqlite:///{out / 'suite.db'}").get_trials()) == 8  # nothing enqueued or run again
 
 
 def test_two_machines_share_one_postgres_study(postgres_url, tmp_path):
@@ -385,9 +385,9 @@ def test_two_machines_share_one_postgres_study(postgres_url, tmp_path):
     for machine in machines:
         _, stderr = machine.communicate(timeout=300)
         assert machine.returncode == 0, stderr[-2000:]
-    _each_cell_ran_once(_study(postgres_url, name), 4)
+    _each_cell_ran_once(_study(postgres_url, name), 8)
     jsons = [p.relative_to(tmp_path / f"m{k}") for k in range(2) for p in (tmp_path / f"m{k}").glob("runs/*/*/*.json")]
-    assert len(jsons) == len(set(jsons)) == 4  # each run's JSON on one machine
+    assert len(jsons) == len(set(jsons)) == 8  # each run's JSON on one machine
     reports = [(tmp_path / f"m{k}" / "memory_suite.md").read_text() for k in range(2)]
     assert reports[0] == reports[1]  # both reports are the study's, whoever finished last
 
