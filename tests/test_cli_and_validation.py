@@ -209,6 +209,7 @@ def test_range_types_name_the_flag_and_the_value(capsys):
         assert stop.value.code == 2 and capsys.readouterr().err == f"p: error: {needle}\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, argv, needle",
     [

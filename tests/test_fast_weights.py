@@ -127,6 +127,7 @@ def test_step_hidden_resets_match_reference():
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [1, 3, 7])
 @pytest.mark.usefixtures("block_reads")
 @pytest.mark.parametrize("readers", [(), (0, 1), (1, 4), (0, 2, 3, 5), (0, 1, 2, 3, 5)])

@@ -97,6 +97,7 @@ def _resume(run: Path) -> None:
     assert steps == sorted(steps), "one curve, in order"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "point,k,fault,status",
     [
@@ -123,6 +124,7 @@ def test_a_fault_at_a_save_point_loses_nothing(tmp_path, point, k, fault, status
     _resume(run)
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_folder_one_stops_at_once(tmp_path, one_thread):
     run = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")

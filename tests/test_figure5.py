@@ -57,6 +57,7 @@ TINY = ["--envs", "Catch-v0", "--memories", "fastweights", "irnn", "--timesteps"
         "--eval-episodes", "4"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_search_mode_runs_studies_and_reads_them_back(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     out = tmp_path / "out"
@@ -201,6 +202,7 @@ def test_seed_runs_are_cells_of_one_study_read_back_anywhere(tmp_path, monkeypat
     assert "study figure5-seeds has no result for Catch-v0/fastweights/s2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_seed_runs_two_workers_train_each_run_once(tmp_path):
     import os
     import subprocess

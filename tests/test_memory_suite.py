@@ -71,6 +71,7 @@ def test_area_under_curve(suite):
     assert np.isnan(suite.area_under_curve("CatchBlind16", [], [], 1000))
 
 
+@pytest.mark.slow
 def test_report(suite, tmp_path):
     catch, cart = "CatchBlind16", "PositionOnlyCartPoleEasy"
     for seed, final in enumerate([0.0, 1.0]):  # normalised 0.5, 1.0
@@ -213,6 +214,7 @@ def test_stock_lstm_cannot_build_on_multidiscrete(suite, tmp_path, one_thread):
     assert json.loads(path.read_text())["status"] == "cannot build"
 
 
+@pytest.mark.slow
 def test_cli_runs_in_a_worker_and_resumes(suite, tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(SUITE_PATH.parent))  # the spawned worker imports memory_suite by name
     argv = ["--tasks", "CatchBlind16", "--models", "irnn", "--seeds", "0", "--timesteps", "256", "--hidden-size", "8",
@@ -358,6 +360,7 @@ def _each_cell_ran_once(study, cells: int) -> None:
     assert all(record["status"] == "ok" for record in cell_records(study).values())
 
 
+@pytest.mark.slow
 def test_two_local_workers_share_one_sqlite_study(tmp_path):
     pytest.importorskip("popgym")
     out = tmp_path / "out"
@@ -374,6 +377,7 @@ def test_two_local_workers_share_one_sqlite_study(tmp_path):
     assert len(_study(f"sqlite:///{out / 'suite.db'}").get_trials()) == 8  # nothing enqueued or run again
 
 
+@pytest.mark.slow
 def test_two_machines_share_one_postgres_study(postgres_url, tmp_path):
     """Two commands with their own --out (two machines) on one PostgreSQL study: every cell runs
     once, its JSON on the machine that ran it; the report reads the study, whichever machine asks."""
@@ -408,6 +412,7 @@ def _wait_for_a_running_cell(url: str, process: subprocess.Popen, timeout: float
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_killed_workers_cell_is_run_again_and_the_report_is_the_studys(tmp_path):
     from optuna.trial import TrialState
 

@@ -35,6 +35,7 @@ def test_the_suite_is_the_one_we_count():
     assert all("Autoencode" in env_id for env_id in set(ALL_IDS) - set(SUPPORTED_IDS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", SUPPORTED_IDS)
 def test_every_core_learns_on_every_popgym_env(env_id, one_thread):
     with warnings.catch_warnings():

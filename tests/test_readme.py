@@ -89,6 +89,7 @@ def test_readme_has_python_blocks():
     assert len(PYTHON_BLOCKS) >= 3, "README.md lost its Python examples (or the parser broke)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line, code", PYTHON_BLOCKS, ids=[f"README.md:{line}" for line, _ in PYTHON_BLOCKS])
 def test_readme_python_block_runs(line, code, tmp_path):
     script = tmp_path / "block.py"
@@ -178,6 +179,7 @@ def test_readme_test_command_is_the_ci_command():
         assert command in readme_commands, f"README.md should show CI's test command {command!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path, line, argv",
     SHELL_COMMANDS,

@@ -132,6 +132,7 @@ def test_resumed_runs_continue_their_wandb_run(tmp_path, monkeypatch):
     assert seen == [None, "abc123"] and (tmp_path / "r" / tracking.WANDB_ID_FILE).read_text().strip() == "abc123"
 
 
+@pytest.mark.slow
 def test_cli_resume_errors_are_one_line(tmp_path, monkeypatch):
     run = _interrupted_run(tmp_path, monkeypatch)
     env = dict(os.environ, WANDB_MODE="disabled")

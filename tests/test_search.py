@@ -235,6 +235,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_fails_and_is_retried(tmp_path):
     command = search_command("--timesteps", "2048", "--trials", "1", "--heartbeat", "1", "--runs-root", str(tmp_path))
     worker = subprocess.Popen(command, env=command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -310,6 +311,7 @@ def test_resumable_attempt_picks_the_latest_folder_with_a_checkpoint(tmp_path):
 
 
 # --------------------------------------------------- two worker processes, PostgreSQL
+@pytest.mark.slow
 def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
     name = f"test-{uuid.uuid4().hex[:8]}"
     command = search_command("--trials", "2", "--workers", "2", "--storage", postgres_url, "--study", name,

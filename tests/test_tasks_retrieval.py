@@ -193,6 +193,7 @@ def test_help_shows_every_default() -> None:
         assert expected in text, expected
 
 
+@pytest.mark.slow
 @needs_core
 def test_training_does_not_import_stable_baselines3(tmp_path: Path) -> None:
     """The supervised heads log without SB3 (only the RL side knows it)."""

@@ -34,6 +34,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     run = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress_bar"]
@@ -273,6 +274,7 @@ def test_any_gymnasium_env_trains_without_catch_specifics(tmp_path):
     assert (run / "learning_curve.png").is_file() and (run / "model.zip").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "popgym:popgym-MineSweeperEasy-v0"])
 def test_continuous_and_multi_discrete_action_envs_train(env_id, tmp_path):
     """Box actions (Pendulum) and an env registered by its module on demand (``module:id``, as
@@ -343,6 +345,7 @@ def test_non_finite_loss_is_named(monkeypatch):
         callback.on_rollout_start()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
     """What schedulers and `timeout` send: the run saves `interrupted_<steps>_steps.zip` and
     exits 128 + SIGTERM; every zip in the run folder loads."""
