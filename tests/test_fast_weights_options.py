@@ -11,6 +11,7 @@ from fw_agents.memory import FastWeightsRNN, make_memory
 from fw_agents.memory.fast_weights import bias_corrected_writes
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 from fw_agents.memory.ops import triton_scan
+from test_fast_weights import assert_same_values_and_gradients  # the float64 comparison every op test uses
 
 DT = torch.float64
 MODES = ["auto", "scan", "matrix", "attention", "reference"]
@@ -168,14 +169,7 @@ def test_fractional_write_weights_match_the_reference(op):
     leaves = [t.requires_grad_() for t in (zx, h, A, W, gain, bias)]
     options = dict(decay=0.8, fast_lr=0.3, inner_steps=2, write_mask=weights, chunk_size=3)
     ref = fast_weights_reference(*leaves, **options)
-    out = op(*leaves, **options)
-    for a, b in zip(ref, out):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
-    cot = [torch.randn_like(o) for o in ref]
-    g_ref = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cot)), leaves)
-    g_out = torch.autograd.grad(sum((o * c).sum() for o, c in zip(out, cot)), leaves)
-    for a, b in zip(g_ref, g_out):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert_same_values_and_gradients(ref, op(*leaves, **options), leaves)
 
 
 @pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
