@@ -46,7 +46,7 @@ from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import torch as th
 
-from fw_agents.memory.options import LEGACY_UNIT_KEY, core_defaults
+from fw_agents.memory.options import core_defaults
 from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy, resolve_memory_kwargs, saved_core_options
 from fw_agents.safe_load import read_saved_memory_config, safe_custom_objects
 from fw_agents.state_slots import SlotStore, critic_has_own_state
@@ -57,9 +57,6 @@ _SAVED_MEMORY_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvar
     "fw_agents_saved_memory_config", default=None
 )
 
-#: The fast-weights core options of policies saved before η's unit was a choice: the core's own
-#: (paper) defaults, which those policies used for every key they did not set.
-_LEGACY_FAST_WEIGHTS_KWARGS = core_defaults()
 
 
 class CompactRecurrentRolloutBuffer(RecurrentRolloutBuffer):
@@ -288,13 +285,12 @@ def _checkpoint_policy_kwargs(
         return policy_kwargs
     memory = policy_kwargs.get("memory", inspect.signature(policy_class).parameters["memory"].default)
     memory_kwargs = policy_kwargs.get("memory_kwargs") or {}
-    # An option a file does not name did not exist when it was saved: the core's default (the
-    # paper's, what it was trained with) fills it in, never today's agent default.
+    # An option a file does not name did not exist when it was saved (files from before the
+    # state dict carried the options: η too, then the paper's): the core's default, what it was
+    # trained with, fills it in, never today's agent default.
     if saved is not None:
         memory_kwargs = resolve_memory_kwargs(memory, saved_core_options(saved["memory"], saved["memory_kwargs"]),
                                               base=memory_kwargs)  # fmt: skip
-    elif memory == "fastweights" and LEGACY_UNIT_KEY not in memory_kwargs and "fast_share" not in memory_kwargs:
-        memory_kwargs = resolve_memory_kwargs(memory, memory_kwargs, base=_LEGACY_FAST_WEIGHTS_KWARGS)
     else:
         memory_kwargs = resolve_memory_kwargs(memory, memory_kwargs, base=core_defaults() if memory == "fastweights" else {})
     return {**policy_kwargs, "memory_kwargs": memory_kwargs}
