@@ -26,6 +26,7 @@ import base64
 import io
 import json
 import pickle
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -69,12 +70,34 @@ class UnsafeModelError(ValueError):
     """A model file holds a pickled value that only a trusted file may be allowed to build."""
 
 
+#: The modules a file may make the unpickler import (the rest must already be imported, so that
+#: naming one runs nothing: an import runs the module's code, e.g. ``fw_agents.__main__`` trains).
+_IMPORTABLE_MODULES = frozenset(
+    {"stable_baselines3.common.policies", "stable_baselines3.common.torch_layers", "fw_agents.policies",
+     "sb3_contrib.common.recurrent.policies", "sb3_contrib.ppo_recurrent.policies"}
+    | {f"stable_baselines3.{algo}.policies" for algo in ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")}
+)  # fmt: skip
+_IMPORTED_PREFIXES = ("gymnasium.spaces.", "numpy.random.", "torch.nn.modules.", "torch.optim.") + _POLICY_PACKAGES
+
+
+def _may_import(module: str) -> bool:
+    """Whether ``module`` may be looked up: one of the modules allowed above, or a module of an
+    allowed package that is already imported (looking it up then runs no code)."""
+    return module in _IMPORTABLE_MODULES or (module.startswith(_IMPORTED_PREFIXES) and module in sys.modules)
+
+
 class _AllowlistUnpickler(pickle.Unpickler):
-    """Builds only the allowlisted types; anything else raises :class:`UnsafeModelError`."""
+    """Builds only the allowlisted types; anything else raises :class:`UnsafeModelError`.
+
+    Module and class names are matched before anything is imported: only an allowed name is
+    looked up, so a file cannot make the load import (and so run) a module of its choice.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _PLAIN_GLOBALS:
             return super().find_class(module, name)
+        if not (name.isidentifier() and (module in _NUMPY_MODULES or _may_import(module))):
+            raise UnsafeModelError(f"{module}.{name}")  # nothing imported: a dotted name would walk attributes
         numpy = module in _NUMPY_MODULES or module.startswith("numpy.random.")
         if numpy and (name in _NUMPY_NAMES or name.endswith("DType")):
             return super().find_class(module, name)

@@ -127,3 +127,21 @@ def test_schedules_the_caller_replaces_are_not_decoded(saved, tmp_path):
     assert "learning_rate" not in safe_custom_objects(tmp_path / "lambda.zip", replaced=replaced)
     with pytest.raises(UnsafeModelError, match="cloudpickle"):  # replacing another key does not help
         FastRecurrentPPO.load(tmp_path / "lambda.zip", env=env, custom_objects={"clip_range": 0.2})
+
+
+def test_a_module_the_file_names_is_not_imported(saved, tmp_path, monkeypatch):
+    """Importing a module runs its code (``fw_agents.__main__`` starts a training run): a module
+    outside the allowlist is refused by name, before any import."""
+    import fw_agents
+
+    marker = tmp_path / "imported"
+    (tmp_path / "marks_on_import.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Policy: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(fw_agents, "__path__", [*fw_agents.__path__, str(tmp_path)])
+    folder, env, _ = saved
+    for module in ("fw_agents.marks_on_import", "marks_on_import", "fw_agents.__main__"):
+        evil = {":type:": "<class 'type'>", ":serialized:": base64.b64encode(f"c{module}\nPolicy\n.".encode()).decode()}
+        crafted = _with_data(folder / "model.zip", tmp_path / "crafted.zip", observation_space=evil)
+        with pytest.raises(UnsafeModelError, match=f"'observation_space' needs {module}.Policy"):
+            load_model(RecurrentPPO, crafted, env=env)
+        assert not marker.exists(), f"{module} was imported"
