@@ -127,6 +127,7 @@ def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[
         if name in defaults and name not in PER_INVOCATION and name not in MODEL_FIELDS:
             if not explicit(name):
                 changes[name] = value
+    _check_recorded_env(changes.get("env"), checkpoint.run_dir, config.trust_checkpoint)
     for name, saved in checkpoint.settings.items():
         given = getattr(config, name)
         if name == "memory_kwargs":
@@ -151,6 +152,20 @@ def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[
             f"{resumed.timesteps} leaves nothing to train: --timesteps is the total, pass a larger one"
         )
     return resumed, same_folder
+
+
+def _check_recorded_env(env: Any, run_dir: Path | None, trusted: bool) -> None:
+    """Refuse a ``module:id`` env read from ``config.json``: importing ``module`` runs its code,
+    and which code to run is the command line's choice only (``--env`` again, or ``--trust-checkpoint``).
+
+    :raises ValueError: ``env`` has a module part and ``trusted`` is false.
+    """
+    if trusted or not isinstance(env, str) or ":" not in env:
+        return
+    raise ValueError(
+        f"{run_dir / RUN_MARKER if run_dir else 'config.json'} names env {env!r}, whose module would be imported "
+        f"(running its code): pass --env {env} on the command line to allow it (or --trust-checkpoint)"
+    )
 
 
 def _run_folder_of(path: Path) -> Path | None:

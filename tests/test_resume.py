@@ -279,3 +279,28 @@ def test_an_unreadable_config_json_stops_the_resume_in_one_line(tmp_path, monkey
     (run / "config.json").unlink()  # removed: the flags given and the checkpoint's settings
     # (a folder without its config.json is no longer a run folder: the run continues in a new one)
     assert train(TrainConfig(resume=str(run), run_dir=str(tmp_path / "continued"), **TINY))["timesteps"] == 512
+
+
+def test_a_module_named_only_in_config_json_is_not_imported(tmp_path, monkeypatch):
+    """``module:id`` imports ``module`` (runs its code): a tampered ``config.json`` must not choose it.
+    Only the command line may: ``--env`` again, or ``--trust-checkpoint``."""
+    from fw_agents.resume import resumed_config
+    from fw_agents.train import given_fields, parse_config
+
+    run = _interrupted_run(tmp_path, monkeypatch)
+    marker = tmp_path / "imported"
+    (tmp_path / "marks_on_import_env.py").write_text(f"open({str(marker)!r}, 'w').close()\nimport envs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = "marks_on_import_env:CatchBlind16-v0"
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "env": env}))
+    needle = f"names env '{env}'.*pass --env {env} on the command line to allow it"
+    with pytest.raises(ValueError, match=needle):
+        train(TrainConfig(resume=str(run), progress_bar=False))
+    argv = ["--resume", str(run)]
+    with pytest.raises(ValueError, match=needle):
+        resumed_config(parse_config(argv), read_checkpoint(run), given_fields(argv))
+    assert not marker.exists(), "config.json chose a module to import"
+    for argv in (["--resume", str(run), "--env", env], ["--resume", str(run), "--trust-checkpoint"]):
+        config, _ = resumed_config(parse_config(argv), read_checkpoint(run), given_fields(argv))
+        assert config.env == env  # the command line allowed it
