@@ -114,6 +114,48 @@ class _AllowlistUnpickler(pickle.Unpickler):
         raise UnsafeModelError(f"{module}.{name}")
 
 
+class _VecNormalizeUnpickler(_AllowlistUnpickler):
+    """The allowlist, plus the two classes a ``VecNormalize.save`` file holds (its running means)."""
+
+    ALLOWED = {("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
+               ("stable_baselines3.common.running_mean_std", "RunningMeanStd")}  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return pickle.Unpickler.find_class(self, module, name)
+        return super().find_class(module, name)
+
+
+def load_vec_normalize(path: str | Path, venv: Any, trusted: bool = False) -> Any:
+    """``VecNormalize.load(path, venv)`` through the allowlist unpickler (its statistics, spaces
+    and settings are plain data), so a crafted ``vecnormalize.pkl`` cannot run code.
+
+    :param path: The pickle ``VecNormalize.save`` wrote.
+    :param venv: The env to wrap.
+    :param trusted: Let ``pickle`` build anything (only for files you made or trust).
+    :raises UnsafeModelError: The file needs a type outside the allowlist (one line).
+    :raises ValueError: Not such a pickle (one line, naming the file).
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if trusted:
+        return VecNormalize.load(str(path), venv)
+    try:
+        with open(path, "rb") as file:
+            loaded = _VecNormalizeUnpickler(file).load()
+    except UnsafeModelError as error:
+        raise UnsafeModelError(
+            f"{path} needs {error}, which is not built from an untrusted file (unpickling can run code); "
+            "load it only if you trust the file"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - a corrupt pickle: truncation, bad opcodes
+        raise ValueError(f"{path}: not a VecNormalize file ({type(error).__name__}: {error})") from None
+    if not isinstance(loaded, VecNormalize):
+        raise ValueError(f"{path}: not a VecNormalize file (it holds a {type(loaded).__name__})")
+    loaded.set_venv(venv)
+    return loaded
+
+
 def safe_custom_objects(path: str | Path, trusted: bool = False, replaced: Any = ()) -> dict[str, Any]:
     """``custom_objects`` for SB3's ``load`` that leave SB3 nothing to unpickle.
 

@@ -25,6 +25,7 @@ they list unless ``-conf``/``--conf-file`` is given. See docs/zoo.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -49,6 +50,8 @@ from envs.catch import CatchEnv
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory.options import merge_options, searched_names, suggest_options, translate_legacy_options
 from fw_agents.policies import RecurrentMemoryPolicy, resolve_memory_kwargs
+from fw_agents.safe_load import UnsafeModelError
+from fw_agents.zoo_trust import TRUST_FLAG, UntrustedRunFolder, untrusted_enjoy
 
 #: The zoo's name of :class:`~fw_agents.algorithms.FastRecurrentPPO`.
 ALGO = "fast_recurrent_ppo"
@@ -279,11 +282,14 @@ COMMANDS: dict[str, Callable[[], None]] = {"train": zoo_train.train, "enjoy": zo
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m fw_agents.zoo {train,enjoy} ARGS``: :func:`register`, then the zoo's command
-    with ``ARGS`` (for ``train``, plus ``--conf-file`` of :func:`shipped_conf_file` if any)."""
+    with ``ARGS`` (for ``train``, plus ``--conf-file`` of :func:`shipped_conf_file` if any;
+    ``enjoy`` runs nothing its run folder chooses unless ``ARGS`` hold ``--trust-checkpoint``,
+    see :mod:`fw_agents.zoo_trust`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = f"usage: python -m fw_agents.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 arguments ...]"
     if argv[:1] in (["-h"], ["--help"]):
-        print(f"{usage}\n\nThe zoo's commands with this project registered (docs/zoo.md); their options:")
+        print(f"{usage}\n\nThe zoo's commands with this project registered (docs/zoo.md); their options, and for "
+              f"enjoy {TRUST_FLAG}: replay a run folder you trust as the zoo would (unpickling and its YAML can run code):")
         register()
         for command in COMMANDS:
             print(f"\n=== {command} ===")
@@ -299,7 +305,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     conf_file = shipped_conf_file(args) if command == "train" else None
     if conf_file is not None:
         args += ["--conf-file", str(conf_file)]
-    _run(command, args)
+    if command != "enjoy":
+        _run(command, args)
+        return
+    trusted = TRUST_FLAG in args
+    args = [arg for arg in args if arg != TRUST_FLAG]
+    try:
+        with contextlib.nullcontext() if trusted else untrusted_enjoy():
+            _run(command, args)
+    except (UntrustedRunFolder, UnsafeModelError) as error:
+        how = "" if isinstance(error, UntrustedRunFolder) else f" (on this command line: {TRUST_FLAG})"
+        print(f"error: {error}{how}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _run(command: str, args: list[str]) -> None:

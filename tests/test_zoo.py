@@ -238,3 +238,83 @@ def test_trial_id_loads_that_trial_including_trial_0(tmp_path, trial_id):
     assert hyperparams["learning_rate"] == trials[trial_id]["learning_rate"]  # the YAML's is 1e-3
     assert hyperparams["policy_kwargs"]["memory_kwargs"]["fast_lr"] == trials[trial_id]["fast_lr"]
     assert hyperparams["policy_kwargs"]["hidden_size"] == 128  # the YAML entry's, kept
+
+
+class _RunsAShellCommand:
+    """What a crafted pickle holds: unpickling it calls ``os.system``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def _run_folder(tmp_path: Path, config: str, args: str | None = None, vecnormalize: bytes | None = None) -> Path:
+    """A zoo run folder for ``ppo_lstm`` on CatchBlind16-v0 with these files (a placeholder model)."""
+    run = tmp_path / "logs" / "ppo_lstm" / "CatchBlind16-v0_1"
+    (run / "CatchBlind16-v0").mkdir(parents=True)
+    (run / "CatchBlind16-v0.zip").write_bytes(b"")
+    (run / "CatchBlind16-v0" / "config.yml").write_text(config)
+    if args is not None:
+        (run / "CatchBlind16-v0" / "args.yml").write_text(args)
+    if vecnormalize is not None:
+        (run / "CatchBlind16-v0" / "vecnormalize.pkl").write_bytes(vecnormalize)
+    return run
+
+
+def _enjoy_refuses(tmp_path: Path, capsys, needle: str, *extra: str) -> None:
+    with pytest.raises(SystemExit) as stop:
+        zoo.main(["enjoy", "--algo", "ppo_lstm", "--env", "CatchBlind16-v0", "-f", str(tmp_path / "logs"),
+                  "--no-render", "-n", "4", "--verbose", "0", *extra])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the zoo's own output above it
+    assert stop.value.code == 2 and error.startswith("error: ") and needle in error and "\n" not in error and "--trust-checkpoint" in error
+
+
+def test_enjoy_runs_no_code_from_the_run_folders_yaml(tmp_path, capsys, one_thread):
+    marker = tmp_path / "ran"
+    system = f'!!python/object/apply:os.system ["touch {marker}"]\n'
+    plain = "normalize: false\n"
+    cases = [
+        (dict(config=f"normalize: {system}"), "holds a Python tag"),
+        (dict(config=plain, args=f"env_kwargs: {system}"), "args.yml: holds a Python tag"),
+        (dict(config=f"normalize: \"__import__('os').system('touch {marker}')\"\n"), "gives normalize as code"),
+        (dict(config=f"env_wrapper: marks_on_import.Wrapper\n{plain}"), "names classes to import"),
+    ]
+    for files, needle in cases:
+        _run_folder(tmp_path / needle.replace(" ", "_"), **files)
+        _enjoy_refuses(tmp_path / needle.replace(" ", "_"), capsys, needle)
+        assert not marker.exists(), needle
+
+
+def test_enjoy_runs_no_code_from_a_pickle(tmp_path, capsys, one_thread):
+    marker = tmp_path / "ran"
+    crafted = pickle.dumps(_RunsAShellCommand(f"touch {marker}"))
+    _run_folder(tmp_path, "normalize: true\n", vecnormalize=crafted)
+    _enjoy_refuses(tmp_path, capsys, "vecnormalize.pkl needs")
+    assert not marker.exists()
+    with pytest.raises(Exception):  # trusted: the zoo unpickles it (so the command runs), then fails on it
+        zoo.main(["enjoy", "--algo", "ppo_lstm", "--env", "CatchBlind16-v0", "-f", str(tmp_path / "logs"),
+                  "--no-render", "-n", "4", "--verbose", "0", "--trust-checkpoint"])  # fmt: skip
+    assert marker.exists(), "--trust-checkpoint replays the folder as the zoo would"
+
+    # the model zip: a value that runs a command is refused by the allowlist
+    import base64
+    import json
+    import zipfile
+
+    from sb3_contrib import RecurrentPPO
+
+    marker.unlink()
+    run = _run_folder(tmp_path / "model", "normalize: false\n")
+    env = make_vec_env("CatchBlind16-v0", n_envs=1)
+    RecurrentPPO("MlpLstmPolicy", env, n_steps=8, batch_size=8, policy_kwargs=dict(lstm_hidden_size=4)).save(tmp_path / "m.zip")
+    data = json.loads(zipfile.ZipFile(tmp_path / "m.zip").read("data"))
+    data["ep_info_buffer"] = {":type:": "x", ":serialized:": base64.b64encode(crafted).decode()}
+    with zipfile.ZipFile(tmp_path / "m.zip") as src, zipfile.ZipFile(run / "CatchBlind16-v0.zip", "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, json.dumps(data) if name == "data" else src.read(name))
+    _enjoy_refuses(tmp_path / "model", capsys, "'ep_info_buffer' needs")
+    assert not marker.exists()
