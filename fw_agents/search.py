@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -54,12 +55,14 @@ from fw_agents.cli import (
     run_cli,
 )
 from fw_agents.search_storage import (
+    STORAGE_ENV,
     fail_stale_trials,
     hidden_password,
     make_sampler,
     open_storage,
     retry_callback,
     scrub_password,
+    storage_from_env,
     study_size,
     taken_over as _taken_over,
 )
@@ -118,6 +121,8 @@ class SearchOptions:
     space: str = option("share", help="fast weights: search eta as a share of the drive (fast_share) or the paper's "
                         "absolute eta (fast_lr)", choices=tuple(SPACES))  # fmt: skip
     pruner: str = option("none", help="median: stop a trial below the median curve of earlier ones", choices=PRUNERS)
+    storage_from_env: bool = option(False, help=f"read --storage from ${STORAGE_ENV}, so that its password stays off "
+                                    "the command line (how --workers starts its workers)")  # fmt: skip
     workers: int = option(1, help="worker processes to start on this machine, each running --trials trials")
     heartbeat: int = option(
         60, help="seconds between a running trial's heartbeats; one silent for twice this is failed and retried"
@@ -137,6 +142,8 @@ class SearchOptions:
         check_choice("pruner", self.pruner, PRUNERS)
         check_int("workers", self.workers, 1)
         check_int("heartbeat", self.heartbeat, 1)
+        if self.storage_from_env and self.storage is not None:
+            raise ValueError(f"--storage and --storage-from-env both give the storage; pass one (the URL, or ${STORAGE_ENV})")
         if self.study is not None and not STUDY_NAME.fullmatch(self.study):
             raise ValueError(f"study name must be letters, digits, '.', '_' or '-', got {self.study!r}")
 
@@ -318,12 +325,8 @@ def launch_workers(search: Search) -> int:
     :return: 0 when all succeeded, else the first non-zero exit status.
     """
     open_study(search)  # create it once, before the workers race to
-    options = dataclasses.replace(search.options, workers=1, study=search.study_name, storage=search.storage_url,
-                                  report=False)  # fmt: skip
-    train_fields = [f.name for f in dataclasses.fields(search.train) if f.name not in TRIAL_FIELDS]
-    argv = [*config_to_argv(options), *config_to_argv(search.train, train_fields)]
-    command = [sys.executable, "-m", "fw_agents.search", *argv]
-    processes = [subprocess.Popen(command) for _ in range(search.options.workers - 1)]
+    command, env = worker_command(search)
+    processes = [subprocess.Popen(command, env=env) for _ in range(search.options.workers - 1)]
     try:
         run_worker(search)
         statuses = [process.wait() for process in processes]
@@ -335,6 +338,16 @@ def launch_workers(search: Search) -> int:
             process.wait()
         raise
     return next((status for status in statuses if status), 0)
+
+
+def worker_command(search: Search) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a worker that :func:`launch_workers` starts: the
+    storage URL (and so its password) in ``$FW_SEARCH_STORAGE``, never in the command line."""
+    options = dataclasses.replace(search.options, workers=1, study=search.study_name, storage=None,
+                                  storage_from_env=True, report=False)  # fmt: skip
+    train_fields = [f.name for f in dataclasses.fields(search.train) if f.name not in TRIAL_FIELDS]
+    argv = [*config_to_argv(options), *config_to_argv(search.train, train_fields)]
+    return [sys.executable, "-m", "fw_agents.search", *argv], {**os.environ, STORAGE_ENV: search.storage_url}
 
 
 # ---------------------------------------------------------------------------- the CLI
@@ -357,8 +370,12 @@ def parse_search(argv: Sequence[str] | None = None) -> Search:
     from fw_agents.agent import TrainConfig
 
     args = build_parser().parse_args(argv)
+    options = config_from_args(SearchOptions, args, args.search_fields)
+    options.validate()
+    if options.storage_from_env:
+        options = dataclasses.replace(options, storage=storage_from_env(), storage_from_env=False)
     search = Search(
-        config_from_args(SearchOptions, args, args.search_fields),
+        options,
         config_from_args(TrainConfig, args, args.train_fields, progress_bar=False),
     )
     search.validate()

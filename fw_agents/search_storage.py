@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 #: Times a trial whose worker died is queued again.
 MAX_RETRY = 3
 
+#: The environment variable ``--storage-from-env`` reads the storage URL from (how ``--workers``
+#: hands its workers the URL: a command line, password included, is visible to every local user).
+STORAGE_ENV = "FW_SEARCH_STORAGE"
+
+
+def storage_from_env() -> str:
+    """The storage URL in ``$FW_SEARCH_STORAGE`` (:data:`STORAGE_ENV`).
+
+    :raises ValueError: Not set, or empty (one line).
+    """
+    url = os.environ.get(STORAGE_ENV, "").strip()
+    if not url:
+        raise ValueError(f"--storage-from-env: ${STORAGE_ENV} is not set; set it to the storage URL or pass --storage URL")
+    return url
+
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler of ``--sampler`` (``random`` or ``tpe``) with seed ``seed``."""

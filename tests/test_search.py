@@ -503,3 +503,23 @@ def test_report_only_without_the_study_is_one_line(tmp_path, capsys):
     (tmp_path / "search").mkdir()
     assert search.main([*TINY, "--runs-root", str(tmp_path), "--report-only"]) == 2
     assert capsys.readouterr().err.startswith(f"error: no study '{STUDY}' in sqlite:///")
+
+
+def test_workers_get_the_storage_password_through_the_environment_not_argv(tmp_path, monkeypatch):
+    """A process's command line is visible to every user of the machine (ps): the workers that
+    --workers starts read the storage URL from $FW_SEARCH_STORAGE instead."""
+    from fw_agents.search_storage import STORAGE_ENV
+
+    url = "postgresql+psycopg://fw:s3cr%40t-pw@db-host:5432/fw_search"
+    parent = search.parse_search([*TINY, "--runs-root", str(tmp_path), "--workers", "3", "--storage", url])
+    command, env = search.worker_command(parent)
+    assert not any("s3cr" in arg for arg in command) and "--storage-from-env" in command
+    assert env[STORAGE_ENV] == url and env["PATH"] == os.environ["PATH"]
+    monkeypatch.setenv(STORAGE_ENV, url)
+    child = search.parse_search(command[3:])  # as the worker parses its command line
+    assert child.storage_url == url and child.study_name == parent.study_name and child.options.workers == 1
+    monkeypatch.delenv(STORAGE_ENV)
+    with pytest.raises(ValueError, match=f"^--storage-from-env: \\${STORAGE_ENV} is not set"):
+        search.parse_search(command[3:])
+    with pytest.raises(ValueError, match="^--storage and --storage-from-env both"):
+        search.parse_search([*command[3:], "--storage", url])
