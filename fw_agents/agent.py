@@ -190,6 +190,8 @@ def _train(
                 "stopped, earlier checkpoints are kept. Try a lower --learning-rate (or --fast-lr for fast weights)"
             ) from None
         except KeyboardInterrupt:
+            # mid-rollout, FastRecurrentPPO has put num_timesteps back to the last update's (the weights'
+            # step, a rollout boundary), so a resumed run ends exactly at --timesteps
             path = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
             save_atomically(model, path)
             print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}")
