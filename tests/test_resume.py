@@ -313,3 +313,23 @@ def test_a_sigint_mid_rollout_resumes_to_exactly_the_target(tmp_path, signal_ste
     steps = _steps(run)
     assert steps == sorted(steps) and max(steps) == TINY["timesteps"], steps
 
+
+def test_a_resumed_run_interrupted_at_its_end_is_finished_by_the_next_resume(tmp_path, monkeypatch):
+    """A finished run resumed to a larger total, then stopped while its end is written: the old
+    eval_summary.json (of the earlier end) does not count, the next --resume writes the end."""
+    run = tmp_path / "run"
+    train(TrainConfig(run_dir=str(run), **{**TINY, "timesteps": 256}))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(agent, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(resume=str(run), timesteps=384, progress_bar=False, wandb="disabled"))
+    assert json.loads((run / "eval_summary.json").read_text())["timesteps"] == 256  # the earlier end's
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+    assert summary["timesteps"] == 384 == json.loads((run / "eval_summary.json").read_text())["timesteps"]
+    assert read_checkpoint(run / "model.zip").timesteps == 384
+    with pytest.raises(ValueError, match="has trained 384 steps, so --timesteps 384 leaves nothing to train"):
+        train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
