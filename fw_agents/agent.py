@@ -172,6 +172,8 @@ def _train(
             evaluation,
         ]
         remaining = config.timesteps - model.num_timesteps
+        if remaining <= 0:  # a resumed run whose training was complete: only its end is left (fw_agents.resume)
+            print(f"training complete at {model.num_timesteps} steps; writing the final evaluation, model and plots")
         try:
             if remaining > 0:
                 model.learn(
@@ -190,17 +192,24 @@ def _train(
                 "stopped, earlier checkpoints are kept. Try a lower --learning-rate (or --fast-lr for fast weights)"
             ) from None
         except KeyboardInterrupt:
+            # mid-rollout, FastRecurrentPPO has put num_timesteps back to the last update's (the weights'
+            # step, a rollout boundary), so a resumed run ends exactly at --timesteps
             path = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
             save_atomically(model, path)
             print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}")
             raise
-        save_atomically(model, run_dir / "model.zip")
+        saved, model_saved = run_dir / "model.zip", False
         try:
+            save_atomically(model, saved)
+            model_saved = True
             return _finish(config, model, eval_env, tracker, run_dir, is_catch)
-        except KeyboardInterrupt:  # training is complete and saved; --resume would find nothing left to train
+        except KeyboardInterrupt:  # training is complete; --resume writes what is missing (fw_agents.resume)
+            if not model_saved:  # stopped while saving it (a resumed run's older model.zip may be there)
+                saved = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
+                save_atomically(model, saved)
             print(
-                f"\ninterrupted after training; the model is saved to {run_dir / 'model.zip'} "
-                "(the final evaluation, plot or GIF was not finished)"
+                f"\ninterrupted after training; the model is saved to {saved}, the final evaluation, "
+                f"plot or GIF was not finished: --resume {run_dir} writes them"
             )
             raise
     finally:
@@ -213,11 +222,10 @@ def _train(
 def _finish(
     config: TrainConfig, model: RecurrentPPO, eval_env: VecEnv, tracker: Any, run_dir: Path, is_catch: bool
 ) -> dict[str, Any]:
-    """The end of a run: the final evaluation, ``eval_summary.json``, the learning curve and the GIF."""
+    """The end of a run: the final evaluation, the learning curve, the GIF and ``eval_summary.json``
+    (written last). ``--resume`` of a run interrupted here runs only this (see :mod:`fw_agents.resume`)."""
     summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch)
     summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
-    write_text_atomically(run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
-    tracker.log_summary(summary)
     from fw_agents.plots import plot_learning_curve, record_gif
 
     curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
@@ -230,6 +238,9 @@ def _finish(
             tracker.log_media("media/episodes_gif", gif, model.num_timesteps)
     if config.wandb_log_model:
         tracker.log_artifact(run_dir / "model.zip", f"model-{run_dir.name}")
+    # last: its presence marks a finished run (fw_agents.resume.missing_final_files)
+    write_text_atomically(run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
+    tracker.log_summary(summary)
     return summary
 
 

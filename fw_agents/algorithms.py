@@ -267,10 +267,24 @@ class FastRecurrentPPO(RecurrentPPO):
         env steps with it off too (under ``no_grad``, as in the stock rollout): an env that keeps
         its state in torch tensors must not get inference tensors back, which it could no longer
         update in place outside the rollout (its ``reset``, ``evaluate_policy``).
+
+        A ``KeyboardInterrupt`` during the rollout leaves ``num_timesteps`` at the last update's step
+        (the rollout is dropped), so the model saved on it resumes on a rollout boundary.
         """
         callback_outside = _OutsideInferenceMode(callback)
-        with th.inference_mode():
-            return super().collect_rollouts(_EnvOutsideInferenceMode(env), callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+        trained_steps = self.num_timesteps
+        try:
+            with th.inference_mode():
+                return super().collect_rollouts(_EnvOutsideInferenceMode(env), callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGTERM, see fw_agents.cli.run_interruptible) mid-rollout: the partial rollout is
+            # dropped, never trained on. The weights are still those of the last completed update, so the
+            # step count goes back to that update's (a rollout boundary): a checkpoint saved now is the
+            # model as it was there, and a resumed learn, which runs whole rollouts, ends exactly at its
+            # target instead of past it. (An interrupt during the update itself keeps the rollout's end:
+            # the weights are then partly updated; see docs/runs.md.)
+            self.num_timesteps = trained_steps
+            raise
 
 
 def _checkpoint_policy_kwargs(

@@ -8,7 +8,9 @@ the critic and the PPO hyper-parameters are read from the checkpoint (its JSON
 run with one line instead of being silently ignored. Settings the checkpoint does
 not hold (``timesteps``, evaluation and checkpoint frequencies, ``env``, ...) come
 from the run folder's ``config.json`` unless given again. ``timesteps`` is the
-total, so it must exceed the steps the checkpoint has already trained.
+total, so it must exceed the steps the checkpoint has already trained, except for a
+run whose training is complete but whose end (final evaluation, ``model.zip``, plot,
+GIF) was interrupted: resuming it in its folder writes just those.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "gae_lambda": ("gae_lambda",),
     "ent_coef": ("ent_coef",),
 }
+#: What a finished run folder holds besides its curves (``episodes.gif`` is written before
+#: ``eval_summary.json`` when asked for, and not at all for an env that cannot render).
+FINAL_FILES = ("model.zip", "learning_curve.png", "eval_summary.json")
 #: Config fields that are never taken from the old run's ``config.json``. ``trust_checkpoint`` above
 #: all: ``config.json`` is plain data anyone can edit (or hand you), so letting it say "trusted" would
 #: unpickle (run code from) the checkpoint without the user's ``--trust-checkpoint``.
@@ -112,7 +117,8 @@ def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[
         run folder's ``config.json`` where ``config`` left them at their defaults, ``run_dir`` the
         checkpoint's folder unless one was given, ``resume`` the checkpoint's path.
     :raises ValueError: A setting given that contradicts the checkpoint, or ``timesteps`` not
-        beyond the steps it has trained.
+        beyond the steps it has trained (unless the run trained its ``config.json`` total and
+        lacks :func:`missing_final_files`: then the resumed run only writes those).
     """
     defaults = {field.name: field_default(field) for field in dataclasses.fields(config)}
 
@@ -146,7 +152,11 @@ def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[
     changes["run_dir"] = None if run_dir is None else str(run_dir)
     changes["resume"] = str(checkpoint.path)
     resumed = dataclasses.replace(config, **changes)
-    if resumed.timesteps <= checkpoint.timesteps:
+    # the run trained all it was started for (config.json's total), but its end was interrupted: finish it
+    target = recorded.get("timesteps")
+    complete = isinstance(target, int) and checkpoint.timesteps >= target
+    finishing = same_folder and complete and bool(missing_final_files(checkpoint.run_dir, checkpoint.timesteps))
+    if resumed.timesteps <= checkpoint.timesteps and not finishing:
         raise ValueError(
             f"the checkpoint {str(checkpoint.path)!r} has trained {checkpoint.timesteps} steps, so --timesteps "
             f"{resumed.timesteps} leaves nothing to train: --timesteps is the total, pass a larger one"
@@ -166,6 +176,28 @@ def _check_recorded_env(env: Any, run_dir: Path | None, trusted: bool) -> None:
         f"{run_dir / RUN_MARKER if run_dir else 'config.json'} names env {env!r}, whose module would be imported "
         f"(running its code): pass --env {env} on the command line to allow it (or --trust-checkpoint)"
     )
+
+
+def missing_final_files(run_dir: Path | None, timesteps: int) -> list[str]:
+    """The files the end of a run at ``timesteps`` steps writes (``fw_agents.agent._finish``) that
+    ``run_dir`` lacks. ``eval_summary.json`` is written last, after the GIF, so one that says
+    ``timesteps`` means that end completed; one from an earlier end (a run resumed since) counts
+    as missing.
+
+    :param run_dir: A run folder (None: a loose checkpoint, nothing to finish).
+    :param timesteps: The steps the run has trained.
+    """
+    if run_dir is None:
+        return []
+    missing = [name for name in FINAL_FILES if not (run_dir / name).is_file()]
+    if "eval_summary.json" not in missing:
+        try:
+            summary = json.loads((run_dir / "eval_summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+        if not isinstance(summary, dict) or summary.get("timesteps") != timesteps:
+            missing.append("eval_summary.json")
+    return missing
 
 
 def _run_folder_of(path: Path) -> Path | None:

@@ -12,6 +12,7 @@ the other stops at once.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ HARNESS = textwrap.dedent(
     """
     import errno, os, signal, sys, zipfile
     point, k, fault = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    point, _, only = point.partition(":")  # "rename:NAME": count only the renames onto NAME
     # a runner started in the background (`cmd &`, nohup) passes SIGINT on ignored, and Python
     # then never turns it into KeyboardInterrupt: this test is about Ctrl-C, so restore it
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -44,7 +46,7 @@ HARNESS = textwrap.dedent(
 
     def planted(*args, **kwargs):
         global calls
-        calls += 1
+        calls += not only or os.path.basename(str(args[1])) == only
         if calls == k:
             if fault == "ENOSPC":
                 raise OSError(errno.ENOSPC, "No space left on device")
@@ -62,9 +64,9 @@ HARNESS = textwrap.dedent(
 ).format(root=str(ROOT))
 
 
-def _run_with_fault(run: Path, point: str, k: int, fault: str) -> subprocess.CompletedProcess:
+def _run_with_fault(run: Path, point: str, k: int, fault: str, *flags: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    argv = [sys.executable, "-c", HARNESS, point, str(k), fault, *FLAGS, "--run-dir", str(run)]
+    argv = [sys.executable, "-c", HARNESS, point, str(k), fault, *FLAGS, *flags, "--run-dir", str(run)]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
 
 
@@ -143,3 +145,24 @@ def test_two_runs_on_one_folder_one_stops_at_once(tmp_path, one_thread):
     _check_every_file(run)
     rows = list(csv.DictReader((run / "progress.csv").open()))
     assert max(int(row["time/total_timesteps"]) for row in rows) == 8192
+
+
+@pytest.mark.slow
+def test_an_interrupt_while_the_run_ends_is_finished_by_resume(tmp_path, one_thread):
+    """Ctrl-C once training is done, as the final evaluation is written: --resume writes every
+    final file and exits 0; a second --resume has nothing left to do (exit 2, one line)."""
+    run = tmp_path / "run"
+    result = _run_with_fault(run, "rename:eval_summary.json", 1, "INT", "--gif-episodes", "1")
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert (run / "model.zip").exists() and not (run / "eval_summary.json").exists()
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    resume = [sys.executable, str(ROOT / "train_agent.py"), "--resume", str(run), "--no-progress-bar"]
+    resumed = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in ("model.zip", "eval_summary.json", "learning_curve.png", "episodes.gif"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "eval_summary.json").read_text())["timesteps"] == TIMESTEPS
+    _check_every_file(run)
+    again = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=180)
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 2 and len(lines) == 1 and "leaves nothing to train" in lines[0], again.stderr

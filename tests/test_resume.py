@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from stable_baselines3.common.callbacks import BaseCallback
 
 import fw_agents.agent as agent
 import fw_agents.tracking as tracking
@@ -26,10 +28,10 @@ TINY = dict(
 
 
 def _interrupted_run(tmp_path: Path, monkeypatch, stop_at: int = 256, **changes) -> Path:
-    """A run in ``tmp_path/run`` stopped by a Ctrl-C at ``stop_at`` env steps."""
+    """A run in ``tmp_path/run`` stopped by a Ctrl-C just after ``stop_at`` env steps (a rollout boundary)."""
 
-    def interrupt(self) -> bool:
-        if self.num_timesteps >= stop_at:
+    def interrupt(self) -> bool:  # in the rollout after the update at stop_at: the checkpoint is that update's
+        if self.num_timesteps > stop_at:
             raise KeyboardInterrupt
         return True
 
@@ -64,7 +66,7 @@ def test_resume_continues_in_the_same_folder(tmp_path, monkeypatch):
     run = _interrupted_run(tmp_path, monkeypatch, memory_kwargs={"decay": 0.9})
     before = _steps(run)
     evaluated = np.load(run / "evaluations.npz")["timesteps"].tolist()
-    assert before and max(before) <= 256 and evaluated == [128]  # the Ctrl-C came just before the 256 one
+    assert before and max(before) <= 256 and evaluated == [128, 256]  # the Ctrl-C came just after the 256 update
     assert latest_checkpoint(run).name == "interrupted_256_steps.zip"
 
     # the folder alone is enough: the latest checkpoint, the old run's settings, the same folder
@@ -72,7 +74,6 @@ def test_resume_continues_in_the_same_folder(tmp_path, monkeypatch):
     assert summary["timesteps"] == 512 and summary["run_dir"] == str(run)
     after = _steps(run)
     assert after[: len(before)] == before and after == sorted(after) and max(after) > 256, "one curve, appended"
-    # the evaluation at 256 (the checkpoint's step) that the Ctrl-C cut off is made by the resumed run
     assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [128, 256, 384, 512]
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["memory_kwargs"]["decay"] == 0.9 and recorded["hidden_size"] == 16 and recorded["timesteps"] == 512
@@ -304,3 +305,56 @@ def test_a_module_named_only_in_config_json_is_not_imported(tmp_path, monkeypatc
     for argv in (["--resume", str(run), "--env", env], ["--resume", str(run), "--trust-checkpoint"]):
         config, _ = resumed_config(parse_config(argv), read_checkpoint(run), given_fields(argv))
         assert config.env == env  # the command line allowed it
+
+
+class _SignalAt(BaseCallback):
+    """Sends this process ``signum`` once, at ``step`` env steps (as Ctrl-C or a scheduler would)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGINT) -> None:
+        super().__init__()
+        self.step, self.signum = step, signum
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.step:
+            os.kill(os.getpid(), self.signum)
+        return True
+
+
+@pytest.mark.parametrize("signal_step", [200, 256])  # mid-rollout, and the last step of a rollout (rollouts of 128)
+def test_a_sigint_mid_rollout_resumes_to_exactly_the_target(tmp_path, signal_step):
+    """The partial rollout was never trained on: the checkpoint is the last update's (128 steps,
+    the weights' step), and the resumed run, which runs whole rollouts, ends at --timesteps."""
+    run = tmp_path / "run"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner may have SIGINT ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(run_dir=str(run), **TINY), callbacks=[_SignalAt(signal_step)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [path.name for path in (run / "checkpoints").glob("interrupted_*.zip")] == ["interrupted_128_steps.zip"]
+
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+    assert summary["timesteps"] == TINY["timesteps"] == read_checkpoint(run / "model.zip").timesteps
+    steps = _steps(run)
+    assert steps == sorted(steps) and max(steps) == TINY["timesteps"], steps
+
+
+def test_a_resumed_run_interrupted_at_its_end_is_finished_by_the_next_resume(tmp_path, monkeypatch):
+    """A finished run resumed to a larger total, then stopped while its end is written: the old
+    eval_summary.json (of the earlier end) does not count, the next --resume writes the end."""
+    run = tmp_path / "run"
+    train(TrainConfig(run_dir=str(run), **{**TINY, "timesteps": 256}))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(agent, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(resume=str(run), timesteps=384, progress_bar=False, wandb="disabled"))
+    assert json.loads((run / "eval_summary.json").read_text())["timesteps"] == 256  # the earlier end's
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+    assert summary["timesteps"] == 384 == json.loads((run / "eval_summary.json").read_text())["timesteps"]
+    assert read_checkpoint(run / "model.zip").timesteps == 384
+    with pytest.raises(ValueError, match="has trained 384 steps, so --timesteps 384 leaves nothing to train"):
+        train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))

@@ -262,7 +262,7 @@ def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypat
     argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "1", "--study-trials", "1", "--pruner", "none"]
 
     def interrupt(self) -> bool:
-        if self.num_timesteps >= 640:  # after the evaluation at 512
+        if self.num_timesteps >= 640:  # after the evaluation at 512, mid-rollout (rollouts of 256)
             raise KeyboardInterrupt
         return True
 
@@ -270,11 +270,11 @@ def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypat
         patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
         assert search.main(argv) == 130
     folder = tmp_path / "search" / STUDY / "trial-0000"
-    assert (folder / "checkpoints" / "interrupted_640_steps.zip").exists()
+    assert (folder / "checkpoints" / "interrupted_512_steps.zip").exists()  # the last update's step
     assert search.main(argv) == 0
     failed, retry = sqlite_study(tmp_path).get_trials()
     assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["resumed_at"] == 640 and Path(retry.user_attrs["run_dir"]) == folder
+    assert retry.user_attrs["resumed_at"] == 512 and Path(retry.user_attrs["run_dir"]) == folder
     assert not (tmp_path / "search" / STUDY / "trial-0001").exists()
     data = np.load(folder / "evaluations.npz")
     assert data["timesteps"].tolist() == [512, 1024]  # one history: the first attempt's 512, then the retry's

@@ -243,8 +243,8 @@ def test_threads_apply_during_training_only(monkeypatch):
 def test_ctrl_c_saves_checkpoint_and_resume_keeps_step_count(tmp_path, monkeypatch):
     stop_at = 256
 
-    def interrupt(self) -> bool:  # a Ctrl-C arriving mid-training
-        if self.num_timesteps >= stop_at:
+    def interrupt(self) -> bool:  # a Ctrl-C arriving mid-training, in the rollout after the update at stop_at
+        if self.num_timesteps > stop_at:
             raise KeyboardInterrupt
         return True
 
