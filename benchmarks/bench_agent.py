@@ -14,7 +14,6 @@ Runs alternate (peer, ours, peer, ours, ...) and the median rate is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -24,6 +23,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
 import envs
+from suite_tasks import parse_variant
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.cli import OneLineArgumentParser, int_at_least
 from fw_agents.memory import MEMORY_NAMES
@@ -85,14 +85,14 @@ def main() -> None:
                         help="also time FastRecurrentPPO + fast weights with these memory_kwargs, e.g. "
                              "'nobc={\"bias_correction\": false}' (repeatable)")  # fmt: skip
     args = parser.parse_args()
-    for text in args.fast_variant:
-        label, _, body = text.partition("=")
+    for text in args.fast_variant:  # checked as the memory suite's --fast-variant
         try:
-            VARIANTS[label] = json.loads(body)
-        except json.JSONDecodeError:
-            VARIANTS[label] = None
-        if not label or "[" in label or not isinstance(VARIANTS[label], dict):
-            parser.error(f"--fast-variant {text!r}: expected LABEL=JSON object, e.g. 'nobc={{\"bias_correction\": false}}'")
+            name, options = parse_variant(text)
+        except ValueError as error:
+            parser.error(str(error))
+        if "policy" in options:
+            parser.error(f"--fast-variant {text!r}: policy options are not timed here, only the core's")
+        VARIANTS[name[len("fastweights["):-1]] = options
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     if args.threads:

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from suite_tasks import parse_variant
+
 from fw_agents.agent import TrainConfig, build_agent, make_env
 from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.files import write_text_atomically
@@ -170,17 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
-def parse_variants(texts: Sequence[str] | None, parser: argparse.ArgumentParser) -> list[tuple[str, dict[str, Any]]]:
+def parse_variants(texts: Sequence[str] | None) -> list[tuple[str, dict[str, Any]]]:
+    """``--variant`` values -> ``(label, memory_kwargs)``, checked as the memory suite checks its
+    ``--fast-variant`` (:func:`suite_tasks.parse_variant`); policy options are not probed here.
+
+    :raises ValueError: One line naming the bad value.
+    """
     variants = []
     for text in texts or ["defaults={}"]:
-        label, sep, body = text.partition("=")
-        try:
-            options = json.loads(body) if sep else None
-        except json.JSONDecodeError:
-            options = None
-        if not label or not isinstance(options, dict):
-            parser.error(f"--variant {text!r}: expected LABEL=JSON object, e.g. 'id0.5={{\"identity_scale\": 0.5}}'")
-        variants.append((label, options))
+        name, options = parse_variant(text, "--variant")
+        if "policy" in options:
+            raise ValueError(f"--variant {text!r}: policy options are not probed here, only the core's")
+        variants.append((name[len("fastweights["):-1], options))
     return variants
 
 
@@ -194,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--probes must be >= 2 (the start and the end), got {args.probes}")
     if args.window > args.probe_steps:
         parser.error(f"--window {args.window} must be <= --probe-steps {args.probe_steps}")
-    variants = parse_variants(args.variant, parser)
+    variants = parse_variants(args.variant)
     torch.set_num_threads(1)
     report = [
         f"## {args.env}: probes of the fast-weights core during training (seed {args.seed})",

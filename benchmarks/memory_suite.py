@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import shlex
 import sys
 import time
@@ -57,6 +56,7 @@ from suite_runs import (  # noqa: F401  (one run's code, importable from here as
     record_value, run_job, run_path, suite_worker,
 )  # fmt: skip
 from suite_tasks import (  # noqa: F401  (the suite's tables and scores, importable from here as before)
+    parse_variant,
     AUC_POINTS, BUDGETS, MODELS, POPGYM_TASKS, RETURN_BOUNDS, STOCK, TASKS, area_under_curve, budget,
     interpolate_curve, normalise,
 )  # fmt: skip
@@ -69,38 +69,9 @@ from fw_agents.validation import check_float, check_int
 
 QUICK: dict[str, Any] = dict(tasks=["RepeatFirstEasy", "CatchBlind16"], models=["fastweights", STOCK], seeds=[0],
                              timesteps=4096)  # fmt: skip
-LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
-
-    A key ``"policy"`` holds the variant's other ``RecurrentMemoryPolicy`` options, e.g.
-    ``sep={"policy": {"critic": "separate"}}``; they are checked when the model is built.
-
-    :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_share": 2.0}``.
-    """
-    label, sep, raw = text.partition("=")
-    if not sep or not LABEL.fullmatch(label):
-        raise ValueError(f"bad --fast-variant {text!r}; expected LABEL=JSON with LABEL of letters, digits, _.+-")
-    try:
-        kwargs = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"bad --fast-variant {text!r}: invalid JSON ({error})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"bad --fast-variant {text!r}: the JSON must be an object of fast-weights options")
-    from fw_agents.agent import check_memory_kwargs
-
-    if not isinstance(kwargs.get("policy", {}), dict):
-        raise ValueError(f"bad --fast-variant {text!r}: \"policy\" must be an object of policy options")
-    try:
-        check_memory_kwargs("fastweights", {k: v for k, v in kwargs.items() if k != "policy"}, hidden_size=4)
-    except ValueError as error:
-        raise ValueError(f"bad --fast-variant {text!r}: {error}") from None
-    return f"fastweights[{label}]", kwargs
 
 
 def resolve_tasks(names: Sequence[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """The memory suite's tasks and scores: task names, env-step budgets, episode-return bounds,
 normalisation and the area under a training curve (``benchmarks/memory_suite.py`` runs them,
-``benchmarks/suite_report.py`` reports them).
+``benchmarks/suite_report.py`` reports them), and the ``LABEL=JSON`` fast-weights variants
+the benchmarks take.
 
 Sizing :data:`BUDGETS`: training throughput (env steps/s, updates included; 16 envs, hidden
 128, one torch thread per run; 8k-16k-step runs) on the 2-core machine, measured while another
@@ -27,6 +28,8 @@ machine, nearer the one-at-a-time rates, about 5 h. stock-lstm is ~40% of it.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,3 +113,38 @@ def budget(task: str, scale: float = 1.0) -> int:
     :param scale: ``--budget-scale``.
     """
     return max(round(BUDGETS[task] * scale), 1)
+
+
+#: A variant label: the letters a run folder and a table cell take.
+LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def parse_variant(text: str, flag: str = "--fast-variant") -> tuple[str, dict[str, Any]]:
+    """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
+
+    A key ``"policy"`` holds the variant's other ``RecurrentMemoryPolicy`` options, e.g.
+    ``sep={"policy": {"critic": "separate"}}``; they are checked when the model is built.
+
+    :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_share": 2.0}`` (also
+        ``benchmarks/fast_weights_diagnostics.py --variant`` and ``bench_agent.py --fast-variant``).
+    :param flag: The flag the value came with, for the error message.
+    :raises ValueError: One line naming the value and what is accepted.
+    """
+    label, sep, raw = text.partition("=")
+    if not sep or not LABEL.fullmatch(label):
+        raise ValueError(f"bad {flag} {text!r}; expected LABEL=JSON with LABEL of letters, digits, _.+-")
+    try:
+        kwargs = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"bad {flag} {text!r}: invalid JSON ({error})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"bad {flag} {text!r}: the JSON must be an object of fast-weights options")
+    from fw_agents.agent import check_memory_kwargs
+
+    if not isinstance(kwargs.get("policy", {}), dict):
+        raise ValueError(f"bad {flag} {text!r}: \"policy\" must be an object of policy options")
+    try:
+        check_memory_kwargs("fastweights", {k: v for k, v in kwargs.items() if k != "policy"}, hidden_size=4)
+    except ValueError as error:
+        raise ValueError(f"bad {flag} {text!r}: {error}") from None
+    return f"fastweights[{label}]", kwargs
