@@ -9,11 +9,16 @@ Runs alternate (peer, ours, peer, ours, ...) and the median rate is reported.
 
     python benchmarks/bench_agent.py [--rollouts 6] [--repeats 3] [--memories fastweights lstm] [--threads 1] [--device cuda]
     python benchmarks/bench_agent.py --memories fastweights --fast-variant 'nobc={"bias_correction": false}' --threads 1
+
+On the CPU, fast weights also run as "FastRecurrentPPO:fastweights (Python loops)": the same
+agent with the scan's loops in Python instead of compiled (``fw_agents.memory.ops.compiled``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
 
@@ -27,6 +32,7 @@ from suite_tasks import parse_variant
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.cli import OneLineArgumentParser, int_at_least
 from fw_agents.memory import MEMORY_NAMES
+from fw_agents.memory.ops import compiled
 from fw_agents.policies import RecurrentMemoryPolicy
 
 ENV_ID = "CatchBlind16-v0"
@@ -34,6 +40,7 @@ SETTINGS = dict(n_steps=128, batch_size=256, n_epochs=4)
 N_ENVS = 8
 HIDDEN = 128
 PEER = "stock MlpLstmPolicy"
+PYTHON_LOOPS = " (Python loops)"  # suffix: the contestant runs the scan's Python loops
 
 
 def make_env(kind: str) -> VecEnv:
@@ -63,12 +70,14 @@ def make_model(name: str, env: VecEnv, device: str = "cpu") -> RecurrentPPO:
 
 
 def steps_per_second(name: str, env_kind: str, rollouts: int, device: str = "cpu") -> float:
-    model = make_model(name, make_env(env_kind), device)
+    in_python = name.endswith(PYTHON_LOOPS)
+    model = make_model(name.removesuffix(PYTHON_LOOPS), make_env(env_kind), device)
     per_rollout = SETTINGS["n_steps"] * N_ENVS
-    model.learn(per_rollout)  # warm-up: first rollout and update
-    start = time.perf_counter()
-    model.learn(rollouts * per_rollout, reset_num_timesteps=False)
-    return rollouts * per_rollout / (time.perf_counter() - start)
+    with compiled.python_loops() if in_python else contextlib.nullcontext():
+        model.learn(per_rollout)  # warm-up: first rollout and update
+        start = time.perf_counter()
+        model.learn(rollouts * per_rollout, reset_num_timesteps=False)
+        return rollouts * per_rollout / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -99,9 +108,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {ENV_ID}, "
           f"{N_ENVS} envs, {SETTINGS}, "
-          f"{HIDDEN} units, env: {args.env}\n")  # fmt: skip
+          f"{HIDDEN} units, env: {args.env}, load average before {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores\n")  # fmt: skip
     names = [PEER] + [f"{algo}:{m}" for m in args.memories for algo in ("RecurrentPPO", "FastRecurrentPPO")]
     names += [f"FastRecurrentPPO:fastweights[{label}]" for label in VARIANTS]
+    if "fastweights" in args.memories and args.device == "cpu" and compiled.loops() is not None:
+        names.append("FastRecurrentPPO:fastweights" + PYTHON_LOOPS)
     rates: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
         for name in names:
@@ -115,6 +126,7 @@ def main() -> None:
         label = name if name == PEER else "{} + RecurrentMemoryPolicy({})".format(*name.split(":"))
         print(f"| {label} | {statistics.median(rates[name]):,.0f} | {statistics.median(ratios):.2f}× "
               f"| {min(ratios):.2f}–{max(ratios):.2f} |")  # fmt: skip
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 All cores are timed side by side in one process, round-robin (one repetition of
 each core per round, median over rounds), so machine noise hits them alike.
 
-    python benchmarks/bench_memory.py [--rounds 15] [--device cpu] [--sweep]
+    python benchmarks/bench_memory.py [--rounds 15] [--device cpu] [--threads 1] [--sweep]
+
+On the CPU, "fastweights" runs the scan's compiled loops (``fw_agents.memory.ops.compiled``)
+and "fastweights (Python loops)" the same scan with its loops in Python, bitwise the same
+results.
 
 With ``--device cuda`` it times the fast-weights core three ways instead: the PyTorch
 scan (``FastWeightsRNN(mode="scan")``), the fused Triton kernel (``mode="triton"``, what
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,11 +28,13 @@ from collections.abc import Callable
 import torch
 
 from fw_agents.memory import MEMORY_NAMES, make_memory
+from fw_agents.memory.ops import compiled
 
 SHAPES = [(64, 128, 128), (16, 64, 128), (16, 128, 16)]  # (B, H, T); the last is the RL shape
 LATENCY_BATCH = 16
 PEER = "torch.nn.LSTM"
 REFERENCE = "fastweights (reference loop)"  # the naive per-step autograd loop, for scale
+PYTHON_LOOPS = "fastweights (Python loops)"  # the scan without its compiled loops
 CUDA_SHAPES = [(256, 128, 16), (64, 128, 128), (16, 128, 512)]  # (B, H, T)
 SCAN = "fastweights (PyTorch scan)"
 KERNEL = "fastweights (Triton kernel)"
@@ -69,11 +76,21 @@ def _one_step(model: torch.nn.Module, x: torch.Tensor, is_peer: bool) -> Callabl
     return step
 
 
+def _in_python(fn: Callable[[], None]) -> Callable[[], None]:
+    def step() -> None:
+        with compiled.python_loops():
+            fn()
+
+    return step
+
+
 def _make(name: str, H: int) -> torch.nn.Module:
     if name == PEER:
         return torch.nn.LSTM(H, H)
     if name == REFERENCE:
         return make_memory("fastweights", H, H, mode="reference")
+    if name == PYTHON_LOOPS:
+        return make_memory("fastweights", H, H)
     if name == SCAN:  # mode "auto" would take the kernel on CUDA
         return make_memory("fastweights", H, H, mode="scan")
     if name == KERNEL:
@@ -97,7 +114,8 @@ def measure(
     """
     kernel = device.type == "cuda" if kernel is None else kernel
     # with the kernel the last name is timed in the round-robin too (no reference loop there)
-    names = [PEER, SCAN, KERNEL] if kernel else [PEER, *MEMORY_NAMES, REFERENCE]
+    python_loops = [PYTHON_LOOPS] if device.type == "cpu" and compiled.loops() is not None else []
+    names = [PEER, SCAN, KERNEL] if kernel else [PEER, *MEMORY_NAMES, *python_loops, REFERENCE]
     results: dict[str, dict[str, float]] = {}
     shapes = shapes or (CUDA_SHAPES if kernel else SHAPES)
     columns = [(f"B={B} H={H} T={T}", B, H, T, _train_step) for B, H, T in shapes]
@@ -109,6 +127,8 @@ def measure(
         for name in names:
             model = _make(name, H).to(device)
             fn = make_fn(model, x, name == PEER)
+            if name == PYTHON_LOOPS:
+                fn = _in_python(fn)
             for _ in range(2):  # warm-up
                 fn()
             once = _timer(fn, device, 1)()
@@ -212,10 +232,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median is reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--sweep", action="store_true", help="cuda: also time the Triton kernel's warps and chunk choices")
     args = parser.parse_args()
     if args.sweep and args.device != "cuda":
         parser.error("--sweep times the Triton kernel's launch choices: it needs --device cuda")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        parser.error(f"--threads {args.threads}: accepted 1 to 1024")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
@@ -226,9 +251,12 @@ def main() -> None:
             parser.error('--device cuda times the Triton kernel: pip install "fw-agents[gpu]"')
         print(f"torch {torch.__version__}, device {torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}")
     else:
-        print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+        loops = "compiled" if compiled.loops() is not None else "Python (not built)"
+        print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, scan loops {loops}, "
+              f"load average before {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")  # fmt: skip
     print("forward+backward per call for the three shapes; no-grad one-step latency in the last column\n")
     print(markdown(measure(device, args.rounds)))
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     if args.sweep:
         print("\nTriton kernel launch choices\n")
         print(sweep_markdown(sweep_kernel(device, args.rounds)))

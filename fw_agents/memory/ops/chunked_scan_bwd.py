@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fw_agents.memory.ops.chunked_scan_fwd import ResidualViews, ScanResiduals
+from fw_agents.memory.ops.compiled import loops_for as compiled_loops
 
 # Private aten ops, kept because no public op does the same work in one kernel:
 # * ``threshold_backward`` (ReLU's backward, into a preallocated buffer via ``.grad_input``):
@@ -63,12 +64,14 @@ def fast_weights_scan_bwd(
         grad_hidden[:, T - 1] += grad_h_out if order is None else grad_h_out.index_select(0, order)
     if grad_A_out is not None and order is not None:
         grad_A_out = grad_A_out.index_select(0, order)
-    grads = _BackwardBuffers(res, grad_hidden, mean if cfg.layer_norm else None, rstd if cfg.layer_norm else None)
+    compiled = compiled_loops(hidden)  # the C++ loops, or None for the Python ones
+    grads = _BackwardBuffers(res, grad_hidden, mean if cfg.layer_norm else None, rstd if cfg.layer_norm else None,
+                             views=compiled is None)  # fmt: skip
     grad_A = grad_A_out  # dL/dA at the current chunk's end
     for index in reversed(range(len(res.chunks))):
         # dL/dA_init feeds the previous chunk's hidden states, or the caller's A_in.
         need_grad_A_init = index > 0 or (res.use_A_in and need_grad_A_in)
-        grad_A = _backward_chunk(grads, res, res.chunks[index], grad_A, need_grad_A_init)
+        grad_A = _backward_chunk(grads, res, res.chunks[index], grad_A, need_grad_A_init, compiled)
 
     # z(t) = W h_prev(t) + ...: one matmul over all steps for dL/dW.
     h_prev_all = torch.cat([res.h_in.unsqueeze(0), hidden[:, :-1].transpose(0, 1)], dim=0)
@@ -90,16 +93,20 @@ def fast_weights_scan_bwd(
 
 
 class _BackwardBuffers(ResidualViews):
-    """The backward's gradient buffers, and per-step views of them and of the residuals."""
+    """The backward's gradient buffers, and per-step views of them and of the residuals
+    (``views=False``: the buffers alone, for the compiled loops)."""
 
-    def __init__(self, res: ScanResiduals, grad_hidden: torch.Tensor, mean, rstd) -> None:
-        super().__init__(res)
+    def __init__(self, res: ScanResiduals, grad_hidden: torch.Tensor, mean, rstd, views: bool = True) -> None:
         B, T, H = res.hidden.shape
         S = res.config.inner_steps
         self.hidden = grad_hidden  # dL/dh(t), [B, T, H]
         self.z = res.hidden.new_empty(T, B, H)  # dL/dz(t) = dL/d(C x(t))
         self.ln_out = res.hidden.new_empty(S, T, B, H)  # dL/d(layer-norm output), for its gain and bias
         self.h_in = res.hidden.new_zeros(B, H)
+        self.mean, self.rstd = mean, rstd
+        if not views:
+            return
+        super().__init__(res)
         self.grad_hidden_t = grad_hidden.unbind(1)
         self.z_t = self.z.unbind(0)
         self.ln_out_t = [g.unbind(0) for g in self.ln_out]
@@ -108,9 +115,51 @@ class _BackwardBuffers(ResidualViews):
             self.rstd_t = [r.unbind(0) for r in rstd]
 
 
-def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init):
+def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
     """BPTT through one chunk's steps in reverse: fills ``grads.z``/``grads.ln_out`` for its
-    steps, adds into ``grads.hidden`` of earlier steps, returns ``dL/dA_init`` (or None)."""
+    steps, adds into ``grads.hidden`` of earlier steps, returns ``dL/dA_init`` (or None).
+    ``compiled``: the C++ port of the loop over the steps, or None to run it here."""
+    cfg, hidden, grad_hidden = res.config, res.hidden, grads.hidden
+    B, _, H = hidden.shape
+    start, stop, A = chunk.start, chunk.stop, chunk.A_init
+    K = stop - start
+    block = hidden[:, start:stop]
+    weights, init_coef = chunk.weights, chunk.init_coef
+    whole = chunk.whole  # as in the forward pass (its scores beyond h(< t) exist only then)
+    readers, read_scale = chunk.readers, chunk.read_scale
+    grad_A_init = None
+    if grad_A is not None:
+        # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
+        sym = grad_A + grad_A.transpose(1, 2)
+        grad_hidden[:, start:stop] += weights[:, K, :, None] * torch.bmm(block, sym)
+        if A is not None and need_grad_A_init:
+            grad_A_init = grad_A * init_coef[:, K, None, None]
+    collect_reads = A is not None and need_grad_A_init
+    if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
+        h_in, init_rows, init_queries = compiled.backward_steps(
+            hidden, res.queries, res.pre_act, chunk.scores, weights, res.W, res.ln_weight, res.ln_bias, cfg.layer_norm,
+            grads.mean, grads.rstd, res.keep_h, res.reset_steps, grad_hidden, grads.z, grads.ln_out, A, readers,
+            init_coef, read_scale, collect_reads, start, stop, whole,
+        )  # fmt: skip
+        if start == 0:
+            grads.h_in = h_in
+    else:
+        init_rows, init_queries = _backward_steps(grads, res, chunk, collect_reads)
+    if collect_reads:
+        rows = torch.stack(init_rows, dim=1)  # [readers, K*S, H]
+        cols = torch.stack(init_queries, dim=1)
+        from_reads = torch.bmm(rows.transpose(1, 2), cols)  # sum_j,s g_j dL/du_s h_s^T
+        if grad_A_init is None:
+            grad_A_init = from_reads if readers == B else hidden.new_zeros(B, H, H)
+        if readers < B or grad_A_init is not from_reads:
+            grad_A_init[:readers] += from_reads
+    return grad_A_init
+
+
+def _backward_steps(grads, res, chunk, collect_reads):
+    """The Python loop of :func:`_backward_chunk` over the chunk's steps, in reverse (what
+    ``scan_loops.cpp``'s ``backward_steps`` ports). Returns the reading rows' ``g_j dL/du_s``
+    and ``h_s`` per read, for ``dL/dA_init``."""
     cfg, hidden, grad_hidden = res.config, res.hidden, grads.hidden
     B, _, H = hidden.shape
     S, norm_shape, ln_mask = cfg.inner_steps, (H,), [True, False, False]
@@ -120,19 +169,11 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init):
     weights, init_coef = chunk.weights, chunk.init_coef
     weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
     score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
-    whole = chunk.whole  # as in the forward pass (its scores beyond h(< t) exist only then)
+    whole = chunk.whole
     block_T, grad_block = grads.hidden_T[:, :, start:stop], grad_hidden[:, start:stop]
     readers, read_scale = chunk.readers, chunk.read_scale
     coef_t = init_coef[:readers].split(1, dim=1)  # [readers, 1] per step
     queries_t, queries3_t = grads.queries_t, grads.queries3_t
-    grad_A_init = None
-    if grad_A is not None:
-        # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
-        sym = grad_A + grad_A.transpose(1, 2)
-        grad_hidden[:, start:stop] += weights[:, K, :, None] * torch.bmm(block, sym)
-        if A is not None and need_grad_A_init:
-            grad_A_init = grad_A * init_coef[:, K, None, None]
-    collect_reads = A is not None and need_grad_A_init
     init_rows, init_queries = [], []  # g_j dL/du_s and h_s of the reading rows, for dL/dA_init
     for j in reversed(range(K)):
         t = start + j
@@ -190,12 +231,4 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init):
             grads.grad_hidden_t[t - 1].addmm_(grad_z_kept, res.W)
         else:
             grads.h_in = grad_z_kept @ res.W
-    if collect_reads:
-        rows = torch.stack(init_rows, dim=1)  # [readers, K*S, H]
-        cols = torch.stack(init_queries, dim=1)
-        from_reads = torch.bmm(rows.transpose(1, 2), cols)  # sum_j,s g_j dL/du_s h_s^T
-        if grad_A_init is None:
-            grad_A_init = from_reads if readers == B else hidden.new_zeros(B, H, H)
-        if readers < B or grad_A_init is not from_reads:
-            grad_A_init[:readers] += from_reads
-    return grad_A_init
+    return init_rows, init_queries

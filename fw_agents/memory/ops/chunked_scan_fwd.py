@@ -15,6 +15,7 @@ import torch
 
 from fw_agents.memory.ops import chunking
 from fw_agents.memory.ops.chunking import chunk_coefficients, masks_by_step
+from fw_agents.memory.ops.compiled import loops_for as compiled_loops
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,12 @@ def fast_weights_scan_fwd(
         use_A_in=use_A_in,
         config=config,
     )
-    views = _ForwardViews(zx, res)
+    compiled = compiled_loops(zx)  # the C++ loops, or None for the Python ones
+    views = _ForwardViews(zx, res) if compiled is None else None
     A, A_readers, h = A_first, readers, h_in  # A: fast weights at the chunk's start, first A_readers rows
     for start in range(0, T, config.chunk_size):
         stop = min(start + config.chunk_size, T)
-        chunk, h = _forward_chunk(views, res, start, stop, A, A_readers, starts, write, h)
+        chunk, h = _forward_chunk(views, res, start, stop, A, A_readers, starts, write, h, zx, compiled)
         res.chunks.append(chunk)
         if stop < T or config.output_final_state:
             A = _fast_weights_at_chunk_end(res.hidden[:, start:stop], chunk, A, A_readers)
@@ -200,10 +202,11 @@ class _ForwardViews(ResidualViews):
         self.pre_act3_t = [u.unsqueeze(2).unbind(0) for u in res.pre_act]  # [B, 1, H], for out=
 
 
-def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h):
+def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, zx, compiled):
     """Run steps ``start .. stop - 1``, writing ``h_s(t)``, ``z + A h_s`` and ``h(t)`` into
     the residual buffers (``out=``, about eight tensor ops per step). Returns the chunk's
-    residuals and ``h(stop - 1)``."""
+    residuals and ``h(stop - 1)``. ``compiled``: the C++ port of the loop over the steps
+    (:mod:`~fw_agents.memory.ops.compiled`), or None to run it here (then ``views`` are set)."""
     cfg, hidden, B = res.config, res.hidden, res.hidden.shape[0]
     K, S, norm_shape = stop - start, cfg.inner_steps, hidden.shape[2:]
     Wt = res.W.t()
@@ -216,11 +219,18 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h):
         A_read, readers = None, 0  # every reader restarts before reading
     read_scale = chunking.shared_scale(read_coef, K) if A_read is not None else None
     A_read_T = A_read.transpose(1, 2) if A_read is not None else None
+    whole = K <= chunking.WHOLE_BLOCK_STEPS
+    scores = hidden.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
+    if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
+        h = compiled.forward_steps(
+            zx, hidden, res.queries, res.pre_act, scores, weights, Wt, res.ln_weight, res.ln_bias,
+            cfg.eps, cfg.layer_norm, res.keep_h, res.reset_steps, A_read_T, readers,
+            None if read_scale is not None or A_read is None else read_coef, read_scale, start, stop, whole, h,
+        )  # fmt: skip
+        return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h
     coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [readers, 1, 1] per step
     weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
-    scores = hidden.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
     score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
-    whole = K <= chunking.WHOLE_BLOCK_STEPS
     block, block_T = hidden[:, start:stop], views.hidden_T[:, :, start:stop]
     if A_read is not None:  # the reading rows' [readers, 1, H] views, per step
         read_q3_t = [q[start:stop, :readers].unsqueeze(2).unbind(0) for q in res.queries]

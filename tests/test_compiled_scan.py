@@ -1,0 +1,152 @@
+"""The compiled scan loops (fw_agents.memory.ops.compiled): bitwise the Python loops, and optional.
+
+The C++ port runs the same ATen ops in the same order as the Python loops it replaces, so
+values and gradients must be *equal*, not close, in every configuration of the scan (chunk
+sizes, inner steps, layer norm on and off, an initial A read by some rows, episode starts,
+write masks, hidden resets). The Python loops themselves are held to the float64 reference
+by tests/test_fast_weights.py and tests/test_fast_weights_options.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from fw_agents.memory import FastWeightsRNN
+from fw_agents.memory.ops import compiled, fast_weights_scan
+
+needs_toolchain = pytest.mark.skipif(
+    shutil.which("ninja") is None or (shutil.which("c++") is None and shutil.which("g++") is None),
+    reason="no C++ compiler or ninja on this machine: the compiled loops cannot be built (the scan runs its Python loops)",
+)
+
+
+@pytest.fixture
+def choose(monkeypatch):
+    """Set FW_AGENTS_COMPILED for the next scan (and restore the session's choice afterwards)."""
+
+    def set_choice(value: str) -> None:
+        monkeypatch.setenv("FW_AGENTS_COMPILED", value)
+        compiled.reset()
+
+    yield set_choice
+    compiled.reset()
+
+
+def _scan_outputs_and_grads(dtype, T, B, with_A, p_start, write, resets, **options):
+    g = torch.Generator().manual_seed(1)
+    H = 8
+    zx = torch.randn(T, B, H, generator=g, dtype=dtype, requires_grad=True)
+    h = torch.randn(B, H, generator=g, dtype=dtype, requires_grad=True)
+    A = (0.1 * torch.randn(B, H, H, generator=g, dtype=dtype)).requires_grad_() if with_A else None
+    W = (0.2 * torch.randn(H, H, generator=g, dtype=dtype)).requires_grad_()
+    ln_w = (1 + 0.1 * torch.randn(H, generator=g, dtype=dtype)).requires_grad_()
+    ln_b = (0.1 * torch.randn(H, generator=g, dtype=dtype)).requires_grad_()
+    starts = (torch.rand(T, B, generator=g) < p_start).to(dtype)
+    write_mask = (torch.rand(T, B, generator=g) < 0.7).to(dtype) if write else None
+    hidden_resets = (torch.rand(T, B, generator=g) < 0.15).to(dtype) if resets else None
+    y, h_T, A_T = fast_weights_scan(zx, h, A, W, ln_w, ln_b, decay=0.9, fast_lr=0.3, episode_starts=starts,
+                                    write_mask=write_mask, hidden_resets=hidden_resets, **options)  # fmt: skip
+    loss = (y * torch.linspace(-1, 1, H, dtype=dtype)).sum() + h_T.pow(2).sum() + A_T.pow(2).sum()
+    leaves = [t for t in (zx, h, A, W, ln_w, ln_b) if t is not None]
+    return [y, h_T, A_T, *torch.autograd.grad(loss, leaves, allow_unused=True)]
+
+
+# every combination of the row options, each with one of the chunk sizes and inner-step counts in turn
+CASES = [
+    dict(T=T, B=3, with_A=with_A, p_start=p, write=write, resets=resets, layer_norm=ln,
+         chunk_size=(1, 3, 64)[i % 3], inner_steps=(1, 2)[i // 3 % 2])  # fmt: skip
+    for i, (T, with_A, p, write, resets, ln) in enumerate(
+        itertools.product([1, 7], [False, True], [0.0, 0.3], [False, True], [False, True], [True, False])
+    )
+]
+
+
+@needs_toolchain
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_loops_give_bitwise_the_python_loops(choose, dtype):
+    for case in CASES:
+        choose("0")
+        python = _scan_outputs_and_grads(dtype, **case)
+        assert compiled.loops() is None
+        choose("1")
+        built = _scan_outputs_and_grads(dtype, **case)
+        assert compiled.loops() is not None
+        for a, b in zip(python, built, strict=True):
+            if a is None or b is None:
+                assert a is None and b is None, case
+                continue
+            # equal, NaN for NaN (no layer norm lets some cases overflow: both must, alike)
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)), case
+
+
+@needs_toolchain
+def test_a_policy_update_through_the_compiled_loops_matches_the_python_loops(choose):
+    # the agent's configuration (bias-corrected writes, sequences cut mid-episode reading A_in)
+    torch.manual_seed(0)
+    core = FastWeightsRNN(6, 16, bias_correction=True)
+    x = torch.randn(9, 5, 6)
+    starts = (torch.rand(9, 5) < 0.2).float()
+    with torch.no_grad():
+        _, state = core(torch.randn(4, 5, 6))
+    grads = []
+    for choice in ("0", "1"):
+        choose(choice)
+        core.zero_grad()
+        y, (h_T, A_T, m_T) = core(x, state, starts)
+        (y.pow(2).mean() + A_T.sum()).backward()
+        grads.append([y, h_T, A_T, m_T] + [p.grad.clone() for p in core.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_setting_is_checked_and_0_never_builds(choose, monkeypatch):
+    choose("sometimes")
+    with pytest.raises(ValueError, match=r"FW_AGENTS_COMPILED='sometimes': accepted values are auto, 0, 1"):
+        compiled.loops()
+    choose("0")
+    monkeypatch.setattr(compiled, "_build", lambda: pytest.fail("FW_AGENTS_COMPILED=0 must not build"))
+    assert compiled.loops() is None
+    assert compiled.loops_for(torch.zeros(1)) is None
+
+
+def test_a_failed_build_warns_once_and_the_scan_runs_its_python_loops(choose, monkeypatch):
+    calls = []
+
+    def broken_build():
+        calls.append(1)
+        raise OSError("c++: command not found")
+
+    monkeypatch.setattr(compiled, "_build", broken_build)
+    choose("auto")
+    with pytest.warns(RuntimeWarning, match="could not be built .*c\\+\\+: command not found.*Python loops"):
+        assert compiled.loops() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next scans neither retry nor warn again
+        y, _, _ = fast_weights_scan(torch.ones(3, 2, 4), torch.zeros(2, 4), None, torch.eye(4), None, None,
+                                    decay=0.9, fast_lr=0.5, inner_steps=1, layer_norm=False)  # fmt: skip
+    assert len(calls) == 1 and y.shape == (3, 2, 4)
+    choose("1")
+    with pytest.raises(RuntimeError, match="FW_AGENTS_COMPILED=1: the compiled scan loops failed to build"):
+        compiled.loops()
+
+
+@needs_toolchain
+def test_bench_memory_times_the_compiled_and_the_python_loops_side_by_side(choose):
+    import importlib.util
+    from pathlib import Path
+
+    choose("1")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_memory.py"
+    spec = importlib.util.spec_from_file_location("_bench_memory_compiled_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.measure(torch.device("cpu"), rounds=1, shapes=[(2, 8, 3)], latency=(2, 8))
+    rows = results["B=2 H=8 T=3"]
+    assert {bench.PEER, "fastweights", bench.PYTHON_LOOPS, bench.REFERENCE} <= set(rows)
+    assert all(seconds > 0 for seconds in rows.values())
+    assert compiled.loops() is not None  # the Python-loops row left the session's choice as it was
