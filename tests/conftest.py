@@ -14,6 +14,14 @@ import pytest
 import torch
 
 
+def pytest_sessionstart(session):
+    """Build the scan's compiled loops (fw_agents.memory.ops.compiled) before any test runs, so
+    that no test's subprocess pays the build or prints its one-line notice on stderr."""
+    from fw_agents.memory.ops import compiled
+
+    compiled.loops()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny ops on a shared 2-core machine: more threads only add contention."""
