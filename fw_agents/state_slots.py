@@ -84,14 +84,17 @@ class CoreAdapter(nn.Module):
 
     def to_slots(self, state: tuple[torch.Tensor, ...]) -> Slots:
         """Core state -> ``(h, c)``, each ``[1, B, slot]``: the two halves of one buffer."""
-        pad = 2 * self.hidden_size - self.state_size
-        # an odd state size: the padding packed in the same copy (a second cat would copy it all again)
-        flat = self.core.pack_state((*state, state[0].new_zeros(state[0].shape[0], pad)) if pad else state)
+        flat = self.core.pack_state(state, 2 * self.hidden_size)  # an odd state size: zero-padded
         return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
 
     def from_slots(self, slots: Slots) -> tuple[torch.Tensor, ...]:
         """``(h, c)`` slots -> core state (views of the slots when they are the two halves
         of one buffer, as :meth:`to_slots` and :class:`SlotStore` make them)."""
+        return self.core.unpack_state(self._flat(slots)[:, : self.state_size])
+
+    def _flat(self, slots: Slots) -> torch.Tensor:
+        """``(h, c)`` slots -> the ``[B, 2 * slot]`` packed rows (a view when they are the two
+        halves of one buffer)."""
         left, right = slots[0][0], slots[1][0]
         if left.shape[-1] != self.hidden_size or right.shape[-1] != self.hidden_size:
             # another model's state (e.g. predict(state=...) from one of another width): as nn.LSTM, refuse it
@@ -99,9 +102,7 @@ class CoreAdapter(nn.Module):
                 f"state slots must be [1, B, {self.hidden_size}] each, got {tuple(slots[0].shape)} and {tuple(slots[1].shape)}"
             )
         flat = joined_halves(left, right)
-        if flat is None:
-            flat = torch.cat([left, right], dim=1)
-        return self.core.unpack_state(flat[:, : self.state_size])
+        return torch.cat([left, right], dim=1) if flat is None else flat
 
     def forward(
         self, features: torch.Tensor, slots: Slots, episode_starts: torch.Tensor, return_slots: bool = True
@@ -119,11 +120,13 @@ class CoreAdapter(nn.Module):
         n_seq = slots[0].shape[1]
         x = features.reshape(n_seq, -1, self.input_size).transpose(0, 1)
         starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
-        if return_slots:
-            y, state = self.core(x, self.from_slots(slots), starts)
-        else:
-            y, state = self.core.outputs(x, self.from_slots(slots), starts), None
-        return y.transpose(0, 1).reshape(-1, self.output_size), None if state is None else self.to_slots(state)
+        if not return_slots:
+            return self.core.outputs(x, self.from_slots(slots), starts).transpose(0, 1).reshape(-1, self.output_size), None
+        y, flat = self.core.forward_packed(x, self._flat(slots), starts, 2 * self.hidden_size)
+        return y.transpose(0, 1).reshape(-1, self.output_size), (
+            flat[:, : self.hidden_size].unsqueeze(0),
+            flat[:, self.hidden_size :].unsqueeze(0),
+        )
 
 
 def joined_halves(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | None:

@@ -118,6 +118,26 @@ def test_pack_unpack_round_trip(name: str) -> None:
         core.unpack_state(torch.zeros(BATCH, core.state_size + 1))
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_forward_packed_equals_forward_then_pack(name: str, steps: int, grad: bool) -> None:
+    # what the policy's state slots run: packed in, packed and zero-padded out, the same numbers
+    # (a rollout step, no_grad and one step, is where a core may write into the packed rows)
+    core = make(name)
+    state = warm_state(core, BATCH, seed=3)
+    width = core.state_size + 3
+    packed = torch.cat([core.pack_state(state), torch.full((BATCH, 3), float("nan"))], dim=1)  # junk padding
+    x = randn(steps, BATCH, INPUT, seed=5)
+    starts = random_starts(steps, BATCH, seed=6, p=0.5)
+    with torch.set_grad_enabled(grad):
+        y_ref, s_ref = core(x, state, starts)
+        y, new = core.forward_packed(x, packed, starts, width)
+    assert new.shape == (BATCH, width) and new.dtype == packed.dtype
+    assert torch.equal(y, y_ref)
+    assert torch.equal(new, core.pack_state(s_ref, width))
+    assert not new[:, core.state_size :].any()  # the padding is zeros, whatever came in
+
+
 # -------------------------------------------------- whole == steps == chunks
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_starts", [False, True], ids=["no_starts", "starts"])

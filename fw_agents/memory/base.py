@@ -58,10 +58,14 @@ class MemoryCore(nn.Module, ABC):
         device, dtype = self._device_dtype(device)
         return tuple(torch.zeros(batch_size, *shape, device=device, dtype=dtype) for shape in self.state_shapes)
 
-    def pack_state(self, state: State) -> torch.Tensor:
-        """Flatten a state into one ``[B, state_size]`` tensor (a copy)."""
+    def pack_state(self, state: State, width: int | None = None) -> torch.Tensor:
+        """Flatten a state into one ``[B, state_size]`` tensor (a copy), zero-padded to
+        ``[B, width]`` when ``width`` is given (in the same copy)."""
         batch = state[0].shape[0]
-        return torch.cat([s.reshape(batch, -1) for s in state], dim=1)
+        parts = [s.reshape(batch, -1) for s in state]
+        if width is not None and width > self.state_size:
+            parts.append(state[0].new_zeros(batch, width - self.state_size))
+        return torch.cat(parts, dim=1)
 
     def unpack_state(self, flat: torch.Tensor) -> State:
         """Inverse of :meth:`pack_state`: ``[B, state_size]`` -> state tuple."""
@@ -72,6 +76,19 @@ class MemoryCore(nn.Module, ABC):
         return tuple(
             chunk.reshape(batch, *shape) for chunk, shape in zip(flat.split(sizes, dim=1), self.state_shapes)
         )
+
+    def forward_packed(
+        self, x: torch.Tensor, packed: torch.Tensor, episode_starts: torch.Tensor | None, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on packed states: ``packed`` is ``[B, >= state_size]`` (the state in
+        its first :attr:`state_size` columns), the new state comes back packed and zero-padded
+        to ``[B, width]`` (``width >= state_size``), as ``RecurrentPPO``'s slots hold it
+        (:mod:`fw_agents.state_slots`). The same numbers as ``forward`` then :meth:`pack_state`;
+        a core may write its new state straight into the packed rows (fast weights do, in a
+        rollout step: one copy of ``A`` fewer).
+        """
+        y, state = self(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
+        return y, self.pack_state(state, width)
 
     # ---------------------------------------------------------------- forward
     @abstractmethod

@@ -10,6 +10,7 @@ from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, triton_scan
+from fw_agents.memory.ops.step import fast_weights_step_into
 from fw_agents.memory.ops.chunking import default_chunk_size
 from fw_agents.memory.ops.triton_scan import fast_weights_triton
 from fw_agents.memory.options import OPTIONS, resolve_eta
@@ -196,6 +197,31 @@ class FastWeightsRNN(MemoryCore):
     ) -> torch.Tensor:
         """:meth:`forward`'s outputs ``y`` alone: the final ``A`` is never formed."""
         return self._run(x, state, episode_starts, write_mask, hidden_resets, final_state=False)[0]
+
+    def forward_packed(
+        self, x: torch.Tensor, packed: torch.Tensor, episode_starts: torch.Tensor | None, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`MemoryCore.forward_packed`; a rollout step (one step, no autograd, the
+        PyTorch ops) writes ``h``, ``A`` and the filled share straight into the new packed rows
+        (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's."""
+        if x.shape[0] != 1 or torch.is_grad_enabled() or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x):
+            return super().forward_packed(x, packed, episode_starts, width)
+        (h, A, *filled), starts = self._prepare(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
+        H, batch = self.hidden_size, x.shape[1]
+        new = x.new_empty(batch, width)
+        h_out, A_out = new[:, :H], new[:, H : H + H * H].view(batch, H, H)
+        write_mask = None
+        if self.bias_correction:
+            write_mask, filled_T = _bias_corrected_step(self.decay, filled[0][:, 0], starts, None)
+            new[:, H + H * H].copy_(filled_T)
+        new[:, self.state_size :].zero_()
+        fast_weights_step_into(
+            h_out, A_out, self.C(x), h, A, self.W.weight,
+            self.ln.weight if self.ln is not None else None, self.ln.bias if self.ln is not None else None,
+            decay=self.decay, fast_lr=self.paper_fast_lr, inner_steps=self.inner_steps, episode_starts=starts,
+            write_mask=write_mask, layer_norm=self.layer_norm, eps=self.ln.eps if self.ln is not None else 1e-5,
+        )  # fmt: skip
+        return h_out.unsqueeze(0), new
 
     def _run(
         self,

@@ -60,18 +60,81 @@ def fast_weights_step(
         q = torch.relu(u)
     if not output_final_state:
         return q.unsqueeze(0), q, None
-    if write_mask is None:  # Eq. 1: A <- decay A + fast_lr h h^T
-        if A is None:
-            A_new = torch.einsum("bi,bj->bij", q, q) * fast_lr
-        else:
-            A_new = torch.baddbmm(A, q.unsqueeze(2), q.unsqueeze(1), beta=decay, alpha=fast_lr)
+    keep, scaled, value = _write_terms(q, write_mask, decay, fast_lr)
+    if A is None:
+        A_new = torch.einsum("bi,bj->bij", scaled, q) * value
     else:
-        # a per-row weight w: A <- (1 - w(1-λ)) A + η w h h^T, in two passes over [B, H, H]
-        write = write_mask[0].to(zx.dtype)
-        scaled = q * (fast_lr * write)[:, None]
-        if A is None:
-            A_new = torch.einsum("bi,bj->bij", scaled, q)
-        else:
-            A_new = A * (1.0 - write * (1.0 - decay))[:, None, None]
-            A_new.baddbmm_(scaled.unsqueeze(2), q.unsqueeze(1))  # in place: one new [B, H, H] per step
+        A_new = A * keep
+        _add_outer_(A_new, scaled, q, value)
     return q.unsqueeze(0), q, A_new
+
+
+def _write_terms(
+    q: torch.Tensor, write_mask: torch.Tensor | None, decay: float, fast_lr: float
+) -> tuple[float | torch.Tensor, torch.Tensor, float]:
+    """Eq. 1 as ``A <- keep A + value (scaled q^T)``: ``keep = λ``, ``scaled = q``, ``value = η``;
+    with a per-row write weight ``w``, ``A <- (1 - w(1-λ)) A + η w h h^T`` (keep ``[B, 1, 1]``)."""
+    if write_mask is None:
+        return decay, q, fast_lr
+    write = write_mask[0].to(q.dtype)
+    return (1.0 - write * (1.0 - decay))[:, None, None], q * (fast_lr * write)[:, None], 1.0
+
+
+def _add_outer_(A: torch.Tensor, left: torch.Tensor, right: torch.Tensor, value: float) -> None:
+    """``A += value left right^T`` in place, one broadcast pass (a rank-1 ``baddbmm_`` runs one
+    ``addmm_`` per row of the batch on the CPU)."""
+    A.addcmul_(left.unsqueeze(2), right.unsqueeze(1), value=value)
+
+
+@torch.no_grad()
+def fast_weights_step_into(
+    h_out: torch.Tensor,
+    A_out: torch.Tensor,
+    zx: torch.Tensor,
+    h: torch.Tensor,
+    A: torch.Tensor,
+    W: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    *,
+    decay: float,
+    fast_lr: float,
+    inner_steps: int,
+    episode_starts: torch.Tensor | None = None,
+    write_mask: torch.Tensor | None = None,
+    hidden_resets: torch.Tensor | None = None,
+    layer_norm: bool = True,
+    eps: float = 1e-5,
+) -> None:
+    """:func:`fast_weights_step` without autograd, writing ``h(t)`` and ``A(t)`` into ``h_out``
+    ``[B, H]`` and ``A_out`` ``[B, H, H]`` (views of one packed state, say): a rollout step that
+    passes over ``A`` once to read it (per inner step) and once to write ``A(t)``, where the
+    step with fresh outputs also copies it at a start and the caller copies it again to pack it.
+
+    Bitwise :func:`fast_weights_step`'s ``h`` and ``A`` (tested): rows that start an episode
+    are not masked before the step but replaced after it, exactly (a NaN or inf carried in
+    their ``A`` never reaches the outputs). ``A`` is never written; it may not overlap ``A_out``.
+    """
+    starts = as_bool_mask(episode_starts)
+    restart = None if starts is None else starts[0].nonzero().squeeze(1)  # rows whose A is reset
+    if restart is not None and restart.numel() == 0:
+        restart = None
+    reset_h = hidden_reset_mask(starts, hidden_resets)
+    if reset_h is not None:
+        h = h.masked_fill(reset_h[0, :, None], 0.0)
+    z = torch.addmm(zx[0], h, W.t())
+    q = torch.relu(z)
+    A_T = A.transpose(1, 2)
+    for _ in range(inner_steps):  # Eq. 5, with A(t-1) = 0 in the restarting rows
+        u = torch.baddbmm(z.unsqueeze(1), q.unsqueeze(1), A_T).squeeze(1)
+        if restart is not None:
+            u.index_copy_(0, restart, z.index_select(0, restart))
+        if layer_norm:
+            u = torch.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
+        q = torch.relu(u)
+    h_out.copy_(q)
+    keep, scaled, value = _write_terms(q, write_mask, decay, fast_lr)
+    torch.mul(A, keep, out=A_out)
+    if restart is not None:
+        A_out.index_fill_(0, restart, 0.0)  # then A(t) = η h hᵀ there, as after a masked A
+    _add_outer_(A_out, scaled, q, value)
