@@ -14,7 +14,7 @@ import torch
 
 import envs
 from fw_agents.cli import KeyFlag, option
-from fw_agents.memory import MEMORY_NAMES, make_memory, memory_options
+from fw_agents.memory import MEMORY_NAMES, MEMORY_REGISTRY, make_memory, memory_options
 from fw_agents.memory.options import ETA_NAMES, FAST_WEIGHTS_OPTIONS
 from fw_agents.policies import CRITIC_MODES, resolve_memory_kwargs
 from fw_agents.tracking import WANDB_MODES
@@ -134,7 +134,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not str(value).strip():
                 raise ValueError(f"{name} must be a path, got {value!r}" + ("" if name == "runs_root" else "; leave the flag out for none"))
-        check_choice("memory", self.memory, MEMORY_NAMES)
+        check_choice("memory", self.memory, tuple(MEMORY_REGISTRY))
         check_choice("device", self.device, DEVICES)
         check_choice("critic", self.critic, CRITIC_MODES)
         if self.wandb is not None:

@@ -25,7 +25,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.distributions import Categorical
 
-from fw_agents.memory import MEMORY_NAMES, make_memory
+from fw_agents.memory import make_memory, memory_class
 from fw_agents.memory.options import agent_defaults, core_defaults, merge_options, translate_legacy_options
 from fw_agents.state_slots import CoreAdapter, Slots
 from fw_agents.validation import check_int
@@ -186,8 +186,7 @@ class RecurrentMemoryPolicy(RecurrentActorCriticPolicy):
         features_extractor_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if memory not in MEMORY_NAMES:
-            raise ValueError(f"unknown memory {memory!r}; choose one of {', '.join(MEMORY_NAMES)}")
+        memory_class(memory)  # a name in the registry (read now: a core registered at run time counts)
         for key in _STOCK_LSTM_OPTIONS.keys() & kwargs.keys():  # else ActorCriticPolicy's bare TypeError
             raise ValueError(f"{key}={kwargs[key]!r} is an option of sb3-contrib's MlpLstmPolicy; here: {_STOCK_LSTM_OPTIONS[key]}")
         if critic not in CRITIC_MODES:

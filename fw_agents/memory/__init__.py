@@ -24,13 +24,15 @@ MEMORY_REGISTRY: dict[str, str] = {
     "none": "fw_agents.memory.feedforward:NoMemoryCore",
 }
 
+#: The built-in cores' names (what the command lines offer); a core added to the registry at
+#: run time is accepted by make_memory, the policy and train() too.
 MEMORY_NAMES: tuple[str, ...] = tuple(MEMORY_REGISTRY)
 
 
 def memory_class(name: str) -> type[MemoryCore]:
     """The class registered under ``name``; ``ValueError`` listing the valid names otherwise."""
     if not isinstance(name, str) or name not in MEMORY_REGISTRY:
-        raise ValueError(f"unknown memory {name!r}; choose one of {', '.join(MEMORY_NAMES)}")
+        raise ValueError(f"unknown memory {name!r}; choose one of {', '.join(MEMORY_REGISTRY)}")
     module_name, class_name = MEMORY_REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
