@@ -628,3 +628,27 @@ def test_reference_write_mask_of_another_dtype_keeps_float64(mask_dtype):
     y_none, (_, A_none) = core(x)
     torch.testing.assert_close(A, A_none, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(y, y_none, rtol=1e-13, atol=1e-13)
+
+
+def test_the_scan_saves_every_residual_tensor_by_name():
+    # ScanResiduals.split hands ctx.save_for_backward the fields named in TENSORS: a tensor field
+    # missing there would be kept on ctx instead (escaping autograd's checks and its memory
+    # accounting); a name there that is not a tensor field would fail here
+    from dataclasses import fields
+
+    from fw_agents.memory.ops.chunked_scan_fwd import ChunkResiduals, ScanConfig, ScanResiduals, fast_weights_scan_fwd
+
+    T, B, H = 5, 3, 4
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[2, 1] = True
+    *_, res = fast_weights_scan_fwd(torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H, H), torch.eye(H),
+                                    torch.ones(H), torch.zeros(H), starts, None, starts,
+                                    ScanConfig(0.9, 0.5, 2, 2))  # fmt: skip
+    for kind, objects in ((ScanResiduals, [res]), (ChunkResiduals, res.chunks)):
+        holding = {f.name for o in objects for f in fields(o) if isinstance(getattr(o, f.name), torch.Tensor)}
+        assert holding <= set(kind.TENSORS) <= {f.name for f in fields(kind)}
+    tensors, skeleton = res.split()
+    assert all(t is None or isinstance(t, torch.Tensor) for t in tensors)
+    assert not any(isinstance(getattr(skeleton, n), torch.Tensor) for n in ScanResiduals.TENSORS)
+    again = skeleton.join(tuple(tensors))
+    assert all(getattr(again, n) is getattr(res, n) for n in ScanResiduals.TENSORS)

@@ -9,7 +9,8 @@ No autograd: :mod:`fw_agents.memory.ops.chunked_scan` wraps it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
@@ -45,8 +46,8 @@ class ChunkResiduals:
     read_scale: list[float] | None  # g_j when every reading row shares it (one scalar per step)
     whole: bool  # steps read the whole block of h(tau) (K <= WHOLE_BLOCK_STEPS); the backward must agree
 
-
-_CHUNK_TENSORS = ("A_init", "init_coef", "weights", "scores")
+    #: The fields that hold tensors (or None), saved through ``ctx.save_for_backward`` by name.
+    TENSORS: ClassVar[tuple[str, ...]] = ("A_init", "init_coef", "weights", "scores")
 
 
 @dataclass
@@ -73,20 +74,25 @@ class ScanResiduals:
     use_A_in: bool
     config: ScanConfig
 
+    #: The fields that hold tensors (or None), saved through ``ctx.save_for_backward`` by name.
+    TENSORS: ClassVar[tuple[str, ...]] = (
+        "h_in", "W", "ln_weight", "ln_bias", "keep_h", "order", "restore", "hidden", "queries", "pre_act",
+    )  # fmt: skip
+
     def split(self) -> tuple[list[torch.Tensor | None], ScanResiduals]:
         """``(tensors, skeleton)``: the tensors for ``ctx.save_for_backward`` and the rest."""
-        names = [f.name for f in fields(self) if f.type.startswith("torch.Tensor")]
+        names = self.TENSORS
         tensors = [getattr(self, n) for n in names]
-        tensors += [getattr(c, n) for c in self.chunks for n in _CHUNK_TENSORS]
-        chunks = [replace(c, **dict.fromkeys(_CHUNK_TENSORS)) for c in self.chunks]
+        tensors += [getattr(c, n) for c in self.chunks for n in ChunkResiduals.TENSORS]
+        chunks = [replace(c, **dict.fromkeys(ChunkResiduals.TENSORS)) for c in self.chunks]
         return tensors, replace(self, **dict.fromkeys(names), chunks=chunks)
 
     def join(self, tensors: tuple[torch.Tensor | None, ...]) -> ScanResiduals:
         """Inverse of :meth:`split`, called on the skeleton with the saved tensors."""
-        names = [f.name for f in fields(self) if f.type.startswith("torch.Tensor")]
+        names = self.TENSORS
         own, rest = tensors[: len(names)], tensors[len(names) :]
-        n = len(_CHUNK_TENSORS)
-        chunks = [replace(c, **dict(zip(_CHUNK_TENSORS, rest[i * n : (i + 1) * n]))) for i, c in enumerate(self.chunks)]
+        n = len(ChunkResiduals.TENSORS)
+        chunks = [replace(c, **dict(zip(ChunkResiduals.TENSORS, rest[i * n : (i + 1) * n]))) for i, c in enumerate(self.chunks)]
         return replace(self, **dict(zip(names, own)), chunks=chunks)
 
 
