@@ -110,7 +110,7 @@ def train(
     checked before any file is written (``ValueError``). Ctrl-C saves
     ``checkpoints/interrupted_<steps>_steps.zip`` and re-raises ``KeyboardInterrupt``.
     """
-    config.validate()
+    config.validate(across_fields=config.resume is None)  # a checkpoint fixes n_steps and batch_size
     same_folder = False
     if config.resume is not None:
         config, same_folder = resumed_config(config, read_checkpoint(config.resume), given_flags)
