@@ -17,7 +17,7 @@ from fw_agents.cli import KeyFlag, check_int_ranges, option
 from fw_agents.memory import MEMORY_NAMES, make_memory, memory_options
 from fw_agents.memory.options import ETA_NAMES, FAST_WEIGHTS_OPTIONS
 from fw_agents.policies import CRITIC_MODES, resolve_memory_kwargs
-from fw_agents.tracking import WANDB_MODES
+from fw_agents.tracking import WANDB_MODES, check_wandb_mode
 from fw_agents.validation import check_bool, check_choice, check_float
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -192,8 +192,7 @@ class TrainConfig:
         check_choice("memory", self.memory, MEMORY_NAMES)
         check_choice("device", self.device, DEVICES)
         check_choice("critic", self.critic, CRITIC_MODES)
-        if self.wandb is not None:
-            check_choice("wandb", self.wandb, WANDB_MODES)
+        check_wandb_mode(self.wandb)  # $WANDB_MODE too when --wandb is not given
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
         check_int_ranges(self)  # every int field's range, declared with it
