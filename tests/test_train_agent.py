@@ -127,6 +127,7 @@ def _module_failing_on_import(folder: Path) -> str:
     "make_args,needle",
     [
         (lambda d: ["--run-dir", str(_file(d))], "as a run folder: "),
+        (lambda d: ["--run-dir", str(_file(d).parent)], "holds no run (config.json): it has a-file.zip"),  # the user's own files
         (lambda d: ["--runs-root", str(_file(d))], "cannot create run folders under"),
         (lambda d: ["--resume", str(_zip(d, {"policy.pth": b""}))], "has no 'data' entry"),
         (lambda d: ["--resume", str(_file(d, b"PK\x03\x04 half-written"))], "cannot read model"),
