@@ -513,3 +513,41 @@ def test_an_interrupt_after_training_says_the_model_is_saved(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert f"interrupted after training; the model is saved to {tmp_path / 'r' / 'model.zip'}" in out
     assert (tmp_path / "r" / "model.zip").exists()
+
+
+def test_an_evaluation_episode_that_never_ends_is_cut_reported_and_shown(tmp_path, monkeypatch, capsys):
+    """CliffWalking-v1 has no time limit, and a deterministic policy that walks into its walls never
+    ends an episode: the run's first evaluation hung. Evaluation and GIF episodes are cut at
+    --eval-max-steps, counted as truncated (eval_summary.json, progress.csv, the final line), and a
+    slow evaluation says how far it is."""
+    import signal
+
+    import fw_agents.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "PROGRESS_INTERVAL_S", 0.0)  # a line at every episode
+    run = tmp_path / "r"
+    argv = ["--env", "CliffWalking-v1", "--timesteps", "256", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
+            "--n-epochs", "1", "--hidden-size", "8", "--eval-freq", "128", "--eval-episodes", "2", "--eval-max-steps", "20",
+            "--gif-episodes", "1", "--wandb", "disabled", "--run-dir", str(run)]  # fmt: skip
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the evaluation did not end"))
+    signal.alarm(120)
+    try:
+        status = train_agent.main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    out = capsys.readouterr().out
+    summary = json.loads((run / "eval_summary.json").read_text())
+    assert status == 0 and summary["max_episode_steps"] == 20 and summary["episodes"] == 2
+    truncated = summary["truncated_episodes"]
+    assert truncated >= 1 and f"{truncated} cut at 20 steps  ->  {run}" in out  # the final line
+    assert summary["mean_length"] <= 20
+    assert "evaluation at 128 steps: 1/2 episodes" in out and "final evaluation: 2/2 episodes" in out
+    rows = list(csv.DictReader((run / "progress.csv").open()))
+    assert any(row.get("eval/truncated_episodes") for row in rows)
+    if (run / "episodes.gif").exists():  # (pygame renders CliffWalking) its one episode, cut at 20 steps too
+        import imageio.v2 as imageio
+
+        assert len(imageio.mimread(run / "episodes.gif")) <= 21
+    else:
+        assert "no GIF" in out
