@@ -182,7 +182,7 @@ def safe_custom_objects(path: str | Path, trusted: bool = False, replaced: Any =
         decoded) is out of its type or range (:func:`check_model_data`): one line, naming the file.
     :raises UnsafeModelError: A value needs a type outside the allowlist.
     """
-    data = read_model_data(path)  # a regular file of bounded size, its JSON fields checked, even when trusted
+    data = read_model_data(path, replaced)  # a regular file of bounded size, its JSON fields checked, even when trusted
     if trusted:
         return {}
     objects: dict[str, Any] = {}
@@ -207,7 +207,7 @@ def safe_custom_objects(path: str | Path, trusted: bool = False, replaced: Any =
     return objects
 
 
-def read_model_data(path: str | Path) -> dict[str, Any]:
+def read_model_data(path: str | Path, replaced: Any = ()) -> dict[str, Any]:
     """The JSON ``data`` entry of an SB3 model zip, undecoded, its fields checked (:func:`check_model_data`).
 
     Only a regular file of at most :data:`MAX_MODEL_BYTES` is opened (never a FIFO or a device:
@@ -215,6 +215,7 @@ def read_model_data(path: str | Path) -> dict[str, Any]:
     in all, with a ``data`` entry of at most :data:`MAX_MODEL_DATA_BYTES`, is read.
 
     :param path: The zip, or a file object; SB3's ``"model"`` for ``"model.zip"`` works too.
+    :param replaced: Keys the caller's ``custom_objects`` replace: not checked.
     :raises ValueError: No such file, not a regular file, too large, not a zip (e.g. a half-written
         checkpoint), no ``data`` entry, ``data`` that is not a JSON object, or a field out of its
         type or range; the message names the file.
@@ -223,7 +224,9 @@ def read_model_data(path: str | Path) -> dict[str, Any]:
         path = Path(f"{path}.zip")  # as SB3's open_path adds the suffix
     try:
         with contextlib.ExitStack() as stack:
-            file = stack.enter_context(open_regular_file(path, MAX_MODEL_BYTES, "model")) if isinstance(path, (str, Path)) else path
+            file = path  # a file object: the caller's
+            if isinstance(path, (str, Path)):
+                file = stack.enter_context(open_regular_file(path, MAX_MODEL_BYTES, "model"))
             archive = stack.enter_context(zipfile.ZipFile(file))
             _check_entry_sizes(archive, path)
             text = archive.read("data").decode()
@@ -235,7 +238,7 @@ def read_model_data(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: its 'data' entry is not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: its 'data' entry is not a JSON object")
-    check_model_data(data, path)
+    check_model_data(data, path, replaced)
     return data
 
 
@@ -247,10 +250,10 @@ def _check_entry_sizes(archive: zipfile.ZipFile, path: Any) -> None:
     if data is None:
         raise ValueError(f"{path} is not a Stable-Baselines3 model: it has no 'data' entry")
     total = sum(info.file_size for info in infos)
-    if data.file_size > MAX_MODEL_DATA_BYTES or total > MAX_MODEL_BYTES:
-        entry, size, bound = ("'data' entry", data.file_size, MAX_MODEL_DATA_BYTES) if data.file_size > MAX_MODEL_DATA_BYTES else ("entries", total, MAX_MODEL_BYTES)
-        raise ValueError(f"model {str(path)!r}: its {entry} unpack to {format_bytes(size)}, more than the "
-                         f"{format_bytes(bound)} accepted")  # fmt: skip
+    for entry, size, bound in (("'data' entry", data.file_size, MAX_MODEL_DATA_BYTES), ("entries", total, MAX_MODEL_BYTES)):
+        if size > bound:
+            raise ValueError(f"model {str(path)!r}: its {entry} unpack to {format_bytes(size)}, more than the "
+                             f"{format_bytes(bound)} accepted")  # fmt: skip
 
 
 def read_saved_memory_config(path: str | Path | io.BufferedIOBase) -> dict[str, Any] | None:
@@ -323,6 +326,15 @@ def _positive(name: str, value: Any) -> Any:
     return check_float(name, value, 0)
 
 
+def _finite(name: str, value: Any) -> Any:
+    return check_float(name, value)
+
+
+def _or_auto(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check``, or SAC's ``"auto"`` / ``"auto_<initial value>"``."""
+    return lambda name, value: value if isinstance(value, str) and value.startswith("auto") else check(name, value)
+
+
 def _or_schedule(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     """``check``, or a schedule (a callable of the progress remaining, as SB3 keeps it once decoded)."""
     return lambda name, value: value if callable(value) else check(name, value)
@@ -358,14 +370,14 @@ MODEL_FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "normalize_advantage": check_bool,
     "gamma": _fraction,
     "gae_lambda": _fraction,
-    "_current_progress_remaining": _fraction,
-    "ent_coef": _at_least_zero,
+    "_current_progress_remaining": _finite,  # below 0 once a rollout overshoots the total
+    "ent_coef": _or_auto(_at_least_zero),  # SAC's "auto" / "auto_0.1": load_model takes any algorithm
     "vf_coef": _at_least_zero,
-    "max_grad_norm": _positive,
+    "max_grad_norm": _at_least_zero,
     "target_kl": _optional(_positive),
     "learning_rate": _or_schedule(_at_least_zero),
-    "clip_range": _or_schedule(_positive),
-    "clip_range_vf": _optional(_or_schedule(_positive)),
+    "clip_range": _or_schedule(_at_least_zero),
+    "clip_range_vf": _optional(_or_schedule(_at_least_zero)),
     "policy_kwargs": _mapping,
     "rollout_buffer_kwargs": _optional(_mapping),
 }
@@ -375,19 +387,20 @@ POLICY_KWARGS_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 }  # fmt: skip
 
 
-def check_model_data(data: dict[str, Any], path: Any = "model") -> None:
+def check_model_data(data: dict[str, Any], path: Any = "model", skip: Any = ()) -> None:
     """Check the fields of a model's ``data`` (:data:`MODEL_FIELD_CHECKS`, and
     :data:`POLICY_KWARGS_CHECKS` inside ``policy_kwargs``) that it holds as plain values: JSON ones,
     or values decoded from their pickles (a still-pickled value is skipped).
 
     :param data: The ``data`` entry, or the decoded values (:func:`safe_custom_objects`).
     :param path: The file, for the message.
+    :param skip: Keys not checked: those the caller's ``custom_objects`` replace (SB3 does not use them).
     :raises ValueError: One line naming the file, the field and its value, and what is accepted:
         ``m.zip: saved num_timesteps must be an integer in [0, 9223372036854775807], got inf``.
     """
-    checks = [(name, check, data.get(name)) for name, check in MODEL_FIELD_CHECKS.items() if name in data]
+    checks = [(name, check, data[name]) for name, check in MODEL_FIELD_CHECKS.items() if name in data and name not in skip]
     kwargs = data.get("policy_kwargs")
-    if isinstance(kwargs, dict):
+    if isinstance(kwargs, dict) and "policy_kwargs" not in skip:
         checks += [(f"policy_kwargs.{name}", check, kwargs[name]) for name, check in POLICY_KWARGS_CHECKS.items()
                    if name in kwargs]  # fmt: skip
     for name, check, value in checks:

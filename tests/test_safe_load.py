@@ -236,3 +236,17 @@ def test_only_regular_files_of_bounded_size_are_read(saved, tmp_path, monkeypatc
     monkeypatch.setattr(safe_load, "MAX_MODEL_DATA_BYTES", 100)
     with pytest.raises(ValueError, match=r"its 'data' entry unpack to .*, more than the 100 bytes accepted$"):
         safe_custom_objects(folder / "model.zip")
+
+
+def test_saved_fields_that_sb3_itself_writes_pass():
+    """What SB3 writes in earnest is accepted: a progress below 0 (the last rollout overshot the
+    total), SAC's ``ent_coef: "auto_0.1"``, ``None`` where SB3 keeps it, decoded schedules; a key
+    the caller's ``custom_objects`` replace is not checked (SB3 does not use the file's)."""
+    from fw_agents.safe_load import check_model_data
+
+    check_model_data({"_current_progress_remaining": -0.25, "ent_coef": "auto_0.1", "seed": None, "batch_size": None,
+                      "target_kl": None, "clip_range_vf": None, "learning_rate": lambda progress: 1e-3 * progress,
+                      "policy_kwargs": {"net_arch": [64], "memory": "lstm", "hidden_size": 8}, "sde_sample_freq": -1})  # fmt: skip
+    check_model_data({"learning_rate": "nonsense", "policy_kwargs": "str"}, skip=("learning_rate", "policy_kwargs"))
+    with pytest.raises(ValueError, match=r"^m.zip: saved learning_rate must be a finite number >= 0, got 'nonsense'$"):
+        check_model_data({"learning_rate": "nonsense"}, "m.zip")
