@@ -40,6 +40,7 @@ from fw_agents.callbacks import (
     save_atomically,
 )
 from fw_agents.config import CORE_FLAGS, DEVICES, TrainConfig, check_memory_kwargs, core_options, env_registered
+from fw_agents.evaluation import EpisodeTally, episode_cap
 from fw_agents.files import write_text_atomically
 from fw_agents.policies import RecurrentMemoryPolicy
 from fw_agents.preflight import check_memory, probe_env
@@ -52,14 +53,23 @@ __all__ = [
 ]  # fmt: skip
 
 
-def make_env(env_id: str, n_envs: int, seed: int, render_mode: str | None = None) -> VecEnv:
-    """Vectorised env with episode statistics: batched numpy Catch for Catch ids, else ``DummyVecEnv``."""
+def make_env(
+    env_id: str, n_envs: int, seed: int, render_mode: str | None = None, max_episode_steps: int | None = None
+) -> VecEnv:
+    """Vectorised env with episode statistics: batched numpy Catch for Catch ids, else ``DummyVecEnv``.
+
+    :param max_episode_steps: Cut every episode there (``gym.make``'s ``TimeLimit``, inside SB3's
+        ``Monitor``; :func:`fw_agents.evaluation.episode_cap`). Not for Catch, whose episodes end
+        within the board's height.
+    """
     if env_id in envs.CATCH_IDS:
         env = VecMonitor(envs.CatchSB3VecEnv.from_id(env_id, n_envs, render_mode=render_mode))
         env.seed(seed)
         return env
-    env_kwargs = {"render_mode": render_mode} if render_mode else None
-    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    env_kwargs = {"render_mode": render_mode} if render_mode else {}
+    if max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = max_episode_steps
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or None)
 
 
 def build_agent(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
@@ -110,7 +120,7 @@ def train(
     checked before any file is written (``ValueError``). Ctrl-C saves
     ``checkpoints/interrupted_<steps>_steps.zip`` and re-raises ``KeyboardInterrupt``.
     """
-    config.validate()
+    config.validate(across_fields=config.resume is None)  # a checkpoint fixes n_steps and batch_size
     same_folder = False
     if config.resume is not None:
         config, same_folder = resumed_config(config, read_checkpoint(config.resume), given_flags)
@@ -135,7 +145,9 @@ def _train(
     check_memory(observation, config.memory, config.hidden_size, config.resolved_memory_kwargs(), config.n_envs,
                  config.n_steps, separate_critic=config.critic == "separate")  # fmt: skip
     env = make_env(config.env, config.n_envs, config.seed)
-    eval_env = make_env(config.env, min(config.eval_episodes, 50), config.seed + 10_000)
+    # evaluation episodes end: at the env's own time limit, else at --eval-max-steps (Catch's end by themselves)
+    cap, limit = (None, {}) if is_catch else episode_cap(config.env, config.eval_max_steps)
+    eval_env = make_env(config.env, min(config.eval_episodes, 50), config.seed + 10_000, **limit)
     tracker = None
     try:
         model = build_agent(config, env)
@@ -160,6 +172,8 @@ def _train(
             deterministic=True,
             callback_after_eval=CallbackList(list(after_eval)) if after_eval else None,
             verbose=config.verbose,
+            show_progress=config.progress_bar,
+            max_episode_steps=cap,
         )
         for callback in after_eval:  # a CallbackList does not pass its parent on
             callback.parent = evaluation
@@ -202,7 +216,7 @@ def _train(
         try:
             save_atomically(model, saved)
             model_saved = True
-            return _finish(config, model, eval_env, tracker, run_dir, is_catch)
+            return _finish(config, model, eval_env, tracker, run_dir, is_catch, cap)
         except KeyboardInterrupt:  # training is complete; --resume writes what is missing (fw_agents.resume)
             if not model_saved:  # stopped while saving it (a resumed run's older model.zip may be there)
                 saved = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
@@ -220,11 +234,14 @@ def _train(
 
 
 def _finish(
-    config: TrainConfig, model: RecurrentPPO, eval_env: VecEnv, tracker: Any, run_dir: Path, is_catch: bool
-) -> dict[str, Any]:
+    config: TrainConfig, model: RecurrentPPO, eval_env: VecEnv, tracker: Any, run_dir: Path, is_catch: bool,
+    cap: int | None,
+) -> dict[str, Any]:  # fmt: skip
     """The end of a run: the final evaluation, the learning curve, the GIF and ``eval_summary.json``
-    (written last). ``--resume`` of a run interrupted here runs only this (see :mod:`fw_agents.resume`)."""
-    summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch)
+    (written last). ``--resume`` of a run interrupted here runs only this (see :mod:`fw_agents.resume`).
+    ``cap``: the evaluation episodes' step cap (None: the env ends its episodes itself)."""
+    summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch, show_progress=config.progress_bar,
+                       max_episode_steps=cap)  # fmt: skip
     summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
     from fw_agents.plots import plot_learning_curve, record_gif
 
@@ -233,7 +250,8 @@ def _finish(
     # media under media/: the summary's keys (eval_summary.json's, e.g. "episodes") stay the evaluation's
     tracker.log_media("media/learning_curve", curve, model.num_timesteps)
     if config.gif_episodes:
-        gif = record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000)
+        gif = record_gif(model, config.env, run_dir / "episodes.gif", config.gif_episodes, config.seed + 20_000,
+                         max_episode_steps=None if is_catch else config.eval_max_steps)  # fmt: skip
         if gif is not None:
             tracker.log_media("media/episodes_gif", gif, model.num_timesteps)
     if config.wandb_log_model:
@@ -274,17 +292,31 @@ def run_record(config: TrainConfig, model: RecurrentPPO) -> dict[str, Any]:
     }
 
 
-def evaluate(model: RecurrentPPO, env: VecEnv, episodes: int, catch_rate: bool = True) -> dict[str, Any]:
-    """Deterministic evaluation: mean/std return, episodes, mean length and, for Catch
-    (``catch_rate=True``), the catch rate (the fraction of returns > 0)."""
-    returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
+def evaluate(
+    model: RecurrentPPO, env: VecEnv, episodes: int, catch_rate: bool = True, show_progress: bool = False,
+    max_episode_steps: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Deterministic evaluation: mean/std return, episodes, mean length, the episodes a time limit
+    cut (``truncated_episodes``) and, for Catch (``catch_rate=True``), the catch rate (the fraction
+    of returns > 0).
+
+    :param show_progress: A line every few seconds while it runs (:class:`fw_agents.evaluation.EpisodeTally`).
+    :param max_episode_steps: The step cap ``env``'s episodes were given (recorded in the summary
+        and named when episodes were cut there); None: none was.
+    """
+    tally = EpisodeTally(episodes, show_progress, "final evaluation", max_episode_steps)
+    returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True,
+                                       callback=tally)  # fmt: skip
     returns = np.asarray(returns, dtype=float)
     summary = dict(
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
         episodes=len(returns),
         mean_length=float(np.mean(lengths)),
+        truncated_episodes=tally.truncated,
     )
+    if max_episode_steps is not None:
+        summary["max_episode_steps"] = max_episode_steps
     if catch_rate:
         summary["catch_rate"] = float(np.mean(returns > 0))
     return summary

@@ -15,6 +15,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback,
 from stable_baselines3.common.vec_env import VecEnv
 
 from fw_agents.cli import NonFiniteError
+from fw_agents.evaluation import EpisodeTally
 from fw_agents.files import atomic_path
 
 class CatchRateCallback(BaseCallback):
@@ -55,18 +56,25 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
     * A resumed run evaluates at the same env steps as one that was never stopped.
     * For envs whose ``info`` says ``"caught"`` at the end of an episode (Catch), it logs
       ``eval/catch_rate`` in the same dump as ``eval/mean_reward`` (recorded as each evaluation
-      episode ends, before SB3 dumps).
+      episode ends, before SB3 dumps); likewise ``eval/truncated_episodes``, the episodes a time
+      limit cut, when there are any (:mod:`fw_agents.evaluation`).
+    * With ``show_progress``, a slow evaluation prints how far it is every few seconds.
 
     :param eval_env: The evaluation env.
     :param run_dir: The run folder (``evaluations.npz`` goes there).
     :param continue_at: A resumed run's checkpoint step: evaluations recorded after it (by a
         run that crashed after its last checkpoint, and which this run makes again) are
         dropped from the history. None: keep the whole history.
+    :param show_progress: Print progress lines during a slow evaluation (:class:`~fw_agents.evaluation.EpisodeTally`).
+    :param max_episode_steps: The evaluation episodes' step cap, named by those lines (None: none given).
     :param kwargs: ``EvalCallback``'s other arguments.
     """
 
-    def __init__(self, eval_env: VecEnv, run_dir: Path, continue_at: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, eval_env: VecEnv, run_dir: Path, continue_at: int | None = None, show_progress: bool = False,
+                 max_episode_steps: int | None = None, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(eval_env, log_path=str(run_dir), **kwargs)
+        self.show_progress, self.max_episode_steps = show_progress, max_episode_steps
+        self._tally = EpisodeTally(self.n_eval_episodes, False)
         self.final_path = run_dir / "evaluations.npz"
         self.log_path = str(run_dir / ".evaluations.partial")  # np.savez adds ".npz"; renamed when complete
         self._caught: list[bool] = []  # this evaluation's episodes, caught or not
@@ -107,6 +115,8 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
         if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
             return super()._on_step()  # no evaluation at this step: nothing to set up or rename
         self._caught = []
+        self._tally = EpisodeTally(self.n_eval_episodes, self.show_progress, f"evaluation at {self.num_timesteps} steps",
+                                   self.max_episode_steps)  # fmt: skip
         evaluations = len(self.evaluations_timesteps)
         try:
             go_on = super()._on_step()
@@ -119,6 +129,10 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         super()._log_success_callback(locals_, globals_)
+        truncated = self._tally.truncated
+        self._tally(locals_, globals_)
+        if self._tally.truncated > truncated:
+            self.logger.record("eval/truncated_episodes", self._tally.truncated)
         if locals_["done"] and "caught" in locals_["info"]:
             self._caught.append(bool(locals_["info"]["caught"]))
             self.logger.record("eval/catch_rate", float(np.mean(self._caught)))

@@ -31,6 +31,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
+from fw_agents.validation import check_int, int_range_text
+
 C = TypeVar("C")
 
 #: Exit status for bad input (argparse's own convention).
@@ -188,6 +190,8 @@ def option(
     choices: Sequence[Any] | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    low: int | None = None,
+    high: int | None = None,
 ) -> Any:
     """A config dataclass field that documents itself and becomes a command-line flag.
 
@@ -198,9 +202,29 @@ def option(
     :param choices: The accepted values, checked by the parser and listed by ``--help``.
     :param metavar: The value's name in ``--help``.
     :param cli: False keeps the field out of the command line (set by code only).
+    :param low: An ``int`` field's smallest accepted value (``--help`` shows the range;
+        :func:`check_int_ranges` checks it).
+    :param high: An ``int`` field's largest accepted value (None: unbounded).
     """
-    metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar, "cli": cli}
+    metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar, "cli": cli,
+                "range": None if low is None and high is None else (low, high)}  # fmt: skip
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_int_ranges(config: Any) -> None:
+    """Check every field of ``config`` declared with an :func:`option` range (``low``/``high``):
+    an integer in it, or ``None`` for an optional field.
+
+    :raises ValueError: The first field out of its range, in :func:`fw_agents.validation.check_int`'s words
+        (``n_envs must be an integer in [1, 4096], got 100000``).
+    """
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        bounds = field.metadata.get("range")
+        value = getattr(config, field.name)
+        if bounds is None or (value is None and type(None) in typing.get_args(hints[field.name])):
+            continue
+        check_int(field.name, value, *bounds)
 
 
 def add_config_arguments(
@@ -226,7 +250,9 @@ def add_config_arguments(
         default = (defaults or {}).get(field.name, field_default(field))
         kind = _plain_type(hints[field.name])
         flags = ["--" + field.name.replace("_", "-"), *meta["aliases"]]
-        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"])
+        bounds = meta.get("range")
+        shown = f" (an integer {int_range_text(*bounds)})" if bounds else ""
+        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"] + shown)
         if default is dataclasses.MISSING:  # a field without a default is a required flag
             kwargs.update(default=argparse.SUPPRESS, required=True)
         if kind is bool:

@@ -71,12 +71,24 @@ def plot_learning_curve(run_dir: str | Path, title: str = "", catch: bool = True
     return path
 
 
-def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: int = 0, fps: int = 8) -> Path | None:
+#: Most frames in a GIF (each a full rendered image, held in memory until the GIF is written).
+MAX_GIF_FRAMES = 1000
+
+
+def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: int = 0, fps: int = 8,
+               max_episode_steps: int | None = None) -> Path | None:  # fmt: skip
     """Play ``episodes`` deterministic episodes with ``model`` and write them as a GIF.
 
     Returns None (and writes nothing, with a one-line note) when the env cannot render
     ``rgb_array`` frames (no such mode, or a missing renderer such as pygame).
+
+    :param max_episode_steps: For an env without a time limit of its own, cut each episode there
+        (:func:`fw_agents.evaluation.episode_cap`): an episode the policy never ends would never end
+        the GIF. None: no cap. The GIF stops at :data:`MAX_GIF_FRAMES` frames in any case.
     """
+    from fw_agents.evaluation import episode_cap
+
+    limit = {} if max_episode_steps is None else episode_cap(env_id, max_episode_steps)[1]
     import imageio.v2 as imageio
 
     frames = []
@@ -87,7 +99,7 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
         if "rgb_array" not in modes:
             print(f"no GIF: {env_id} has no rgb_array rendering (render modes: {', '.join(modes) or 'none'})")
             return None
-        env = gym.make(env_id, render_mode="rgb_array")
+        env = gym.make(env_id, render_mode="rgb_array", **limit)
     except Exception as error:  # noqa: BLE001 - an env without rgb_array rendering simply gets no GIF
         print(f"no GIF: {env_id} cannot render rgb_array frames ({type(error).__name__})")
         return None
@@ -95,7 +107,7 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             state, start, done = None, np.ones(1, dtype=bool), False
-            while not done:
+            while not done and len(frames) < MAX_GIF_FRAMES:
                 frames.append(env.render())
                 batch = {k: np.asarray(v)[None] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
                 action, state = model.predict(batch, state=state, episode_start=start, deterministic=True)
@@ -103,6 +115,9 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
                 start = np.zeros(1, dtype=bool)
                 done = terminated or truncated
             frames.append(env.render())
+            if len(frames) >= MAX_GIF_FRAMES:
+                print(f"episodes.gif: the first {len(frames)} frames (at most {MAX_GIF_FRAMES})")
+                break
     except Exception as error:  # noqa: BLE001 - e.g. gymnasium's DependencyNotInstalled for pygame
         print(f"no GIF: rendering {env_id} failed ({type(error).__name__}: {' '.join(str(error).split())[:120]})")
         return None

@@ -59,8 +59,9 @@ def check_memory(
 
     Counted, in float32: the rollout buffer (per step and env: the observation and the core's
     state for the actor and, with a separate critic or a ``Dict`` observation space, whose stock
-    buffer always keeps both copies, the critic), the envs' observations, and the
-    core's parameters with Adam's two moments. The core is built on the ``meta`` device: its
+    buffer always keeps both copies, the critic), the envs' observations, each env's live state
+    of every core twice (before and after a step), and the core's parameters with Adam's two
+    moments. (``--n-envs`` is bounded too, :data:`fw_agents.config.MAX_N_ENVS`.) The core is built on the ``meta`` device: its
     sizes are known without allocating it.
 
     :return: The estimate, in bytes.
@@ -76,7 +77,8 @@ def check_memory(
     stored = 2 if separate_critic or isinstance(observation, spaces.Dict) else 1
     per_step = spaces.flatdim(observation) + stored * core.state_size + 8  # + actions, rewards, values, ...
     parameters = cores * sum(p.numel() for p in core.parameters())
-    needed = 4 * (n_envs * n_steps * per_step + n_envs * spaces.flatdim(observation) + 3 * parameters)
+    live_states = 2 * cores * n_envs * core.state_size  # the state a step reads and the one it returns
+    needed = 4 * (n_envs * n_steps * per_step + n_envs * spaces.flatdim(observation) + live_states + 3 * parameters)
     available = _physical_memory()
     if available and needed > MEMORY_SHARE * available:
         raise ValueError(

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from fw_agents.cli import field_default
+from fw_agents.files import check_regular_file, read_regular_text
 from fw_agents.memory.options import translate_legacy_options
 from fw_agents.run_folder import RUN_MARKER
+from fw_agents.tracking import WANDB_ID_FILE
 from fw_agents.safe_load import read_model_data
 
 #: Config fields a checkpoint fixes: (field, where it lies in the model's data).
@@ -44,6 +47,12 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
 #: What a finished run folder holds besides its curves (``episodes.gif`` is written before
 #: ``eval_summary.json`` when asked for, and not at all for an env that cannot render).
 FINAL_FILES = ("model.zip", "learning_curve.png", "eval_summary.json")
+#: The files of a run folder a resumed run reads, and the most each may hold: a folder made by
+#: someone else is read only as bounded, regular files (never a FIFO, which would block, or a device).
+RUN_FILE_BOUNDS: dict[str, int] = {
+    RUN_MARKER: 4 * 2**20, "eval_summary.json": 4 * 2**20, WANDB_ID_FILE: 4096, "progress.csv": 2**30,
+    "evaluations.npz": 2**30,
+}  # fmt: skip
 #: Config fields that are never taken from the old run's ``config.json``. ``trust_checkpoint`` above
 #: all: ``config.json`` is plain data anyone can edit (or hand you), so letting it say "trusted" would
 #: unpickle (run code from) the checkpoint without the user's ``--trust-checkpoint``.
@@ -75,6 +84,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if path.is_dir():
         path = latest_checkpoint(path)
     data = read_model_data(path)
+    run_dir = _run_folder_of(path)
+    if run_dir is not None:
+        check_run_files(run_dir)
     settings = {}
     for name, keys in MODEL_FIELDS.items():
         value: Any = data
@@ -84,7 +96,22 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             settings[name] = value
     if isinstance(settings.get("memory_kwargs"), dict):  # a checkpoint saved with normalize: today's names
         settings["memory_kwargs"] = translate_legacy_options(settings["memory_kwargs"])
-    return Checkpoint(path, _run_folder_of(path), int(data.get("num_timesteps", 0)), settings)
+    return Checkpoint(path, run_dir, int(data.get("num_timesteps", 0)), settings)
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run folder whose files a resumed run reads (:data:`RUN_FILE_BOUNDS`) are there but
+    not regular files within their bounds.
+
+    :raises ValueError: One line naming the file.
+    """
+    for name, bound in RUN_FILE_BOUNDS.items():
+        path = run_dir / name
+        if os.path.lexists(path):
+            try:
+                check_regular_file(path, bound, name)
+            except OSError as error:  # a dangling symlink, no permission
+                raise ValueError(f"cannot read {path} ({error.strerror or error})") from None
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -94,14 +121,17 @@ def latest_checkpoint(run_dir: Path) -> Path:
     """
     saved = sorted(path for path in (run_dir / "checkpoints").glob("*.zip") if not path.name.startswith("."))
     candidates = [run_dir / "model.zip", *saved]
-    steps = {}
+    steps, reasons = {}, []
     for candidate in candidates:
         try:
             steps[candidate] = int(read_model_data(candidate).get("num_timesteps", 0))
-        except ValueError:  # missing, or half-written by a crash: not a candidate
+        except ValueError as error:  # missing, or half-written by a crash: not a candidate
+            if os.path.lexists(candidate):
+                reasons.append(str(error))
             continue
     if not steps:
-        raise ValueError(f"no readable checkpoint in run folder {str(run_dir)!r} (model.zip or checkpoints/*.zip)")
+        why = f"; {reasons[-1]}" if reasons else ""
+        raise ValueError(f"no readable checkpoint in run folder {str(run_dir)!r} (model.zip or checkpoints/*.zip){why}")
     return max(steps, key=lambda candidate: (steps[candidate], candidate.name == "model.zip"))
 
 
@@ -192,7 +222,7 @@ def missing_final_files(run_dir: Path | None, timesteps: int) -> list[str]:
     missing = [name for name in FINAL_FILES if not (run_dir / name).is_file()]
     if "eval_summary.json" not in missing:
         try:
-            summary = json.loads((run_dir / "eval_summary.json").read_text())
+            summary = json.loads(read_regular_text(run_dir / "eval_summary.json", RUN_FILE_BOUNDS["eval_summary.json"]))
         except (OSError, ValueError):
             summary = None
         if not isinstance(summary, dict) or summary.get("timesteps") != timesteps:
@@ -202,7 +232,7 @@ def missing_final_files(run_dir: Path | None, timesteps: int) -> list[str]:
 
 def _run_folder_of(path: Path) -> Path | None:
     for folder in list(path.resolve().parents)[:2]:  # run/model.zip, run/checkpoints/x.zip, run/best/x.zip
-        if (folder / RUN_MARKER).is_file():
+        if os.path.lexists(folder / RUN_MARKER):  # a config.json that is no file is refused, not taken for no run
             return folder
     return None
 
@@ -211,11 +241,11 @@ def _recorded_config(run_dir: Path | None) -> dict[str, Any]:
     """The run's ``config.json`` (``{}`` without one). One that is there but unreadable (edited
     by hand, say) is an error: the resumed run would otherwise take the defaults for the
     settings the checkpoint does not hold (evaluation, checkpoints, seed) without a word."""
-    if run_dir is None or not (run_dir / RUN_MARKER).exists():
+    if run_dir is None or not os.path.lexists(run_dir / RUN_MARKER):
         return {}
     path = run_dir / RUN_MARKER
     try:
-        recorded = json.loads(path.read_text())
+        recorded = json.loads(read_regular_text(path, RUN_FILE_BOUNDS[RUN_MARKER], RUN_MARKER))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read {path} ({error}); fix or remove it to resume with the flags given") from None
     if not isinstance(recorded, dict):

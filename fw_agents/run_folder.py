@@ -8,7 +8,8 @@ folder stops at once with one line naming the holder. Claiming a folder removes
 the temporary files a writer killed mid-save left there (:mod:`fw_agents.files`).
 A folder that already holds a finished or interrupted run (its ``config.json``) is only taken back by
 a run that continues it (``resume=True``); anything else stops, rather than
-silently mixing two runs' files.
+silently mixing two runs' files. A folder that holds no run but is not empty (the user's own
+files, say a ``model.zip`` of their own) is refused too: a new run goes in a new or empty folder.
 
 An auto-named folder's name keeps only characters every file system takes
 (:func:`safe_folder_name`): an env id such as ``popgym:popgym-MineSweeperEasy-v0`` or
@@ -80,9 +81,16 @@ def claim_run_folder(root: str | os.PathLike[str], name: str, run_dir: str | Non
     :param resume: The run continues the one already in ``run_dir`` (its files are kept and
         appended to); without it a folder that holds a run is refused.
     :raises RunFolderError: The path is not a usable folder (a file, read-only, ...), another
-        process holds it, or it holds a run and ``resume`` is False.
+        process holds it, or, with ``resume`` False, it holds a run or is not empty (:func:`foreign_entries`).
     """
     path = _make(Path(run_dir)) if run_dir is not None else _make_unique(Path(root), name)
+    others = [] if resume or (path / RUN_MARKER).exists() else foreign_entries(path)
+    if others:  # the user's own files (a model.zip of theirs): a run would overwrite them, or mix its own in
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise RunFolderError(  # refused before the lock: nothing is added to their folder
+            f"--run-dir {str(path)!r} is not empty and holds no run ({RUN_MARKER}): it has {shown}; "
+            "a run goes in a new or empty folder (or --resume one that holds a run)"
+        )
     folder = RunFolder(path, _lock(path))
     for stale in path.rglob(".*.partial*"):  # temporary files of a writer killed mid-save (we hold the lock)
         stale.unlink(missing_ok=True)
@@ -93,6 +101,18 @@ def claim_run_folder(root: str | os.PathLike[str], name: str, run_dir: str | Non
             f"--resume {path}, or choose another --run-dir"
         )
     return folder
+
+
+#: Entries a folder may hold and still count as empty for a new run: ones a run itself makes
+#: before its ``config.json`` (the lock, temporary files, the writability probe), and ``train.log``,
+#: the log a command opens in the folder before the run starts (the search's trials).
+OWN_ENTRIES = (LOCK_NAME, "train.log")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The names in folder ``path`` that no run made (see :data:`OWN_ENTRIES`), sorted."""
+    own = re.compile(r"\..*\.partial.*|\.write-test-\d+")
+    return sorted(entry.name for entry in os.scandir(path) if entry.name not in OWN_ENTRIES and not own.fullmatch(entry.name))
 
 
 def folder_in_use(path: str | os.PathLike[str]) -> bool:

@@ -23,6 +23,7 @@ observation and recurrent states of the collection loop) are not decoded at all.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import pickle
@@ -33,6 +34,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from fw_agents.files import format_bytes, open_regular_file
+from fw_agents.validation import check_bool, check_float, check_int
+
+#: Largest model zip read (and the most its entries may unpack to in all).
+MAX_MODEL_BYTES = 4 * 2**30
+#: Largest ``data`` entry (JSON, with the pickled spaces and episode buffers in base64; usually < 1 MiB).
+MAX_MODEL_DATA_BYTES = 64 * 2**20
+#: Largest step or update count a model may say (int64, as numpy, torch and TensorBoard keep them).
+MAX_COUNT = 2**63 - 1
 
 #: Attributes SB3 / RecurrentPPO rebuild on load (``_setup_model``, ``force_reset``): never decoded.
 REBUILT_ON_LOAD = ("_last_obs", "_last_original_obs", "_last_episode_starts", "_last_lstm_states")
@@ -167,12 +178,13 @@ def safe_custom_objects(path: str | Path, trusted: bool = False, replaced: Any =
         lambda, rl_zoo3's ``SimpleLinearSchedule``) may be replaced, as SB3's docs show.
     :return: Every pickled key of the file's ``data``, decoded by the allowlist unpickler
         (or ``None`` for :data:`REBUILT_ON_LOAD`); ``{}`` when ``trusted``.
-    :raises ValueError: The file is not a readable SB3 model zip (one line, naming the file).
+    :raises ValueError: The file is not a readable SB3 model zip, or a saved field (JSON or
+        decoded) is out of its type or range (:func:`check_model_data`): one line, naming the file.
     :raises UnsafeModelError: A value needs a type outside the allowlist.
     """
+    data = read_model_data(path, replaced)  # a regular file of bounded size, its JSON fields checked, even when trusted
     if trusted:
         return {}
-    data = read_model_data(path)
     objects: dict[str, Any] = {}
     for key, item in data.items():
         if not (isinstance(item, dict) and ":serialized:" in item):
@@ -191,22 +203,32 @@ def safe_custom_objects(path: str | Path, trusted: bool = False, replaced: Any =
             ) from None
         except Exception as error:  # a corrupt pickle: base64, truncation, bad opcodes
             raise ValueError(f"{path}: the saved {key!r} is corrupt ({type(error).__name__}: {error})") from None
+    check_model_data(objects, path)  # the decoded values, as the JSON ones were
     return objects
 
 
-def read_model_data(path: str | Path) -> dict[str, Any]:
-    """The JSON ``data`` entry of an SB3 model zip, undecoded.
+def read_model_data(path: str | Path, replaced: Any = ()) -> dict[str, Any]:
+    """The JSON ``data`` entry of an SB3 model zip, undecoded, its fields checked (:func:`check_model_data`).
+
+    Only a regular file of at most :data:`MAX_MODEL_BYTES` is opened (never a FIFO or a device:
+    :func:`fw_agents.files.open_regular_file`), and only a zip whose entries unpack to at most that
+    in all, with a ``data`` entry of at most :data:`MAX_MODEL_DATA_BYTES`, is read.
 
     :param path: The zip, or a file object; SB3's ``"model"`` for ``"model.zip"`` works too.
-    :raises ValueError: No such file, not a zip (e.g. a half-written checkpoint), no ``data``
-        entry, or ``data`` that is not a JSON object; the message names the file.
+    :param replaced: Keys the caller's ``custom_objects`` replace: not checked.
+    :raises ValueError: No such file, not a regular file, too large, not a zip (e.g. a half-written
+        checkpoint), no ``data`` entry, ``data`` that is not a JSON object, or a field out of its
+        type or range; the message names the file.
     """
     if isinstance(path, (str, Path)) and not Path(path).exists() and Path(f"{path}.zip").exists():
         path = Path(f"{path}.zip")  # as SB3's open_path adds the suffix
     try:
-        with zipfile.ZipFile(path) as archive:
-            if "data" not in archive.namelist():
-                raise ValueError(f"{path} is not a Stable-Baselines3 model: it has no 'data' entry")
+        with contextlib.ExitStack() as stack:
+            file = path  # a file object: the caller's
+            if isinstance(path, (str, Path)):
+                file = stack.enter_context(open_regular_file(path, MAX_MODEL_BYTES, "model"))
+            archive = stack.enter_context(zipfile.ZipFile(file))
+            _check_entry_sizes(archive, path)
             text = archive.read("data").decode()
     except (OSError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read model {str(path)!r}: {error}") from None
@@ -216,7 +238,22 @@ def read_model_data(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: its 'data' entry is not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: its 'data' entry is not a JSON object")
+    check_model_data(data, path, replaced)
     return data
+
+
+def _check_entry_sizes(archive: zipfile.ZipFile, path: Any) -> None:
+    """Refuse a zip without ``data``, or whose entries would unpack to more than the bounds (a zip
+    bomb): the sizes its directory declares, which ``zipfile`` never reads past."""
+    infos = archive.infolist()
+    data = next((info for info in infos if info.filename == "data"), None)
+    if data is None:
+        raise ValueError(f"{path} is not a Stable-Baselines3 model: it has no 'data' entry")
+    total = sum(info.file_size for info in infos)
+    for entry, size, bound in (("'data' entry", data.file_size, MAX_MODEL_DATA_BYTES), ("entries", total, MAX_MODEL_BYTES)):
+        if size > bound:
+            raise ValueError(f"model {str(path)!r}: its {entry} unpack to {format_bytes(size)}, more than the "
+                             f"{format_bytes(bound)} accepted")  # fmt: skip
 
 
 def read_saved_memory_config(path: str | Path | io.BufferedIOBase) -> dict[str, Any] | None:
@@ -270,3 +307,106 @@ def load_model(
     """
     objects = {**safe_custom_objects(path, trusted, replaced=custom_objects or {}), **(custom_objects or {})}
     return algorithm.load(path, env=env, custom_objects=objects, **kwargs)
+
+
+# ----------------------------------------------------------------- saved fields
+def _count(low: int = 0, high: int = MAX_COUNT) -> Callable[[str, Any], Any]:
+    return lambda name, value: check_int(name, value, low, high)
+
+
+def _fraction(name: str, value: Any) -> Any:
+    return check_float(name, value, 0, 1, low_inclusive=True, high_inclusive=True)
+
+
+def _at_least_zero(name: str, value: Any) -> Any:
+    return check_float(name, value, 0, low_inclusive=True)
+
+
+def _positive(name: str, value: Any) -> Any:
+    return check_float(name, value, 0)
+
+
+def _finite(name: str, value: Any) -> Any:
+    return check_float(name, value)
+
+
+def _or_auto(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check``, or SAC's ``"auto"`` / ``"auto_<initial value>"``."""
+    return lambda name, value: value if isinstance(value, str) and value.startswith("auto") else check(name, value)
+
+
+def _or_schedule(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check``, or a schedule (a callable of the progress remaining, as SB3 keeps it once decoded)."""
+    return lambda name, value: value if callable(value) else check(name, value)
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _mapping(name: str, value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict (a JSON object), got {value!r:.80}")
+    return value
+
+
+def _text(name: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r:.80}")
+    return value
+
+
+#: The fields of a model's ``data`` that SB3 / sb3-contrib's on-policy algorithms compute with after
+#: a load, and what each must be: SB3 checks none of them, so a file saying ``num_timesteps: 1e400``,
+#: ``[1]`` or ``-100`` made a traceback far from the file, or a run counting from -100.
+MODEL_FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    **{name: _count() for name in ("num_timesteps", "_total_timesteps", "_num_timesteps_at_start", "_n_updates",
+                                   "_episode_num", "verbose")},  # fmt: skip
+    **{name: _count(1) for name in ("n_envs", "n_steps", "n_epochs", "_stats_window_size")},
+    "batch_size": _optional(_count(1)),
+    "seed": _optional(_count(0, 2**32 - 1)),  # numpy's seed range
+    "sde_sample_freq": _count(-1),  # -1: only at the start of a rollout
+    "use_sde": check_bool,
+    "normalize_advantage": check_bool,
+    "gamma": _fraction,
+    "gae_lambda": _fraction,
+    "_current_progress_remaining": _finite,  # below 0 once a rollout overshoots the total
+    "ent_coef": _or_auto(_at_least_zero),  # SAC's "auto" / "auto_0.1": load_model takes any algorithm
+    "vf_coef": _at_least_zero,
+    "max_grad_norm": _at_least_zero,
+    "target_kl": _optional(_positive),
+    "learning_rate": _or_schedule(_at_least_zero),
+    "clip_range": _or_schedule(_at_least_zero),
+    "clip_range_vf": _optional(_or_schedule(_at_least_zero)),
+    "policy_kwargs": _mapping,
+    "rollout_buffer_kwargs": _optional(_mapping),
+}
+#: The keys of ``policy_kwargs`` this package's policies read, checked likewise.
+POLICY_KWARGS_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "memory": _text, "hidden_size": _count(1), "memory_kwargs": _mapping, "critic": _text,
+}  # fmt: skip
+
+
+def check_model_data(data: dict[str, Any], path: Any = "model", skip: Any = ()) -> None:
+    """Check the fields of a model's ``data`` (:data:`MODEL_FIELD_CHECKS`, and
+    :data:`POLICY_KWARGS_CHECKS` inside ``policy_kwargs``) that it holds as plain values: JSON ones,
+    or values decoded from their pickles (a still-pickled value is skipped).
+
+    :param data: The ``data`` entry, or the decoded values (:func:`safe_custom_objects`).
+    :param path: The file, for the message.
+    :param skip: Keys not checked: those the caller's ``custom_objects`` replace (SB3 does not use them).
+    :raises ValueError: One line naming the file, the field and its value, and what is accepted:
+        ``m.zip: saved num_timesteps must be an integer in [0, 9223372036854775807], got inf``.
+    """
+    checks = [(name, check, data[name]) for name, check in MODEL_FIELD_CHECKS.items() if name in data and name not in skip]
+    kwargs = data.get("policy_kwargs")
+    if isinstance(kwargs, dict) and "policy_kwargs" not in skip:
+        checks += [(f"policy_kwargs.{name}", check, kwargs[name]) for name, check in POLICY_KWARGS_CHECKS.items()
+                   if name in kwargs]  # fmt: skip
+    for name, check, value in checks:
+        if isinstance(value, dict) and ":serialized:" in value:
+            continue  # decoded (and checked then) by safe_custom_objects, or trusted to SB3
+        try:
+            check(name, value)
+        except ValueError as error:
+            raise ValueError(f"{path}: saved {error}") from None

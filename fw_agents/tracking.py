@@ -44,6 +44,10 @@ from fw_agents.validation import check_choice
 
 #: Accepted values of ``--wandb`` (``None`` / ``"auto"`` picks online or offline).
 WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
+#: The other values wandb itself takes in ``$WANDB_MODE`` (``wandb.Settings.mode``), as the mode they
+#: amount to for one process: ``dryrun`` is its old name for offline, ``run`` for online, and ``shared``
+#: is online with other processes writing to the same run.
+WANDB_ENV_ALIASES: dict[str, str] = {"dryrun": "offline", "run": "online", "shared": "online"}
 DEFAULT_WANDB_PROJECT = "fw-agents"
 #: Seconds ``wandb.init`` may take before we give up on W&B (its own default is 90 s).
 DEFAULT_WANDB_INIT_TIMEOUT = 20.0
@@ -75,13 +79,41 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
     :return: One of :data:`WANDB_MODES`.
     """
     if mode in (None, "auto"):
-        env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
-        if env_mode in ("dryrun",):
-            env_mode = "offline"
-        if env_mode in WANDB_MODES:
+        env_mode = wandb_mode_from_environment()
+        if env_mode is not None:
             return env_mode
         return "online" if wandb_credentials_available() else "offline"
     return check_choice("wandb mode", mode, WANDB_MODES)
+
+
+def wandb_mode_from_environment() -> str | None:
+    """``$WANDB_MODE`` as one of :data:`WANDB_MODES` (wandb's own other names mapped by
+    :data:`WANDB_ENV_ALIASES`), or None when it is unset or empty.
+
+    :raises ValueError: A value wandb does not take either: one line naming it and the accepted ones
+        (a typo there would otherwise run without the W&B run it asked for, without a word).
+    """
+    given = os.environ.get("WANDB_MODE", "")
+    text = given.strip().lower()
+    if not text:
+        return None
+    mode = WANDB_ENV_ALIASES.get(text, text)
+    if mode not in WANDB_MODES:
+        raise ValueError(
+            f"WANDB_MODE={given!r} is not a W&B mode; accepted: {', '.join(WANDB_MODES)} (wandb's own "
+            f"{', '.join(WANDB_ENV_ALIASES)} too), or unset it: online with W&B credentials, else offline"
+        )
+    return mode
+
+
+def check_wandb_mode(mode: str | None) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of :data:`WANDB_MODES`, or None / ``"auto"`` with a
+    valid ``$WANDB_MODE`` (or none): what a command checks before it starts (:func:`init_wandb` itself
+    never stops a run)."""
+    if mode in (None, "auto"):
+        wandb_mode_from_environment()
+    else:
+        check_choice("wandb mode", mode, WANDB_MODES)
 
 
 def init_wandb(
@@ -374,8 +406,7 @@ class TrackingOptions:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.wandb is not None:
-            check_choice("wandb mode", self.wandb, WANDB_MODES)
+        check_wandb_mode(self.wandb)
         if self.resume is not None and self.run_dir is not None and Path(self.resume) != Path(self.run_dir):
             raise ValueError("--resume continues the run in its own folder: drop --run-dir")
 

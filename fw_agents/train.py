@@ -71,10 +71,14 @@ def _train(argv: Sequence[str] | None) -> int:
     # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits; a
     # non-finite loss or a full disk: run_cli's one line, status 1
     summary = train(config, given_flags=given_fields(argv))
+    from fw_agents.evaluation import cut_text
+
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
+    truncated = summary.get("truncated_episodes")
+    cut = f", {truncated} {cut_text(summary.get('max_episode_steps'))}" if truncated else ""
     print(
         f"evaluation over {summary['episodes']} episodes: mean return {summary['mean_return']:.3f}"
-        f"{catch}  ->  {summary['run_dir']}"
+        f"{catch}{cut}  ->  {summary['run_dir']}"
     )
     return 0
 

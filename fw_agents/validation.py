@@ -92,6 +92,11 @@ def _within(value: Any, low: Any, high: Any, low_inclusive: bool, high_inclusive
     return bool(above and below)
 
 
+def int_range_text(low: int | None, high: int | None) -> str:
+    """How :func:`check_int` words ``[low, high]``: ``"in [1, 4096]"``, ``">= 0"`` (``""``: unbounded)."""
+    return _range(low, high, True, True).strip()
+
+
 def _range(low: Any, high: Any, low_inclusive: bool, high_inclusive: bool) -> str:
     if low is None and high is None:
         return ""

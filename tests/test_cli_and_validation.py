@@ -227,3 +227,65 @@ def test_benchmark_scripts_refuse_bad_input_in_one_line(script, argv, needle):
                           timeout=120, cwd=root)  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+
+
+@dataclass
+class _Ranged:
+    n_envs: int = option(16, help="parallel envs", low=1, high=64)
+    threads: int | None = option(1, help="threads", low=1, high=8)
+    plain: int = option(3, help="no range")
+
+
+def test_option_ranges_are_checked_and_shown(capsys):
+    from fw_agents.cli import check_int_ranges
+
+    check_int_ranges(_Ranged(n_envs=64, threads=None, plain=-5))  # a bound itself, None for an optional field
+    for changes, message in ((dict(n_envs=65), "n_envs must be an integer in [1, 64], got 65"),
+                             (dict(threads=2**31), "threads must be an integer in [1, 8], got 2147483648"),
+                             (dict(n_envs=2.0), "n_envs must be an integer in [1, 64], got 2.0")):  # fmt: skip
+        with pytest.raises(ValueError) as error:
+            check_int_ranges(_Ranged(**changes))
+        assert str(error.value) == message
+    parser = OneLineArgumentParser(prog="prog")
+    add_config_arguments(parser, _Ranged)
+    text = " ".join(parser.format_help().split())
+    assert "--n-envs N_ENVS parallel envs (an integer in [1, 64])" in text and "--plain PLAIN no range" in text
+
+
+@pytest.mark.parametrize(
+    "argv,environ,needle",
+    [
+        (["--memory-kwargs", "mode=triton", "--device", "cpu"], {},
+         "memory_kwargs mode='triton': the Triton fast-weights kernel needs CUDA tensors (got cpu), or TRITON_INTERPRET=1 "
+         "to run it (slowly) on CPU; accepted modes on this device (cpu): auto, scan, matrix, attention, reference"),
+        (["--n-envs", "100000", "--n-steps", "1"], {}, "n_envs must be an integer in [1, 4096], got 100000"),
+        (["--eval-episodes", "1000000000"], {}, "eval_episodes must be an integer in [1, 10000], got 1000000000"),
+        (["--batch-size", "1000000000", "--n-envs", "2", "--n-steps", "64"], {},
+         "batch_size must be an integer in [2, 128] (at most the rollout, n_envs * n_steps = 128), got 1000000000"),
+        (["--threads", "2147483648"], {}, "threads must be an integer in [1, 1024], got 2147483648"),
+        (["--n-epochs", "100000000000000000000"], {}, "n_epochs must be an integer in [1, 1000], got 100000000000000000000"),
+        (["--gif-episodes", "1000000"], {}, "gif_episodes must be an integer in [0, 100], got 1000000"),
+        (["--timesteps", str(10**13)], {}, "timesteps must be an integer in [1, 1000000000000], got 10000000000000"),
+        (["--verbose", "2"], {}, "verbose must be an integer in [0, 1], got 2"),
+        ([], {"WANDB_MODE": "bogus"}, "WANDB_MODE='bogus' is not a W&B mode; accepted: online, offline, disabled"),
+    ],
+)
+def test_train_agent_refuses_before_building_anything(argv, environ, needle, tmp_path, monkeypatch, capsys):
+    """``train_agent.py``'s bad input: one line naming the value and the accepted ones, exit 2, and
+    nothing built (no env, no run folder) before the refusal."""
+    import fw_agents.agent as agent
+    import train_agent
+
+    def built(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("envs were built for a run that should have been refused")
+
+    monkeypatch.setattr(agent, "make_env", built)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "runs"
+    status = train_agent.main([*argv, "--runs-root", str(root), "--no-progress-bar"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {needle}") and "Traceback" not in err, err
+    assert not root.exists(), "a refused run leaves no run folder"

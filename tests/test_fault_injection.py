@@ -32,33 +32,59 @@ FLAGS = ["--env", "CatchBlind16-v0", "--timesteps", str(TIMESTEPS), "--n-envs", 
          "--checkpoint-freq", "128", "--gif-episodes", "0", "--wandb", "disabled", "--no-progress-bar"]  # fmt: skip
 
 # Runs train_agent.main with one fault planted: at the k-th call of FAULT_POINT the process
-# is sent SIGNAL (or, for "ENOSPC", the call fails as on a full disk).
+# is sent SIGNAL (or, for "ENOSPC", the call fails as on a full disk). The points: "rename"
+# (os.replace; "rename:NAME" counts only the renames onto NAME), "write" (a zip entry written),
+# "train-step" (a step of the training envs: mid-rollout) and "final-eval" (a step of the final
+# evaluation's envs).
 HARNESS = textwrap.dedent(
     """
     import errno, os, signal, sys, zipfile
     point, k, fault = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    point, _, only = point.partition(":")  # "rename:NAME": count only the renames onto NAME
+    point, _, only = point.partition(":")
     # a runner started in the background (`cmd &`, nohup) passes SIGINT on ignored, and Python
     # then never turns it into KeyboardInterrupt: this test is about Ctrl-C, so restore it
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.path.insert(0, {root!r})
+    import fw_agents.agent as agent
+    import train_agent
     calls = 0
-    real = os.replace if point == "rename" else zipfile.ZipFile.writestr
 
-    def planted(*args, **kwargs):
+    def fire(counted=True):
         global calls
-        calls += not only or os.path.basename(str(args[1])) == only
-        if calls == k:
+        calls += counted
+        if calls == k and counted:
             if fault == "ENOSPC":
                 raise OSError(errno.ENOSPC, "No space left on device")
             os.kill(os.getpid(), getattr(signal, "SIG" + fault))
-        return real(*args, **kwargs)
 
-    if point == "rename":
-        os.replace = planted
-    else:
-        zipfile.ZipFile.writestr = planted
-    sys.path.insert(0, {root!r})
-    import train_agent
+    def counting_steps(env):  # every step of this VecEnv fires
+        step_wait = env.step_wait
+        env.step_wait = lambda: (fire(), step_wait())[1]
+        return env
+
+    if point in ("rename", "write"):
+        real = os.replace if point == "rename" else zipfile.ZipFile.writestr
+
+        def planted(*args, **kwargs):
+            fire(not only or os.path.basename(str(args[1])) == only)
+            return real(*args, **kwargs)
+
+        if point == "rename":
+            os.replace = planted
+        else:
+            zipfile.ZipFile.writestr = planted
+    elif point == "train-step":
+        make_env, made = agent.make_env, []
+
+        def training_envs_counted(*args, **kwargs):
+            env = make_env(*args, **kwargs)
+            made.append(env)
+            return counting_steps(env) if len(made) == 1 else env  # made first: the training envs
+
+        agent.make_env = training_envs_counted
+    else:  # "final-eval"
+        evaluate = agent.evaluate
+        agent.evaluate = lambda model, env, *a, **kw: evaluate(model, counting_steps(env), *a, **kw)
     sys.exit(train_agent.main(sys.argv[4:]))
     """
 ).format(root=str(ROOT))
@@ -166,3 +192,34 @@ def test_an_interrupt_while_the_run_ends_is_finished_by_resume(tmp_path, one_thr
     again = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=180)
     lines = again.stderr.strip().splitlines()
     assert again.returncode == 2 and len(lines) == 1 and "leaves nothing to train" in lines[0], again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "point,k,fault,status",
+    [
+        ("train-step", 50, "TERM", 143),  # the 50th of 32 steps a rollout (4 envs): mid-way through the second
+        ("train-step", 50, "INT", 130),
+        ("final-eval", 3, "INT", 130),  # training complete, the final evaluation under way
+        ("final-eval", 3, "TERM", 143),
+    ],
+)
+def test_a_signal_mid_rollout_or_in_the_final_evaluation_resumes_to_the_end(tmp_path, point, k, fault, status, one_thread):
+    """A real signal to a training process mid-rollout saves the last update's step (128, a rollout
+    boundary), and ``--resume`` ends exactly at ``--timesteps``; during the final evaluation it saves
+    the trained model, and ``--resume`` writes the run's end. Exit 130 / 143, no traceback."""
+    run = tmp_path / "run"
+    result = _run_with_fault(run, point, k, fault)
+    assert result.returncode == status and "Traceback" not in result.stderr, result.stderr[-2000:]
+    if point == "train-step":
+        assert [p.name for p in (run / "checkpoints").glob("interrupted_*.zip")] == ["interrupted_128_steps.zip"]
+        assert "interrupted at 128 steps" in result.stdout
+    else:
+        assert "interrupted after training; the model is saved to" in result.stdout, result.stdout
+        assert (run / "model.zip").exists() and not (run / "eval_summary.json").exists()
+    _check_every_file(run)
+    summary = train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))  # the run's own total
+    assert summary["timesteps"] == TIMESTEPS and json.loads((run / "eval_summary.json").read_text())["timesteps"] == TIMESTEPS
+    steps = [int(row["time/total_timesteps"]) for row in csv.DictReader((run / "progress.csv").open())]
+    assert steps == sorted(steps) and max(steps) == TIMESTEPS, steps
+    _check_every_file(run)

@@ -28,3 +28,20 @@ def test_a_container_limit_below_the_machine_memory_is_used(tmp_path, monkeypatc
         preflight.check_memory(box, "fastweights", 128, {}, 16, 1024)
     limit.write_text("max\n")
     assert preflight._physical_memory() > 2**30
+
+
+def test_the_envs_live_states_are_counted():
+    """Besides the rollout buffer, every env holds its recurrent state while it steps (the one read
+    and the one returned): 100000 envs of one step each fit the buffer estimate alone."""
+    import torch
+
+    from fw_agents.memory import make_memory
+
+    box = spaces.Box(-1, 1, (3,), np.float32)
+    with torch.device("meta"):
+        state = make_memory("fastweights", 3, 32).state_size
+    wide = preflight.check_memory(box, "fastweights", 32, {}, 8, 1)
+    long = preflight.check_memory(box, "fastweights", 32, {}, 4, 2)  # the same buffer: 8 steps
+    assert wide - long == 4 * 4 * (2 * state + 3)  # 4 more envs: their two states and their observations
+    separate = preflight.check_memory(box, "fastweights", 32, {}, 8, 1, separate_critic=True)
+    assert separate - wide >= 4 * 2 * 8 * state  # the critic's states too

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -358,3 +359,52 @@ def test_a_resumed_run_interrupted_at_its_end_is_finished_by_the_next_resume(tmp
     assert read_checkpoint(run / "model.zip").timesteps == 384
     with pytest.raises(ValueError, match="has trained 384 steps, so --timesteps 384 leaves nothing to train"):
         train(TrainConfig(resume=str(run), progress_bar=False, wandb="disabled"))
+
+
+def test_resume_reads_only_regular_files_of_bounded_size(tmp_path, monkeypatch, capsys):
+    """``--resume`` of a FIFO waited forever, of ``/dev/zero`` grew to 24 GB, and a model whose ``data``
+    says ``num_timesteps: 1e400`` was a traceback: each is one line, exit 2, nothing created. The same
+    for the run folder's own files (``config.json``, ``progress.csv``, ...)."""
+    import fw_agents.resume as resume
+    import train_agent
+
+    run = _interrupted_run(tmp_path, monkeypatch)
+    os.mkfifo(tmp_path / "fifo.zip")
+    crafted = tmp_path / "crafted.zip"
+    with zipfile.ZipFile(crafted, "w") as archive:
+        archive.writestr("data", '{"num_timesteps": 1e400}')
+    root = tmp_path / "runs"
+
+    def refused(target: Path, needle: str) -> None:
+        previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"--resume {target} blocked"))
+        signal.alarm(30)
+        try:
+            status = train_agent.main(["--resume", str(target), "--runs-root", str(root), "--no-progress-bar",
+                                       "--wandb", "disabled"])  # fmt: skip
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+        assert not root.exists(), "a refused run leaves no run folder"
+
+    refused(tmp_path / "fifo.zip", f"model {str(tmp_path / 'fifo.zip')!r} is a FIFO, not a regular file; give a file")
+    refused(Path("/dev/zero"), "model '/dev/zero' is a character device, not a regular file; give a file")
+    refused(crafted, f"{crafted}: saved num_timesteps must be an integer in [0, 9223372036854775807], got inf")
+    before = sorted(path.name for path in run.iterdir())
+    for name in ("config.json", "progress.csv"):  # the run folder's own files
+        (run / name).rename(tmp_path / name)
+        os.mkfifo(run / name)
+        refused(run, f"{name} {str(run / name)!r} is a FIFO, not a regular file; give a file")
+        (run / name).unlink()
+        (tmp_path / name).rename(run / name)
+    with monkeypatch.context() as patch:
+        patch.setitem(resume.RUN_FILE_BOUNDS, "config.json", 10)
+        refused(run, f"config.json {str(run / 'config.json')!r} is 1.")  # "1.03 KiB, larger than the 10 bytes accepted"
+    assert sorted(path.name for path in run.iterdir()) == before
+    for path in (run / "checkpoints").glob("*.zip"):  # the run's only checkpoints (no model.zip yet): a FIFO left
+        path.unlink()
+    os.mkfifo(run / "checkpoints" / "interrupted_256_steps.zip")
+    refused(run, f"no readable checkpoint in run folder {str(run)!r} (model.zip or checkpoints/*.zip); model "
+                 f"{str(run / 'checkpoints' / 'interrupted_256_steps.zip')!r} is a FIFO")  # fmt: skip

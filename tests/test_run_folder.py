@@ -87,6 +87,26 @@ def test_a_folder_that_holds_a_run_needs_resume(tmp_path):
     claim_run_folder(tmp_path, "job", run_dir=str(tmp_path / "r"), resume=True).release()  # the refusal released it
 
 
+def test_a_folder_that_is_not_a_run_and_not_empty_is_refused(tmp_path):
+    """``--run-dir`` at the user's own folder (their ``model.zip``, no ``config.json``) used to be
+    written over; it is refused, and left as it was (no lock file added)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.zip").write_bytes(b"my own model")
+    (mine / "notes").mkdir()
+    with pytest.raises(RunFolderError) as error:
+        claim_run_folder(tmp_path, "job", run_dir=str(mine))
+    assert str(error.value) == (f"--run-dir {str(mine)!r} is not empty and holds no run (config.json): it has "
+                                "model.zip, notes; a run goes in a new or empty folder (or --resume one that holds a run)")  # fmt: skip
+    assert sorted(p.name for p in mine.iterdir()) == ["model.zip", "notes"] and (mine / "model.zip").read_bytes() == b"my own model"
+    # what a run itself leaves before its config.json (a run killed then), and a command's train.log, are not the user's
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in (".lock", ".model.abc.partial.zip", "train.log"):
+        (fresh / name).write_text("")
+    claim_run_folder(tmp_path, "job", run_dir=str(fresh)).release()
+
+
 def test_unusable_paths_are_one_line_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="cannot use .*file.* as a run folder"):

@@ -145,3 +145,108 @@ def test_a_module_the_file_names_is_not_imported(saved, tmp_path, monkeypatch):
         with pytest.raises(UnsafeModelError, match=f"'observation_space' needs {module}.Policy"):
             load_model(RecurrentPPO, crafted, env=env)
         assert not marker.exists(), f"{module} was imported"
+
+
+def _with_raw_data(source: Path, target: Path, text: str) -> Path:
+    """``source`` with its ``data`` entry replaced by ``text`` as it is (JSON that Python would not write)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, text if name == "data" else src.read(name))
+    return target
+
+
+def test_saved_fields_out_of_type_or_range_are_one_line_value_errors(saved, tmp_path):
+    """SB3 checks no field of a model's ``data``: ``num_timesteps: 1e400`` was an OverflowError far from
+    the file, ``-100`` a run counting from -100. Each is refused at load, naming the field and its value,
+    JSON or decoded from its pickle, trusted or not."""
+    from fw_agents.algorithms import FastRecurrentPPO
+
+    folder, env, _ = saved
+    text = zipfile.ZipFile(folder / "model.zip").read("data").decode()
+    data = json.loads(text)
+    as_pickle = {":type:": "<class 'str'>", ":serialized:": base64.b64encode(pickle.dumps("str")).decode()}
+    cases = {
+        "num_timesteps must be an integer in [0, 9223372036854775807], got inf":
+            text.replace('"num_timesteps": 64', '"num_timesteps": 1e400'),
+        "num_timesteps must be an integer in [0, 9223372036854775807], got [1]": dict(num_timesteps=[1]),
+        "num_timesteps must be an integer in [0, 9223372036854775807], got -100": dict(num_timesteps=-100),
+        "policy_kwargs must be a dict (a JSON object), got 'str'": dict(policy_kwargs="str"),
+        "policy_kwargs.memory_kwargs must be a dict (a JSON object), got []":
+            dict(policy_kwargs={**data["policy_kwargs"], "memory_kwargs": []}),
+        "n_steps must be an integer in [1, 9223372036854775807], got 0": dict(n_steps=0),
+        "gamma must be a finite number in [0, 1], got 2": dict(gamma=2),
+        "learning_rate must be a finite number >= 0, got nan": dict(learning_rate=float("nan")),
+        "policy_kwargs must be a dict (a JSON object), got 'str'@pickled": dict(policy_kwargs=as_pickle),
+    }  # fmt: skip
+    assert '"num_timesteps": 64' in text
+    for k, (message, change) in enumerate(cases.items()):
+        message, _, how = message.partition("@")
+        target = tmp_path / f"bad{k}.zip"
+        if isinstance(change, str):
+            _with_raw_data(folder / "model.zip", target, change)
+        else:
+            _with_data(folder / "model.zip", target, **change)
+        loads = [lambda: load_model(RecurrentPPO, target, env=env), lambda: FastRecurrentPPO.load(target, env=env)]
+        if how != "pickled":  # a pickled value is SB3's to unpickle when the file is trusted
+            loads.append(lambda: FastRecurrentPPO.load(target, env=env, trusted=True))
+        for load in loads:
+            with pytest.raises(ValueError) as error:
+                load()
+            assert str(error.value) == f"{target}: saved {message}"
+
+
+def test_only_regular_files_of_bounded_size_are_read(saved, tmp_path, monkeypatch):
+    """A FIFO (whose open waited forever), a device (``/dev/zero`` grew the process to 24 GB), a folder,
+    a file or a zip entry beyond the bounds: one line each, nothing read."""
+    import signal
+
+    import fw_agents.safe_load as safe_load
+    from fw_agents.algorithms import FastRecurrentPPO
+
+    folder, env, _ = saved
+    os.mkfifo(tmp_path / "fifo.zip")
+    cases = {
+        tmp_path / "fifo.zip": "is a FIFO, not a regular file",
+        Path("/dev/zero"): "is a character device, not a regular file",
+        tmp_path: "is a folder, not a regular file",
+    }
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the load blocked"))
+    signal.alarm(20)
+    try:
+        for path, needle in cases.items():
+            for load in (lambda: safe_custom_objects(path), lambda: FastRecurrentPPO.load(path, env=env, trusted=True)):
+                with pytest.raises(ValueError) as error:
+                    load()
+                assert str(error.value) == f"model {str(path)!r} {needle}; give a file"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    size = (folder / "model.zip").stat().st_size
+    monkeypatch.setattr(safe_load, "MAX_MODEL_BYTES", size - 1)
+    with pytest.raises(ValueError, match=r"model '.*model.zip' is .*, larger than the .* accepted$"):
+        safe_custom_objects(folder / "model.zip")
+    bomb = tmp_path / "bomb.zip"  # a small file whose entries unpack to much more
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data", "{}")
+        archive.writestr("policy.pth", bytes(2**20))
+    assert bomb.stat().st_size < size
+    with pytest.raises(ValueError, match=r"its entries unpack to 1 MiB, more than the .* accepted$"):
+        safe_custom_objects(bomb)
+    monkeypatch.setattr(safe_load, "MAX_MODEL_BYTES", 4 * 2**30)
+    monkeypatch.setattr(safe_load, "MAX_MODEL_DATA_BYTES", 100)
+    with pytest.raises(ValueError, match=r"its 'data' entry unpack to .*, more than the 100 bytes accepted$"):
+        safe_custom_objects(folder / "model.zip")
+
+
+def test_saved_fields_that_sb3_itself_writes_pass():
+    """What SB3 writes in earnest is accepted: a progress below 0 (the last rollout overshot the
+    total), SAC's ``ent_coef: "auto_0.1"``, ``None`` where SB3 keeps it, decoded schedules; a key
+    the caller's ``custom_objects`` replace is not checked (SB3 does not use the file's)."""
+    from fw_agents.safe_load import check_model_data
+
+    check_model_data({"_current_progress_remaining": -0.25, "ent_coef": "auto_0.1", "seed": None, "batch_size": None,
+                      "target_kl": None, "clip_range_vf": None, "learning_rate": lambda progress: 1e-3 * progress,
+                      "policy_kwargs": {"net_arch": [64], "memory": "lstm", "hidden_size": 8}, "sde_sample_freq": -1})  # fmt: skip
+    check_model_data({"learning_rate": "nonsense", "policy_kwargs": "str"}, skip=("learning_rate", "policy_kwargs"))
+    with pytest.raises(ValueError, match=r"^m.zip: saved learning_rate must be a finite number >= 0, got 'nonsense'$"):
+        check_model_data({"learning_rate": "nonsense"}, "m.zip")

@@ -96,7 +96,7 @@ BAD_INPUT = [
     (["--workers", "0"], "workers must be an integer >= 1"),
     (["--study-trials", "0"], "study_trials must be an integer >= 1"),
     (["--heartbeat", "0"], "heartbeat must be an integer >= 1"),
-    (["--timesteps", "0"], "timesteps must be an integer >= 1"),
+    (["--timesteps", "0"], "timesteps must be an integer in [1, 1000000000000], got 0"),
     (["--study", "a/b"], "study name must be"),
     (["--memory-kwargs", "decay=0.9"], "decay=... is searched"),
     (["--learning-rate", "0.1"], "unrecognized arguments"),

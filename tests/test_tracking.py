@@ -91,6 +91,27 @@ def test_resolve_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         resolve_wandb_mode("sometimes")
 
 
+def test_wandb_mode_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$WANDB_MODE`` takes wandb's own values (``wandb.Settings.mode``); anything else is refused in
+    one line, where it used to run without W&B without a word."""
+    from fw_agents.tracking import check_wandb_mode
+
+    for given, mode in (("offline", "offline"), ("dryrun", "offline"), ("run", "online"), ("shared", "online"),
+                        (" Disabled ", "disabled")):  # fmt: skip
+        monkeypatch.setenv("WANDB_MODE", given)
+        assert resolve_wandb_mode(None) == mode
+        check_wandb_mode(None)
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    for check in (lambda: resolve_wandb_mode(None), lambda: check_wandb_mode(None), lambda: check_wandb_mode("auto")):
+        with pytest.raises(ValueError) as error:
+            check()
+        assert str(error.value) == (
+            "WANDB_MODE='bogus' is not a W&B mode; accepted: online, offline, disabled (wandb's own dryrun, run, "
+            "shared too), or unset it: online with W&B credentials, else offline"
+        )
+    check_wandb_mode("disabled")  # --wandb given: the environment is not consulted
+
+
 def test_wandb_init_failure_falls_back_to_disabled(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -127,22 +127,23 @@ def _module_failing_on_import(folder: Path) -> str:
     "make_args,needle",
     [
         (lambda d: ["--run-dir", str(_file(d))], "as a run folder: "),
+        (lambda d: ["--run-dir", str(_file(d).parent)], "holds no run (config.json): it has a-file.zip"),  # the user's own files
         (lambda d: ["--runs-root", str(_file(d))], "cannot create run folders under"),
         (lambda d: ["--resume", str(_zip(d, {"policy.pth": b""}))], "has no 'data' entry"),
         (lambda d: ["--resume", str(_file(d, b"PK\x03\x04 half-written"))], "cannot read model"),
         (lambda d: ["--resume", str(d)], "no readable checkpoint in run folder"),
         (lambda d: ["--env", _module_registering_a_broken_env(d)], "Box9D is not installed"),
         (lambda d: ["--env", "Blackjack-v1"], "observes Tuple(Discrete(32)"),
-        (lambda d: ["--n-envs", "100000000"], "GiB (--n-envs 100000000"),
-        (lambda d: ["--hidden-size", "100000"], "--hidden-size 100000), more than 80%"),
-        (lambda d: ["--n-steps", "1000000000"], "--n-steps 1000000000"),
+        (lambda d: ["--n-envs", "4096", "--n-steps", "1000000"], "GiB (--n-envs 4096 x --n-steps 1000000"),
+        (lambda d: ["--hidden-size", "65536"], "--hidden-size 65536), more than 80%"),
+        (lambda d: ["--n-steps", "1000000"], "--n-steps 1000000 steps"),
         (lambda d: ["--hidden-size", "1e5"], "invalid int value: '1e5'"),
         (lambda d: ["--fast-lr", "1e300"], "fast_lr (η) must be a finite number in (0, 1e+06]"),
         (lambda d: ["--device", "mps"], "invalid choice: 'mps'"),
         (lambda d: ["--device", "meta"], "invalid choice: 'meta'"),
         (lambda d: ["--seed", "-1"], "seed must be an integer in [0, "),
         (lambda d: ["--memory-kwargs", "decay"], "expected KEY=VALUE"),
-        (lambda d: ["--eval-episodes", "0"], "eval_episodes must be an integer >= 1"),
+        (lambda d: ["--eval-episodes", "0"], "eval_episodes must be an integer in [1, 10000], got 0"),
         (lambda d: ["--env", "nomodule:Catch-v0"], "cannot import module 'nomodule' (ModuleNotFoundError"),
         (lambda d: ["--env", _module_failing_on_import(d)], "cannot import module 'failing_envs' (RuntimeError: no GPU"),
         (lambda d: ["--env", ".relative:Catch-v0"], "'.relative' is not a module name; use module:id"),
@@ -216,7 +217,7 @@ def test_command_line_and_python_api_build_the_same_config():
         (dict(memory_kwargs={"decay": 1.5}), "decay"),
         (dict(memory_kwargs=[("decay", 0.9)]), "memory_kwargs must be a dict"),
         (dict(memory="alstm", hidden_size=7), "hidden_size must be even"),
-        (dict(threads=0), "threads must be an integer >= 1, got 0"),
+        (dict(threads=0), "threads must be an integer in [1, 1024], got 0"),
         (dict(n_envs=3, n_steps=7, batch_size=4), "batch_size 4 leaves a last minibatch of one step (n_envs * n_steps = 21)"),
         (dict(seed=-1), "seed must be an integer in [0, 4294947295], got -1"),
         (dict(gamma=0), "gamma must be a finite number in (0, 1], got 0"),
@@ -512,3 +513,41 @@ def test_an_interrupt_after_training_says_the_model_is_saved(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert f"interrupted after training; the model is saved to {tmp_path / 'r' / 'model.zip'}" in out
     assert (tmp_path / "r" / "model.zip").exists()
+
+
+def test_an_evaluation_episode_that_never_ends_is_cut_reported_and_shown(tmp_path, monkeypatch, capsys):
+    """CliffWalking-v1 has no time limit, and a deterministic policy that walks into its walls never
+    ends an episode: the run's first evaluation hung. Evaluation and GIF episodes are cut at
+    --eval-max-steps, counted as truncated (eval_summary.json, progress.csv, the final line), and a
+    slow evaluation says how far it is."""
+    import signal
+
+    import fw_agents.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "PROGRESS_INTERVAL_S", 0.0)  # a line at every episode
+    run = tmp_path / "r"
+    argv = ["--env", "CliffWalking-v1", "--timesteps", "256", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
+            "--n-epochs", "1", "--hidden-size", "8", "--eval-freq", "128", "--eval-episodes", "2", "--eval-max-steps", "20",
+            "--gif-episodes", "1", "--wandb", "disabled", "--run-dir", str(run)]  # fmt: skip
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the evaluation did not end"))
+    signal.alarm(120)
+    try:
+        status = train_agent.main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    out = capsys.readouterr().out
+    summary = json.loads((run / "eval_summary.json").read_text())
+    assert status == 0 and summary["max_episode_steps"] == 20 and summary["episodes"] == 2
+    truncated = summary["truncated_episodes"]
+    assert truncated >= 1 and f"{truncated} cut at 20 steps  ->  {run}" in out  # the final line
+    assert summary["mean_length"] <= 20
+    assert "evaluation at 128 steps: 1/2 episodes" in out and "final evaluation: 2/2 episodes" in out
+    rows = list(csv.DictReader((run / "progress.csv").open()))
+    assert any(row.get("eval/truncated_episodes") for row in rows)
+    if (run / "episodes.gif").exists():  # (pygame renders CliffWalking) its one episode, cut at 20 steps too
+        import imageio.v2 as imageio
+
+        assert len(imageio.mimread(run / "episodes.gif")) <= 21
+    else:
+        assert "no GIF" in out

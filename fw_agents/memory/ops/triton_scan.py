@@ -84,6 +84,30 @@ def supports(hidden_size: int, device: torch.device | str) -> bool:
     return triton is not None and 1 <= hidden_size <= MAX_HIDDEN and (nvidia or _interpret()) and usable
 
 
+def kernel_unavailable(hidden_size: int, device: torch.device | str) -> str | None:
+    """Why :func:`fast_weights_triton` (``mode="triton"``) cannot run at this size on this device, in
+    one line, or None when it can: what a run checks before it starts, rather than fail at its first step."""
+    problem = _kernel_problem(hidden_size, torch.device(device))
+    return None if problem is None else str(problem)
+
+
+def _kernel_problem(hidden_size: int, device: torch.device) -> Exception | None:
+    """The error :func:`fast_weights_triton` raises for this size and device (None: it runs)."""
+    if triton is None:
+        return ImportError(INSTALL_HINT)
+    if hidden_size > MAX_HIDDEN:
+        return ValueError(
+            f"the Triton fast-weights kernel holds A on chip for H <= {MAX_HIDDEN}, got H = {hidden_size}; "
+            "use fast_weights_scan (FastWeightsRNN mode='auto' falls back to it)"
+        )
+    if device.type != "cuda" and not _interpret():
+        return RuntimeError(
+            f"the Triton fast-weights kernel needs CUDA tensors (got {device.type}), "
+            "or TRITON_INTERPRET=1 to run it (slowly) on CPU"
+        )
+    return None
+
+
 def mark_unusable(device: torch.device | str, error: BaseException) -> None:
     """Record that the kernel failed on ``device`` (a Triton that cannot compile or launch it
     there: an old driver, a toolchain mismatch) and warn once, in one line, that
@@ -387,16 +411,9 @@ def fast_weights_triton(
     if zx.dim() != 3:
         raise ValueError(f"zx must be [T, B, H], got shape {tuple(zx.shape)}")
     T, B, H = zx.shape
-    if H > MAX_HIDDEN:
-        raise ValueError(
-            f"the Triton fast-weights kernel holds A on chip for H <= {MAX_HIDDEN}, got H = {H}; "
-            "use fast_weights_scan (FastWeightsRNN mode='auto' falls back to it)"
-        )
-    if zx.device.type != "cuda" and not _interpret():
-        raise RuntimeError(
-            f"the Triton fast-weights kernel needs CUDA tensors (got {zx.device.type}), "
-            "or TRITON_INTERPRET=1 to run it (slowly) on CPU"
-        )
+    problem = _kernel_problem(H, zx.device)
+    if problem is not None:
+        raise problem
     if not (isinstance(inner_steps, int) and inner_steps >= 1):
         raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
     if tuple(h.shape) != (B, H) or tuple(W.shape) != (H, H):
