@@ -82,7 +82,7 @@ def build_agent(config: TrainConfig, env: VecEnv) -> RecurrentPPO:
         env,
         learning_rate=config.learning_rate,
         n_steps=config.n_steps,
-        batch_size=config.batch_size,
+        batch_size=config.minibatch_size,
         n_epochs=config.n_epochs,
         gamma=config.gamma,
         gae_lambda=config.gae_lambda,

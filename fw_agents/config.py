@@ -21,6 +21,8 @@ from fw_agents.tracking import WANDB_MODES, check_wandb_mode
 from fw_agents.validation import check_bool, check_choice, check_float
 
 DEVICES = ("auto", "cpu", "cuda")
+#: The minibatch size when ``batch_size`` is None (a rollout smaller than this is one minibatch).
+DEFAULT_BATCH_SIZE = 256
 #: Largest ``--n-envs``: SB3 steps the envs of a ``DummyVecEnv`` one by one in this process, and a
 #: rollout keeps every env's recurrent state (a fast-weights core: ``H + H²`` floats each).
 MAX_N_ENVS = 4096
@@ -120,8 +122,9 @@ class TrainConfig:
     learning_rate: float = option(1e-3, help="Adam step size", aliases=("--lr",))
     n_steps: int = option(64, help="rollout length per env between updates (the rollout must also fit in memory)",
                           low=1, high=1_000_000)  # fmt: skip
-    batch_size: int = option(
-        256, help="minibatch size, at most the rollout (n_envs * n_steps) and >= 2 (advantages are normalised over it)",
+    batch_size: int | None = option(
+        None, help=f"minibatch size, >= 2 (advantages are normalised over it) and at most the rollout, n_envs * n_steps "
+        f"(None: {DEFAULT_BATCH_SIZE}, or the whole rollout when it is smaller)",
         low=2,
     )  # fmt: skip
     n_epochs: int = option(4, help="passes over each rollout per update", low=1, high=1000)
@@ -210,19 +213,27 @@ class TrainConfig:
         if self.resume is not None and not (os.access(self.resume, os.R_OK) and Path(self.resume).exists()):
             raise ValueError(f"cannot read resume checkpoint {self.resume!r} (no such readable file or run folder)")
 
+    @property
+    def minibatch_size(self) -> int:
+        """The minibatch size a run trains with: ``batch_size``, or when None
+        :data:`DEFAULT_BATCH_SIZE` capped at the rollout (``n_envs * n_steps``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return min(DEFAULT_BATCH_SIZE, self.n_envs * self.n_steps)
+
     def _check_minibatches(self) -> None:
         """The rollout (``n_envs * n_steps``) splits into minibatches of ``batch_size`` steps, each >= 2."""
-        rollout = self.n_envs * self.n_steps
+        rollout, batch = self.n_envs * self.n_steps, self.minibatch_size
         if rollout < 2:  # PPO normalises advantages over a minibatch: one step gives NaN
             raise ValueError(f"n_envs * n_steps must be >= 2 (advantages are normalised over a minibatch), got {rollout}")
-        if self.batch_size > rollout:  # SB3's buffer would train one minibatch of the whole rollout, not this size
+        if batch > rollout:  # SB3's buffer would train one minibatch of the whole rollout, not this size
             raise ValueError(
                 f"batch_size must be an integer in [2, {rollout}] (at most the rollout, n_envs * n_steps = {rollout}), "
-                f"got {self.batch_size}"
+                f"got {batch}"
             )
-        if rollout % self.batch_size == 1:  # the last minibatch of an update: one sample, NaN advantages
+        if rollout % batch == 1:  # the last minibatch of an update: one sample, NaN advantages
             raise ValueError(
-                f"batch_size {self.batch_size} leaves a last minibatch of one step (n_envs * n_steps = {rollout}), whose "
+                f"batch_size {batch} leaves a last minibatch of one step (n_envs * n_steps = {rollout}), whose "
                 "normalised advantages are NaN; choose a batch_size that divides it or leaves at least 2"
             )
 
@@ -233,7 +244,7 @@ class TrainConfig:
 
     def resolved(self) -> dict[str, Any]:
         """Every field, ``memory_kwargs`` resolved: what ``config.json`` and W&B record."""
-        return {**asdict(self), "memory_kwargs": self.resolved_memory_kwargs()}
+        return {**asdict(self), "batch_size": self.minibatch_size, "memory_kwargs": self.resolved_memory_kwargs()}
 
     def policy_kwargs(self) -> dict[str, Any]:
         """``RecurrentMemoryPolicy``'s keyword arguments."""

@@ -231,6 +231,16 @@ def test_validate_names_the_bad_value(changes, message):
     TrainConfig(threads=None).validate()  # torch's own thread count
 
 
+def test_the_default_minibatch_is_256_or_the_whole_smaller_rollout():
+    # --n-envs 2 alone (a rollout of 128 steps) trains, in one minibatch; config.json records it
+    small = TrainConfig(n_envs=2)
+    small.validate()
+    assert small.batch_size is None and small.minibatch_size == 128 and small.resolved()["batch_size"] == 128
+    assert TrainConfig().minibatch_size == 256 and TrainConfig().resolved()["batch_size"] == 256
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[2, 128\] .* got 256"):
+        TrainConfig(n_envs=2, batch_size=256).validate()  # asked for: refused, never silently shrunk
+
+
 def test_threads_apply_during_training_only(monkeypatch):
     seen = []
     monkeypatch.setattr(agent, "_train", lambda config, *rest: seen.append(torch.get_num_threads()) or {})
