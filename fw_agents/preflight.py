@@ -1,5 +1,6 @@
 """Checks a training run passes before it writes anything: the env can be made and trained,
-and the run fits in memory.
+and the run fits in memory (the agents' rollouts, :func:`check_memory`; the supervised
+tasks' models, :func:`check_model_memory`).
 
 Each failure is a ``ValueError`` with one line naming the value and what would work
 (the commands print it and exit 2), instead of a traceback from deep inside Gymnasium,
@@ -9,11 +10,13 @@ SB3 or the allocator, or the kernel's OOM killer halfway through a run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import torch
 from gymnasium import spaces
+from torch import nn
 
 #: Spaces Stable-Baselines3's recurrent PPO takes (observations may also be a Dict of them).
 OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
@@ -77,12 +80,60 @@ def check_memory(
     per_step = spaces.flatdim(observation) + stored * core.state_size + 8  # + actions, rewards, values, ...
     parameters = cores * sum(p.numel() for p in core.parameters())
     needed = 4 * (n_envs * n_steps * per_step + n_envs * spaces.flatdim(observation) + 3 * parameters)
-    available = _physical_memory()
+    sizes = f"--n-envs {n_envs} x --n-steps {n_steps} steps of {per_step} floats, --hidden-size {hidden_size}"
+    return check_fits(needed, sizes)
+
+
+def check_model_memory(
+    build_model: Callable[[], nn.Module], batch_size: int, sequence_length: int, sizes: str,
+    device: torch.device | str = "cpu",
+) -> int:  # fmt: skip
+    """Raise unless training the model ``build_model`` makes fits in :data:`MEMORY_SHARE` of
+    ``device``'s memory (the supervised task commands' preflight).
+
+    Counted, in float32: the parameters with their gradients and Adam's two moments, and, for a
+    model whose ``core`` is a memory core, the core's state at every step of every sequence of
+    the batch (kept for backpropagation through time). A lower bound: the activations around
+    the core are not counted. The model is built on the ``meta`` device: its sizes are known
+    without allocating it, and a bad option of the core raises its own ``ValueError``.
+
+    :param build_model: Builds the model the run trains.
+    :param batch_size: Sequences per update.
+    :param sequence_length: Steps per sequence.
+    :param sizes: The flags that set these sizes, for the message (``"--hidden 20, --batch-size 128"``).
+    :param device: Where the run computes: a CUDA device's own memory is counted, else this machine's.
+    :return: The estimate, in bytes.
+    :raises ValueError: Naming ``sizes`` and the estimate against the memory.
+    """
+    from fw_agents.memory import MemoryCore
+
+    with torch.device("meta"):
+        model = build_model()
+    parameters = sum(p.numel() for p in model.parameters())
+    core = getattr(model, "core", None)
+    states = batch_size * sequence_length * core.state_size if isinstance(core, MemoryCore) else 0
+    return check_fits(4 * (4 * parameters + states), f"{sizes}: {parameters:,} parameters", device)
+
+
+def check_fits(needed: int, sizes: str, device: torch.device | str = "cpu") -> int:
+    """Raise unless ``needed`` bytes fit in :data:`MEMORY_SHARE` of ``device``'s memory (a CUDA
+    device's own, else this machine's or its container's).
+
+    :param needed: The run's estimate, in bytes.
+    :param sizes: The flags that set it, for the message.
+    :param device: Where the run computes.
+    :return: ``needed``.
+    :raises ValueError: One line: the estimate, ``sizes`` and the memory available.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        available, where = torch.cuda.get_device_properties(device).total_memory, f"{device}'s"
+    else:
+        available, where = _physical_memory(), "this machine's"
     if available and needed > MEMORY_SHARE * available:
         raise ValueError(
-            f"this run needs about {needed / 2**30:.1f} GiB (--n-envs {n_envs} x --n-steps {n_steps} steps of "
-            f"{per_step} floats, --hidden-size {hidden_size}), more than {MEMORY_SHARE:.0%} of this machine's "
-            f"{available / 2**30:.1f} GiB; lower them"
+            f"this run needs about {needed / 2**30:.1f} GiB ({sizes}), more than {MEMORY_SHARE:.0%} of "
+            f"{where} {available / 2**30:.1f} GiB; lower them"
         )
     return needed
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 
 from fw_agents import preflight
@@ -28,3 +29,22 @@ def test_a_container_limit_below_the_machine_memory_is_used(tmp_path, monkeypatc
         preflight.check_memory(box, "fastweights", 128, {}, 16, 1024)
     limit.write_text("max\n")
     assert preflight._physical_memory() > 2**30
+
+
+def test_model_memory_counts_parameters_with_adam_and_the_cores_states(monkeypatch):
+    from torch import nn
+
+    from fw_agents.memory import make_memory
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.core = make_memory("fastweights", 5, 16)
+
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in Model().parameters())
+    needed = preflight.check_model_memory(Model, 8, 11, "--hidden 16")
+    assert needed == 4 * (4 * parameters + 8 * 11 * (16 + 16 * 16))  # weights, grads, 2 Adam moments; h and A per step
+    monkeypatch.setattr(preflight, "_physical_memory", lambda: needed)  # 80% of it is too little
+    with pytest.raises(ValueError, match=r"^this run needs about 0.0 GiB \(--hidden 16: [0-9,]+ parameters\), more than 80%"):
+        preflight.check_model_memory(Model, 8, 11, "--hidden 16")
