@@ -25,14 +25,14 @@ ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.Multi
 MEMORY_SHARE = 0.8
 
 
-def probe_env(env_id: str) -> tuple[spaces.Space, spaces.Space]:
-    """Make one ``env_id`` env and return its observation and action spaces.
+def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[spaces.Space, spaces.Space]:
+    """Make one ``env_id`` env (with ``env_kwargs``) and return its observation and action spaces.
 
     :raises ValueError: The env cannot be made (a missing optional dependency, bad
         arguments) or its spaces cannot be trained by SB3's recurrent PPO.
     """
     try:
-        env = gym.make(env_id)
+        env = gym.make(env_id, **(env_kwargs or {}))
     except gym.error.DependencyNotInstalled as error:
         raise ValueError(f"cannot make env {env_id!r}: {error}") from None
     except Exception as error:  # noqa: BLE001 - an env's own constructor may raise anything
@@ -56,7 +56,7 @@ def probe_env(env_id: str) -> tuple[spaces.Space, spaces.Space]:
 
 def check_memory(
     observation: spaces.Space, memory: str, hidden_size: int, memory_kwargs: dict[str, Any], n_envs: int, n_steps: int,
-    separate_critic: bool = False,
+    separate_critic: bool = False, flags: tuple[str, str, str] = ("--n-envs", "--n-steps", "--hidden-size"),
 ) -> int:  # fmt: skip
     """Raise unless the run's largest allocations fit in :data:`MEMORY_SHARE` of this machine's memory.
 
@@ -66,6 +66,8 @@ def check_memory(
     core's parameters with Adam's two moments. The core is built on the ``meta`` device: its
     sizes are known without allocating it.
 
+    :param flags: What sets ``n_envs``, ``n_steps`` and ``hidden_size``, for the message
+        (the zoo's are hyper-parameters).
     :return: The estimate, in bytes.
     :raises ValueError: Naming the sizes and the estimate against the machine's memory.
     """
@@ -80,7 +82,8 @@ def check_memory(
     per_step = spaces.flatdim(observation) + stored * core.state_size + 8  # + actions, rewards, values, ...
     parameters = cores * sum(p.numel() for p in core.parameters())
     needed = 4 * (n_envs * n_steps * per_step + n_envs * spaces.flatdim(observation) + 3 * parameters)
-    sizes = f"--n-envs {n_envs} x --n-steps {n_steps} steps of {per_step} floats, --hidden-size {hidden_size}"
+    envs_flag, steps_flag, hidden_flag = flags
+    sizes = f"{envs_flag} {n_envs} x {steps_flag} {n_steps} steps of {per_step} floats, {hidden_flag} {hidden_size}"
     return check_fits(needed, sizes)
 
 
