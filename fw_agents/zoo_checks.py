@@ -74,8 +74,10 @@ class ZooArgumentParser(OneLineArgumentParser):
         if env is not None and env_id not in gym.registry:
             close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            self.error(f"unknown env id {env_id!r}; {hint}use a registered Gymnasium id (e.g. Catch-v0, "
-                       f"CatchBlind16-v0, CartPole-v1), or --gym-packages MODULE to import the module registering it")  # fmt: skip
+            self.error(
+                f"unknown env id {env_id!r}; {hint}use a registered Gymnasium id (e.g. Catch-v0, CatchBlind16-v0, "
+                "CartPole-v1), or --gym-packages MODULE to import the module registering it"
+            )
         return parsed
 
 
@@ -108,7 +110,8 @@ def _policy_keywords() -> tuple[str, ...]:
 
 
 def check_hyperparams(
-    algo: type, env_id: str, policy: Any, hyperparams: dict[str, Any], n_envs: int, env_kwargs: dict[str, Any] | None = None,
+    algo: type, env_id: str, policy: Any, hyperparams: dict[str, Any], n_envs: int,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
     """Check an experiment's hyper-parameters, as the zoo hands them to the algorithm, before it
     creates the run folder or an env.
@@ -139,7 +142,9 @@ def check_hyperparams(
     accepted = _policy_keywords()
     unknown = [key for key in policy_kwargs if key not in accepted]
     if unknown:
-        raise ZooInputError(f"unknown policy_kwargs key {unknown[0]!r} for {policy.__name__}; accepted: {', '.join(accepted)}")
+        raise ZooInputError(
+            f"unknown policy_kwargs key {unknown[0]!r} for {policy.__name__}; accepted: {', '.join(accepted)}"
+        )
     defaults = inspect.signature(RecurrentMemoryPolicy.__init__).parameters
     memory = policy_kwargs.get("memory", defaults["memory"].default)
     hidden_size = policy_kwargs.get("hidden_size", defaults["hidden_size"].default)
@@ -156,7 +161,7 @@ def check_hyperparams(
         check_int("n_steps", n_steps)
         try:
             memory_kwargs = {} if memory_kwargs is None else memory_kwargs
-            if memory == "fastweights" and isinstance(memory_kwargs, dict):  # an old YAML's normalize, as the policy reads it
+            if memory == "fastweights" and isinstance(memory_kwargs, dict):  # an old YAML's normalize, as the policy
                 memory_kwargs = translate_legacy_options(memory_kwargs)
             resolved = check_memory_kwargs(memory, memory_kwargs, hidden_size)
         except ValueError as error:
@@ -170,10 +175,13 @@ def check_hyperparams(
 # ---------------------------------------------------------------------------------- enjoy
 def _runs_in(folder: str) -> list[str]:
     """The ``<env>_<N>`` run folders directly in ``folder``, sorted."""
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(folder), "*_[0-9]*")) if os.path.isdir(p))
+    paths = glob.glob(os.path.join(glob.escape(folder), "*_[0-9]*"))
+    return sorted(os.path.basename(path) for path in paths if os.path.isdir(path))
 
 
-def checked_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args: Any, **kwargs: Any) -> tuple[str, str, str]:
+def checked_model_path(
+    exp_id: int, folder: str, algo: str, env_name: Any, *args: Any, **kwargs: Any
+) -> tuple[str, str, str]:  # fmt: skip
     """``rl_zoo3.utils.get_model_path``, its failures named in one line, and the model it finds
     read (a readable zip whose members pass their CRC check and which holds SB3's ``data``) before
     ``enjoy`` builds its env; the zoo's failures kept for its ``rl-trained-agents`` folder, on which
@@ -189,7 +197,7 @@ def checked_model_path(exp_id: int, folder: str, algo: str, env_name: Any, *args
             raise  # the zoo downloads the model then
         algo_folder = os.path.join(folder, algo)
         if not os.path.isdir(folder):
-            raise ZooInputError(f"-f {folder}: no such folder; give the -f (--folder) that 'train' wrote its runs to") from None
+            raise ZooInputError(f"-f {folder}: no such folder; give the -f 'train' wrote its runs to") from None
         if not os.path.isdir(algo_folder):
             held = ", ".join(sorted(name for name in os.listdir(folder) if name in zoo_enjoy.ALGOS)) or "none"
             raise ZooInputError(f"-f {folder} holds no {algo} runs (no {algo_folder} folder; runs of: {held}); "

@@ -237,6 +237,7 @@ def _main(argv: Sequence[str] | None) -> int:
     data = load_dataset(task.dataset, task.data_dir, seed=0, val_size=task.val_size)
     splits = to_splits(data, device, task.train_limit)
     data_seconds = time.perf_counter() - tick
+
     def build_model() -> nn.Module:
         return build_glimpse_model(task.memory, task.hidden, data.num_classes, data.image_size, task.conv_layers,
                                    task.multi_level_flag(), task.memory_kwargs())  # fmt: skip

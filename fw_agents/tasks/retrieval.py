@@ -229,6 +229,7 @@ def _main(argv: Sequence[str] | None) -> int:
     tick = time.perf_counter()
     splits = load_splits(task, device)
     data_seconds = time.perf_counter() - tick
+
     def build_model() -> RetrievalModel:
         return RetrievalModel(task.memory, task.hidden, memory_kwargs=task.memory_kwargs())
 

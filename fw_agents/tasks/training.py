@@ -170,7 +170,8 @@ def train_classifier(
         included); ``None``: never.
     :param resume: Continue from ``checkpoint`` (which must exist, with the same settings but
         ``steps``, which may grow).
-    :raises ValueError: ``resume`` without a readable checkpoint, or with other settings.
+    :raises ValueError: ``resume`` without a readable checkpoint, or with other settings; a
+        ``batch_size`` over the training set's size (:func:`check_batch_size`).
     :return: Results: best checkpoint's ``val_error``/``test_error``/``test_nll``, the curve
         (one record per evaluation), timings (``sec_per_update`` excludes evaluation).
         ``model`` is left holding the best checkpoint's parameters.
