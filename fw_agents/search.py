@@ -56,6 +56,7 @@ from fw_agents.cli import (
 )
 from fw_agents.search_storage import (
     STORAGE_ENV,
+    check_storage_flags,
     fail_stale_trials,
     hidden_password,
     make_sampler,
@@ -142,8 +143,7 @@ class SearchOptions:
         check_choice("pruner", self.pruner, PRUNERS)
         check_int("workers", self.workers, 1)
         check_int("heartbeat", self.heartbeat, 1)
-        if self.storage_from_env and self.storage is not None:
-            raise ValueError(f"--storage and --storage-from-env both give the storage; pass one (the URL, or ${STORAGE_ENV})")
+        check_storage_flags(self.storage, self.storage_from_env)
         if self.study is not None and not STUDY_NAME.fullmatch(self.study):
             raise ValueError(f"study name must be letters, digits, '.', '_' or '-', got {self.study!r}")
 

@@ -25,13 +25,44 @@ STORAGE_ENV = "FW_SEARCH_STORAGE"
 
 
 def storage_from_env() -> str:
-    """The storage URL in ``$FW_SEARCH_STORAGE`` (:data:`STORAGE_ENV`).
+    """The storage URL in ``$FW_SEARCH_STORAGE`` (:data:`STORAGE_ENV`), checked by :func:`check_storage_url`.
 
-    :raises ValueError: Not set, or empty (one line).
+    :raises ValueError: Not set, empty, or a URL the search cannot use (one line).
     """
     url = os.environ.get(STORAGE_ENV, "").strip()
     if not url:
         raise ValueError(f"--storage-from-env: ${STORAGE_ENV} is not set; set it to the storage URL or pass --storage URL")
+    return check_storage_url(url)
+
+
+def check_storage_flags(storage: str | None, from_env: bool) -> None:
+    """Check ``--storage`` (:func:`check_storage_url`) and that ``--storage-from-env`` does not
+    give it a second time. :raises ValueError: One line naming the flag."""
+    if from_env and storage is not None:
+        raise ValueError(f"--storage and --storage-from-env both give the storage; pass one (the URL, or ${STORAGE_ENV})")
+    if storage is not None:
+        check_storage_url(storage)
+
+
+#: Default SQLite URL ``sqlite://`` and these databases live in the memory of one connection.
+_IN_MEMORY_SQLITE = re.compile(r"^(:memory:|file::memory:.*)$|[?&]mode=memory(&|$)")
+
+
+def check_storage_url(url: str) -> str:
+    """:return: ``url``. :raises ValueError: ``url`` is no database URL, or an in-memory SQLite
+    database (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``): each of its connections is
+    a database of its own, so the heartbeat thread, the ``--workers`` and the final report (let
+    alone a later run, to resume) could never see the trials. A study to keep nowhere is no
+    use to a search whose trials take minutes; the default file resumes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"storage must be a database URL such as sqlite:///PATH or postgresql+psycopg://..., got {url!r}")
+    database = rest.split("/", 1)[1] if "/" in rest else ""
+    if scheme.split("+")[0] == "sqlite" and (not database or _IN_MEMORY_SQLITE.search(database)):
+        raise ValueError(
+            f"--storage {url} is an in-memory SQLite database, which the heartbeats, the workers and a resumed run "
+            f"cannot share; give sqlite:///PATH, or leave --storage out (sqlite:///<runs-root>/search/<study>.db)"
+        )
     return url
 
 
@@ -118,13 +149,12 @@ def hidden_password(url: str) -> str:
 def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage with heartbeats every ``heartbeat`` s and stale trials retried.
 
-    :raises ValueError: ``url`` is not a database URL, or the database cannot be reached.
+    :raises ValueError: ``url`` is not a database URL (:func:`check_storage_url`), or the database cannot be reached.
     """
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
-    if "://" not in url:
-        raise ValueError(f"storage must be a database URL such as sqlite:///PATH or postgresql+psycopg://..., got {url!r}")
+    check_storage_url(url)
     if url.startswith("sqlite"):
         engine: dict[str, Any] = dict(connect_args={"timeout": 60})  # workers wait for each other's writes
     else:  # a server: fail fast when it is unreachable, survive idle hours between reports

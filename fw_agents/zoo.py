@@ -51,6 +51,7 @@ from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory.options import merge_options, searched_names, suggest_options, translate_legacy_options
 from fw_agents.policies import RecurrentMemoryPolicy, resolve_memory_kwargs
 from fw_agents.safe_load import UnsafeModelError
+from fw_agents.zoo_checks import ZooInputError, check_hyperparams, checked_enjoy, one_line_parsers
 from fw_agents.zoo_trust import TRUST_FLAG, UntrustedRunFolder, untrusted_enjoy
 
 #: The zoo's name of :class:`~fw_agents.algorithms.FastRecurrentPPO`.
@@ -216,6 +217,13 @@ class ExperimentManager(zoo_exp_manager.ExperimentManager):
         if self.vec_env_class is DummyVecEnv and entry_point in (CatchEnv, "envs.catch:CatchEnv"):
             self.vec_env_class = catch_vec_env  # type: ignore[assignment]
 
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
+        """The zoo's, then :func:`~fw_agents.zoo_checks.check_hyperparams`: before the zoo makes the run folder."""
+        processed = super()._preprocess_hyperparams(hyperparams)
+        policy = memory_policy_class(processed[0].get("policy"))
+        check_hyperparams(ALGOS[self.algo], self.env_name.gym_id, policy, processed[0], self.n_envs, self.env_kwargs)
+        return processed
+
     def objective(self, trial: optuna.Trial) -> float:
         token = _EXPERIMENT_HYPERPARAMS.set(self._hyperparams)
         try:
@@ -284,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m fw_agents.zoo {train,enjoy} ARGS``: :func:`register`, then the zoo's command
     with ``ARGS`` (for ``train``, plus ``--conf-file`` of :func:`shipped_conf_file` if any;
     ``enjoy`` runs nothing its run folder chooses unless ``ARGS`` hold ``--trust-checkpoint``,
-    see :mod:`fw_agents.zoo_trust`)."""
+    see :mod:`fw_agents.zoo_trust`). Bad input (:mod:`fw_agents.zoo_checks`) and a refused run
+    folder are one line on stderr, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = f"usage: python -m fw_agents.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 arguments ...]"
     if argv[:1] in (["-h"], ["--help"]):
@@ -305,16 +314,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     conf_file = shipped_conf_file(args) if command == "train" else None
     if conf_file is not None:
         args += ["--conf-file", str(conf_file)]
-    if command != "enjoy":
-        _run(command, args)
-        return
-    trusted = TRUST_FLAG in args
-    args = [arg for arg in args if arg != TRUST_FLAG]
-    try:
-        with contextlib.nullcontext() if trusted else untrusted_enjoy():
+    untrusted = command == "enjoy" and TRUST_FLAG not in args
+    if command == "enjoy":
+        args = [arg for arg in args if arg != TRUST_FLAG]
+    try:  # bad input is one line, exit 2 (fw_agents.zoo_checks); the run folder's code is refused unless trusted
+        with one_line_parsers(), checked_enjoy(), untrusted_enjoy() if untrusted else contextlib.nullcontext():
             _run(command, args)
-    except (UntrustedRunFolder, UnsafeModelError) as error:
-        how = "" if isinstance(error, UntrustedRunFolder) else f" (on this command line: {TRUST_FLAG})"
+    except (UntrustedRunFolder, UnsafeModelError, ZooInputError) as error:
+        how = f" (on this command line: {TRUST_FLAG})" if isinstance(error, UnsafeModelError) else ""
         print(f"error: {error}{how}", file=sys.stderr)
         sys.exit(2)
 

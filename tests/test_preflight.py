@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 
 from fw_agents import preflight
@@ -45,3 +46,22 @@ def test_the_envs_live_states_are_counted():
     assert wide - long == 4 * 4 * (2 * state + 3)  # 4 more envs: their two states and their observations
     separate = preflight.check_memory(box, "fastweights", 32, {}, 8, 1, separate_critic=True)
     assert separate - wide >= 4 * 2 * 8 * state  # the critic's states too
+
+
+def test_model_memory_counts_parameters_with_adam_and_the_cores_states(monkeypatch):
+    from torch import nn
+
+    from fw_agents.memory import make_memory
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.core = make_memory("fastweights", 5, 16)
+
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in Model().parameters())
+    needed = preflight.check_model_memory(Model, 8, 11, "--hidden 16")
+    assert needed == 4 * (4 * parameters + 8 * 11 * (16 + 16 * 16))  # weights, grads, 2 Adam moments; h and A per step
+    monkeypatch.setattr(preflight, "_physical_memory", lambda: needed)  # 80% of it is too little
+    with pytest.raises(ValueError, match=r"^this run needs about 0.0 GiB \(--hidden 16: [0-9,]+ parameters\), more than 80%"):
+        preflight.check_model_memory(Model, 8, 11, "--hidden 16")

@@ -109,6 +109,13 @@ BAD_INPUT = [
     (["--storage", "postgresql+psycopg://fw:my@secret@127.0.0.1:1/db"], "cannot open storage postgresql+psycopg://fw:***@"),
     (["--storage", "postgresql+psycopg://fw:my:secret@127.0.0.1:1/db"], "cannot open storage postgresql+psycopg://fw:***@"),
     (["--storage", "postgresql+psycopg://fw@127.0.0.1:1/db?password=secret"], "cannot open storage"),
+    # in-memory SQLite: one database per connection (was a heartbeat-thread traceback, trial
+    # folders left behind, then "already holds run folders" at the report)
+    (["--storage", "sqlite:///:memory:"], "--storage sqlite:///:memory: is an in-memory SQLite database, which the "
+     "heartbeats, the workers and a resumed run cannot share; give sqlite:///PATH, or leave --storage out"),
+    (["--storage", "sqlite://"], "--storage sqlite:// is an in-memory SQLite database"),
+    (["--storage", "sqlite+pysqlite:///file::memory:?cache=shared"], "is an in-memory SQLite database"),
+    (["--storage", "sqlite:///file:x?mode=memory&uri=true"], "is an in-memory SQLite database"),
 ]
 
 
@@ -140,9 +147,10 @@ def test_the_tpe_sampler_is_reproducible_with_one_worker(tmp_path):
 
 @pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(argv) for argv, _ in BAD_INPUT])
 def test_bad_input_is_one_line_and_status_2(argv, message, tmp_path, capsys):
-    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path), *argv], capsys)
+    status, err = _status_and_stderr([*TINY, "--runs-root", str(tmp_path / "runs"), *argv], capsys)
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "secret" not in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists(), "a refused search leaves no folder"
 
 
 def test_joining_a_study_with_other_settings_is_refused(tmp_path, capsys):
@@ -523,3 +531,6 @@ def test_workers_get_the_storage_password_through_the_environment_not_argv(tmp_p
         search.parse_search(command[3:])
     with pytest.raises(ValueError, match="^--storage and --storage-from-env both"):
         search.parse_search([*command[3:], "--storage", url])
+    monkeypatch.setenv(STORAGE_ENV, "sqlite:///:memory:")  # checked as --storage is
+    with pytest.raises(ValueError, match="^--storage sqlite:///:memory: is an in-memory SQLite database"):
+        search.parse_search(command[3:])

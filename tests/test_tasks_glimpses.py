@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fw_agents import preflight
 from fw_agents.tasks import glimpses
 from fw_agents.cli import run_cli
 from fw_agents.tasks.glimpse_geometry import (
@@ -273,14 +274,19 @@ def test_cli_malformed_idx_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
         (["--memory", "convnet", "--decay", "0.5"], "--decay applies to --memory fastweights only"),
         (["--memory", "irnn", "--inner-steps", "2"], "--inner-steps applies to --memory fastweights only"),
         (["--memory", "convnet", "--multi-level", "on"], "--multi-level on needs a core with fast weights"),
+        # flags that fit no model the data allows: refused by the preflight, before anything is allocated or written
+        (["--memory", "fastweights", "--hidden", "100000"], "GiB (--hidden 100000, --batch-size 16 x 24 steps"),
+        (["--memory", "convnet", "--hidden", "100000"], "GiB (--hidden 100000, --batch-size 16 x 24 steps"),
+        (["--memory", "convnet", "--batch-size", "31"], "--batch-size 31 is more than the 30 training examples; choose 1..30"),
     ],
 )
-def test_cli_flags_that_do_not_apply_are_refused(
-    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_cli_refused_settings_are_one_line(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(preflight, "_physical_memory", lambda: 64 * 2**30)  # the same on every machine
     _write_idx_dir(tmp_path / "data")
-    status = run_cli(glimpses.main, ["--data-dir", str(tmp_path / "data"), *argv, "--wandb", "disabled",
-                                     "--run-dir", str(tmp_path / "r")])  # fmt: skip
+    status = run_cli(glimpses.main, ["--data-dir", str(tmp_path / "data"), "--val-size", "10", "--batch-size", "16",
+                                     *argv, "--wandb", "disabled", "--run-dir", str(tmp_path / "r")])  # fmt: skip
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "r").exists()

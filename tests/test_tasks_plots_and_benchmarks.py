@@ -19,6 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _benchmark(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -107,3 +108,23 @@ def test_run_grid_stops_on_ctrl_c_then_resumes_the_cell_and_force_reruns(tmp_pat
     results = run_grid(main, cells[:1], tmp_path, force=True)
     assert seen[3][-2] == "--run-dir" and results[("m", 1)] == {"test_error": 0.5}
     assert len(list(tmp_path.glob("m-1.replaced-*"))) == 1
+
+
+def test_probe_bad_inputs_classifies_a_subset(tmp_path: Path) -> None:
+    """benchmarks/probe_bad_inputs.py (slow in full: not run here) on two cheap cases, as a
+    subprocess of its own: each refused in one line, nothing left behind, the summary written."""
+    probe = ROOT / "benchmarks" / "probe_bad_inputs.py"
+    argv = [sys.executable, str(probe), "--only", "retrieval-batch-size", "--only", "zoo-train-bogus-algo",
+            "--timeout", "120", "--out", str(tmp_path / "out")]  # fmt: skip
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    records = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["name"] for r in records] == ["retrieval-batch-size-1e8", "zoo-train-bogus-algo"]
+    assert all(r["outcome"] == "clean" and r["status"] == 2 and r["left_count"] == 0 for r in records), records
+    assert "2 of 2 cases as wanted" in (tmp_path / "out" / "summary.md").read_text()
+    probe_module = _benchmark("probe_bad_inputs")  # the other outcomes, from made-up runs
+    classify, case = probe_module.classify, probe_module.Case("x", ("cmd",), names="bad")
+    assert classify(case, None, []) == "hang" and classify(case, -9, []) == "crash"
+    assert classify(case, 1, ["Traceback (most recent call last):", "ValueError: bad"]) == "traceback"
+    assert classify(case, 0, []) == "silent" and classify(case, 2, ["error: bad", "more"]) == "noisy"
+    assert classify(case, 2, ["error: x"]) == "vague" and classify(case, 2, ["error: BAD value"]) == "clean"

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fw_agents import preflight
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.tasks import retrieval
 from fw_agents.cli import run_cli
@@ -164,11 +165,17 @@ def test_cli_writes_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--eval-every", "0"], "eval-every must be an integer >= 1, got 0"),
         (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
         (["--grad-clip", "-1"], "grad-clip must be a finite number >= 0, got -1.0"),
+        # preflight: refused before the model is built (a 40 GB allocation was a traceback) or the
+        # batch silently became the whole training set (20,000 full-set updates: a hang)
+        (["--hidden", "100000"], "this run needs about 597.9 GiB (--hidden 100000, --batch-size 128 x 11 steps"),
+        (["--memory", "fastweights", "--hidden", "100000"], "GiB (--hidden 100000, --batch-size 128 x 11 steps"),
+        (["--batch-size", "100000000"], "--batch-size 100000000 is more than the 100000 training examples; choose 1..100000"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(
-    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(preflight, "_physical_memory", lambda: 64 * 2**30)  # the same on every machine
     full = ["--memory", "lstm", "--wandb", "disabled", "--run-dir", str(tmp_path / "r"), *argv]
     try:
         status = run_cli(retrieval.main, full)

@@ -253,10 +253,14 @@ class _RunsAShellCommand:
 
 
 def _run_folder(tmp_path: Path, config: str, args: str | None = None, vecnormalize: bytes | None = None) -> Path:
-    """A zoo run folder for ``ppo_lstm`` on CatchBlind16-v0 with these files (a placeholder model)."""
+    """A zoo run folder for ``ppo_lstm`` on CatchBlind16-v0 with these files (a placeholder model:
+    a zip with an empty ``data`` entry, which enjoy reads before the YAML)."""
+    import zipfile
+
     run = tmp_path / "logs" / "ppo_lstm" / "CatchBlind16-v0_1"
     (run / "CatchBlind16-v0").mkdir(parents=True)
-    (run / "CatchBlind16-v0.zip").write_bytes(b"")
+    with zipfile.ZipFile(run / "CatchBlind16-v0.zip", "w") as placeholder:
+        placeholder.writestr("data", "{}")
     (run / "CatchBlind16-v0" / "config.yml").write_text(config)
     if args is not None:
         (run / "CatchBlind16-v0" / "args.yml").write_text(args)
@@ -318,3 +322,109 @@ def test_enjoy_runs_no_code_from_a_pickle(tmp_path, capsys, one_thread):
             dst.writestr(name, json.dumps(data) if name == "data" else src.read(name))
     _enjoy_refuses(tmp_path / "model", capsys, "'ep_info_buffer' needs")
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------ bad input: one line
+_TRAIN = ["train", "--algo", zoo.ALGO, "--env", "Catch-v0", "-n", "64", "--num-threads", "1"]
+_ACCEPTED_ALGOS = "(choose from 'a2c', 'ddpg', 'dqn', 'ppo', 'sac', 'td3', 'ars', 'crossq', 'qrdqn', 'tqc', 'trpo', 'ppo_lstm', 'fast_recurrent_ppo')"
+TRAIN_BAD_INPUT = [
+    (["train", "--algo", "bogus", "--env", "Catch-v0"], f"argument --algo: invalid choice: 'bogus' {_ACCEPTED_ALGOS}"),
+    ([*_TRAIN, "--env", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'; use a registered Gymnasium id"),
+    ([*_TRAIN, "--env", "Blackjack-v1"], "env 'Blackjack-v1' observes Tuple(Discrete(32), Discrete(11), Discrete(2)), "
+     "which SB3's recurrent PPO cannot take; accepted: Box, Discrete, MultiDiscrete, MultiBinary"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(memory='transformer')"],
+     "policy_kwargs memory='transformer' is unknown; accepted: fastweights, lstm, gru, irnn, alstm, none"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:str"], "policy_kwargs must be a dict"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(bogus=1)"], "unknown policy_kwargs key 'bogus' for RecurrentMemoryPolicy; accepted: memory,"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(hidden_size=-3)"], "policy_kwargs hidden_size must be an integer >= 1, got -3"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(memory_kwargs=[])"], "policy_kwargs: memory_kwargs must be a dict, got []"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(memory='fastweights', memory_kwargs=dict(decay=5))"],
+     "policy_kwargs: decay (λ) must be a finite number in (0, 1), got 5"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(memory='lstm', memory_kwargs=dict(decay=0.9))"],
+     "policy_kwargs: unknown memory_kwargs key 'decay' for memory lstm; accepted: none"),
+    ([*_TRAIN, "--hyperparams", "policy_kwargs:dict(hidden_size=100000)"],
+     "this run needs about 449.0 GiB (n_envs 16 x n_steps 64 steps of 200264 floats, policy_kwargs hidden_size 100000)"),
+]
+
+
+@pytest.mark.parametrize("argv, message", TRAIN_BAD_INPUT, ids=[" ".join(argv[len(_TRAIN):] or argv[1:3]) for argv, _ in TRAIN_BAD_INPUT])
+def test_train_bad_input_is_one_line_exit_2_and_no_folder(argv, message, tmp_path, capsys, monkeypatch):
+    """rl_zoo3 raised these from gymnasium, SB3 or the policy (a traceback) after making the run
+    folder, or printed its 32-line usage (--algo)."""
+    from fw_agents import preflight
+
+    monkeypatch.setattr(preflight, "_physical_memory", lambda: 64 * 2**30)  # the same on every machine
+    with pytest.raises(SystemExit) as stop:
+        zoo.main([*argv, "-f", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "logs").exists()
+
+
+def test_train_bad_policy_kwargs_in_a_yaml_is_one_line(tmp_path, capsys):
+    conf = yaml.safe_load((zoo.HYPERPARAMS_DIR / "fast_recurrent_ppo.yml").read_text())["Catch-v0"]
+    conf["policy_kwargs"] = "dict(memory='fastweights', memory_kwargs=dict(inner_steps=0))"
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump({"Catch-v0": conf}))
+    with pytest.raises(SystemExit) as stop:
+        zoo.main([*_TRAIN, "-conf", str(tmp_path / "mine.yml"), "-f", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: policy_kwargs: inner_steps") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> bytes:
+    """The bytes of a small untrained FastRecurrentPPO model on Catch-v0."""
+    path = tmp_path_factory.mktemp("model") / "Catch-v0.zip"
+    policy_kwargs = dict(memory="fastweights", hidden_size=8, features_extractor_kwargs=dict(features_dim=8))
+    FastRecurrentPPO("RecurrentMemoryPolicy", "Catch-v0", n_steps=8, batch_size=8, policy_kwargs=policy_kwargs).save(path)
+    return path.read_bytes()
+
+
+def _damage_the_largest_member(model: bytes) -> bytes:
+    """``model`` with 16 bytes zeroed in the middle of its largest member but ``data`` (the weights)."""
+    import io
+    import zipfile
+
+    members = [member for member in zipfile.ZipFile(io.BytesIO(model)).infolist() if member.filename != "data"]
+    info = max(members, key=lambda member: member.compress_size)
+    at = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    return model[:at] + bytes(16) + model[at + 16 :]
+
+
+def _enjoy_folder(tmp_path: Path, model: bytes | None, env_id: str = "Catch-v0") -> Path:
+    """``<tmp>/logs`` with one fast_recurrent_ppo run on ``env_id`` holding ``model`` (none if ``None``)."""
+    run = tmp_path / "logs" / zoo.ALGO / f"{env_id}_1"
+    (run / env_id).mkdir(parents=True)
+    (run / env_id / "config.yml").write_text("normalize: false\n")
+    if model is not None:
+        (run / f"{env_id}.zip").write_bytes(model)
+    return tmp_path / "logs"
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["untrusted", "trusted"])
+def test_enjoy_bad_folders_and_models_are_one_line_exit_2(tmp_path, capsys, saved_model, trust):
+    """rl_zoo3's enjoy raised an AssertionError, or a ValueError from SB3 or the allowlist, as a traceback."""
+    cases = {
+        "missing folder": (tmp_path / "nonexistent", "-f {folder}: no such folder"),
+        "random bytes": (_enjoy_folder(tmp_path / "random", np.random.default_rng(0).bytes(4096)),
+                         "cannot read model '{folder}/fast_recurrent_ppo/Catch-v0_1/Catch-v0.zip': File is not a zip file"),
+        # cut in the middle of torch's own zip of the weights: what zipfile finds is that one
+        "truncated zip": (_enjoy_folder(tmp_path / "truncated", saved_model[: len(saved_model) // 2]),
+                          "{folder}/fast_recurrent_ppo/Catch-v0_1/Catch-v0.zip is not a Stable-Baselines3 model"),
+        "damaged member": (_enjoy_folder(tmp_path / "damaged", _damage_the_largest_member(saved_model)),
+                           "cannot read model '{folder}/fast_recurrent_ppo/Catch-v0_1/Catch-v0.zip': its member "),
+        "no model in the run": (_enjoy_folder(tmp_path / "empty", None), "no model found for fast_recurrent_ppo on Catch-v0"),
+        "no run for the env": (_enjoy_folder(tmp_path / "other", saved_model, "CatchBlind16-v0"),
+                               "no fast_recurrent_ppo run on Catch-v0 in {folder}/fast_recurrent_ppo (it holds: CatchBlind16-v0_1)"),
+    }
+    for case, (folder, needle) in cases.items():
+        argv = ["enjoy", "--algo", zoo.ALGO, "--env", "Catch-v0", "-f", str(folder), "--no-render", "-n", "4"]
+        with pytest.raises(SystemExit) as stop:
+            zoo.main([*argv, *(["--trust-checkpoint"] if trust else [])])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, (case, err)
+        assert needle.format(folder=folder) in err and "Traceback" not in err, (case, err)
+    # the same folder with the whole model replays
+    (tmp_path / "random/logs/fast_recurrent_ppo/Catch-v0_1/Catch-v0.zip").write_bytes(saved_model)
+    zoo.main(["enjoy", "--algo", zoo.ALGO, "--env", "Catch-v0", "-f", str(tmp_path / "random/logs"), "--no-render", "-n", "4"])

@@ -44,7 +44,7 @@ from fw_agents.tasks.glimpse_geometry import (
     level_segments,
     store_flags,
 )
-from fw_agents.tasks.training import Split, train_classifier, write_outputs
+from fw_agents.tasks.training import Split, preflight, train_classifier, write_outputs
 from fw_agents.validation import check_choice, check_int
 
 CONVNET = "convnet"
@@ -237,16 +237,14 @@ def _main(argv: Sequence[str] | None) -> int:
     data = load_dataset(task.dataset, task.data_dir, seed=0, val_size=task.val_size)
     splits = to_splits(data, device, task.train_limit)
     data_seconds = time.perf_counter() - tick
+
+    def build_model() -> nn.Module:
+        return build_glimpse_model(task.memory, task.hidden, data.num_classes, data.image_size, task.conv_layers,
+                                   task.multi_level_flag(), task.memory_kwargs())  # fmt: skip
+
+    preflight(build_model, train_config, len(splits["train"]), NUM_GLIMPSES, f"--hidden {task.hidden}", device)
     torch.manual_seed(train_config.seed)
-    model = build_glimpse_model(
-        task.memory,
-        task.hidden,
-        data.num_classes,
-        data.image_size,
-        task.conv_layers,
-        task.multi_level_flag(),
-        task.memory_kwargs(),
-    ).to(device)
+    model = build_model().to(device)
     multi_level = bool(getattr(model, "multi_level", False))
 
     config = {

@@ -30,7 +30,7 @@ from torch import nn
 from fw_agents.cli import option, run_interruptible
 from fw_agents.memory import MEMORY_NAMES, make_memory
 from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
-from fw_agents.tasks.training import Split, train_classifier, write_outputs
+from fw_agents.tasks.training import Split, preflight, train_classifier, write_outputs
 from fw_agents.validation import check_choice, check_int
 
 NUM_LETTERS = 26
@@ -229,8 +229,14 @@ def _main(argv: Sequence[str] | None) -> int:
     tick = time.perf_counter()
     splits = load_splits(task, device)
     data_seconds = time.perf_counter() - tick
+
+    def build_model() -> RetrievalModel:
+        return RetrievalModel(task.memory, task.hidden, memory_kwargs=task.memory_kwargs())
+
+    preflight(build_model, train_config, len(splits["train"]), sequence_length(task.num_pairs),
+              f"--hidden {task.hidden}", device)  # fmt: skip
     torch.manual_seed(train_config.seed)
-    model = RetrievalModel(task.memory, task.hidden, memory_kwargs=task.memory_kwargs()).to(device)
+    model = build_model().to(device)
 
     config = {"task": "retrieval", **asdict(task), **asdict(train_config), "device": str(device)}
     tags = ("retrieval", task.memory)

@@ -31,6 +31,7 @@ from torch import nn
 
 from fw_agents.cli import NonFiniteError, option
 from fw_agents.files import atomic_path, write_text_atomically
+from fw_agents.preflight import check_model_memory
 from fw_agents.tracking import Tracker
 from fw_agents.validation import check_float, check_int
 
@@ -84,6 +85,35 @@ class SupervisedConfig:
         check_int("seed", self.seed, 0, MAX_SEED)
         if self.grad_clip is not None:
             check_float("grad-clip", self.grad_clip, 0, low_inclusive=True)
+
+
+def check_batch_size(config: SupervisedConfig, n_train: int) -> int:
+    """:return: ``config.batch_size``. :raises ValueError: It is more than the ``n_train``
+    training examples (each update would be the whole set, silently)."""
+    if config.batch_size > n_train:
+        raise ValueError(f"--batch-size {config.batch_size} is more than the {n_train} training examples; "
+                         f"choose 1..{n_train}")  # fmt: skip
+    return config.batch_size
+
+
+def preflight(
+    build_model: Callable[[], nn.Module], config: SupervisedConfig, n_train: int, sequence_length: int, sizes: str,
+    device: torch.device,
+) -> None:  # fmt: skip
+    """A task command's checks before it builds the model or writes anything: the batch fits the
+    training set and training fits in memory (:func:`fw_agents.preflight.check_model_memory`).
+
+    :param build_model: Builds the model (run on the ``meta`` device: nothing allocated).
+    :param config: The training loop's config.
+    :param n_train: Training examples.
+    :param sequence_length: Steps per example.
+    :param sizes: The task's flags that set the model's size (``"--hidden 20"``).
+    :param device: Where the run computes.
+    :raises ValueError: One line naming the flag and what would fit.
+    """
+    check_batch_size(config, n_train)
+    check_model_memory(build_model, config.batch_size, sequence_length,
+                       f"{sizes}, --batch-size {config.batch_size} x {sequence_length} steps", device)  # fmt: skip
 
 
 def _adam(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -140,7 +170,8 @@ def train_classifier(
         included); ``None``: never.
     :param resume: Continue from ``checkpoint`` (which must exist, with the same settings but
         ``steps``, which may grow).
-    :raises ValueError: ``resume`` without a readable checkpoint, or with other settings.
+    :raises ValueError: ``resume`` without a readable checkpoint, or with other settings; a
+        ``batch_size`` over the training set's size (:func:`check_batch_size`).
     :return: Results: best checkpoint's ``val_error``/``test_error``/``test_nll``, the curve
         (one record per evaluation), timings (``sec_per_update`` excludes evaluation).
         ``model`` is left holding the best checkpoint's parameters.
@@ -149,7 +180,7 @@ def train_classifier(
     optimizer = _adam(model, config.lr, device)
     generator = torch.Generator().manual_seed(config.seed)
     n_train = len(train)
-    batch_size = min(config.batch_size, n_train)
+    batch_size = check_batch_size(config, n_train)
 
     curve: list[dict[str, float]] = []
     best: dict[str, Any] = {"val_error": math.inf, "val_nll": math.inf}
