@@ -99,8 +99,10 @@ def reset() -> None:
 def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
-    # the source's hash in the name: an edited source is a new extension, never a stale cache
-    name = f"fw_agents_scan_loops_{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}"
+    # the source's and torch's version in the name: an edited source or another torch (another
+    # ABI) is a new extension, never a stale cache
+    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    name = f"fw_agents_scan_loops_{digest}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     if not any(root.glob(f"*/{name}/{name}.*")) and not any(root.glob(f"{name}/{name}.*")):
         print(f"fast weights: building the compiled scan loops into {root} (once per machine, about a minute; "
