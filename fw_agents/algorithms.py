@@ -49,7 +49,7 @@ import torch as th
 from fw_agents.memory.options import core_defaults
 from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy, resolve_memory_kwargs, saved_core_options
 from fw_agents.safe_load import read_saved_memory_config, safe_custom_objects
-from fw_agents.state_slots import SlotStore, critic_has_own_state
+from fw_agents.state_slots import CoreAdapter, SlotStore, critic_has_own_state
 
 #: The core options saved in the policy's state dict of the checkpoint being loaded (set by
 #: :meth:`FastRecurrentPPO.load` for the ``_setup_model`` that SB3's ``load`` calls).
@@ -271,8 +271,17 @@ class FastRecurrentPPO(RecurrentPPO):
         A ``KeyboardInterrupt`` during the rollout leaves ``num_timesteps`` at the last update's step
         (the rollout is dropped), so the model saved on it resumes on a rollout boundary.
         """
-        callback_outside = _OutsideInferenceMode(callback)
+        writers = self._slot_writers(rollout_buffer)
         trained_steps = self.num_timesteps
+
+        def arm(ahead: int) -> None:
+            # the next policy step's new state is the one stored before step pos + ahead: it is
+            # written there (CoreAdapter.next_slots_out) and SlotStore.add then copies nothing
+            row = rollout_buffer.pos + ahead
+            for adapter, critic in writers:
+                adapter.next_slots_out = rollout_buffer.slots.row(row, critic) if row < rollout_buffer.buffer_size else None
+
+        callback_outside = _OutsideInferenceMode(callback, arm if writers else None)
         try:
             with th.inference_mode():
                 return super().collect_rollouts(_EnvOutsideInferenceMode(env), callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
@@ -285,6 +294,21 @@ class FastRecurrentPPO(RecurrentPPO):
             # the weights are then partly updated; see docs/runs.md.)
             self.num_timesteps = trained_steps
             raise
+        finally:
+            for adapter, _ in writers:  # never armed outside the rollout (a later predict must get its own tensors)
+                adapter.next_slots_out = None
+
+    def _slot_writers(self, rollout_buffer: RolloutBuffer) -> list[tuple[CoreAdapter, bool]]:
+        """The policy's cores that write their rollout states straight into ``rollout_buffer``
+        (``(adapter, critic's slots)``): our policy and buffer, on the CPU (the buffer's rows are
+        host memory), one layer of slots. Otherwise none: the buffer copies the states in."""
+        slots = getattr(rollout_buffer, "slots", None)
+        if slots is None or self.device.type != "cpu" or slots.shape[3] != 1:
+            return []
+        writers = [(self.policy.lstm_actor, False)] if isinstance(self.policy.lstm_actor, CoreAdapter) else []
+        if slots.vf is not None and isinstance(getattr(self.policy, "lstm_critic", None), CoreAdapter):
+            writers.append((self.policy.lstm_critic, True))
+        return writers
 
 
 def _checkpoint_policy_kwargs(
@@ -332,11 +356,22 @@ class _EnvOutsideInferenceMode(_Forwarding):
 
 
 class _OutsideInferenceMode(_Forwarding):
-    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off."""
+    """Forwards the calls that ``collect_rollouts`` makes on its callback, with inference mode off.
+
+    :param arm: Called after ``on_rollout_start`` with 1 and after ``on_step`` with 2: the next
+        call on the policy is then the rollout's next step, whose new state is stored before step
+        ``pos + ahead`` (the callbacks, which may evaluate with the same policy, have run).
+    """
+
+    def __init__(self, inner: Any, arm: Any = None) -> None:
+        super().__init__(inner)
+        self.arm = arm
 
     def on_rollout_start(self) -> None:
         with th.inference_mode(False):
             self.inner.on_rollout_start()
+        if self.arm is not None:
+            self.arm(1)
 
     def update_locals(self, locals_: dict[str, Any]) -> None:
         with th.inference_mode(False):
@@ -344,7 +379,10 @@ class _OutsideInferenceMode(_Forwarding):
 
     def on_step(self) -> bool:
         with th.inference_mode(False):
-            return self.inner.on_step()
+            going_on = self.inner.on_step()
+        if going_on and self.arm is not None:
+            self.arm(2)
+        return going_on
 
     def on_rollout_end(self) -> None:
         with th.inference_mode(False):

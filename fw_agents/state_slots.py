@@ -77,6 +77,10 @@ class CoreAdapter(nn.Module):
     def __init__(self, core: MemoryCore) -> None:
         super().__init__()
         self.core = core
+        #: Where the next call that returns slots writes them, ``[B, 2 * slot]`` (one call, then
+        #: None again): the rollout buffer's row of the next step (:class:`SlotStore`, armed by
+        #: ``FastRecurrentPPO``'s rollout), which then stores the state without copying it.
+        self.next_slots_out: torch.Tensor | None = None
         self.input_size = core.input_size
         self.output_size = core.hidden_size
         self.state_size = core.state_size
@@ -122,7 +126,11 @@ class CoreAdapter(nn.Module):
         starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
         if not return_slots:
             return self.core.outputs(x, self.from_slots(slots), starts).transpose(0, 1).reshape(-1, self.output_size), None
-        y, flat = self.core.forward_packed(x, self._flat(slots), starts, 2 * self.hidden_size)
+        width = 2 * self.hidden_size
+        out, self.next_slots_out = self.next_slots_out, None
+        if out is not None and (tuple(out.shape) != (n_seq, width) or out.dtype != features.dtype or out.device != features.device):
+            out = None  # another caller's batch: a new tensor, as always
+        y, flat = self.core.forward_packed(x, self._flat(slots), starts, width, out)
         return y.transpose(0, 1).reshape(-1, self.output_size), (
             flat[:, : self.hidden_size].unsqueeze(0),
             flat[:, self.hidden_size :].unsqueeze(0),
@@ -171,12 +179,20 @@ class SlotStore:
         self.shape = (n_steps, n_envs, 2, layers, size)  # (h, c) per step and env
         self.pi = np.zeros(self.shape, dtype=np.float32)
         self.vf = np.zeros(self.shape, dtype=np.float32) if critic_state else None
+        self.copies = 0  # rows copied in by add (the rest were written in place)
 
     def add(self, pos: int, lstm_states: RNNStates) -> None:
-        """Store the slots before step ``pos`` (``[num_layers, n_envs, size]`` each, any device)."""
-        _store(self.pi[pos], lstm_states.pi)
+        """Store the slots before step ``pos`` (``[num_layers, n_envs, size]`` each, any device);
+        slots that already are that row (:meth:`row`, written there by the step) are not copied."""
+        self.copies += _store(self.pi[pos], lstm_states.pi)
         if self.vf is not None:
-            _store(self.vf[pos], lstm_states.vf)
+            self.copies += _store(self.vf[pos], lstm_states.vf)
+
+    def row(self, pos: int, critic: bool = False) -> torch.Tensor:
+        """Step ``pos``'s storage as one ``[n_envs, 2 * size]`` tensor (``num_layers = 1``): where a
+        core may write the state before that step (:attr:`CoreAdapter.next_slots_out`)."""
+        states = self.vf if critic else self.pi
+        return torch.from_numpy(states[pos]).view(states.shape[1], -1)
 
     def initial_states(self, steps: np.ndarray, envs: np.ndarray, device: torch.device) -> RNNStates:
         """The slots at ``(steps[i], envs[i])``, the first step of each of a minibatch's
@@ -185,18 +201,22 @@ class SlotStore:
         return RNNStates(pi, pi if self.vf is None else _gather(self.vf, steps, envs, device))
 
 
-def _store(row: np.ndarray, slots: Slots) -> None:
+def _store(row: np.ndarray, slots: Slots) -> int:
     """Copy an ``(h, c)`` pair of ``[num_layers, n_envs, size]`` tensors into ``row[n_envs, 2, ...]``
-    (torch's copy: from any device, and about twice as fast as numpy's for these sizes)."""
+    (torch's copy: from any device, and about twice as fast as numpy's for these sizes), unless
+    they already are that row. Returns the rows copied (0 or 1)."""
     target = torch.from_numpy(row)
     h, c = slots[0].detach(), slots[1].detach()
     if h.shape[0] == 1:
         flat = joined_halves(h[0], c[0])  # CoreAdapter's slots: one [n_envs, 2 * size] buffer
         if flat is not None:
+            if flat.device.type == "cpu" and flat.data_ptr() == target.data_ptr() and flat.shape == target.view(len(row), -1).shape:
+                return 0  # the step wrote them here
             target.view(len(row), -1).copy_(flat)
-            return
+            return 1
     target[:, 0].copy_(h.transpose(0, 1))
     target[:, 1].copy_(c.transpose(0, 1))
+    return 1
 
 
 def _gather(states: np.ndarray, steps: np.ndarray, envs: np.ndarray, device: torch.device) -> Slots:

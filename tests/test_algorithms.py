@@ -39,6 +39,25 @@ def test_same_parameters_as_stock_recurrent_ppo(memory, critic):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_rollout_states_are_written_straight_into_the_buffer(critic):
+    # each step's new state lands in the buffer row of the next step (CoreAdapter.next_slots_out):
+    # add copies only row 0 (the previous rollout's last state) per stored side; the numbers are
+    # the stock ones (test_same_parameters_as_stock_recurrent_ppo), and nothing stays armed
+    model = _train(FastRecurrentPPO, "fastweights", critic, timesteps=0)
+    sides = 2 if critic == "separate" else 1
+    model.learn(128)  # two rollouts of 4 envs x 16 steps
+    assert model.rollout_buffer.slots.copies == 2 * sides
+    adapters = [model.policy.lstm_actor] + ([model.policy.lstm_critic] if critic == "separate" else [])
+    assert all(a.next_slots_out is None for a in adapters)
+    stored = model.rollout_buffer.slots.pi
+    states = model._last_lstm_states.pi  # the last step's state: its own tensor, not a buffer row
+    assert not np.shares_memory(stored, states[0].numpy())
+    obs = model.env.reset()
+    _, predicted = model.predict(obs, state=None, episode_start=np.ones(4, dtype=bool))
+    assert not np.shares_memory(stored, predicted[0])  # a later predict gets its own tensors too
+
+
 def test_models_load_across_classes(tmp_path):
     fast = _train(FastRecurrentPPO, "fastweights", "shared")
     fast.save(tmp_path / "fast.zip")

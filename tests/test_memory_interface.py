@@ -136,6 +136,12 @@ def test_forward_packed_equals_forward_then_pack(name: str, steps: int, grad: bo
     assert torch.equal(y, y_ref)
     assert torch.equal(new, core.pack_state(s_ref, width))
     assert not new[:, core.state_size :].any()  # the padding is zeros, whatever came in
+    out = torch.full((BATCH, width), float("nan"))  # a buffer row of the next step, say
+    with torch.set_grad_enabled(grad):
+        y_out, written = core.forward_packed(x, packed, starts, width, out=out)
+    assert written is out and torch.equal(out, new) and torch.equal(y_out, y_ref)
+    with pytest.raises(ValueError, match="out must be"):
+        core.forward_packed(x, packed, starts, width, out=torch.empty(BATCH, width + 1))
 
 
 # -------------------------------------------------- whole == steps == chunks

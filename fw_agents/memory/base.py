@@ -78,7 +78,12 @@ class MemoryCore(nn.Module, ABC):
         )
 
     def forward_packed(
-        self, x: torch.Tensor, packed: torch.Tensor, episode_starts: torch.Tensor | None, width: int
+        self,
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        episode_starts: torch.Tensor | None,
+        width: int,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` on packed states: ``packed`` is ``[B, >= state_size]`` (the state in
         its first :attr:`state_size` columns), the new state comes back packed and zero-padded
@@ -86,9 +91,16 @@ class MemoryCore(nn.Module, ABC):
         (:mod:`fw_agents.state_slots`). The same numbers as ``forward`` then :meth:`pack_state`;
         a core may write its new state straight into the packed rows (fast weights do, in a
         rollout step: one copy of ``A`` fewer).
+
+        :param out: ``[B, width]``, not overlapping ``packed``: where to put the new state (the
+            rollout buffer's row for the next step, say), returned; None for a new tensor.
         """
+        if out is not None and (tuple(out.shape) != (x.shape[1], width) or out.dtype != packed.dtype):
+            raise ValueError(f"out must be [B, width] = {(x.shape[1], width)} in {packed.dtype}, got "
+                             f"{tuple(out.shape)} in {out.dtype}")  # fmt: skip
         y, state = self(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
-        return y, self.pack_state(state, width)
+        new = self.pack_state(state, width)
+        return y, new if out is None else out.copy_(new)
 
     # ---------------------------------------------------------------- forward
     @abstractmethod

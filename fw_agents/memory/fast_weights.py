@@ -199,16 +199,24 @@ class FastWeightsRNN(MemoryCore):
         return self._run(x, state, episode_starts, write_mask, hidden_resets, final_state=False)[0]
 
     def forward_packed(
-        self, x: torch.Tensor, packed: torch.Tensor, episode_starts: torch.Tensor | None, width: int
+        self,
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        episode_starts: torch.Tensor | None,
+        width: int,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`MemoryCore.forward_packed`; a rollout step (one step, no autograd, the
         PyTorch ops) writes ``h``, ``A`` and the filled share straight into the new packed rows
         (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's."""
         if x.shape[0] != 1 or torch.is_grad_enabled() or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x):
-            return super().forward_packed(x, packed, episode_starts, width)
+            return super().forward_packed(x, packed, episode_starts, width, out)
         (h, A, *filled), starts = self._prepare(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
         H, batch = self.hidden_size, x.shape[1]
-        new = x.new_empty(batch, width)
+        if out is not None and (tuple(out.shape) != (batch, width) or out.dtype != packed.dtype):
+            raise ValueError(f"out must be [B, width] = {(batch, width)} in {packed.dtype}, got "
+                             f"{tuple(out.shape)} in {out.dtype}")  # fmt: skip
+        new = x.new_empty(batch, width) if out is None else out
         h_out, A_out = new[:, :H], new[:, H : H + H * H].view(batch, H, H)
         write_mask = None
         if self.bias_correction:
