@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from fw_agents.cli import OneLineArgumentParser, int_at_least
 from fw_agents.memory import MEMORY_NAMES, make_memory
 from fw_agents.memory.ops import compiled
 
@@ -229,16 +230,16 @@ def sweep_markdown(rows: list[tuple[str, str, float, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median is reported)")
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int_at_least(1), default=15, help="round-robin rounds (median is reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--sweep", action="store_true", help="cuda: also time the Triton kernel's warps and chunk choices")
     args = parser.parse_args()
     if args.sweep and args.device != "cuda":
         parser.error("--sweep times the Triton kernel's launch choices: it needs --device cuda")
-    if args.threads is not None and not 1 <= args.threads <= 1024:
-        parser.error(f"--threads {args.threads}: accepted 1 to 1024")
+    if args.threads is not None and args.threads > 1024:
+        parser.error(f"argument --threads: must be an integer in [1, 1024], got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

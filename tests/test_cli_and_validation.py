@@ -215,6 +215,9 @@ def test_range_types_name_the_flag_and_the_value(capsys):
     [
         ("bench_agent.py", ["--rollouts", "0"], "argument --rollouts: must be an integer >= 1, got 0"),
         ("bench_agent.py", ["--memories", "bogus"], "argument --memories: invalid choice: 'bogus'"),
+        ("profile_agent.py", ["--rounds", "0"], "argument --rounds: must be an integer >= 1, got 0"),
+        ("bench_memory.py", ["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+        ("bench_memory.py", ["--threads", "2147483648"], "argument --threads: must be an integer in [1, 1024], got 2147483648"),
         ("bench_catch.py", ["--seconds", "0"], "argument --seconds: must be a finite number > 0, got 0"),
         ("fast_weight_share.py", ["--out", "."], "--out . is a folder"),
     ],
