@@ -243,16 +243,16 @@ def test_auto_mode_chunks_long_sequences():
 def test_scan_mode_is_auto_without_the_kernel(monkeypatch):
     """On CPU "auto" is the scan; "scan" stays the scan even where the kernel could run
     (here: under the interpreter, with the device check patched to say yes)."""
-    from fw_agents.memory.ops import fast_weights_scan, fast_weights_step, triton_scan
+    from fw_agents.memory.ops import fast_weights_scan, fast_weights_step, fused_recurrent
 
     x = torch.zeros(6, 2, 3)
     assert FastWeightsRNN(3, 4)._op(x) == FastWeightsRNN(3, 4, mode="scan")._op(x) == (fast_weights_scan, 6)
     assert FastWeightsRNN(3, 4, mode="scan")._op(x[:1])[0] is fast_weights_step
-    monkeypatch.setattr(triton_scan, "supports", lambda hidden, device: True)
+    monkeypatch.setattr(fused_recurrent, "supports", lambda hidden, device: True)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert FastWeightsRNN(3, 4, mode="scan")._op(x)[0] is fast_weights_scan
-    if triton_scan.triton_available():
-        assert FastWeightsRNN(3, 4)._op(x)[0] is triton_scan.fast_weights_triton
+    if fused_recurrent.triton_available():
+        assert FastWeightsRNN(3, 4)._op(x)[0] is fused_recurrent.fused_recurrent_fast_weights
 
 
 def test_module_matches_paper_equations_by_hand():

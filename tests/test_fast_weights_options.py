@@ -10,7 +10,7 @@ import torch
 from fw_agents.memory import FastWeightsRNN, make_memory
 from fw_agents.memory.fast_weights import bias_corrected_writes
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
-from fw_agents.memory.ops import triton_scan
+from fw_agents.memory.ops import fused_recurrent
 from test_fast_weights import assert_same_values_and_gradients  # the float64 comparison every op test uses
 
 DT = torch.float64
@@ -172,7 +172,7 @@ def test_fractional_write_weights_match_the_reference(op):
     assert_same_values_and_gradients(ref, op(*leaves, **options), leaves)
 
 
-@pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
+@pytest.mark.skipif(not fused_recurrent.triton_available(), reason="triton is not installed")
 def test_fractional_write_weights_in_the_kernel(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     core = _core(bias_correction=True)

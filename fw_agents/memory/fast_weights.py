@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State
-from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, triton_scan
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, fused_recurrent
 from fw_agents.memory.ops.step import fast_weights_step_into
 from fw_agents.memory.ops.chunking import default_chunk_size
-from fw_agents.memory.ops.triton_scan import fast_weights_triton
+from fw_agents.memory.ops.fused_recurrent import fused_recurrent_fast_weights
 from fw_agents.memory.options import OPTIONS, resolve_eta
 from fw_agents.validation import check_bool, check_choice
 
@@ -25,7 +25,7 @@ _OPS = {
     "matrix": (fast_weights_scan, fast_weights_step),
     "attention": (fast_weights_scan, fast_weights_scan),
     "reference": (fast_weights_reference, fast_weights_reference),
-    "triton": (fast_weights_triton, fast_weights_triton),
+    "triton": (fused_recurrent_fast_weights, fused_recurrent_fast_weights),
 }
 MODES = tuple(_OPS)
 
@@ -70,7 +70,7 @@ class FastWeightsRNN(MemoryCore):
       ``A`` between chunks, so neither long sequences nor large ``H`` blow up.
     * ``"reference"``: the slow per-step loop of
       :func:`~fw_agents.memory.ops.fast_weights_reference` (autograd), for checking.
-    * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.triton_scan`,
+    * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.fused_recurrent`,
       ``A`` and ``W`` on chip, ``H <= 128``): CUDA tensors, or CPU under
       ``TRITON_INTERPRET=1`` (how the tests run it).
     * ``"auto"`` (default): ``"triton"`` for CUDA inputs on an NVIDIA GPU when triton is
@@ -273,10 +273,10 @@ class FastWeightsRNN(MemoryCore):
         except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
             raise  # bad input or memory: not the kernel's failure, and the scan would fail alike
         except Exception as error:  # noqa: BLE001 - compiler, driver or toolchain
-            if op is not fast_weights_triton or self.mode == "triton":
+            if op is not fused_recurrent_fast_weights or self.mode == "triton":
                 raise
             # "auto" chose the kernel and triton cannot build or launch it here: the scan instead
-            triton_scan.mark_unusable(x.device, error)
+            fused_recurrent.mark_unusable(x.device, error)
             op, chunk_size = self._op(x)
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         if self.bias_correction:
@@ -286,13 +286,13 @@ class FastWeightsRNN(MemoryCore):
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
         return self.mode == "triton" or (
-            self.mode == "auto" and x.is_cuda and triton_scan.supports(self.hidden_size, x.device)
+            self.mode == "auto" and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
         )
 
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
         """The op for this call and its ``chunk_size`` (the kernel picks its own checkpoints)."""
         if self._uses_kernel(x):
-            return fast_weights_triton, None
+            return fused_recurrent_fast_weights, None
         return _OPS[self.mode][x.shape[0] == 1], self.chunk_size(x.shape[0])
 
     def extra_repr(self) -> str:

@@ -1,8 +1,8 @@
 """The fused Triton kernels of the fast-weights recurrence, forward and backward (one program per
-sequence, ``A`` and ``W`` on chip). :mod:`fw_agents.memory.ops.triton_scan` launches them and
-holds the autograd Function and the public op; ``triton_scan.md`` derives the backward.
+sequence, ``A`` and ``W`` on chip). :mod:`fw_agents.memory.ops.fused_recurrent` launches them and
+holds the autograd Function and the public op; ``fused_recurrent.md`` derives the backward.
 
-They are plain functions: ``triton_scan`` decorates them with ``triton.jit`` on first use, for
+They are plain functions: ``fused_recurrent`` decorates them with ``triton.jit`` on first use, for
 compiled or interpreted (``TRITON_INTERPRET=1``) execution, whichever is asked for then. They
 use only Triton built-ins (``tl.reduce`` with ``_ADD`` rather than ``tl.sum``), which the
 interpreter can call even when triton was imported without the variable.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 try:  # optional dependency: pip install "fw-agents[gpu]"
     import triton.language as tl
-except ImportError:  # pragma: no cover - triton_scan refuses to run without it
+except ImportError:  # pragma: no cover - fused_recurrent refuses to run without it
     tl = None
 
 _ADD = tl.standard._sum_combine if tl is not None else None

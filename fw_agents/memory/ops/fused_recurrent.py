@@ -4,7 +4,7 @@ One Triton program per sequence walks the time steps with ``A`` (fast weights) a
 ``W`` (slow recurrent weights) held on chip, for ``H <= 128`` (the host zero-pads the
 hidden axes to a power of two, so the kernels need no masks). Same numbers as
 :func:`fw_agents.memory.ops.reference.fast_weights_reference`; the design and the
-backward's maths are in ``triton_scan.md`` next to this file.
+backward's maths are in ``fused_recurrent.md`` next to this file.
 
 * Forward: matrix form, ``A`` updated every step (O(S·H²) per step). It stores the
   outputs ``y``, and, when a gradient is needed, every inner step's input ``h_s`` and
@@ -17,10 +17,10 @@ backward's maths are in ``triton_scan.md`` next to this file.
   ``[T·B, H]^T [T·B, H]`` matmul afterwards, the layer-norm gain and bias gradients are
   summed per program and then over programs.
 
-Layout as flash-linear-attention's ops: :func:`fast_weights_triton_fwd` and
-:func:`fast_weights_triton_bwd` launch the kernels, a thin autograd Function joins them, and
-:func:`fast_weights_triton` (the public op, the reference's signature) pads, converts and
-runs the forward alone when no gradient is needed (a rollout step: no autograd bookkeeping,
+Layout and names as flash-linear-attention's ``fused_recurrent`` ops:
+:func:`fused_recurrent_fast_weights_fwd` and :func:`fused_recurrent_fast_weights_bwd` launch
+the kernels, a thin autograd Function joins them, and :func:`fused_recurrent_fast_weights`
+(the public op, the reference's signature) pads, converts and runs the forward alone when no gradient is needed (a rollout step: no autograd bookkeeping,
 and no device-to-host sync anywhere on the way).
 
 Triton runs on CUDA tensors, or on CPU tensors under its interpreter
@@ -72,7 +72,7 @@ UNUSABLE: dict[str, str] = {}
 
 
 def supports(hidden_size: int, device: torch.device | str) -> bool:
-    """Whether :func:`fast_weights_triton` runs at this size on this device: compiled on an
+    """Whether :func:`fused_recurrent_fast_weights` runs at this size on this device: compiled on an
     NVIDIA GPU, or any device under ``TRITON_INTERPRET=1``. What ``mode="auto"`` asks.
 
     A ROCm build of torch also calls its AMD GPUs ``cuda``; the kernels are compiled and
@@ -85,14 +85,14 @@ def supports(hidden_size: int, device: torch.device | str) -> bool:
 
 
 def kernel_unavailable(hidden_size: int, device: torch.device | str) -> str | None:
-    """Why :func:`fast_weights_triton` (``mode="triton"``) cannot run at this size on this device, in
+    """Why :func:`fused_recurrent_fast_weights` (``mode="triton"``) cannot run at this size on this device, in
     one line, or None when it can: what a run checks before it starts, rather than fail at its first step."""
     problem = _kernel_problem(hidden_size, torch.device(device))
     return None if problem is None else str(problem)
 
 
 def _kernel_problem(hidden_size: int, device: torch.device) -> Exception | None:
-    """The error :func:`fast_weights_triton` raises for this size and device (None: it runs)."""
+    """The error :func:`fused_recurrent_fast_weights` raises for this size and device (None: it runs)."""
     if triton is None:
         return ImportError(INSTALL_HINT)
     if hidden_size > MAX_HIDDEN:
@@ -147,7 +147,7 @@ def _kernels() -> tuple:
 
 #: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
 #: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
-#: table in ``triton_scan.md``): the fewest warps whose registers hold the tiles. At 128 the
+#: table in ``fused_recurrent.md``): the fewest warps whose registers hold the tiles. At 128 the
 #: forward needs 195 registers a thread (every option on: 231) and spills nothing, a PPO
 #: update's backward spills 96 B (16 warps: 224 B); at 64 and below nothing spills.
 #: ``benchmarks/gpu_check.py`` times the others.
@@ -198,7 +198,7 @@ def _acc_dtype(dtype: torch.dtype):
 # Every hidden axis arrives padded to a power of two, H; ``hidden`` is the real size.
 
 
-def fast_weights_triton_fwd(
+def fused_recurrent_fast_weights_fwd(
     zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
     hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
 ):  # fmt: skip
@@ -233,7 +233,7 @@ def fast_weights_triton_fwd(
     return y, h_T, A_T, (hs_buf, u_buf, ckpt) if save else None
 
 
-def fast_weights_triton_bwd(
+def fused_recurrent_fast_weights_bwd(
     grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
     hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A, grad_W,
 ):  # fmt: skip
@@ -287,7 +287,7 @@ def fast_weights_triton_bwd(
 
 
 class _FastWeightsTriton(torch.autograd.Function):
-    """Autograd for :func:`fast_weights_triton_fwd` / :func:`fast_weights_triton_bwd`."""
+    """Autograd for :func:`fused_recurrent_fast_weights_fwd` / :func:`fused_recurrent_fast_weights_bwd`."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -298,7 +298,7 @@ class _FastWeightsTriton(torch.autograd.Function):
         # an output the loss does not use gets None, not zeros: no [B, H, H] zero tensor for an
         # unused final A, and the backward is launched without it (HAS_GHT / HAS_GAT off)
         ctx.set_materialize_grads(False)
-        y, h_T, A_T, saved = fast_weights_triton_fwd(
+        y, h_T, A_T, saved = fused_recurrent_fast_weights_fwd(
             zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
             hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
         )  # fmt: skip
@@ -315,7 +315,7 @@ class _FastWeightsTriton(torch.autograd.Function):
         h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets = ctx.saved_tensors
         if grad_A_T is not None and grad_A_T.numel() == 0:  # no final state was asked for
             grad_A_T = None
-        dzx, dh, dA, dW, d_lnw, d_lnb = fast_weights_triton_bwd(
+        dzx, dh, dA, dW, d_lnw, d_lnb = fused_recurrent_fast_weights_bwd(
             grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
             *ctx.config, grad_W=ctx.needs_input_grad[3],
         )  # fmt: skip
@@ -335,7 +335,7 @@ def _mask(mask: torch.Tensor | None, T: int, B: int, name: str, like: torch.Tens
     return mask.to(device=like.device, dtype=dtype).contiguous()
 
 
-def fast_weights_triton(
+def fused_recurrent_fast_weights(
     zx: torch.Tensor,
     h: torch.Tensor,
     A: torch.Tensor | None,
@@ -401,7 +401,7 @@ def fast_weights_triton(
         >>> T, B, H = 16, 256, 128  # doctest: +SKIP
         >>> zx = torch.randn(T, B, H, device="cuda", requires_grad=True)  # doctest: +SKIP
         >>> W = (0.05 * torch.eye(H, device="cuda")).requires_grad_()  # doctest: +SKIP
-        >>> y, h_T, A_T = fast_weights_triton(  # doctest: +SKIP
+        >>> y, h_T, A_T = fused_recurrent_fast_weights(  # doctest: +SKIP
         ...     zx, torch.zeros(B, H, device="cuda"), None, W, None, None,
         ...     decay=0.95, fast_lr=0.5, inner_steps=1)
         >>> y.sum().backward()  # doctest: +SKIP
@@ -453,7 +453,7 @@ def fast_weights_triton(
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors[:6]):
         y, h_T, A_T = _FastWeightsTriton.apply(*tensors, *options)
     else:  # a rollout step or evaluation: the forward op alone, without autograd's bookkeeping
-        y, h_T, A_T, _ = fast_weights_triton_fwd(*tensors, *options, save=False)
+        y, h_T, A_T, _ = fused_recurrent_fast_weights_fwd(*tensors, *options, save=False)
     if block != H:
         y, h_T = y[..., :H].contiguous(), h_T[:, :H].contiguous()
         A_T = A_T[:, :H, :H].contiguous() if output_final_state else A_T
