@@ -485,14 +485,15 @@ def test_normalize_is_no_longer_an_option():
 @pytest.mark.parametrize("chunk", [1, 3, 7])
 def test_scan_fwd_alone_equals_the_reference(chunk, block_reads):
     """:func:`fast_weights_scan_fwd` (no autograd) returns the reference's y, h_T and A_T."""
-    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
+    from fw_agents.memory.ops.options import OpOptions
     from fw_agents.memory.ops.chunking import hidden_reset_mask
 
     zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=9)
     ref = fast_weights_reference(zx, h, A, W, gain, bias, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
-    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    options = OpOptions(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
     starts_b = starts > 0.5
-    *out, residuals = fast_weights_scan_fwd(zx, h, A, W, gain, bias, starts_b, write, hidden_reset_mask(starts_b, None), config)
+    *out, residuals = fast_weights_scan_fwd(zx, h, A, W, gain, bias, starts_b, write, hidden_reset_mask(starts_b, None), options)
     for a, b in zip(ref, out):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
     assert [c.stop - c.start for c in residuals.chunks] == [min(chunk, 7 - s) for s in range(0, 7, chunk)]
@@ -503,16 +504,17 @@ def test_scan_bwd_alone_equals_autograd_of_the_reference(chunk, block_reads):
     """:func:`fast_weights_scan_bwd`, fed the forward's residuals and output cotangents,
     returns autograd's gradients of the float64 reference for every input."""
     from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
-    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
+    from fw_agents.memory.ops.options import OpOptions
 
     zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=10)
     inputs = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
     ref = fast_weights_reference(*inputs, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
     cotangents = [torch.randn_like(o) for o in ref]
     expected = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), inputs)
-    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    options = OpOptions(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
     with torch.no_grad():
-        *_, residuals = fast_weights_scan_fwd(*inputs, starts > 0.5, write, starts > 0.5, config)
+        *_, residuals = fast_weights_scan_fwd(*inputs, starts > 0.5, write, starts > 0.5, options)
         got = fast_weights_scan_bwd(residuals, *cotangents)
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
@@ -636,14 +638,15 @@ def test_the_scan_saves_every_residual_tensor_by_name():
     # accounting); a name there that is not a tensor field would fail here
     from dataclasses import fields
 
-    from fw_agents.memory.ops.chunked_scan_fwd import ChunkResiduals, ScanConfig, ScanResiduals, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunked_scan_fwd import ChunkResiduals, ScanResiduals, fast_weights_scan_fwd
+    from fw_agents.memory.ops.options import OpOptions
 
     T, B, H = 5, 3, 4
     starts = torch.zeros(T, B, dtype=torch.bool)
     starts[2, 1] = True
     *_, res = fast_weights_scan_fwd(torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H, H), torch.eye(H),
                                     torch.ones(H), torch.zeros(H), starts, None, starts,
-                                    ScanConfig(0.9, 0.5, 2, 2))  # fmt: skip
+                                    OpOptions(0.9, 0.5, 2, 2))  # fmt: skip
     for kind, objects in ((ScanResiduals, [res]), (ChunkResiduals, res.chunks)):
         holding = {f.name for o in objects for f in fields(o) if isinstance(getattr(o, f.name), torch.Tensor)}
         assert holding <= set(kind.TENSORS) <= {f.name for f in fields(kind)}

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from fw_agents.memory.ops.options import OpOptions
 from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel
 
 try:  # optional dependency: pip install "fw-agents[gpu]"
@@ -195,25 +196,25 @@ def _acc_dtype(dtype: torch.dtype):
 # --------------------------------------------------------------------------- fwd / bwd ops
 # Free functions, as flash-linear-attention's ops: the autograd Function below is a thin
 # wrapper around them, and a call that needs no gradient runs the forward op alone.
-# Every hidden axis arrives padded to a power of two, H; ``hidden`` is the real size.
+# Every hidden axis arrives padded to a power of two, H; ``hidden`` is the real size, and
+# ``options`` the public op's settings (``chunk_size`` already the checkpoint interval K).
 
 
 def fused_recurrent_fast_weights_fwd(
-    zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
-    hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
+    zx, h, A, W, ln_weight, ln_bias, starts, write, resets, hidden: int, options: OpOptions, save: bool,
 ):  # fmt: skip
     """Launch the forward kernel. ``save``: also store what the backward reads.
 
     :return: ``(y, h_T, A_T, saved)``: ``A_T`` is an empty tensor unless
-        ``output_final_state``; ``saved = (hs, u, ckpt)`` (``[T, B, S, H]`` twice,
+        ``options.output_final_state``; ``saved = (hs, u, ckpt)`` (``[T, B, S, H]`` twice,
         ``[ceil(T/chunk), B, H, H]``) when ``save``, else None.
     """
     T, B, H = zx.shape
+    S, chunk, output_final_state = options.inner_steps, options.chunk_size, options.output_final_state
     dev, dtype = zx.device, zx.dtype
     y = torch.empty(T, B, H, device=dev, dtype=dtype)
     h_T = torch.empty(B, H, device=dev, dtype=dtype)
     A_T = torch.empty(B, H, H, device=dev, dtype=dtype) if output_final_state else y.new_empty(0)
-    S = inner_steps
     hs_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
     u_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
     ckpt = torch.empty(-(-T // chunk), B, H, H, device=dev, dtype=dtype) if save else y
@@ -225,8 +226,8 @@ def fused_recurrent_fast_weights_fwd(
             dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
             dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
             y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
-            T, B, hidden, float(decay), float(fast_lr), float(eps),
-            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
+            T, B, hidden, options.decay, options.fast_lr, options.eps,
+            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=options.layer_norm, HAS_A0=A is not None,
             HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             SAVE=save, STORE_AT=output_final_state, **_launch_options(H, backward=False),
         )  # fmt: skip
@@ -235,7 +236,7 @@ def fused_recurrent_fast_weights_fwd(
 
 def fused_recurrent_fast_weights_bwd(
     grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
-    hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A, grad_W,
+    hidden: int, options: OpOptions, grad_A: bool, grad_W: bool,
 ):  # fmt: skip
     """Launch the backward kernel (chunks in reverse from the forward's checkpoints) and
     form ``dW`` and the layer-norm gradients from its outputs.
@@ -248,6 +249,7 @@ def fused_recurrent_fast_weights_bwd(
     """
     T, B, H = y.shape
     dev, dtype = y.device, y.dtype
+    layer_norm = options.layer_norm
     grad_y, grad_h_T, grad_A_T = (None if g is None else g.contiguous() for g in (grad_y, grad_h_T, grad_A_T))
     dzx = torch.empty(T, B, H, device=dev, dtype=dtype)
     dh0 = torch.empty(B, H, device=dev, dtype=dtype)
@@ -263,8 +265,8 @@ def fused_recurrent_fast_weights_bwd(
             dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
             dummy if grad_A_T is None else grad_A_T,
             dzx, dh0, dA0, dlnw, dlnb,
-            T, B, hidden, float(decay), float(fast_lr), float(eps),
-            S=inner_steps, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
+            T, B, hidden, options.decay, options.fast_lr, options.eps,
+            S=options.inner_steps, BH=H, K=options.chunk_size, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
             HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
             STORE_DA0=grad_A, **_launch_options(H, backward=True),
@@ -291,22 +293,20 @@ class _FastWeightsTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
-        hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
+        ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, resets, hidden: int, options: OpOptions,
     ):  # fmt: skip
         save = any(ctx.needs_input_grad[:6])
         # an output the loss does not use gets None, not zeros: no [B, H, H] zero tensor for an
         # unused final A, and the backward is launched without it (HAS_GHT / HAS_GAT off)
         ctx.set_materialize_grads(False)
         y, h_T, A_T, saved = fused_recurrent_fast_weights_fwd(
-            zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
-            hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
-        )  # fmt: skip
+            zx, h, A, W, ln_weight, ln_bias, starts, write, resets, hidden, options, save=save
+        )
         if save:
             ctx.save_for_backward(h, W, ln_weight, y, *saved, starts, write, resets)
-            grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
-            ctx.config = (hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A)
-        if not output_final_state:
+            ctx.hidden, ctx.options = hidden, options
+            ctx.grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
+        if not options.output_final_state:
             ctx.mark_non_differentiable(A_T)
         return y, h_T, A_T
 
@@ -317,11 +317,11 @@ class _FastWeightsTriton(torch.autograd.Function):
             grad_A_T = None
         dzx, dh, dA, dW, d_lnw, d_lnb = fused_recurrent_fast_weights_bwd(
             grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
-            *ctx.config, grad_W=ctx.needs_input_grad[3],
+            ctx.hidden, ctx.options, grad_A=ctx.grad_A, grad_W=ctx.needs_input_grad[3],
         )  # fmt: skip
         d_lnw = d_lnw if ctx.needs_input_grad[4] else None
         d_lnb = d_lnb if ctx.needs_input_grad[5] else None
-        return (dzx, dh, dA, dW, d_lnw, d_lnb) + (None,) * 11
+        return (dzx, dh, dA, dW, d_lnw, d_lnb) + (None,) * 5  # masks, hidden, options
 
 
 # --------------------------------------------------------------------------- public op
@@ -449,11 +449,13 @@ def fused_recurrent_fast_weights(
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
         A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
     tensors = (prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets)
-    options = (H, float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state))
+    options = OpOptions(
+        float(decay), float(fast_lr), inner_steps, chunk, bool(layer_norm), float(eps), bool(output_final_state)
+    )
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors[:6]):
-        y, h_T, A_T = _FastWeightsTriton.apply(*tensors, *options)
+        y, h_T, A_T = _FastWeightsTriton.apply(*tensors, H, options)
     else:  # a rollout step or evaluation: the forward op alone, without autograd's bookkeeping
-        y, h_T, A_T, _ = fused_recurrent_fast_weights_fwd(*tensors, *options, save=False)
+        y, h_T, A_T, _ = fused_recurrent_fast_weights_fwd(*tensors, H, options, save=False)
     if block != H:
         y, h_T = y[..., :H].contiguous(), h_T[:, :H].contiguous()
         A_T = A_T[:, :H, :H].contiguous() if output_final_state else A_T
