@@ -14,6 +14,21 @@ from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast
 FAST = dict(decay=0.9, fast_lr=0.5)  # λ and η of the op-level tests
 
 DT = torch.float64
+#: The core's modes, and the scan with its chunk size pinned to both ends (1: the matrix form
+#: every step; T: attention over the whole call), which the former modes "matrix" and
+#: "attention" ran: see :func:`use_mode`.
+MODES_AND_CHUNKS = ["auto", "scan", "scan/chunk=1", "scan/chunk=T", "reference"]
+
+
+def use_mode(core, mode):
+    """Set ``core``'s mode to one of :data:`MODES_AND_CHUNKS` (``"scan/chunk=1"`` and
+    ``"scan/chunk=T"``: the scan op called with ``chunk_size`` 1 / the call's length); returns it."""
+    name, _, chunk = mode.partition("/chunk=")
+    core.mode = name
+    core.__dict__.pop("chunk_size", None)
+    if chunk:
+        core.chunk_size = (lambda steps: 1) if chunk == "1" else (lambda steps: steps)
+    return core
 
 
 def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1.0):
@@ -177,11 +192,11 @@ def test_scan_puts_rows_that_read_A_in_first(keep, order, readers, in_place_rest
     assert (got_order is None and order is None) or got_order.tolist() == order
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("steps", [1, 7])
 def test_outputs_equal_forward_outputs(mode, steps):
     torch.manual_seed(0)
-    core = FastWeightsRNN(3, 5, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, 5).double(), mode)
     x = torch.randn(steps, 4, 3, dtype=DT)
     state = (torch.rand(4, 5, dtype=DT), 0.1 * torch.randn(4, 5, 5, dtype=DT))
     starts = torch.zeros(steps, 4, dtype=DT)
@@ -217,10 +232,10 @@ def test_scan_gradcheck(chunk, inner_steps):
     assert torch.autograd.gradcheck(fn, args)
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 def test_modes_agree_float32(mode):
     torch.manual_seed(0)
-    core = FastWeightsRNN(7, 16, mode=mode)
+    core = use_mode(FastWeightsRNN(7, 16), mode)
     ref = FastWeightsRNN(7, 16, mode="reference")
     ref.load_state_dict(core.state_dict())
     x = torch.randn(20, 4, 7)
@@ -235,8 +250,9 @@ def test_auto_mode_chunks_long_sequences():
     core = FastWeightsRNN(3, 4)
     assert core.chunk_size(5) == 5
     assert core.chunk_size(1000) == 8  # 2 * hidden_size
-    assert FastWeightsRNN(3, 4, mode="matrix").chunk_size(50) == 1
-    assert FastWeightsRNN(3, 4, mode="attention").chunk_size(50) == 50
+    assert use_mode(FastWeightsRNN(3, 4), "scan/chunk=1").chunk_size(50) == 1  # the tests' pins
+    assert use_mode(FastWeightsRNN(3, 4), "scan/chunk=T").chunk_size(50) == 50
+    assert use_mode(use_mode(FastWeightsRNN(3, 4), "scan/chunk=1"), "scan").chunk_size(1000) == 8
     assert FastWeightsRNN(3, 4, mode="scan").chunk_size(1000) == 8
 
 
@@ -428,13 +444,13 @@ def test_backward_leaves_the_incoming_gradient_untouched():
 
 
 # ---------------------------------------------------------------- fast_share: η as a share
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("hidden,decay", [(5, 0.9), (12, 0.6)])
 def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay):
     """``fast_share`` computes Eq. 1/5 exactly with η_paper = η (1-λ)/H: values and
     gradients against the float64 reference called with that η."""
     torch.manual_seed(2)
-    core = FastWeightsRNN(3, hidden, fast_share=2.5, decay=decay, inner_steps=2, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, hidden, fast_share=2.5, decay=decay, inner_steps=2).double(), mode)
     assert core.paper_fast_lr == pytest.approx(2.5 * (1 - decay) / hidden, rel=1e-15)
     x = torch.randn(7, 4, 3, dtype=DT, requires_grad=True)
     h0 = torch.rand(4, hidden, dtype=DT, requires_grad=True)
@@ -570,7 +586,7 @@ def _state_with_bad_rows(batch, hidden, rows, bad):
     return h0, A0
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("steps", [1, 7])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("rows", [(1,), (0, 2, 3, 5), (2, 3, 4, 5), (0, 1, 2, 3, 4, 5)])
@@ -579,7 +595,7 @@ def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, row
     when their carried h and A hold NaN/inf; their state gradient is exactly zero. ``rows``
     covers the scan's layouts: one restarting row (read in place), scattered restarting rows
     (reordered), a suffix of them, all of them."""
-    core = FastWeightsRNN(3, 5, inner_steps=2, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, 5, inner_steps=2).double(), mode)
     x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(12))
     starts = torch.zeros(steps, 6, dtype=DT)
     starts[0, list(rows)] = 1.0
@@ -603,12 +619,12 @@ def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, row
     assert all(g is None or not g[list(rows)].any() for g in grads[:2])
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("steps", [1, 7])
 def test_non_finite_state_without_a_start_stays_non_finite(mode, steps):
     """No start: a NaN carried state is not hidden (its row's outputs stay non-finite), and
     it does not leak into the other rows."""
-    core = FastWeightsRNN(3, 5, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, 5).double(), mode)
     x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(13))
     state = _state_with_bad_rows(6, 5, (2,), float("nan"))
     starts = torch.zeros(steps, 6, dtype=DT)
