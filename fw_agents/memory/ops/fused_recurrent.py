@@ -34,13 +34,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from fw_agents.memory.ops.options import OpOptions
-from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel
+from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel, _launch_options
+from fw_agents.memory.ops.triton_kernels import NUM_WARPS, launch_options  # noqa: F401 - the op's tuning knobs
 
 try:  # optional dependency: pip install "fw-agents[gpu]"
     import triton
@@ -144,37 +144,6 @@ def _kernels() -> tuple:
             else:
                 os.environ["TRITON_INTERPRET"] = previous
     return _KERNELS[interpret]
-
-
-#: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
-#: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
-#: table in ``fused_recurrent.md``): the fewest warps whose registers hold the tiles. At 128 the
-#: forward needs 195 registers a thread (every option on: 231) and spills nothing, a PPO
-#: update's backward spills 96 B (16 warps: 224 B); at 64 and below nothing spills.
-#: ``benchmarks/gpu_check.py`` times the others.
-NUM_WARPS = {16: (2, 2), 32: (2, 2), 64: (4, 4), 128: (8, 8)}
-_warps_override: list[tuple[int, int] | None] = [None]
-
-
-@contextlib.contextmanager
-def launch_options(num_warps_forward: int, num_warps_backward: int) -> Iterator[None]:
-    """Launch the kernels with these warps per program inside the block (for tuning sweeps:
-    ``benchmarks/gpu_check.py``). Compiled mode only: the interpreter ignores warps."""
-    for n in (num_warps_forward, num_warps_backward):
-        if n not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"num_warps must be a power of two from 1 to 32, got {n!r}")
-    previous = _warps_override[0]
-    _warps_override[0] = (num_warps_forward, num_warps_backward)
-    try:
-        yield
-    finally:
-        _warps_override[0] = previous
-
-
-def _launch_options(block: int, backward: bool) -> dict:
-    warps = _warps_override[0] or NUM_WARPS[max(block, 16)]
-    # FMA contraction asked for explicitly: Triton 3.9 warns that its default turns it off in 3.10
-    return {"num_warps": warps[1] if backward else warps[0], "enable_fp_fusion": True}
 
 
 def _on_device(tensor: torch.Tensor):
