@@ -171,7 +171,7 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
     :return: ``(shape, setting, forward seconds, forward+backward seconds)`` rows, the
         default setting marked ``(default)``; medians over ``rounds`` round-robin rounds.
     """
-    from fw_agents.memory.ops import triton_scan
+    from fw_agents.memory.ops import fused_recurrent
 
     rows = []
     for B, H, T in shapes:
@@ -179,13 +179,13 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
         torch.manual_seed(0)
         zx = torch.randn(T, B, H, device=device, requires_grad=True)
         h = torch.zeros(B, H, device=device)
-        default_warps = triton_scan._launch_options(triton_scan.next_power_of_2(H), backward=False)["num_warps"]
+        default_warps = fused_recurrent._launch_options(fused_recurrent.next_power_of_2(H), backward=False)["num_warps"]
         settings = [(f"{w} warps" + (" (default)" if w == default_warps else ""), (w, w), None) for w in SWEEP_WARPS]
-        settings += [(f"chunk {k}" + (" (default)" if k == triton_scan.DEFAULT_CHUNK else ""), None, k)
+        settings += [(f"chunk {k}" + (" (default)" if k == fused_recurrent.DEFAULT_CHUNK else ""), None, k)
                      for k in SWEEP_CHUNKS]  # fmt: skip
 
         def call(chunk):
-            return triton_scan.fast_weights_triton(
+            return fused_recurrent.fused_recurrent_fast_weights(
                 zx, h, None, core.W.weight, core.ln.weight, core.ln.bias, decay=core.decay,
                 fast_lr=core.paper_fast_lr, inner_steps=core.inner_steps, chunk_size=chunk)[0]  # fmt: skip
 
@@ -205,7 +205,7 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
             return out
 
         def warps_of(warps):  # the setting's warps, or the op's own choice
-            return contextlib.nullcontext() if warps is None else triton_scan.launch_options(*warps)
+            return contextlib.nullcontext() if warps is None else fused_recurrent.launch_options(*warps)
 
         timers = {}
         for label, warps, chunk in settings:
@@ -246,7 +246,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     if device.type == "cuda":
-        from fw_agents.memory.ops.triton_scan import triton_available
+        from fw_agents.memory.ops.fused_recurrent import triton_available
 
         if not triton_available():
             parser.error('--device cuda times the Triton kernel: pip install "fw-agents[gpu]"')

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from fw_agents.memory import FastWeightsRNN  # noqa: E402
-from fw_agents.memory.ops import triton_scan  # noqa: E402
+from fw_agents.memory.ops import fused_recurrent  # noqa: E402
 
 READS_BACK = {"aten.is_nonzero.default", "aten._local_scalar_dense.default", "aten.nonzero.default", "aten.item.default"}
 #: Ops that launch nothing: views and allocations (a conversion that returns its input is dropped too).
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    triton_scan._kernels = lambda: (_NoLaunch(), _NoLaunch())
+    fused_recurrent._kernels = lambda: (_NoLaunch(), _NoLaunch())
     core = FastWeightsRNN(args.hidden, args.hidden, mode="triton", fast_share=0.5)
     x, starts = torch.randn(1, args.batch, args.hidden), torch.zeros(1, args.batch)
     state = core.initial_state(args.batch)

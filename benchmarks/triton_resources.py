@@ -1,6 +1,6 @@
 """Registers and spill stack per thread of the fused fast-weights kernels, without a GPU.
 
-Compiles both Triton kernels of ``fw_agents.memory.ops.triton_scan`` for a CUDA target
+Compiles both Triton kernels of ``fw_agents.memory.ops.fused_recurrent`` for a CUDA target
 offline (Triton ships LLVM and ptxas) and reads the cubin's resource usage with the
 bundled ``cuobjdump``: the one performance signal available on a CPU-only machine
 (a non-zero STACK means ptxas spilled registers to local memory).
@@ -24,7 +24,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fw_agents.memory.ops import triton_scan
+from fw_agents.memory.ops import fused_recurrent
 
 # Every option on (all masks, a given A with its gradient, the final state and its gradient).
 FORWARD_FLAGS = dict(HAS_A0=True, HAS_START=True, HAS_WRITE=True, HAS_RESET=True, SAVE=True, STORE_AT=True)
@@ -114,7 +114,7 @@ def compile_kernel(
     divisible = [i for i, name in enumerate(names) if name.endswith("_ptr") or (ints.get(name, 1) % 16 == 0)]
     ones = {name: 1 for name, value in ints.items() if value == 1}
     source = _source(kernel, names, signature, constants, divisible, ones)
-    options = {**triton_scan._launch_options(block, backward=False), "num_warps": num_warps}  # the op's options
+    options = {**fused_recurrent._launch_options(block, backward=False), "num_warps": num_warps}  # the op's options
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--inner-steps", type=int, default=1)
-    parser.add_argument("--chunk", type=int, default=triton_scan.DEFAULT_CHUNK)
+    parser.add_argument("--chunk", type=int, default=fused_recurrent.DEFAULT_CHUNK)
     parser.add_argument("--warps", type=int, nargs="*", default=None, help="warps to try (default: the op's choice)")
     parser.add_argument("--flags", nargs="+", choices=sorted(FLAG_SETS), default=["ppo", "all"],
                         help="ppo: what a RecurrentPPO update launches; all: every option on")  # fmt: skip
@@ -131,10 +131,10 @@ def main() -> None:
     print("| H | kernel | options | warps | per thread |\n|---|---|---|---|---|")
     for hidden in args.hidden:
         block = triton.next_power_of_2(hidden)
-        for backward, fn in ((False, triton_scan._fw_forward_kernel), (True, triton_scan._fw_backward_kernel)):
+        for backward, fn in ((False, fused_recurrent._fw_forward_kernel), (True, fused_recurrent._fw_backward_kernel)):
             for flag_set in args.flags:
                 flags = FLAG_SETS[flag_set][backward]
-                for warps in args.warps or [triton_scan._launch_options(block, backward)["num_warps"]]:
+                for warps in args.warps or [fused_recurrent._launch_options(block, backward)["num_warps"]]:
                     registers, stack = resources(fn, flags, hidden=hidden, inner_steps=args.inner_steps,
                                                  chunk=args.chunk, arch=args.arch, num_warps=warps)  # fmt: skip
                     label = "backward" if backward else "forward"

@@ -75,7 +75,7 @@ def check_core_on_device(memory: str, memory_kwargs: dict[str, Any], hidden_size
     :raises ValueError: Naming the mode, why, and the modes this device accepts.
     """
     from fw_agents.memory.fast_weights import MODES
-    from fw_agents.memory.ops.triton_scan import kernel_unavailable
+    from fw_agents.memory.ops.fused_recurrent import kernel_unavailable
 
     if memory != "fastweights" or memory_kwargs.get("mode") != "triton":
         return

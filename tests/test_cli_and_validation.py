@@ -260,7 +260,7 @@ def test_option_ranges_are_checked_and_shown(capsys):
     [
         (["--memory-kwargs", "mode=triton", "--device", "cpu"], {},
          "memory_kwargs mode='triton': the Triton fast-weights kernel needs CUDA tensors (got cpu), or TRITON_INTERPRET=1 "
-         "to run it (slowly) on CPU; accepted modes on this device (cpu): auto, scan, matrix, attention, reference"),
+         "to run it (slowly) on CPU; accepted modes on this device (cpu): auto, scan, reference"),
         (["--n-envs", "100000", "--n-steps", "1"], {}, "n_envs must be an integer in [1, 4096], got 100000"),
         (["--eval-episodes", "1000000000"], {}, "eval_episodes must be an integer in [1, 10000], got 1000000000"),
         (["--batch-size", "1000000000", "--n-envs", "2", "--n-steps", "64"], {},

@@ -195,6 +195,20 @@ def test_a_legacy_config_resolves_to_the_same_core(normalize, name):
         TrainConfig(memory_kwargs=dict(normalize=True)).validate()
 
 
+@pytest.mark.parametrize("legacy", ["matrix", "attention"])
+def test_a_former_mode_loads_as_the_scan(legacy, recwarn):
+    """The former modes (the scan at chunk 1 / T) read as "scan", quietly: in saved options
+    (a checkpoint's, config.json, zoo YAML) and at construction; an unknown mode is refused."""
+    assert translate_legacy_options(dict(mode=legacy, decay=0.9)) == dict(mode="scan", decay=0.9)
+    assert resolve_memory_kwargs("fastweights", dict(mode=legacy))["mode"] == "scan"
+    assert FastWeightsRNN(3, 4, mode=legacy).mode == "scan"
+    TrainConfig(memory_kwargs=dict(mode=legacy)).validate()
+    assert not recwarn.list
+    assert translate_legacy_options(dict(mode="triton")) == dict(mode="triton")
+    with pytest.raises(ValueError, match="mode.*'matrices'.*auto, scan, triton, reference"):
+        FastWeightsRNN(3, 4, mode="matrices")
+
+
 # ------------------------------------------------------------------ the table
 def test_the_docs_table_is_the_generated_one():
     text = (ROOT / "docs" / "fast_weights_defaults.md").read_text()

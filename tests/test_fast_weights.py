@@ -14,6 +14,21 @@ from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast
 FAST = dict(decay=0.9, fast_lr=0.5)  # λ and η of the op-level tests
 
 DT = torch.float64
+#: The core's modes, and the scan with its chunk size pinned to both ends (1: the matrix form
+#: every step; T: attention over the whole call), which the former modes "matrix" and
+#: "attention" ran: see :func:`use_mode`.
+MODES_AND_CHUNKS = ["auto", "scan", "scan/chunk=1", "scan/chunk=T", "reference"]
+
+
+def use_mode(core, mode):
+    """Set ``core``'s mode to one of :data:`MODES_AND_CHUNKS` (``"scan/chunk=1"`` and
+    ``"scan/chunk=T"``: the scan op called with ``chunk_size`` 1 / the call's length); returns it."""
+    name, _, chunk = mode.partition("/chunk=")
+    core.mode = name
+    core.__dict__.pop("chunk_size", None)
+    if chunk:
+        core.chunk_size = (lambda steps: 1) if chunk == "1" else (lambda steps: steps)
+    return core
 
 
 def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1.0):
@@ -177,11 +192,11 @@ def test_scan_puts_rows_that_read_A_in_first(keep, order, readers, in_place_rest
     assert (got_order is None and order is None) or got_order.tolist() == order
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("steps", [1, 7])
 def test_outputs_equal_forward_outputs(mode, steps):
     torch.manual_seed(0)
-    core = FastWeightsRNN(3, 5, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, 5).double(), mode)
     x = torch.randn(steps, 4, 3, dtype=DT)
     state = (torch.rand(4, 5, dtype=DT), 0.1 * torch.randn(4, 5, 5, dtype=DT))
     starts = torch.zeros(steps, 4, dtype=DT)
@@ -217,10 +232,10 @@ def test_scan_gradcheck(chunk, inner_steps):
     assert torch.autograd.gradcheck(fn, args)
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 def test_modes_agree_float32(mode):
     torch.manual_seed(0)
-    core = FastWeightsRNN(7, 16, mode=mode)
+    core = use_mode(FastWeightsRNN(7, 16), mode)
     ref = FastWeightsRNN(7, 16, mode="reference")
     ref.load_state_dict(core.state_dict())
     x = torch.randn(20, 4, 7)
@@ -235,24 +250,25 @@ def test_auto_mode_chunks_long_sequences():
     core = FastWeightsRNN(3, 4)
     assert core.chunk_size(5) == 5
     assert core.chunk_size(1000) == 8  # 2 * hidden_size
-    assert FastWeightsRNN(3, 4, mode="matrix").chunk_size(50) == 1
-    assert FastWeightsRNN(3, 4, mode="attention").chunk_size(50) == 50
+    assert use_mode(FastWeightsRNN(3, 4), "scan/chunk=1").chunk_size(50) == 1  # the tests' pins
+    assert use_mode(FastWeightsRNN(3, 4), "scan/chunk=T").chunk_size(50) == 50
+    assert use_mode(use_mode(FastWeightsRNN(3, 4), "scan/chunk=1"), "scan").chunk_size(1000) == 8
     assert FastWeightsRNN(3, 4, mode="scan").chunk_size(1000) == 8
 
 
 def test_scan_mode_is_auto_without_the_kernel(monkeypatch):
     """On CPU "auto" is the scan; "scan" stays the scan even where the kernel could run
     (here: under the interpreter, with the device check patched to say yes)."""
-    from fw_agents.memory.ops import fast_weights_scan, fast_weights_step, triton_scan
+    from fw_agents.memory.ops import fast_weights_scan, fast_weights_step, fused_recurrent
 
     x = torch.zeros(6, 2, 3)
     assert FastWeightsRNN(3, 4)._op(x) == FastWeightsRNN(3, 4, mode="scan")._op(x) == (fast_weights_scan, 6)
     assert FastWeightsRNN(3, 4, mode="scan")._op(x[:1])[0] is fast_weights_step
-    monkeypatch.setattr(triton_scan, "supports", lambda hidden, device: True)
+    monkeypatch.setattr(fused_recurrent, "supports", lambda hidden, device: True)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert FastWeightsRNN(3, 4, mode="scan")._op(x)[0] is fast_weights_scan
-    if triton_scan.triton_available():
-        assert FastWeightsRNN(3, 4)._op(x)[0] is triton_scan.fast_weights_triton
+    if fused_recurrent.triton_available():
+        assert FastWeightsRNN(3, 4)._op(x)[0] is fused_recurrent.fused_recurrent_fast_weights
 
 
 def test_module_matches_paper_equations_by_hand():
@@ -428,13 +444,13 @@ def test_backward_leaves_the_incoming_gradient_untouched():
 
 
 # ---------------------------------------------------------------- fast_share: η as a share
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("hidden,decay", [(5, 0.9), (12, 0.6)])
 def test_normalized_core_is_the_reference_with_the_paper_eta(mode, hidden, decay):
     """``fast_share`` computes Eq. 1/5 exactly with η_paper = η (1-λ)/H: values and
     gradients against the float64 reference called with that η."""
     torch.manual_seed(2)
-    core = FastWeightsRNN(3, hidden, fast_share=2.5, decay=decay, inner_steps=2, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, hidden, fast_share=2.5, decay=decay, inner_steps=2).double(), mode)
     assert core.paper_fast_lr == pytest.approx(2.5 * (1 - decay) / hidden, rel=1e-15)
     x = torch.randn(7, 4, 3, dtype=DT, requires_grad=True)
     h0 = torch.rand(4, hidden, dtype=DT, requires_grad=True)
@@ -485,14 +501,15 @@ def test_normalize_is_no_longer_an_option():
 @pytest.mark.parametrize("chunk", [1, 3, 7])
 def test_scan_fwd_alone_equals_the_reference(chunk, block_reads):
     """:func:`fast_weights_scan_fwd` (no autograd) returns the reference's y, h_T and A_T."""
-    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
+    from fw_agents.memory.ops.options import OpOptions
     from fw_agents.memory.ops.chunking import hidden_reset_mask
 
     zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=9)
     ref = fast_weights_reference(zx, h, A, W, gain, bias, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
-    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    options = OpOptions(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
     starts_b = starts > 0.5
-    *out, residuals = fast_weights_scan_fwd(zx, h, A, W, gain, bias, starts_b, write, hidden_reset_mask(starts_b, None), config)
+    *out, residuals = fast_weights_scan_fwd(zx, h, A, W, gain, bias, starts_b, write, hidden_reset_mask(starts_b, None), options)
     for a, b in zip(ref, out):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
     assert [c.stop - c.start for c in residuals.chunks] == [min(chunk, 7 - s) for s in range(0, 7, chunk)]
@@ -503,16 +520,17 @@ def test_scan_bwd_alone_equals_autograd_of_the_reference(chunk, block_reads):
     """:func:`fast_weights_scan_bwd`, fed the forward's residuals and output cotangents,
     returns autograd's gradients of the float64 reference for every input."""
     from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
-    from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
+    from fw_agents.memory.ops.options import OpOptions
 
     zx, h, A, W, gain, bias, starts, write = _inputs(T=7, B=4, writes=True, seed=10)
     inputs = [t.requires_grad_(True) for t in (zx, h, A, W, gain, bias)]
     ref = fast_weights_reference(*inputs, **FAST, inner_steps=2, episode_starts=starts, write_mask=write)
     cotangents = [torch.randn_like(o) for o in ref]
     expected = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ref, cotangents)), inputs)
-    config = ScanConfig(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
+    options = OpOptions(decay=0.9, fast_lr=0.5, inner_steps=2, chunk_size=chunk)
     with torch.no_grad():
-        *_, residuals = fast_weights_scan_fwd(*inputs, starts > 0.5, write, starts > 0.5, config)
+        *_, residuals = fast_weights_scan_fwd(*inputs, starts > 0.5, write, starts > 0.5, options)
         got = fast_weights_scan_bwd(residuals, *cotangents)
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
@@ -568,7 +586,7 @@ def _state_with_bad_rows(batch, hidden, rows, bad):
     return h0, A0
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("steps", [1, 7])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("rows", [(1,), (0, 2, 3, 5), (2, 3, 4, 5), (0, 1, 2, 3, 4, 5)])
@@ -577,7 +595,7 @@ def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, row
     when their carried h and A hold NaN/inf; their state gradient is exactly zero. ``rows``
     covers the scan's layouts: one restarting row (read in place), scattered restarting rows
     (reordered), a suffix of them, all of them."""
-    core = FastWeightsRNN(3, 5, inner_steps=2, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, 5, inner_steps=2).double(), mode)
     x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(12))
     starts = torch.zeros(steps, 6, dtype=DT)
     starts[0, list(rows)] = 1.0
@@ -601,12 +619,12 @@ def test_start_at_step_0_clears_a_non_finite_carried_state(mode, steps, bad, row
     assert all(g is None or not g[list(rows)].any() for g in grads[:2])
 
 
-@pytest.mark.parametrize("mode", ["auto", "scan", "matrix", "attention", "reference"])
+@pytest.mark.parametrize("mode", MODES_AND_CHUNKS)
 @pytest.mark.parametrize("steps", [1, 7])
 def test_non_finite_state_without_a_start_stays_non_finite(mode, steps):
     """No start: a NaN carried state is not hidden (its row's outputs stay non-finite), and
     it does not leak into the other rows."""
-    core = FastWeightsRNN(3, 5, mode=mode).double()
+    core = use_mode(FastWeightsRNN(3, 5).double(), mode)
     x = torch.randn(steps, 6, 3, dtype=DT, generator=torch.Generator().manual_seed(13))
     state = _state_with_bad_rows(6, 5, (2,), float("nan"))
     starts = torch.zeros(steps, 6, dtype=DT)
@@ -636,14 +654,15 @@ def test_the_scan_saves_every_residual_tensor_by_name():
     # accounting); a name there that is not a tensor field would fail here
     from dataclasses import fields
 
-    from fw_agents.memory.ops.chunked_scan_fwd import ChunkResiduals, ScanConfig, ScanResiduals, fast_weights_scan_fwd
+    from fw_agents.memory.ops.chunked_scan_fwd import ChunkResiduals, ScanResiduals, fast_weights_scan_fwd
+    from fw_agents.memory.ops.options import OpOptions
 
     T, B, H = 5, 3, 4
     starts = torch.zeros(T, B, dtype=torch.bool)
     starts[2, 1] = True
     *_, res = fast_weights_scan_fwd(torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H, H), torch.eye(H),
                                     torch.ones(H), torch.zeros(H), starts, None, starts,
-                                    ScanConfig(0.9, 0.5, 2, 2))  # fmt: skip
+                                    OpOptions(0.9, 0.5, 2, 2))  # fmt: skip
     for kind, objects in ((ScanResiduals, [res]), (ChunkResiduals, res.chunks)):
         holding = {f.name for o in objects for f in fields(o) if isinstance(getattr(o, f.name), torch.Tensor)}
         assert holding <= set(kind.TENSORS) <= {f.name for f in fields(kind)}

@@ -10,11 +10,11 @@ import torch
 from fw_agents.memory import FastWeightsRNN, make_memory
 from fw_agents.memory.fast_weights import bias_corrected_writes
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
-from fw_agents.memory.ops import triton_scan
+from fw_agents.memory.ops import fused_recurrent
+from test_fast_weights import MODES_AND_CHUNKS as MODES, use_mode  # the modes every core test runs
 from test_fast_weights import assert_same_values_and_gradients  # the float64 comparison every op test uses
 
 DT = torch.float64
-MODES = ["auto", "scan", "matrix", "attention", "reference"]
 
 
 def _core(seed=0, inner_steps=1, eta="fast_share", **options):
@@ -76,7 +76,7 @@ def _corrected(A_raw, n, lam):
 @pytest.mark.parametrize("inner_steps", [1, 2])
 @pytest.mark.parametrize("eta", ["fast_share", "fast_lr"])
 def test_bias_correction_matches_the_hand_counted_loop(mode, inner_steps, eta):
-    core = _core(inner_steps=inner_steps, eta=eta, bias_correction=True, mode=mode)
+    core = use_mode(_core(inner_steps=inner_steps, eta=eta, bias_correction=True), mode)
     T, B = 11, 3
     x = torch.randn(T, B, 4, dtype=DT, generator=torch.Generator().manual_seed(2))
     starts, writes = _masks(T, B, p_skip=0.2)
@@ -94,7 +94,7 @@ def test_bias_correction_matches_the_hand_counted_loop(mode, inner_steps, eta):
 def test_bias_corrected_state_carries_across_calls_exactly(mode):
     """Rollout (one step a call) and training (the whole sequence from a stored state) agree,
     and the carried share ``m`` continues the count where the last call left it."""
-    core = _core(bias_correction=True, mode=mode)
+    core = use_mode(_core(bias_correction=True), mode)
     T, B = 9, 4
     x = torch.randn(T, B, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
     starts, _ = _masks(T, B, seed=4, p_start=0.3)
@@ -120,7 +120,7 @@ def test_bias_corrected_gradients_match_the_reference_mode():
     starts, writes = _masks(T, B, seed=5, p_skip=0.2)
     grads = {}
     for mode in MODES:
-        core.mode = mode
+        use_mode(core, mode)
         core.zero_grad()
         y, (h, A, _) = core(x, None, starts, write_mask=writes)
         loss = (y * torch.linspace(-1, 1, y.numel(), dtype=DT).view_as(y)).sum() + h.sum() + A.square().sum()
@@ -172,7 +172,7 @@ def test_fractional_write_weights_match_the_reference(op):
     assert_same_values_and_gradients(ref, op(*leaves, **options), leaves)
 
 
-@pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
+@pytest.mark.skipif(not fused_recurrent.triton_available(), reason="triton is not installed")
 def test_fractional_write_weights_in_the_kernel(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     core = _core(bias_correction=True)

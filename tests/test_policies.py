@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
-from fw_agents.memory.ops import triton_scan
+from fw_agents.memory.ops import fused_recurrent
 from fw_agents.policies import DEFAULT_MEMORY_KWARGS, FastWeightsPolicy, RecurrentMemoryPolicy, sample_categorical
 from fw_agents.state_slots import CoreAdapter
 
@@ -71,7 +71,7 @@ def test_cuda_rollout_and_training_give_same_log_probs_and_values(algorithm):
     _assert_rollout_matches_training(_model("fastweights", algorithm=algorithm, device="cuda"))
 
 
-@pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
+@pytest.mark.skipif(not fused_recurrent.triton_available(), reason="triton is not installed")
 @pytest.mark.parametrize("algorithm", [RecurrentPPO, FastRecurrentPPO], ids=["stock", "fast"])
 def test_rollout_and_training_agree_through_the_triton_kernel(algorithm, monkeypatch, one_thread):
     """The same through the fused kernel (``mode="triton"``, what CUDA runs), on CPU under

@@ -9,23 +9,22 @@ import torch
 from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State
-from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, triton_scan
+from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, fused_recurrent
 from fw_agents.memory.ops.step import fast_weights_step_into
 from fw_agents.memory.ops.chunking import default_chunk_size
-from fw_agents.memory.ops.triton_scan import fast_weights_triton
-from fw_agents.memory.options import OPTIONS, resolve_eta
+from fw_agents.memory.ops.fused_recurrent import fused_recurrent_fast_weights
+from fw_agents.memory.options import OPTIONS, resolve_eta, translate_legacy_mode
 from fw_agents.validation import check_bool, check_choice
 
 # The op that runs a call, by mode: (a sequence, a one-step call). All of them share one signature.
-# A rollout step in "auto"/"scan"/"matrix" mode takes the matrix-form step (fewest ops);
-# "attention" keeps the scan even then, so that mode is the scan alone. "auto" on CUDA: _op.
+# A rollout step in "auto"/"scan" mode takes the matrix-form step (fewest ops). "auto" on CUDA: _op.
+# Former modes ("matrix", "attention": the scan at chunk 1 / T) are read as "scan"
+# (fw_agents.memory.options.translate_legacy_mode).
 _OPS = {
     "auto": (fast_weights_scan, fast_weights_step),
     "scan": (fast_weights_scan, fast_weights_step),
-    "matrix": (fast_weights_scan, fast_weights_step),
-    "attention": (fast_weights_scan, fast_weights_scan),
+    "triton": (fused_recurrent_fast_weights, fused_recurrent_fast_weights),
     "reference": (fast_weights_reference, fast_weights_reference),
-    "triton": (fast_weights_triton, fast_weights_triton),
 }
 MODES = tuple(_OPS)
 
@@ -63,14 +62,14 @@ class FastWeightsRNN(MemoryCore):
 
     How ``A(t-1) h_s`` is computed (all exact, same numbers):
 
-    * ``"attention"``: never forms ``A`` inside a call; attends over the call's past
-      hidden states (Eq. 4), O(t·H) per step. ``A`` is formed once, for the returned state.
-    * ``"matrix"``: keeps ``A`` explicitly and updates it every step, O(H²) per step.
-    * ``"scan"``: attention over chunks of at most ``2·hidden_size`` steps, forming
-      ``A`` between chunks, so neither long sequences nor large ``H`` blow up.
+    * ``"scan"``: attention over the call's past hidden states (Eq. 4) in chunks of at most
+      ``2·hidden_size`` steps, forming ``A`` between chunks, so neither long sequences nor
+      large ``H`` blow up; a one-step call keeps ``A`` explicitly (matrix form, O(H²)).
+      The op's ``chunk_size`` spans both ends: 1 is the matrix form every step, ``>= T``
+      attention over the whole call (:func:`~fw_agents.memory.ops.fast_weights_scan`).
     * ``"reference"``: the slow per-step loop of
       :func:`~fw_agents.memory.ops.fast_weights_reference` (autograd), for checking.
-    * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.triton_scan`,
+    * ``"triton"``: the fused Triton kernel pair (:mod:`fw_agents.memory.ops.fused_recurrent`,
       ``A`` and ``W`` on chip, ``H <= 128``): CUDA tensors, or CPU under
       ``TRITON_INTERPRET=1`` (how the tests run it).
     * ``"auto"`` (default): ``"triton"`` for CUDA inputs on an NVIDIA GPU when triton is
@@ -85,8 +84,9 @@ class FastWeightsRNN(MemoryCore):
     :param decay: Fast-weight decay λ, in (0, 1). Paper: 0.95 (0.9 for associative retrieval).
     :param inner_steps: Inner-loop steps S (>= 1). Paper: 1.
     :param layer_norm: Layer norm on every inner step (paper: yes).
-    :param mode: One of ``"auto"``, ``"scan"``, ``"matrix"``, ``"attention"``, ``"reference"``,
-        ``"triton"``.
+    :param mode: One of ``"auto"``, ``"scan"``, ``"triton"``, ``"reference"``. The former
+        ``"matrix"`` and ``"attention"`` (the scan at a fixed chunk size) are read as
+        ``"scan"``, quietly, so that saved configs naming them still load.
     :param fast_share: η as the fast memory's share of the drive (> 0): the write is scaled by
         ``(1-λ)/H`` (see above). Ranges and defaults of every option:
         :data:`fw_agents.memory.options.FAST_WEIGHTS_OPTIONS`.
@@ -123,7 +123,7 @@ class FastWeightsRNN(MemoryCore):
         self.fast_lr = eta if eta_name == "fast_lr" else None
         self.fast_share = eta if eta_name == "fast_share" else None
         self.inner_steps = OPTIONS["inner_steps"].check(inner_steps)
-        self.mode = check_choice("mode", mode, MODES)
+        self.mode = check_choice("mode", translate_legacy_mode(mode), MODES)
         self.identity_scale = OPTIONS["identity_scale"].check(identity_scale)
         self.bias_correction = OPTIONS["bias_correction"].check(bias_correction)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
@@ -160,10 +160,6 @@ class FastWeightsRNN(MemoryCore):
 
     def chunk_size(self, steps: int) -> int:
         """Steps between explicit formations of ``A`` for a call of ``steps`` steps."""
-        if self.mode == "matrix":
-            return 1
-        if self.mode == "attention":
-            return steps
         return default_chunk_size(steps, self.hidden_size)
 
     def forward(
@@ -273,10 +269,10 @@ class FastWeightsRNN(MemoryCore):
         except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
             raise  # bad input or memory: not the kernel's failure, and the scan would fail alike
         except Exception as error:  # noqa: BLE001 - compiler, driver or toolchain
-            if op is not fast_weights_triton or self.mode == "triton":
+            if op is not fused_recurrent_fast_weights or self.mode == "triton":
                 raise
             # "auto" chose the kernel and triton cannot build or launch it here: the scan instead
-            triton_scan.mark_unusable(x.device, error)
+            fused_recurrent.mark_unusable(x.device, error)
             op, chunk_size = self._op(x)
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         if self.bias_correction:
@@ -286,13 +282,13 @@ class FastWeightsRNN(MemoryCore):
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
         return self.mode == "triton" or (
-            self.mode == "auto" and x.is_cuda and triton_scan.supports(self.hidden_size, x.device)
+            self.mode == "auto" and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
         )
 
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
         """The op for this call and its ``chunk_size`` (the kernel picks its own checkpoints)."""
         if self._uses_kernel(x):
-            return fast_weights_triton, None
+            return fused_recurrent_fast_weights, None
         return _OPS[self.mode][x.shape[0] == 1], self.chunk_size(x.shape[0])
 
     def extra_repr(self) -> str:

@@ -29,6 +29,9 @@ ETA_NAMES = ("fast_lr", "fast_share")
 LEGACY_UNIT_KEY = "normalize"
 #: ``FastWeightsRNN``'s ``fast_lr`` default before ``fast_share`` existed (the paper's η, 0.5).
 LEGACY_FAST_LR_DEFAULT = 0.5
+#: Former ``mode`` names and the mode that runs them now: both were the chunked scan at a fixed
+#: chunk size (``"matrix"`` 1, ``"attention"`` the whole call), same numbers as ``"scan"``.
+LEGACY_MODES = {"matrix": "scan", "attention": "scan"}
 
 
 @dataclass(frozen=True)
@@ -174,15 +177,24 @@ def merge_options(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict
     return {**base, **overrides}
 
 
+def translate_legacy_mode(mode: Any) -> Any:
+    """A former ``mode`` name (``"matrix"``, ``"attention"``) as the mode that runs it now
+    (``"scan"``), quietly; any other value as it is (the core checks it)."""
+    return LEGACY_MODES.get(mode, mode) if isinstance(mode, str) else mode
+
+
 def translate_legacy_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Fast-weights options as saved before ``fast_share`` (checkpoint format 1, old ``config.json``
     and zoo YAML) in today's names: ``normalize=True, fast_lr=x`` -> ``fast_share=x`` (``x`` the
-    old default 0.5 when absent), ``normalize=False, fast_lr=x`` -> ``fast_lr=x``. Options
-    without ``normalize`` are returned as they are (a copy).
+    old default 0.5 when absent), ``normalize=False, fast_lr=x`` -> ``fast_lr=x``; a former
+    ``mode`` name as today's (:func:`translate_legacy_mode`). Other options are returned as
+    they are (a copy).
 
     :raises ValueError: ``normalize`` not a bool.
     """
     kwargs = dict(kwargs)
+    if "mode" in kwargs:
+        kwargs["mode"] = translate_legacy_mode(kwargs["mode"])
     if LEGACY_UNIT_KEY not in kwargs:
         return kwargs
     if check_bool(LEGACY_UNIT_KEY, kwargs.pop(LEGACY_UNIT_KEY)) and "fast_share" not in kwargs:

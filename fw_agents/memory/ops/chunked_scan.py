@@ -32,12 +32,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
-from fw_agents.memory.ops.chunked_scan_fwd import ScanConfig, fast_weights_scan_fwd
+from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
+from fw_agents.memory.ops.options import OpOptions
 from fw_agents.memory.ops.chunking import as_bool_mask, default_chunk_size, hidden_reset_mask
 
 
 class FastWeightsScanFunction(torch.autograd.Function):
-    """``(y, h_T, A_T) = scan(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, config)``:
+    """``(y, h_T, A_T) = scan(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, options)``:
     :func:`fast_weights_scan_fwd` forward, :func:`fast_weights_scan_bwd` backward.
 
     Use :func:`fast_weights_scan`, which documents the arguments. The residuals' tensors go
@@ -45,9 +46,9 @@ class FastWeightsScanFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, config):  # type: ignore[override]
+    def forward(ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, options):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        y, h_T, A_T, residuals = fast_weights_scan_fwd(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, config)
+        y, h_T, A_T, residuals = fast_weights_scan_fwd(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, options)
         tensors, ctx.residuals = residuals.split()
         ctx.save_for_backward(*tensors)
         return y, h_T, A_T
@@ -64,7 +65,7 @@ class FastWeightsScanFunction(torch.autograd.Function):
             need_grad_A_in=ctx.needs_input_grad[2],
             need_grad_ln=(ctx.needs_input_grad[4], ctx.needs_input_grad[5]),
         )
-        return (*grads, None, None, None, None)  # no gradients for the masks and the config
+        return (*grads, None, None, None, None)  # no gradients for the masks and the options
 
 
 def fast_weights_scan(
@@ -143,7 +144,7 @@ def fast_weights_scan(
     reset_h = hidden_reset_mask(starts, hidden_resets)
     write = None if write_mask is None else write_mask.to(zx.dtype)
     chunk = default_chunk_size(T, H) if chunk_size is None else max(1, int(chunk_size))
-    config = ScanConfig(
+    options = OpOptions(
         float(decay), float(fast_lr), int(inner_steps), chunk, bool(layer_norm), float(eps), bool(output_final_state)
     )
-    return FastWeightsScanFunction.apply(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, config)
+    return FastWeightsScanFunction.apply(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, options)

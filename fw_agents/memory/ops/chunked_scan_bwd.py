@@ -46,10 +46,10 @@ def fast_weights_scan_bwd(
         ``(dzx [T, B, H], dh_in [B, H], dA_in or None, dW [H, H], d ln_weight or None,
         d ln_bias or None)``, in the caller's row order; a None reads as zero.
     """
-    cfg, order, restore, hidden = res.config, res.order, res.restore, res.hidden
+    opts, order, restore, hidden = res.options, res.order, res.restore, res.hidden
     B, T, H = hidden.shape
-    if cfg.layer_norm:  # the layer norm's statistics, for all steps at once (one kernel)
-        _, mean, rstd = torch.native_layer_norm(res.pre_act, (H,), None, None, cfg.eps)
+    if opts.layer_norm:  # the layer norm's statistics, for all steps at once (one kernel)
+        _, mean, rstd = torch.native_layer_norm(res.pre_act, (H,), None, None, opts.eps)
     # grad_hidden[:, t] collects dL/dh(t) from every use of h(t): output, next step's
     # W h, later Eq. 4 reads, and the chunk's final A. It is complete when step t is reached.
     if grad_y is None:
@@ -65,7 +65,7 @@ def fast_weights_scan_bwd(
     if grad_A_out is not None and order is not None:
         grad_A_out = grad_A_out.index_select(0, order)
     compiled = compiled_loops(hidden)  # the C++ loops, or None for the Python ones
-    grads = _BackwardBuffers(res, grad_hidden, mean if cfg.layer_norm else None, rstd if cfg.layer_norm else None,
+    grads = _BackwardBuffers(res, grad_hidden, mean if opts.layer_norm else None, rstd if opts.layer_norm else None,
                              views=compiled is None)  # fmt: skip
     grad_A = grad_A_out  # dL/dA at the current chunk's end
     for index in reversed(range(len(res.chunks))):
@@ -79,7 +79,7 @@ def fast_weights_scan_bwd(
         h_prev_all = h_prev_all * res.keep_h[:, :, None]
     grad_W = grads.z.reshape(-1, H).t() @ h_prev_all.reshape(-1, H)
     grad_ln_weight = grad_ln_bias = None
-    if cfg.layer_norm:
+    if opts.layer_norm:
         if need_grad_ln[0]:
             grad_ln_weight = (grads.ln_out * ((res.pre_act - mean) * rstd)).sum(dim=(0, 1, 2))
         if need_grad_ln[1]:
@@ -98,7 +98,7 @@ class _BackwardBuffers(ResidualViews):
 
     def __init__(self, res: ScanResiduals, grad_hidden: torch.Tensor, mean, rstd, views: bool = True) -> None:
         B, T, H = res.hidden.shape
-        S = res.config.inner_steps
+        S = res.options.inner_steps
         self.hidden = grad_hidden  # dL/dh(t), [B, T, H]
         self.z = res.hidden.new_empty(T, B, H)  # dL/dz(t) = dL/d(C x(t))
         self.ln_out = res.hidden.new_empty(S, T, B, H)  # dL/d(layer-norm output), for its gain and bias
@@ -119,7 +119,7 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
     """BPTT through one chunk's steps in reverse: fills ``grads.z``/``grads.ln_out`` for its
     steps, adds into ``grads.hidden`` of earlier steps, returns ``dL/dA_init`` (or None).
     ``compiled``: the C++ port of the loop over the steps, or None to run it here."""
-    cfg, hidden, grad_hidden = res.config, res.hidden, grads.hidden
+    opts, hidden, grad_hidden = res.options, res.hidden, grads.hidden
     B, _, H = hidden.shape
     start, stop, A = chunk.start, chunk.stop, chunk.A_init
     K = stop - start
@@ -137,7 +137,7 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
     collect_reads = A is not None and need_grad_A_init
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h_in, init_rows, init_queries = compiled.backward_steps(
-            hidden, res.queries, res.pre_act, chunk.scores, weights, res.W, res.ln_weight, res.ln_bias, cfg.layer_norm,
+            hidden, res.queries, res.pre_act, chunk.scores, weights, res.W, res.ln_weight, res.ln_bias, opts.layer_norm,
             grads.mean, grads.rstd, res.keep_h, res.reset_steps, grad_hidden, grads.z, grads.ln_out, A, readers,
             init_coef, read_scale, collect_reads, start, stop, whole,
         )  # fmt: skip
@@ -160,9 +160,9 @@ def _backward_steps(grads, res, chunk, collect_reads):
     """The Python loop of :func:`_backward_chunk` over the chunk's steps, in reverse (what
     ``scan_loops.cpp``'s ``backward_steps`` ports). Returns the reading rows' ``g_j dL/du_s``
     and ``h_s`` per read, for ``dL/dA_init``."""
-    cfg, hidden, grad_hidden = res.config, res.hidden, grads.hidden
+    opts, hidden, grad_hidden = res.options, res.hidden, grads.hidden
     B, _, H = hidden.shape
-    S, norm_shape, ln_mask = cfg.inner_steps, (H,), [True, False, False]
+    S, norm_shape, ln_mask = opts.inner_steps, (H,), [True, False, False]
     start, stop, A = chunk.start, chunk.stop, chunk.A_init
     K = stop - start
     block = hidden[:, start:stop]
@@ -188,7 +188,7 @@ def _backward_steps(grads, res, chunk, collect_reads):
             # h_{s+1} = relu(LN(u_s)): back through the ReLU (into the ln_out buffer) and the LN
             q_out = queries_t[s + 1][t] if s + 1 < S else grads.hidden_t[t]
             grad_u = _relu_backward_into(grad_q, q_out, 0, grad_input=grads.ln_out_t[s][t])
-            if cfg.layer_norm:
+            if opts.layer_norm:
                 u, mu, r = grads.pre_act_t[s][t], grads.mean_t[s][t], grads.rstd_t[s][t]
                 grad_u = _layer_norm_backward(grad_u, u, norm_shape, mu, r, res.ln_weight, res.ln_bias, ln_mask)[0]
             if s == S - 1:  # u_s = z + A h_s: z gets every inner step's dL/du_s

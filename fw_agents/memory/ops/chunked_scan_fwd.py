@@ -17,19 +17,7 @@ import torch
 from fw_agents.memory.ops import chunking
 from fw_agents.memory.ops.chunking import chunk_coefficients, masks_by_step
 from fw_agents.memory.ops.compiled import loops_for as compiled_loops
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """The scan's non-tensor settings (see :func:`fast_weights_scan`)."""
-
-    decay: float
-    fast_lr: float
-    inner_steps: int
-    chunk_size: int
-    layer_norm: bool = True
-    eps: float = 1e-5
-    output_final_state: bool = True
+from fw_agents.memory.ops.options import OpOptions
 
 
 @dataclass
@@ -72,7 +60,7 @@ class ScanResiduals:
     chunks: list[ChunkResiduals]
     reset_steps: list[bool]  # which steps reset some row's h, as host booleans
     use_A_in: bool
-    config: ScanConfig
+    options: OpOptions
 
     #: The fields that hold tensors (or None), saved through ``ctx.save_for_backward`` by name.
     TENSORS: ClassVar[tuple[str, ...]] = (
@@ -106,7 +94,7 @@ def fast_weights_scan_fwd(
     starts: torch.Tensor | None,
     write: torch.Tensor | None,
     reset_h: torch.Tensor | None,
-    config: ScanConfig,
+    options: OpOptions,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, ScanResiduals]:
     """The forward pass (no autograd): Eq. 5's inner loop with Eq. 1 in chunk form (Eq. 4).
 
@@ -120,13 +108,13 @@ def fast_weights_scan_fwd(
         starts: ``[T, B]`` bool episode starts (``h`` and ``A`` zeroed before step t) or None.
         write: ``[T, B]`` 0/1 write mask in ``zx``'s dtype, or None (always write).
         reset_h: ``[T, B]`` bool, ``h(t-1)`` zeroed before step t (starts and hidden resets), or None.
-        config: The settings; ``chunk_size >= 1``.
+        options: The settings; ``chunk_size >= 1``.
 
     Returns:
         ``(y [T, B, H], h_T [B, H], A_T [B, H, H] or None, residuals)``.
     """
     T, B, H = zx.shape
-    S = config.inner_steps
+    S = options.inner_steps
     use_A_in = A_in is not None
     # Rows that read A_in go first (the outputs are put back in the caller's order).
     order, readers, in_place_restarts = chunking.readers_first(starts, B) if use_A_in else (None, 0, False)
@@ -163,16 +151,16 @@ def fast_weights_scan_fwd(
         chunks=[],
         reset_steps=steps_reset,
         use_A_in=use_A_in,
-        config=config,
+        options=options,
     )
     compiled = compiled_loops(zx)  # the C++ loops, or None for the Python ones
     views = _ForwardViews(zx, res) if compiled is None else None
     A, A_readers, h = A_first, readers, h_in  # A: fast weights at the chunk's start, first A_readers rows
-    for start in range(0, T, config.chunk_size):
-        stop = min(start + config.chunk_size, T)
+    for start in range(0, T, options.chunk_size):
+        stop = min(start + options.chunk_size, T)
         chunk, h = _forward_chunk(views, res, start, stop, A, A_readers, starts, write, h, zx, compiled)
         res.chunks.append(chunk)
-        if stop < T or config.output_final_state:
+        if stop < T or options.output_final_state:
             A = _fast_weights_at_chunk_end(res.hidden[:, start:stop], chunk, A, A_readers)
         else:
             A = None
@@ -213,12 +201,12 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
     the residual buffers (``out=``, about eight tensor ops per step). Returns the chunk's
     residuals and ``h(stop - 1)``. ``compiled``: the C++ port of the loop over the steps
     (:mod:`~fw_agents.memory.ops.compiled`), or None to run it here (then ``views`` are set)."""
-    cfg, hidden, B = res.config, res.hidden, res.hidden.shape[0]
-    K, S, norm_shape = stop - start, cfg.inner_steps, hidden.shape[2:]
+    opts, hidden, B = res.options, res.hidden, res.hidden.shape[0]
+    K, S, norm_shape = stop - start, opts.inner_steps, hidden.shape[2:]
     Wt = res.W.t()
     chunk_starts = None if starts is None else starts[start:stop]
     chunk_write = None if write is None else write[start:stop]
-    init_coef, weights = chunk_coefficients(chunk_starts, chunk_write, cfg.decay, cfg.fast_lr, K, B, hidden)
+    init_coef, weights = chunk_coefficients(chunk_starts, chunk_write, opts.decay, opts.fast_lr, K, B, hidden)
     read_coef = init_coef[:readers]
     A_read = A_init
     if A_read is not None and not bool(read_coef[:, :K].any()):
@@ -230,7 +218,7 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h = compiled.forward_steps(
             zx, hidden, res.queries, res.pre_act, scores, weights, Wt, res.ln_weight, res.ln_bias,
-            cfg.eps, cfg.layer_norm, res.keep_h, res.reset_steps, A_read_T, readers,
+            opts.eps, opts.layer_norm, res.keep_h, res.reset_steps, A_read_T, readers,
             None if read_scale is not None or A_read is None else read_coef, read_scale, start, stop, whole, h,
         )  # fmt: skip
         return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h
@@ -267,7 +255,7 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
                 elif read_scale[j] != 0.0:
                     read_u3_t[s][j].baddbmm_(read_q3_t[s][j], A_read_T, alpha=read_scale[j])
             u = views.pre_act_t[s][t]
-            n = torch.layer_norm(u, norm_shape, res.ln_weight, res.ln_bias, cfg.eps) if cfg.layer_norm else u
+            n = torch.layer_norm(u, norm_shape, res.ln_weight, res.ln_bias, opts.eps) if opts.layer_norm else u
             torch.clamp_min(n, 0.0, out=views.hidden_t[t] if s == S - 1 else queries_t[s + 1][t])  # Eq. 5
         h = views.hidden_t[t]
     return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h

@@ -1,8 +1,9 @@
 """The fused Triton kernels of the fast-weights recurrence, forward and backward (one program per
-sequence, ``A`` and ``W`` on chip). :mod:`fw_agents.memory.ops.triton_scan` launches them and
-holds the autograd Function and the public op; ``triton_scan.md`` derives the backward.
+sequence, ``A`` and ``W`` on chip). :mod:`fw_agents.memory.ops.fused_recurrent` launches them and
+holds the autograd Function and the public op; ``fused_recurrent.md`` derives the backward.
+The warps per program they launch with are here too (:data:`NUM_WARPS`, :func:`launch_options`).
 
-They are plain functions: ``triton_scan`` decorates them with ``triton.jit`` on first use, for
+They are plain functions: ``fused_recurrent`` decorates them with ``triton.jit`` on first use, for
 compiled or interpreted (``TRITON_INTERPRET=1``) execution, whichever is asked for then. They
 use only Triton built-ins (``tl.reduce`` with ``_ADD`` rather than ``tl.sum``), which the
 interpreter can call even when triton was imported without the variable.
@@ -18,12 +19,45 @@ that depend on the loop, leaving nothing of that size loop-invariant to keep.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 try:  # optional dependency: pip install "fw-agents[gpu]"
     import triton.language as tl
-except ImportError:  # pragma: no cover - triton_scan refuses to run without it
+except ImportError:  # pragma: no cover - fused_recurrent refuses to run without it
     tl = None
 
 _ADD = tl.standard._sum_combine if tl is not None else None
+
+#: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
+#: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
+#: table in ``fused_recurrent.md``): the fewest warps whose registers hold the tiles. At 128 the
+#: forward needs 195 registers a thread (every option on: 231) and spills nothing, a PPO
+#: update's backward spills 96 B (16 warps: 224 B); at 64 and below nothing spills.
+#: ``benchmarks/gpu_check.py`` times the others.
+NUM_WARPS = {16: (2, 2), 32: (2, 2), 64: (4, 4), 128: (8, 8)}
+_warps_override: list[tuple[int, int] | None] = [None]
+
+
+@contextlib.contextmanager
+def launch_options(num_warps_forward: int, num_warps_backward: int) -> Iterator[None]:
+    """Launch the kernels with these warps per program inside the block (for tuning sweeps:
+    ``benchmarks/gpu_check.py``). Compiled mode only: the interpreter ignores warps."""
+    for n in (num_warps_forward, num_warps_backward):
+        if n not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"num_warps must be a power of two from 1 to 32, got {n!r}")
+    previous = _warps_override[0]
+    _warps_override[0] = (num_warps_forward, num_warps_backward)
+    try:
+        yield
+    finally:
+        _warps_override[0] = previous
+
+
+def _launch_options(block: int, backward: bool) -> dict:
+    warps = _warps_override[0] or NUM_WARPS[max(block, 16)]
+    # FMA contraction asked for explicitly: Triton 3.9 warns that its default turns it off in 3.10
+    return {"num_warps": warps[1] if backward else warps[0], "enable_fp_fusion": True}
 
 
 def _fw_forward_kernel(

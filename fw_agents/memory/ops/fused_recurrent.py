@@ -4,7 +4,7 @@ One Triton program per sequence walks the time steps with ``A`` (fast weights) a
 ``W`` (slow recurrent weights) held on chip, for ``H <= 128`` (the host zero-pads the
 hidden axes to a power of two, so the kernels need no masks). Same numbers as
 :func:`fw_agents.memory.ops.reference.fast_weights_reference`; the design and the
-backward's maths are in ``triton_scan.md`` next to this file.
+backward's maths are in ``fused_recurrent.md`` next to this file.
 
 * Forward: matrix form, ``A`` updated every step (O(S·H²) per step). It stores the
   outputs ``y``, and, when a gradient is needed, every inner step's input ``h_s`` and
@@ -17,10 +17,10 @@ backward's maths are in ``triton_scan.md`` next to this file.
   ``[T·B, H]^T [T·B, H]`` matmul afterwards, the layer-norm gain and bias gradients are
   summed per program and then over programs.
 
-Layout as flash-linear-attention's ops: :func:`fast_weights_triton_fwd` and
-:func:`fast_weights_triton_bwd` launch the kernels, a thin autograd Function joins them, and
-:func:`fast_weights_triton` (the public op, the reference's signature) pads, converts and
-runs the forward alone when no gradient is needed (a rollout step: no autograd bookkeeping,
+Layout and names as flash-linear-attention's ``fused_recurrent`` ops:
+:func:`fused_recurrent_fast_weights_fwd` and :func:`fused_recurrent_fast_weights_bwd` launch
+the kernels, a thin autograd Function joins them, and :func:`fused_recurrent_fast_weights`
+(the public op, the reference's signature) pads, converts and runs the forward alone when no gradient is needed (a rollout step: no autograd bookkeeping,
 and no device-to-host sync anywhere on the way).
 
 Triton runs on CUDA tensors, or on CPU tensors under its interpreter
@@ -34,12 +34,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel
+from fw_agents.memory.ops.options import OpOptions
+from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel, _launch_options
+from fw_agents.memory.ops.triton_kernels import NUM_WARPS, launch_options  # noqa: F401 - the op's tuning knobs
 
 try:  # optional dependency: pip install "fw-agents[gpu]"
     import triton
@@ -72,7 +73,7 @@ UNUSABLE: dict[str, str] = {}
 
 
 def supports(hidden_size: int, device: torch.device | str) -> bool:
-    """Whether :func:`fast_weights_triton` runs at this size on this device: compiled on an
+    """Whether :func:`fused_recurrent_fast_weights` runs at this size on this device: compiled on an
     NVIDIA GPU, or any device under ``TRITON_INTERPRET=1``. What ``mode="auto"`` asks.
 
     A ROCm build of torch also calls its AMD GPUs ``cuda``; the kernels are compiled and
@@ -85,14 +86,14 @@ def supports(hidden_size: int, device: torch.device | str) -> bool:
 
 
 def kernel_unavailable(hidden_size: int, device: torch.device | str) -> str | None:
-    """Why :func:`fast_weights_triton` (``mode="triton"``) cannot run at this size on this device, in
+    """Why :func:`fused_recurrent_fast_weights` (``mode="triton"``) cannot run at this size on this device, in
     one line, or None when it can: what a run checks before it starts, rather than fail at its first step."""
     problem = _kernel_problem(hidden_size, torch.device(device))
     return None if problem is None else str(problem)
 
 
 def _kernel_problem(hidden_size: int, device: torch.device) -> Exception | None:
-    """The error :func:`fast_weights_triton` raises for this size and device (None: it runs)."""
+    """The error :func:`fused_recurrent_fast_weights` raises for this size and device (None: it runs)."""
     if triton is None:
         return ImportError(INSTALL_HINT)
     if hidden_size > MAX_HIDDEN:
@@ -145,37 +146,6 @@ def _kernels() -> tuple:
     return _KERNELS[interpret]
 
 
-#: Warps per program by padded hidden size, (forward, backward). Chosen without a GPU from an
-#: offline sm_90 compile with the launcher's specialisations (``benchmarks/triton_resources.py``,
-#: table in ``triton_scan.md``): the fewest warps whose registers hold the tiles. At 128 the
-#: forward needs 195 registers a thread (every option on: 231) and spills nothing, a PPO
-#: update's backward spills 96 B (16 warps: 224 B); at 64 and below nothing spills.
-#: ``benchmarks/gpu_check.py`` times the others.
-NUM_WARPS = {16: (2, 2), 32: (2, 2), 64: (4, 4), 128: (8, 8)}
-_warps_override: list[tuple[int, int] | None] = [None]
-
-
-@contextlib.contextmanager
-def launch_options(num_warps_forward: int, num_warps_backward: int) -> Iterator[None]:
-    """Launch the kernels with these warps per program inside the block (for tuning sweeps:
-    ``benchmarks/gpu_check.py``). Compiled mode only: the interpreter ignores warps."""
-    for n in (num_warps_forward, num_warps_backward):
-        if n not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"num_warps must be a power of two from 1 to 32, got {n!r}")
-    previous = _warps_override[0]
-    _warps_override[0] = (num_warps_forward, num_warps_backward)
-    try:
-        yield
-    finally:
-        _warps_override[0] = previous
-
-
-def _launch_options(block: int, backward: bool) -> dict:
-    warps = _warps_override[0] or NUM_WARPS[max(block, 16)]
-    # FMA contraction asked for explicitly: Triton 3.9 warns that its default turns it off in 3.10
-    return {"num_warps": warps[1] if backward else warps[0], "enable_fp_fusion": True}
-
-
 def _on_device(tensor: torch.Tensor):
     """Triton launches on the current CUDA device and its current stream: make that the
     tensor's device (a model on ``cuda:1`` while ``cuda:0`` is current, say)."""
@@ -195,25 +165,25 @@ def _acc_dtype(dtype: torch.dtype):
 # --------------------------------------------------------------------------- fwd / bwd ops
 # Free functions, as flash-linear-attention's ops: the autograd Function below is a thin
 # wrapper around them, and a call that needs no gradient runs the forward op alone.
-# Every hidden axis arrives padded to a power of two, H; ``hidden`` is the real size.
+# Every hidden axis arrives padded to a power of two, H; ``hidden`` is the real size, and
+# ``options`` the public op's settings (``chunk_size`` already the checkpoint interval K).
 
 
-def fast_weights_triton_fwd(
-    zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
-    hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
+def fused_recurrent_fast_weights_fwd(
+    zx, h, A, W, ln_weight, ln_bias, starts, write, resets, hidden: int, options: OpOptions, save: bool,
 ):  # fmt: skip
     """Launch the forward kernel. ``save``: also store what the backward reads.
 
     :return: ``(y, h_T, A_T, saved)``: ``A_T`` is an empty tensor unless
-        ``output_final_state``; ``saved = (hs, u, ckpt)`` (``[T, B, S, H]`` twice,
+        ``options.output_final_state``; ``saved = (hs, u, ckpt)`` (``[T, B, S, H]`` twice,
         ``[ceil(T/chunk), B, H, H]``) when ``save``, else None.
     """
     T, B, H = zx.shape
+    S, chunk, output_final_state = options.inner_steps, options.chunk_size, options.output_final_state
     dev, dtype = zx.device, zx.dtype
     y = torch.empty(T, B, H, device=dev, dtype=dtype)
     h_T = torch.empty(B, H, device=dev, dtype=dtype)
     A_T = torch.empty(B, H, H, device=dev, dtype=dtype) if output_final_state else y.new_empty(0)
-    S = inner_steps
     hs_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
     u_buf = torch.empty(T, B, S, H, device=dev, dtype=dtype) if save else y
     ckpt = torch.empty(-(-T // chunk), B, H, H, device=dev, dtype=dtype) if save else y
@@ -225,17 +195,17 @@ def fast_weights_triton_fwd(
             dummy if ln_weight is None else ln_weight, dummy if ln_bias is None else ln_bias,
             dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
             y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
-            T, B, hidden, float(decay), float(fast_lr), float(eps),
-            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm, HAS_A0=A is not None,
+            T, B, hidden, options.decay, options.fast_lr, options.eps,
+            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=options.layer_norm, HAS_A0=A is not None,
             HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             SAVE=save, STORE_AT=output_final_state, **_launch_options(H, backward=False),
         )  # fmt: skip
     return y, h_T, A_T, (hs_buf, u_buf, ckpt) if save else None
 
 
-def fast_weights_triton_bwd(
+def fused_recurrent_fast_weights_bwd(
     grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
-    hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A, grad_W,
+    hidden: int, options: OpOptions, grad_A: bool, grad_W: bool,
 ):  # fmt: skip
     """Launch the backward kernel (chunks in reverse from the forward's checkpoints) and
     form ``dW`` and the layer-norm gradients from its outputs.
@@ -248,6 +218,7 @@ def fast_weights_triton_bwd(
     """
     T, B, H = y.shape
     dev, dtype = y.device, y.dtype
+    layer_norm = options.layer_norm
     grad_y, grad_h_T, grad_A_T = (None if g is None else g.contiguous() for g in (grad_y, grad_h_T, grad_A_T))
     dzx = torch.empty(T, B, H, device=dev, dtype=dtype)
     dh0 = torch.empty(B, H, device=dev, dtype=dtype)
@@ -263,8 +234,8 @@ def fast_weights_triton_bwd(
             dummy if grad_y is None else grad_y, dummy if grad_h_T is None else grad_h_T,
             dummy if grad_A_T is None else grad_A_T,
             dzx, dh0, dA0, dlnw, dlnb,
-            T, B, hidden, float(decay), float(fast_lr), float(eps),
-            S=inner_steps, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
+            T, B, hidden, options.decay, options.fast_lr, options.eps,
+            S=options.inner_steps, BH=H, K=options.chunk_size, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
             HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
             STORE_DA0=grad_A, **_launch_options(H, backward=True),
@@ -287,26 +258,24 @@ def fast_weights_triton_bwd(
 
 
 class _FastWeightsTriton(torch.autograd.Function):
-    """Autograd for :func:`fast_weights_triton_fwd` / :func:`fast_weights_triton_bwd`."""
+    """Autograd for :func:`fused_recurrent_fast_weights_fwd` / :func:`fused_recurrent_fast_weights_bwd`."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
-        hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state,
+        ctx, zx, h, A, W, ln_weight, ln_bias, starts, write, resets, hidden: int, options: OpOptions,
     ):  # fmt: skip
         save = any(ctx.needs_input_grad[:6])
         # an output the loss does not use gets None, not zeros: no [B, H, H] zero tensor for an
         # unused final A, and the backward is launched without it (HAS_GHT / HAS_GAT off)
         ctx.set_materialize_grads(False)
-        y, h_T, A_T, saved = fast_weights_triton_fwd(
-            zx, h, A, W, ln_weight, ln_bias, starts, write, resets,
-            hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, output_final_state, save,
-        )  # fmt: skip
+        y, h_T, A_T, saved = fused_recurrent_fast_weights_fwd(
+            zx, h, A, W, ln_weight, ln_bias, starts, write, resets, hidden, options, save=save
+        )
         if save:
             ctx.save_for_backward(h, W, ln_weight, y, *saved, starts, write, resets)
-            grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
-            ctx.config = (hidden, decay, fast_lr, inner_steps, layer_norm, eps, chunk, grad_A)
-        if not output_final_state:
+            ctx.hidden, ctx.options = hidden, options
+            ctx.grad_A = A is not None and ctx.needs_input_grad[2]  # the carried state of a rollout has none
+        if not options.output_final_state:
             ctx.mark_non_differentiable(A_T)
         return y, h_T, A_T
 
@@ -315,13 +284,13 @@ class _FastWeightsTriton(torch.autograd.Function):
         h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets = ctx.saved_tensors
         if grad_A_T is not None and grad_A_T.numel() == 0:  # no final state was asked for
             grad_A_T = None
-        dzx, dh, dA, dW, d_lnw, d_lnb = fast_weights_triton_bwd(
+        dzx, dh, dA, dW, d_lnw, d_lnb = fused_recurrent_fast_weights_bwd(
             grad_y, grad_h_T, grad_A_T, h, W, ln_weight, y, hs_buf, u_buf, ckpt, starts, write, resets,
-            *ctx.config, grad_W=ctx.needs_input_grad[3],
+            ctx.hidden, ctx.options, grad_A=ctx.grad_A, grad_W=ctx.needs_input_grad[3],
         )  # fmt: skip
         d_lnw = d_lnw if ctx.needs_input_grad[4] else None
         d_lnb = d_lnb if ctx.needs_input_grad[5] else None
-        return (dzx, dh, dA, dW, d_lnw, d_lnb) + (None,) * 11
+        return (dzx, dh, dA, dW, d_lnw, d_lnb) + (None,) * 5  # masks, hidden, options
 
 
 # --------------------------------------------------------------------------- public op
@@ -335,7 +304,7 @@ def _mask(mask: torch.Tensor | None, T: int, B: int, name: str, like: torch.Tens
     return mask.to(device=like.device, dtype=dtype).contiguous()
 
 
-def fast_weights_triton(
+def fused_recurrent_fast_weights(
     zx: torch.Tensor,
     h: torch.Tensor,
     A: torch.Tensor | None,
@@ -401,7 +370,7 @@ def fast_weights_triton(
         >>> T, B, H = 16, 256, 128  # doctest: +SKIP
         >>> zx = torch.randn(T, B, H, device="cuda", requires_grad=True)  # doctest: +SKIP
         >>> W = (0.05 * torch.eye(H, device="cuda")).requires_grad_()  # doctest: +SKIP
-        >>> y, h_T, A_T = fast_weights_triton(  # doctest: +SKIP
+        >>> y, h_T, A_T = fused_recurrent_fast_weights(  # doctest: +SKIP
         ...     zx, torch.zeros(B, H, device="cuda"), None, W, None, None,
         ...     decay=0.95, fast_lr=0.5, inner_steps=1)
         >>> y.sum().backward()  # doctest: +SKIP
@@ -449,11 +418,13 @@ def fast_weights_triton(
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
         A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
     tensors = (prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets)
-    options = (H, float(decay), float(fast_lr), inner_steps, bool(layer_norm), float(eps), chunk, bool(output_final_state))
+    options = OpOptions(
+        float(decay), float(fast_lr), inner_steps, chunk, bool(layer_norm), float(eps), bool(output_final_state)
+    )
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors[:6]):
-        y, h_T, A_T = _FastWeightsTriton.apply(*tensors, *options)
+        y, h_T, A_T = _FastWeightsTriton.apply(*tensors, H, options)
     else:  # a rollout step or evaluation: the forward op alone, without autograd's bookkeeping
-        y, h_T, A_T, _ = fast_weights_triton_fwd(*tensors, *options, save=False)
+        y, h_T, A_T, _ = fused_recurrent_fast_weights_fwd(*tensors, H, options, save=False)
     if block != H:
         y, h_T = y[..., :H].contiguous(), h_T[:, :H].contiguous()
         A_T = A_T[:, :H, :H].contiguous() if output_final_state else A_T

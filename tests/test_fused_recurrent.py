@@ -1,4 +1,4 @@
-"""The fused Triton kernel (fw_agents.memory.ops.triton_scan) against the float64 reference loop.
+"""The fused Triton kernel (fw_agents.memory.ops.fused_recurrent) against the float64 reference loop.
 
 Without a GPU the kernels run on CPU tensors under Triton's interpreter. The op reads
 ``TRITON_INTERPRET`` when it is called (it decorates its kernels lazily, once per mode),
@@ -22,10 +22,10 @@ import sys
 import pytest
 import torch
 
-from fw_agents.memory.ops import triton_scan
+from fw_agents.memory.ops import fused_recurrent
 from fw_agents.memory.ops.reference import fast_weights_reference
 
-needs_triton = pytest.mark.skipif(not triton_scan.triton_available(), reason="triton is not installed")
+needs_triton = pytest.mark.skipif(not fused_recurrent.triton_available(), reason="triton is not installed")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run benchmarks/gpu_check.py)")
 
 
@@ -62,7 +62,7 @@ def run_both(leaves, masks, dtype, *, S, layer_norm, chunk, decay=0.9, fast_lr=0
     gy, gh, gA = (torch.randn(*s, generator=g, dtype=torch.float64).to(leaves[0].device) for s in ((T, B, H), (B, H), (B, H, H)))
     kw = dict(decay=decay, fast_lr=fast_lr, inner_steps=S, layer_norm=layer_norm, **masks)
     results = []
-    for fn, dt in ((fast_weights_reference, torch.float64), (triton_scan.fast_weights_triton, dtype)):
+    for fn, dt in ((fast_weights_reference, torch.float64), (fused_recurrent.fused_recurrent_fast_weights, dtype)):
         xs = [None if x is None else x.to(dt).requires_grad_() for x in leaves]
         extra = dict(chunk_size=chunk, output_final_state=output_final_state)
         masks_dt = {k: v.to(dt) for k, v in masks.items()}
@@ -135,9 +135,9 @@ def test_no_grad_and_partial_grads(interpreter):
     zx, h, A, W, lnw, lnb = (x.float() for x in (zx, h, A, W, lnw, lnb))
     kw = dict(decay=0.95, fast_lr=0.5, inner_steps=1)
     with torch.no_grad():
-        y0, _, A0 = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)
+        y0, _, A0 = fused_recurrent.fused_recurrent_fast_weights(zx, h, A, W, lnw, lnb, **kw)
     zx.requires_grad_()
-    y, _, A_T = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)
+    y, _, A_T = fused_recurrent.fused_recurrent_fast_weights(zx, h, A, W, lnw, lnb, **kw)
     torch.testing.assert_close(y, y0, rtol=0, atol=0)
     torch.testing.assert_close(A_T, A0, rtol=0, atol=0)
     (gzx,) = torch.autograd.grad(y.sum(), [zx])
@@ -152,20 +152,20 @@ def test_a_call_without_gradients_runs_the_forward_op_alone(interpreter, monkeyp
     args = [x.float() for x in (zx, h, A, W, lnw, lnb)]
     masks = {k: v.float() for k, v in masks.items()}
     kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2, **masks)
-    want = triton_scan.fast_weights_triton(*[args[0].requires_grad_(), *args[1:]], **kw)
+    want = fused_recurrent.fused_recurrent_fast_weights(*[args[0].requires_grad_(), *args[1:]], **kw)
     assert want[0].requires_grad, "the reference call went through autograd"
     args[0] = args[0].detach()
 
     def refuse(*_):
         raise AssertionError("the autograd Function ran for a call that needs no gradient")
 
-    monkeypatch.setattr(triton_scan._FastWeightsTriton, "apply", refuse)
+    monkeypatch.setattr(fused_recurrent._FastWeightsTriton, "apply", refuse)
     saving = []
-    real_fwd = triton_scan.fast_weights_triton_fwd
-    monkeypatch.setattr(triton_scan, "fast_weights_triton_fwd", lambda *a, save: saving.append(save) or real_fwd(*a, save=save))
+    real_fwd = fused_recurrent.fused_recurrent_fast_weights_fwd
+    monkeypatch.setattr(fused_recurrent, "fused_recurrent_fast_weights_fwd", lambda *a, save: saving.append(save) or real_fwd(*a, save=save))
     for context in (torch.no_grad, torch.inference_mode, torch.enable_grad):
         with context():
-            got = triton_scan.fast_weights_triton(*args, **kw)
+            got = fused_recurrent.fused_recurrent_fast_weights(*args, **kw)
         for g, w in zip(got, want):
             assert not g.requires_grad
             torch.testing.assert_close(g, w.detach(), rtol=0, atol=0)
@@ -192,39 +192,39 @@ def test_a_kernel_step_makes_no_device_to_host_sync(interpreter, starts_at, devi
 
 
 def test_rejects_hidden_above_128(monkeypatch):
-    if not triton_scan.triton_available():
+    if not fused_recurrent.triton_available():
         pytest.skip("triton is not installed")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     zx = torch.zeros(2, 1, 129)
     with pytest.raises(ValueError, match="H <= 128.*fast_weights_scan"):
-        triton_scan.fast_weights_triton(zx, zx[0], None, torch.zeros(129, 129), None, None,
+        fused_recurrent.fused_recurrent_fast_weights(zx, zx[0], None, torch.zeros(129, 129), None, None,
                                         decay=0.9, fast_lr=0.5, inner_steps=1)  # fmt: skip
-    assert not triton_scan.supports(129, "cpu")
-    assert triton_scan.supports(128, "cpu")
+    assert not fused_recurrent.supports(129, "cpu")
+    assert fused_recurrent.supports(128, "cpu")
 
 
 def test_cpu_without_interpreter_refuses(monkeypatch):
-    if not triton_scan.triton_available():
+    if not fused_recurrent.triton_available():
         pytest.skip("triton is not installed")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     zx = torch.zeros(2, 1, 4)
     with pytest.raises(RuntimeError, match="needs CUDA tensors.*TRITON_INTERPRET=1"):
-        triton_scan.fast_weights_triton(zx, zx[0], None, torch.zeros(4, 4), None, None,
+        fused_recurrent.fused_recurrent_fast_weights(zx, zx[0], None, torch.zeros(4, 4), None, None,
                                         decay=0.9, fast_lr=0.5, inner_steps=1)  # fmt: skip
-    assert not triton_scan.supports(4, "cpu")
+    assert not fused_recurrent.supports(4, "cpu")
 
 
 def test_without_triton_imports_and_names_the_extra(monkeypatch):
     """A fresh copy of the module with ``import triton`` failing: it imports, and the op says what to install."""
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
     monkeypatch.setitem(sys.modules, "triton.language", None)
-    spec = importlib.util.spec_from_file_location("_triton_scan_without_triton", triton_scan.__file__)
+    spec = importlib.util.spec_from_file_location("_fused_recurrent_without_triton", fused_recurrent.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert not module.triton_available() and not module.supports(16, "cuda")
     zx = torch.zeros(2, 1, 4)
     with pytest.raises(ImportError, match=r'pip install "fw-agents\[gpu\]"'):
-        module.fast_weights_triton(zx, zx[0], None, torch.zeros(4, 4), None, None,
+        module.fused_recurrent_fast_weights(zx, zx[0], None, torch.zeros(4, 4), None, None,
                                    decay=0.9, fast_lr=0.5, inner_steps=1)  # fmt: skip
 
 
@@ -233,10 +233,10 @@ def test_bad_shapes(interpreter):
     zx = torch.zeros(3, 2, 4)
     kw = dict(decay=0.9, fast_lr=0.5, inner_steps=1)
     with pytest.raises(ValueError, match="episode_starts must be"):
-        triton_scan.fast_weights_triton(zx, zx[0], None, torch.zeros(4, 4), None, None,
+        fused_recurrent.fused_recurrent_fast_weights(zx, zx[0], None, torch.zeros(4, 4), None, None,
                                         episode_starts=torch.zeros(3, 3), **kw)  # fmt: skip
     with pytest.raises(ValueError, match="A must be"):
-        triton_scan.fast_weights_triton(zx, zx[0], torch.zeros(2, 4, 3), torch.zeros(4, 4), None, None, **kw)
+        fused_recurrent.fused_recurrent_fast_weights(zx, zx[0], torch.zeros(2, 4, 3), torch.zeros(4, 4), None, None, **kw)
 
 
 # --------------------------------------------------------------------------- on a GPU
@@ -280,7 +280,7 @@ def test_cuda_runs_on_a_device_other_than_the_current_one(monkeypatch):
 
 
 def test_device_guard_is_a_no_op_on_cpu():
-    guard = triton_scan._on_device(torch.zeros(1))
+    guard = fused_recurrent._on_device(torch.zeros(1))
     with guard:
         pass
     assert type(guard).__name__ == "nullcontext"
@@ -318,7 +318,7 @@ def test_gpu_check_runs_the_modules_that_hold_cuda_tests(monkeypatch):
     (argv,) = calls
     assert argv[1:6] == ["-m", "pytest", "-q", "-m", "cuda"]
     files = [a for a in argv if a.startswith("tests/")]
-    assert "tests/test_triton_scan.py" in files and "tests/test_cuda_end_to_end.py" in files
+    assert "tests/test_fused_recurrent.py" in files and "tests/test_cuda_end_to_end.py" in files
     assert "tests/test_search.py" not in files and "--continue-on-collection-errors" in argv
     assert all("mark.cuda" in (ROOT / f).read_text() for f in files) and added
 
@@ -352,8 +352,8 @@ def test_gpu_check_stages_treat_a_kernel_fallback_as_an_error():
     gpu_check = _load_script("gpu_check")
     code = (
         "import torch\n"
-        "from fw_agents.memory.ops import triton_scan\n"
-        "triton_scan.mark_unusable(torch.device('cpu'), RuntimeError('ptxas fatal'))\n"
+        "from fw_agents.memory.ops import fused_recurrent\n"
+        "fused_recurrent.mark_unusable(torch.device('cpu'), RuntimeError('ptxas fatal'))\n"
         "print('fell back quietly')"
     )
     done = subprocess.run([sys.executable, "-c", code], env=gpu_check._env(), capture_output=True, text=True, timeout=120)
@@ -405,23 +405,23 @@ def test_module_mode_triton_matches_the_reference_module(interpreter):
 
 def test_auto_mode_takes_the_kernel_for_cuda_inputs_only(monkeypatch):
     from fw_agents.memory import FastWeightsRNN
-    from fw_agents.memory.ops.triton_scan import fast_weights_triton
+    from fw_agents.memory.ops.fused_recurrent import fused_recurrent_fast_weights
 
     core = FastWeightsRNN(3, 8)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernel could run here, but "auto" keeps CPU on the scan
-    assert core._op(torch.zeros(5, 2, 3))[0] is not fast_weights_triton
-    assert core._op(torch.zeros(1, 2, 3))[0] is not fast_weights_triton
-    assert FastWeightsRNN(3, 8, mode="triton")._op(torch.zeros(5, 2, 3)) == (fast_weights_triton, None)
+    assert core._op(torch.zeros(5, 2, 3))[0] is not fused_recurrent_fast_weights
+    assert core._op(torch.zeros(1, 2, 3))[0] is not fused_recurrent_fast_weights
+    assert FastWeightsRNN(3, 8, mode="triton")._op(torch.zeros(5, 2, 3)) == (fused_recurrent_fast_weights, None)
     monkeypatch.delenv("TRITON_INTERPRET")
     monkeypatch.setattr(torch.version, "hip", None)
-    assert triton_scan.supports(128, "cuda") == triton_scan.triton_available()  # an NVIDIA GPU
-    assert not triton_scan.supports(129, "cuda") and not triton_scan.supports(8, "cpu")
+    assert fused_recurrent.supports(128, "cuda") == fused_recurrent.triton_available()  # an NVIDIA GPU
+    assert not fused_recurrent.supports(129, "cuda") and not fused_recurrent.supports(8, "cpu")
     monkeypatch.setattr(torch.version, "hip", "6.2")  # a ROCm build: its GPUs are "cuda" too
-    assert not triton_scan.supports(128, "cuda")
+    assert not fused_recurrent.supports(128, "cuda")
     monkeypatch.undo()
-    if torch.cuda.is_available() and triton_scan.triton_available() and torch.version.hip is None:
-        assert core.cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is fast_weights_triton
-        assert FastWeightsRNN(3, 200).cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is not fast_weights_triton
+    if torch.cuda.is_available() and fused_recurrent.triton_available() and torch.version.hip is None:
+        assert core.cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is fused_recurrent_fast_weights
+        assert FastWeightsRNN(3, 200).cuda()._op(torch.zeros(5, 2, 3, device="cuda"))[0] is not fused_recurrent_fast_weights
 
 
 @needs_triton
@@ -438,8 +438,8 @@ def test_auto_mode_falls_back_to_the_scan_where_the_kernel_cannot_build(monkeypa
         calls.append(1)
         raise RuntimeError("PTX .version 8.7 does not support .target sm_90\n(driver too old)")
 
-    monkeypatch.setattr(triton_scan, "UNUSABLE", {})
-    monkeypatch.setattr(fast_weights_module, "fast_weights_triton", broken)
+    monkeypatch.setattr(fused_recurrent, "UNUSABLE", {})
+    monkeypatch.setattr(fast_weights_module, "fused_recurrent_fast_weights", broken)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # supports() says yes on this CPU ...
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # ... and "auto" sees a GPU
     torch.manual_seed(0)
@@ -451,18 +451,18 @@ def test_auto_mode_falls_back_to_the_scan_where_the_kernel_cannot_build(monkeypa
         y, state = core(x)
     torch.testing.assert_close(y, scan(x)[0], rtol=0, atol=0)
     y2, _ = core(x[:1], state)  # the next calls go straight to the scan: no second try, no warning
-    assert len(calls) == 1 and "cpu" in triton_scan.UNUSABLE and not triton_scan.supports(8, "cpu")
+    assert len(calls) == 1 and "cpu" in fused_recurrent.UNUSABLE and not fused_recurrent.supports(8, "cpu")
     with pytest.raises(RuntimeError, match="driver too old"):
         FastWeightsRNN(3, 8, mode="triton")(x)
 
     def bad_input(*args, **kwargs):
         raise ValueError("h must be [B, H]")
 
-    monkeypatch.setattr(triton_scan, "UNUSABLE", {})
-    monkeypatch.setattr(fast_weights_module, "fast_weights_triton", bad_input)
+    monkeypatch.setattr(fused_recurrent, "UNUSABLE", {})
+    monkeypatch.setattr(fast_weights_module, "fused_recurrent_fast_weights", bad_input)
     with pytest.raises(ValueError, match="h must be"):
         FastWeightsRNN(3, 8)(x)
-    assert not triton_scan.UNUSABLE
+    assert not fused_recurrent.UNUSABLE
 
 
 @needs_triton
@@ -472,7 +472,7 @@ def test_carried_A_without_grad_gives_the_other_gradients(interpreter):
     zx, h, A, W, lnw, lnb = leaves
     kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2, layer_norm=True, **masks)
     grads = []
-    for fn, dt in ((fast_weights_reference, torch.float64), (triton_scan.fast_weights_triton, torch.float32)):
+    for fn, dt in ((fast_weights_reference, torch.float64), (fused_recurrent.fused_recurrent_fast_weights, torch.float32)):
         xs = [x.to(dt).requires_grad_() for x in (zx, h, W, lnw, lnb)]
         y, h_T, A_T = fn(xs[0], xs[1], A.to(dt), xs[2], xs[3], xs[4], **{**kw, **{k: v.to(dt) for k, v in masks.items()}})
         loss = (y * torch.cos(y.detach())).sum() + h_T.sum() + A_T.sum()
@@ -483,17 +483,17 @@ def test_carried_A_without_grad_gives_the_other_gradients(interpreter):
 
 def test_launch_options_override_and_restore():
     with pytest.raises(ValueError, match="num_warps must be a power of two"):
-        with triton_scan.launch_options(3, 8):
+        with fused_recurrent.launch_options(3, 8):
             pass
-    default = triton_scan._launch_options(128, backward=True)
-    assert default["num_warps"] == triton_scan.NUM_WARPS[128][1] and default["enable_fp_fusion"] is True
-    with triton_scan.launch_options(4, 16):
-        assert triton_scan._launch_options(128, backward=False)["num_warps"] == 4
-        with triton_scan.launch_options(2, 2):
-            assert triton_scan._launch_options(8, backward=True)["num_warps"] == 2
-        assert triton_scan._launch_options(64, backward=True)["num_warps"] == 16
-    assert triton_scan._launch_options(128, backward=True) == default
-    assert all(triton_scan._launch_options(2**k, backward=False) for k in range(0, 8))  # every padded size has a row
+    default = fused_recurrent._launch_options(128, backward=True)
+    assert default["num_warps"] == fused_recurrent.NUM_WARPS[128][1] and default["enable_fp_fusion"] is True
+    with fused_recurrent.launch_options(4, 16):
+        assert fused_recurrent._launch_options(128, backward=False)["num_warps"] == 4
+        with fused_recurrent.launch_options(2, 2):
+            assert fused_recurrent._launch_options(8, backward=True)["num_warps"] == 2
+        assert fused_recurrent._launch_options(64, backward=True)["num_warps"] == 16
+    assert fused_recurrent._launch_options(128, backward=True) == default
+    assert all(fused_recurrent._launch_options(2**k, backward=False) for k in range(0, 8))  # every padded size has a row
 
 
 @needs_triton
@@ -527,7 +527,7 @@ def test_bench_memory_kernel_table_runs_under_the_interpreter(interpreter):
 
 
 def _compile_or_skip():
-    if not triton_scan.triton_available():
+    if not fused_recurrent.triton_available():
         pytest.skip("triton is not installed")
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
@@ -553,11 +553,11 @@ def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm,
     """The compiled path (what a GPU runs, unlike the interpreter) builds for Hopper and Ampere
     with the launcher's specialisations, and the tiles stay in registers at the default warps:
     no spill in the forward, a small one at most in the backward (the register budget in
-    triton_scan.md; a PPO update's backward spilled 560 B at H = 128 before its dA took W's
+    fused_recurrent.md; a PPO update's backward spilled 560 B at H = 128 before its dA took W's
     layout, and spills 96 B now)."""
     resources = _compile_or_skip()
-    block = triton_scan.triton.next_power_of_2(hidden)
-    for backward, fn in ((False, triton_scan._fw_forward_kernel), (True, triton_scan._fw_backward_kernel)):
+    block = fused_recurrent.triton.next_power_of_2(hidden)
+    for backward, fn in ((False, fused_recurrent._fw_forward_kernel), (True, fused_recurrent._fw_backward_kernel)):
         if flags == "rollout":  # no gradient: the forward alone, returning the final state
             if backward:
                 continue
@@ -567,8 +567,8 @@ def test_kernels_compile_for_cuda_without_a_gpu(hidden, inner_steps, layer_norm,
         else:
             chosen = resources.FLAG_SETS[flags][backward]
         registers, stack = resources.resources(
-            fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=triton_scan.DEFAULT_CHUNK, arch=arch,
-            num_warps=triton_scan._launch_options(block, backward)["num_warps"], layer_norm=layer_norm, float64=float64,
+            fn, chosen, hidden=hidden, inner_steps=inner_steps, chunk=fused_recurrent.DEFAULT_CHUNK, arch=arch,
+            num_warps=fused_recurrent._launch_options(block, backward)["num_warps"], layer_norm=layer_norm, float64=float64,
             steps=steps, batch=batch,
         )  # fmt: skip
         assert 0 < registers <= 255
@@ -588,7 +588,7 @@ def test_non_finite_values_stay_non_finite_as_in_the_reference(interpreter, wher
     {"h": h, "A": A[:, 2], "zx": zx[1]}[where][1, 3] = float("nan")
     kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2)
     y_ref = fast_weights_reference(zx, h, A, W, lnw, lnb, **kw)[0]
-    y = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)[0]
+    y = fused_recurrent.fused_recurrent_fast_weights(zx, h, A, W, lnw, lnb, **kw)[0]
     assert torch.equal(torch.isfinite(y), torch.isfinite(y_ref))
     assert not torch.isfinite(y[:, 1]).all() and torch.isfinite(y[:, [0, 2]]).all()
 
@@ -605,7 +605,7 @@ def test_hidden_reset_at_step_0_clears_a_non_finite_carried_h(interpreter):
     W.requires_grad_(True)
     kw = dict(decay=0.9, fast_lr=0.5, inner_steps=2, hidden_resets=resets)
     y_ref = fast_weights_reference(zx, h, A, W, lnw, lnb, **kw)[0]
-    y = triton_scan.fast_weights_triton(zx, h, A, W, lnw, lnb, **kw)[0]
+    y = fused_recurrent.fused_recurrent_fast_weights(zx, h, A, W, lnw, lnb, **kw)[0]
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     (grad_W,) = torch.autograd.grad(y.sum(), W)
     assert torch.isfinite(grad_W).all()
@@ -613,7 +613,7 @@ def test_hidden_reset_at_step_0_clears_a_non_finite_carried_h(interpreter):
 
 @needs_triton
 def test_next_power_of_2_is_tritons():
-    assert [triton_scan.next_power_of_2(n) for n in range(1, 600)] == [triton_scan.triton.next_power_of_2(n) for n in range(1, 600)]
+    assert [fused_recurrent.next_power_of_2(n) for n in range(1, 600)] == [fused_recurrent.triton.next_power_of_2(n) for n in range(1, 600)]
 
 
 @needs_triton
@@ -633,8 +633,8 @@ def test_compiled_relu_propagates_nan(arch):
 
     resources = _compile_or_skip()
     compiled = resources.compile_kernel(
-        triton_scan._fw_forward_kernel, resources.PPO_FORWARD_FLAGS, hidden=32, inner_steps=2,
-        chunk=triton_scan.DEFAULT_CHUNK, arch=arch, num_warps=2,
+        fused_recurrent._fw_forward_kernel, resources.PPO_FORWARD_FLAGS, hidden=32, inner_steps=2,
+        chunk=fused_recurrent.DEFAULT_CHUNK, arch=arch, num_warps=2,
     )  # fmt: skip
     maxima = re.findall(r"\bmax(?:\.[A-Za-z0-9]+)*\.f32\b", compiled.asm["ptx"])
     assert maxima and all(".NaN." in op for op in maxima), sorted(set(maxima))
@@ -648,9 +648,9 @@ def test_row_offsets_are_int64_before_the_multiply(backward):
     import re
 
     resources = _compile_or_skip()
-    fn = triton_scan._fw_backward_kernel if backward else triton_scan._fw_forward_kernel
+    fn = fused_recurrent._fw_backward_kernel if backward else fused_recurrent._fw_forward_kernel
     compiled = resources.compile_kernel(
-        fn, resources.FLAG_SETS["all"][backward], hidden=4, inner_steps=1, chunk=triton_scan.DEFAULT_CHUNK,
+        fn, resources.FLAG_SETS["all"][backward], hidden=4, inner_steps=1, chunk=fused_recurrent.DEFAULT_CHUNK,
         arch=90, num_warps=2, steps=37, batch=5,
     )  # fmt: skip
     products = [line.strip() for line in compiled.asm["ttir"].splitlines() if re.search(r"arith\.muli .*%B\b.*: i32", line)]
@@ -673,19 +673,19 @@ def test_outputs_the_loss_does_not_use_get_no_gradient_at_all(interpreter, monke
     leaves, masks = make_case(5, 2, 6, starts=[(2, 1)])
     g = torch.Generator().manual_seed(5)
     grads = {}
-    for fn in (fast_weights_reference, triton_scan.fast_weights_triton):
+    for fn in (fast_weights_reference, fused_recurrent.fused_recurrent_fast_weights):
         xs = [x.clone().requires_grad_() for x in leaves]
         out = dict(zip(("y", "h_T", "A_T"), fn(*xs, decay=0.875, fast_lr=0.5, inner_steps=1, **masks)))  # float32-exact scalars
         weight = torch.randn(out[used].shape, generator=g, dtype=out[used].dtype)
         grads[fn] = torch.autograd.grad((out[used] * weight).sum(), xs)
         g.manual_seed(5)
-    for ref, got in zip(grads[fast_weights_reference], grads[triton_scan.fast_weights_triton]):
+    for ref, got in zip(grads[fast_weights_reference], grads[fused_recurrent.fused_recurrent_fast_weights]):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
     flags = []
-    real = triton_scan.fast_weights_triton_bwd
-    monkeypatch.setattr(triton_scan, "fast_weights_triton_bwd",
+    real = fused_recurrent.fused_recurrent_fast_weights_bwd
+    monkeypatch.setattr(fused_recurrent, "fused_recurrent_fast_weights_bwd",
                         lambda *a, **k: flags.append([x is not None for x in a[:3]]) or real(*a, **k))  # fmt: skip
     xs = [x.clone().requires_grad_() for x in leaves]
-    out = dict(zip(("y", "h_T", "A_T"), triton_scan.fast_weights_triton(*xs, decay=0.9, fast_lr=0.5, inner_steps=1, **masks)))
+    out = dict(zip(("y", "h_T", "A_T"), fused_recurrent.fused_recurrent_fast_weights(*xs, decay=0.9, fast_lr=0.5, inner_steps=1, **masks)))
     out[used].sum().backward()
     assert flags == [[name == used for name in ("y", "h_T", "A_T")]]
