@@ -15,6 +15,7 @@ import torch
 import envs
 from fw_agents.cli import KeyFlag, check_int_ranges, option
 from fw_agents.memory import MEMORY_NAMES, MEMORY_REGISTRY, make_memory, memory_options
+from fw_agents.memory.ops.compiled import setting as compiled_setting
 from fw_agents.memory.options import ETA_NAMES, FAST_WEIGHTS_OPTIONS
 from fw_agents.policies import CRITIC_MODES, resolve_memory_kwargs
 from fw_agents.tracking import WANDB_MODES, check_wandb_mode
@@ -196,6 +197,7 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("critic", self.critic, CRITIC_MODES)
         check_wandb_mode(self.wandb)  # $WANDB_MODE too when --wandb is not given
+        compiled_setting()  # $FW_AGENTS_COMPILED, read by the first scan: a typo is one line now, not mid-run
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
         check_int_ranges(self)  # every int field's range, declared with it

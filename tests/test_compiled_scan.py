@@ -150,3 +150,11 @@ def test_bench_memory_times_the_compiled_and_the_python_loops_side_by_side(choos
     assert {bench.PEER, "fastweights", bench.PYTHON_LOOPS, bench.REFERENCE} <= set(rows)
     assert all(seconds > 0 for seconds in rows.values())
     assert compiled.loops() is not None  # the Python-loops row left the session's choice as it was
+
+
+def test_train_agent_refuses_a_bad_setting_before_the_run(monkeypatch):
+    from fw_agents.config import TrainConfig
+
+    monkeypatch.setenv("FW_AGENTS_COMPILED", "yes")
+    with pytest.raises(ValueError, match=r"FW_AGENTS_COMPILED='yes': accepted values are auto, 0, 1"):
+        TrainConfig().validate()
