@@ -210,9 +210,10 @@ def _store(row: np.ndarray, slots: Slots) -> int:
     if h.shape[0] == 1:
         flat = joined_halves(h[0], c[0])  # CoreAdapter's slots: one [n_envs, 2 * size] buffer
         if flat is not None:
-            if flat.device.type == "cpu" and flat.data_ptr() == target.data_ptr() and flat.shape == target.view(len(row), -1).shape:
+            rows = target.view(len(row), -1)
+            if flat.device.type == "cpu" and flat.data_ptr() == rows.data_ptr() and flat.shape == rows.shape:
                 return 0  # the step wrote them here
-            target.view(len(row), -1).copy_(flat)
+            rows.copy_(flat)
             return 1
     target[:, 0].copy_(h.transpose(0, 1))
     target[:, 1].copy_(c.transpose(0, 1))

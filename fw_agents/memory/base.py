@@ -95,9 +95,7 @@ class MemoryCore(nn.Module, ABC):
         :param out: ``[B, width]``, not overlapping ``packed``: where to put the new state (the
             rollout buffer's row for the next step, say), returned; None for a new tensor.
         """
-        if out is not None and (tuple(out.shape) != (x.shape[1], width) or out.dtype != packed.dtype):
-            raise ValueError(f"out must be [B, width] = {(x.shape[1], width)} in {packed.dtype}, got "
-                             f"{tuple(out.shape)} in {out.dtype}")  # fmt: skip
+        check_packed_out(out, x.shape[1], width, packed.dtype)
         y, state = self(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
         new = self.pack_state(state, width)
         return y, new if out is None else out.copy_(new)
@@ -172,6 +170,12 @@ class MemoryCore(nn.Module, ABC):
             if drop_idle_starts and not bool(episode_starts.any()):
                 episode_starts = None
         return state, episode_starts
+
+
+def check_packed_out(out: torch.Tensor | None, batch: int, width: int, dtype: torch.dtype) -> None:
+    """``forward_packed``'s ``out``: None, or ``[batch, width]`` in ``dtype``; ValueError otherwise."""
+    if out is not None and (tuple(out.shape) != (batch, width) or out.dtype != dtype):
+        raise ValueError(f"out must be [B, width] = {(batch, width)} in {dtype}, got {tuple(out.shape)} in {out.dtype}")
 
 
 def reset_rows(state: State, start: torch.Tensor) -> State:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fw_agents.memory.base import MemoryCore, State
+from fw_agents.memory.base import MemoryCore, State, check_packed_out
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, fused_recurrent
 from fw_agents.memory.ops.step import fast_weights_step_into
 from fw_agents.memory.ops.chunking import default_chunk_size
@@ -209,21 +209,19 @@ class FastWeightsRNN(MemoryCore):
             return super().forward_packed(x, packed, episode_starts, width, out)
         (h, A, *filled), starts = self._prepare(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
         H, batch = self.hidden_size, x.shape[1]
-        if out is not None and (tuple(out.shape) != (batch, width) or out.dtype != packed.dtype):
-            raise ValueError(f"out must be [B, width] = {(batch, width)} in {packed.dtype}, got "
-                             f"{tuple(out.shape)} in {out.dtype}")  # fmt: skip
+        check_packed_out(out, batch, width, packed.dtype)
         new = x.new_empty(batch, width) if out is None else out
         h_out, A_out = new[:, :H], new[:, H : H + H * H].view(batch, H, H)
         write_mask = None
         if self.bias_correction:
-            write_mask, filled_T = _bias_corrected_step(self.decay, filled[0][:, 0], starts, None)
+            write_mask, filled_T = bias_corrected_writes(self.decay, filled[0][:, 0], starts, None, 1)
             new[:, H + H * H].copy_(filled_T)
         new[:, self.state_size :].zero_()
+        ln_weight, ln_bias, eps = self._layer_norm_parameters()
         fast_weights_step_into(
-            h_out, A_out, self.C(x), h, A, self.W.weight,
-            self.ln.weight if self.ln is not None else None, self.ln.bias if self.ln is not None else None,
-            decay=self.decay, fast_lr=self.paper_fast_lr, inner_steps=self.inner_steps, episode_starts=starts,
-            write_mask=write_mask, layer_norm=self.layer_norm, eps=self.ln.eps if self.ln is not None else 1e-5,
+            h_out, A_out, self.C(x), h, A, self.W.weight, ln_weight, ln_bias, decay=self.decay,
+            fast_lr=self.paper_fast_lr, inner_steps=self.inner_steps, episode_starts=starts, write_mask=write_mask,
+            layer_norm=self.layer_norm, eps=eps,
         )  # fmt: skip
         return h_out.unsqueeze(0), new
 
@@ -245,13 +243,14 @@ class FastWeightsRNN(MemoryCore):
         if self.bias_correction:
             write_mask, filled_T = bias_corrected_writes(self.decay, filled[0][:, 0], starts, write_mask, x.shape[0])
         op, chunk_size = self._op(x)
+        ln_weight, ln_bias, eps = self._layer_norm_parameters()
         inputs = (
             self.C(x),  # C x(t) for every step at once
             h,
             None if fresh else A,  # None: known zeros, never read
             self.W.weight,
-            self.ln.weight if self.ln is not None else None,
-            self.ln.bias if self.ln is not None else None,
+            ln_weight,
+            ln_bias,
         )
         options = dict(
             decay=self.decay,
@@ -261,7 +260,7 @@ class FastWeightsRNN(MemoryCore):
             write_mask=write_mask,
             hidden_resets=hidden_resets,
             layer_norm=self.layer_norm,
-            eps=self.ln.eps if self.ln is not None else 1e-5,
+            eps=eps,
             output_final_state=final_state,
         )
         try:
@@ -278,6 +277,12 @@ class FastWeightsRNN(MemoryCore):
         if self.bias_correction:
             return y, (h_T, A_T, filled_T[:, None])
         return y, (h_T, A_T)
+
+    def _layer_norm_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+        """The ops' ``ln_weight``, ``ln_bias`` and ``eps`` (None, None and the default without layer norm)."""
+        if self.ln is None:
+            return None, None, 1e-5
+        return self.ln.weight, self.ln.bias, self.ln.eps
 
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
