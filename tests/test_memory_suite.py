@@ -371,10 +371,15 @@ def test_two_local_workers_share_one_sqlite_study(tmp_path):
     _each_cell_ran_once(study, 8)  # 2 tasks x 2 models x 2 seeds
     assert result.stdout.count(": ok: final") == 8  # one line per run, whichever worker ran it
     assert len(list((out / "runs").glob("*/*/seed*.json"))) == 8
+    # Two workers that both saw the last cell waiting: the one that lost the claim got a fresh trial
+    # from Optuna, pruned as holding no cell (cell_study.CellObjective); such claims run nothing
+    trials = study.get_trials()
+    assert len([t for t in trials if "cell" in t.user_attrs]) == 8
+    assert all(t.user_attrs.get("no_cell") and t.state.name == "PRUNED" for t in trials if "cell" not in t.user_attrs)
     again = subprocess.run(suite_command(*SHARED, "--workers", "2", "--out", str(out)), env=command_env(),
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0 and again.stdout.startswith("0 runs to do")
-    assert len(_study(f"sqlite:///{out / 'suite.db'}").get_trials()) == 8  # nothing enqueued or run again
+    assert len(_study(f"sqlite:///{out / 'suite.db'}").get_trials()) == len(trials)  # nothing enqueued or run again
 
 
 @pytest.mark.slow
