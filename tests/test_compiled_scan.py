@@ -104,6 +104,61 @@ def test_a_policy_update_through_the_compiled_loops_matches_the_python_loops(cho
         assert torch.equal(a, b)
 
 
+def _rollout_steps(dtype, bias_correction, inner_steps, layer_norm, starts_kind, extra_width, into_out):
+    """Three rollout steps of a core on packed states (NaN carried in some rows' A, restarted)."""
+    torch.manual_seed(3)
+    core = FastWeightsRNN(5, 8, fast_share=0.7, decay=0.9, inner_steps=inner_steps, layer_norm=layer_norm,
+                          bias_correction=bias_correction).to(dtype)  # fmt: skip
+    with torch.no_grad():
+        core.W.weight.add_(0.1 * torch.randn(8, 8, dtype=dtype))
+        if layer_norm:
+            core.ln.weight.add_(0.1 * torch.randn(8, dtype=dtype))
+            core.ln.bias.add_(0.1 * torch.randn(8, dtype=dtype))
+    B, width = 4, core.state_size + extra_width
+    packed = torch.randn(B, width, dtype=dtype) * 0.3
+    if bias_correction:
+        packed[:, core.state_size - 1] = torch.tensor([0.0, 0.2, 0.9, 0.5], dtype=dtype)
+    packed[1, 8 + 5] = float("nan")  # a NaN in row 1's A: cleared exactly where that row restarts
+    outputs = []
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(1, B, 5, dtype=dtype)
+            starts = {"none": None, "zeros": torch.zeros(1, B), "some": torch.tensor([[0.0, 1.0, 0.0, 1.0]]),
+                      "all": torch.ones(1, B)}[starts_kind]  # fmt: skip
+            out = torch.full((B, width), 7.0, dtype=dtype) if into_out else None
+            y, packed = core.forward_packed(x, packed, starts, width, out)
+            assert out is None or packed is out
+            outputs += [y, packed.clone()]
+    return outputs
+
+
+@needs_toolchain
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_rollout_step_gives_bitwise_the_python_step(choose, dtype):
+    for case in itertools.product([True, False], [1, 2], [True, False], ["none", "zeros", "some", "all"], [0, 3], [False, True]):
+        choose("0")
+        python = _rollout_steps(dtype, *case)
+        assert compiled.loops() is None
+        choose("1")
+        built = _rollout_steps(dtype, *case)
+        assert compiled.loops() is not None
+        for a, b in zip(python, built, strict=True):
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)), case
+
+
+@needs_toolchain
+def test_the_compiled_rollout_step_checks_its_inputs(choose):
+    choose("1")
+    core = FastWeightsRNN(5, 8, bias_correction=True)
+    packed = torch.zeros(4, core.state_size)
+    with torch.no_grad(), pytest.raises(ValueError, match="episode_starts must be"):
+        core.forward_packed(torch.zeros(1, 4, 5), packed, torch.zeros(1, 3), core.state_size)
+    with torch.no_grad(), pytest.raises(ValueError, match="x must be"):
+        core.forward_packed(torch.zeros(1, 4, 6), packed, None, core.state_size)
+    with torch.no_grad(), pytest.raises(ValueError, match="packed state"):
+        core.forward_packed(torch.zeros(1, 4, 5), packed[:, :-1], None, core.state_size)
+
+
 def test_the_setting_is_checked_and_0_never_builds(choose, monkeypatch):
     choose("sometimes")
     with pytest.raises(ValueError, match=r"FW_AGENTS_COMPILED='sometimes': accepted values are auto, 0, 1"):

@@ -138,6 +138,27 @@ class MemoryCore(nn.Module, ABC):
             device = param.device if param is not None else torch.device("cpu")
         return torch.device(device), dtype
 
+    def _check_inputs(
+        self, x: torch.Tensor, state: State | None, episode_starts: torch.Tensor | None
+    ) -> State | None:
+        """The shapes of a call's inputs (ValueError naming the expected ones); no tensor op.
+
+        :return: ``state`` as a tuple (or None).
+        """
+        if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[0] < 1:
+            raise ValueError(f"x must be [T >= 1, B, {self.input_size}], got {tuple(x.shape)}")
+        steps, batch = x.shape[0], x.shape[1]
+        if state is not None:
+            state = tuple(state)
+            if len(state) != len(self.state_shapes) or any(
+                tuple(s.shape) != (batch, *shape) for s, shape in zip(state, self.state_shapes)
+            ):
+                expected = [(batch, *shape) for shape in self.state_shapes]
+                raise ValueError(f"state must have shapes {expected}, got {[tuple(s.shape) for s in state]}")
+        if episode_starts is not None and tuple(episode_starts.shape) != (steps, batch):
+            raise ValueError(f"episode_starts must be [T, B] = {(steps, batch)}, got {tuple(episode_starts.shape)}")
+        return state
+
     def _prepare(
         self,
         x: torch.Tensor,
@@ -151,21 +172,10 @@ class MemoryCore(nn.Module, ABC):
             reset arithmetic). Asking costs a device-to-host sync on a GPU: a fused kernel that
             reads the starts anyway passes False.
         """
-        if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[0] < 1:
-            raise ValueError(f"x must be [T >= 1, B, {self.input_size}], got {tuple(x.shape)}")
-        steps, batch = x.shape[0], x.shape[1]
+        state = self._check_inputs(x, state, episode_starts)
         if state is None:
-            state = self.initial_state(batch, x.device)
-        else:
-            state = tuple(state)
-            if len(state) != len(self.state_shapes) or any(
-                tuple(s.shape) != (batch, *shape) for s, shape in zip(state, self.state_shapes)
-            ):
-                expected = [(batch, *shape) for shape in self.state_shapes]
-                raise ValueError(f"state must have shapes {expected}, got {[tuple(s.shape) for s in state]}")
+            state = self.initial_state(x.shape[1], x.device)
         if episode_starts is not None:
-            if tuple(episode_starts.shape) != (steps, batch):
-                raise ValueError(f"episode_starts must be [T, B] = {(steps, batch)}, got {tuple(episode_starts.shape)}")
             episode_starts = episode_starts.to(device=x.device, dtype=x.dtype)
             if drop_idle_starts and not bool(episode_starts.any()):
                 episode_starts = None

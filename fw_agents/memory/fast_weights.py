@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fw_agents.memory.base import MemoryCore, State, check_packed_out
-from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step, fused_recurrent
+from fw_agents.memory.ops import compiled, fast_weights_reference, fast_weights_scan, fast_weights_step, fused_recurrent
 from fw_agents.memory.ops.step import fast_weights_step_into
 from fw_agents.memory.ops.chunking import default_chunk_size
 from fw_agents.memory.ops.fused_recurrent import fused_recurrent_fast_weights
@@ -204,13 +204,25 @@ class FastWeightsRNN(MemoryCore):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`MemoryCore.forward_packed`; a rollout step (one step, no autograd, the
         PyTorch ops) writes ``h``, ``A`` and the filled share straight into the new packed rows
-        (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's."""
+        (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's.
+        On the CPU the same ops run as one compiled call where the C++ loops build
+        (:mod:`~fw_agents.memory.ops.compiled`), bitwise the Python ones."""
         if x.shape[0] != 1 or torch.is_grad_enabled() or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x):
             return super().forward_packed(x, packed, episode_starts, width, out)
-        (h, A, *filled), starts = self._prepare(x, self.unpack_state(packed[:, : self.state_size]), episode_starts)
+        state = self.unpack_state(packed[:, : self.state_size])
         H, batch = self.hidden_size, x.shape[1]
         check_packed_out(out, batch, width, packed.dtype)
         new = x.new_empty(batch, width) if out is None else out
+        loops = compiled.loops_for(x)
+        if loops is not None:  # the same ops in C++ (ops/scan_loops.cpp): bitwise the step below
+            self._check_inputs(x, state, episode_starts)
+            ln_weight, ln_bias, eps = self._layer_norm_parameters()
+            h_out = loops.rollout_step(
+                x, packed, episode_starts, new, self.C.weight, self.C.bias, self.W.weight, ln_weight, ln_bias, eps,
+                self.layer_norm, self.decay, self.paper_fast_lr, self.inner_steps, self.bias_correction,
+            )  # fmt: skip
+            return h_out.unsqueeze(0), new
+        (h, A, *filled), starts = self._prepare(x, state, episode_starts)
         h_out, A_out = new[:, :H], new[:, H : H + H * H].view(batch, H, H)
         write_mask = None
         if self.bias_correction:

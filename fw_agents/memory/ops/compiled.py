@@ -1,11 +1,12 @@
-"""The scan's per-step loops compiled to C++ (``scan_loops.cpp``), built on first use.
+"""The scan's per-step loops and the rollout step compiled to C++ (``scan_loops.cpp``), built on first use.
 
 At the RL shape the chunked scan's cost is the interpreter, not the maths: ~8 tensor ops a
 step forward and ~12 backward, each issued from Python. ``scan_loops.cpp`` ports the two
 loops of :mod:`~fw_agents.memory.ops.chunked_scan_fwd` and
 :mod:`~fw_agents.memory.ops.chunked_scan_bwd` line for line (the same ATen ops in the same
 order), so a compiled scan gives **bitwise** the Python scan's values and gradients (tested),
-at the cost of the C++ call alone.
+at the cost of the C++ call alone. ``rollout_step`` does the same for a fast-weights rollout
+step on packed states (``FastWeightsRNN.forward_packed``: ~40 small ops from Python, one call).
 
 It is built with torch's own extension builder (``torch.utils.cpp_extension.load``: a C++17
 compiler and ninja, both in the usual build tools) the first time a CPU scan runs, once per
@@ -48,7 +49,7 @@ def setting() -> str:
 
 
 def loops() -> ModuleType | None:
-    """The compiled loops (``forward_steps``, ``backward_steps``), or None for the Python ones."""
+    """The compiled loops (``forward_steps``, ``backward_steps``, ``rollout_step``), or None for the Python ones."""
     global _loaded, _tried
     if _tried:
         return _loaded

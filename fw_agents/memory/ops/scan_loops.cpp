@@ -5,9 +5,12 @@
 // interpreter's cost per op (~3 us of the ~7 us each small op takes at the RL shape), not maths.
 //   forward_steps  <- chunked_scan_fwd._forward_chunk's loop over the chunk's steps
 //   backward_steps <- chunked_scan_bwd._backward_chunk's loop over the chunk's steps
+//   rollout_step   <- FastWeightsRNN.forward_packed's rollout step (bias_corrected_writes'
+//                     one-step case, then step.fast_weights_step_into)
 // Equations: Eq. 5's inner loop with Eq. 1 unrolled to Eq. 4 over the chunk (fast_weights.md).
 #include <torch/extension.h>
 
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -175,7 +178,73 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
   return {grad_h_in, init_rows, init_queries};
 }
 
+// One rollout step on packed states, no autograd: FastWeightsRNN.forward_packed's rollout branch
+// (the starts as x's dtype, _bias_corrected_step, C x, fast_weights_step_into), same ATen ops in the
+// same order. packed [B, >= state_size] holds (h [H], A [H*H], m [1] with bias correction); the new
+// state goes into out [B, width] (zero past state_size); returns h(t) [B, H], a view of out.
+Tensor rollout_step(const Tensor& x, const Tensor& packed, const std::optional<Tensor>& episode_starts,
+                    Tensor out, const Tensor& C_weight, const std::optional<Tensor>& C_bias, const Tensor& W,
+                    const std::optional<Tensor>& ln_weight, const std::optional<Tensor>& ln_bias, double eps,
+                    bool layer_norm, double decay, double fast_lr, int64_t inner_steps, bool bias_correction) {
+  const int64_t B = x.size(1), H = W.size(0), HH = H * H, state_size = H + HH + (bias_correction ? 1 : 0);
+  Tensor h = packed.slice(1, 0, H);
+  const Tensor A = packed.slice(1, H, H + HH).reshape({B, H, H});
+  std::optional<Tensor> starts;  // [1, B] in x's dtype, None when no row starts (as _prepare)
+  if (episode_starts) {
+    Tensor cast = episode_starts->to(x.device(), x.scalar_type());
+    if (cast.any().item<bool>()) starts = cast;
+  }
+  Tensor h_out = out.slice(1, 0, H);
+  Tensor A_out = out.slice(1, H, H + HH).view({B, H, H});
+  std::optional<Tensor> write;  // the write weights w [B] (bias correction)
+  if (bias_correction) {  // _bias_corrected_step with no write mask: m = 1 - λ (1 - m0), w = 1/m
+    Tensor empty = at::rsub(packed.select(1, H + HH).to(at::kDouble), 1.0);
+    if (starts) empty = at::where(starts->select(0, 0) > 0.5, 1.0, empty);
+    Tensor m = at::rsub(at::mul(empty, decay), 1.0);
+    write = at::reciprocal(m.clamp_min(std::numeric_limits<double>::min())).to(packed.scalar_type());
+    out.select(1, H + HH).copy_(m.to(packed.scalar_type()));
+  }
+  out.slice(1, state_size).zero_();
+  const Tensor zx = at::linear(x, C_weight, C_bias);
+  // fast_weights_step_into: restarting rows are replaced after the step, never masked before it
+  std::optional<Tensor> restart;
+  if (starts) {
+    Tensor bool_starts = *starts > 0.5;
+    Tensor rows = bool_starts.select(0, 0).nonzero().squeeze(1);
+    if (rows.numel() > 0) restart = rows;
+    h = h.masked_fill(bool_starts.select(0, 0).unsqueeze(1), 0.0);
+  }
+  Tensor z = at::addmm(zx.select(0, 0), h, W.t());
+  Tensor q = at::relu(z);
+  const Tensor A_T = A.transpose(1, 2);
+  const std::vector<int64_t> norm_shape{H};
+  for (int64_t s = 0; s < inner_steps; ++s) {  // Eq. 5, with A(t-1) = 0 in the restarting rows
+    Tensor u = at::baddbmm(z.unsqueeze(1), q.unsqueeze(1), A_T).squeeze(1);
+    if (restart) u.index_copy_(0, *restart, z.index_select(0, *restart));
+    if (layer_norm) u = at::layer_norm(u, norm_shape, ln_weight, ln_bias, eps);
+    q = at::relu(u);
+  }
+  h_out.copy_(q);
+  if (write) write = write->to(q.scalar_type());
+  // step._write_terms: A <- keep A + value scaled q^T (Eq. 1, per-row weights with bias correction)
+  if (write) {
+    const Tensor keep = at::rsub(at::mul(*write, 1.0 - decay), 1.0).unsqueeze(1).unsqueeze(2);
+    const Tensor scaled = q * at::mul(*write, fast_lr).unsqueeze(1);
+    at::mul_out(A_out, A, keep);
+    if (restart) A_out.index_fill_(0, *restart, 0.0);
+    A_out.addcmul_(scaled.unsqueeze(2), q.unsqueeze(1), 1.0);
+  } else {
+    Tensor keep = at::scalar_tensor(decay, at::kDouble);  // a Python float, as torch.mul(A, λ, out=) wraps it
+    keep.unsafeGetTensorImpl()->set_wrapped_number(true);
+    at::mul_out(A_out, A, keep);
+    if (restart) A_out.index_fill_(0, *restart, 0.0);
+    A_out.addcmul_(q.unsqueeze(2), q.unsqueeze(1), fast_lr);
+  }
+  return h_out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_steps", &forward_steps, "the chunked scan's forward loop over one chunk");
   m.def("backward_steps", &backward_steps, "the chunked scan's backward loop over one chunk");
+  m.def("rollout_step", &rollout_step, "a rollout step of FastWeightsRNN on packed states, no autograd");
 }
