@@ -186,7 +186,7 @@ def sweep_kernel(device: torch.device, rounds: int, shapes=CUDA_SHAPES) -> list[
 
         def call(chunk):
             return fused_recurrent.fused_recurrent_fast_weights(
-                zx, h, None, core.W.weight, core.ln.weight, core.ln.bias, decay=core.decay,
+                zx, h, None, core.slow_weights, core.ln.weight, core.ln.bias, decay=core.decay,
                 fast_lr=core.paper_fast_lr, inner_steps=core.inner_steps, chunk_size=chunk)[0]  # fmt: skip
 
         def timers_for(chunk):

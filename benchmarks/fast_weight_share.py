@@ -33,7 +33,7 @@ def drive_ratio(core: FastWeightsRNN, steps: int, batch: int = 256, features: in
     """Median over ``batch`` sequences of ``|A(t-1) h_0(t)| / |z(t)|`` at ``t = steps``."""
     x = torch.relu(torch.randn(steps, batch, features))
     _, (h, A) = core(x[:-1])
-    z = h @ core.W.weight.T + core.C(x[-1])
+    z = h @ core.slow_weights.T + core.C(x[-1])
     h0 = torch.relu(z)
     fast = torch.einsum("bij,bj->bi", A, h0)
     return float((fast.norm(dim=1) / z.norm(dim=1)).median())

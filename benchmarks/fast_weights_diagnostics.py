@@ -78,7 +78,7 @@ def drive_shares(core: Any, x: torch.Tensor, starts: torch.Tensor) -> tuple[np.n
     for t in range(x.shape[0]):
         keep = (1.0 - starts[t]).to(x.dtype)
         h, A = state[0] * keep[:, None], state[1] * keep[:, None, None]
-        recurrent, driven = h @ core.W.weight.T, core.C(x[t])
+        recurrent, driven = h @ core.slow_weights.T, core.C(x[t])
         z = recurrent + driven
         fast.append(torch.einsum("bij,bj->bi", A, torch.relu(z)).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12))
         slow.append(recurrent.norm(dim=1) / driven.norm(dim=1).clamp_min(1e-12))

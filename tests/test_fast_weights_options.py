@@ -197,9 +197,36 @@ def test_identity_scale_sets_the_slow_weights_initial_scale():
     torch.testing.assert_close(core.W.weight, 0.3 * torch.eye(7))
 
 
+@pytest.mark.parametrize("mode", ["scan", "reference"])
+def test_relative_slow_weights_compute_the_same_core_with_the_slow_gradient_scaled(mode):
+    # W = s·W̃ with W̃ = I: the same outputs as the plain core at any W, and dL/dW̃ = s·dL/dW
+    torch.manual_seed(0)
+    plain = FastWeightsRNN(3, 6, fast_share=0.8, identity_scale=0.2, bias_correction=True, mode=mode).double()
+    relative = FastWeightsRNN(3, 6, fast_share=0.8, identity_scale=0.2, bias_correction=True, mode=mode,
+                              relative_slow_weights=True).double()  # fmt: skip
+    torch.testing.assert_close(relative.W.weight, torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(relative.slow_weights, plain.W.weight)
+    with torch.no_grad():
+        plain.W.weight.add_(0.1 * torch.randn(6, 6, dtype=torch.float64))
+        relative.load_state_dict(plain.state_dict())
+        relative.W.weight.div_(0.2)
+    x, starts = torch.randn(5, 2, 3, dtype=torch.float64), torch.tensor([[1.0, 1.0]] + [[0.0, 1.0]] * 4, dtype=torch.float64)
+    y_plain, _ = plain(x, None, starts)
+    y_relative, _ = relative(x, None, starts)
+    torch.testing.assert_close(y_relative, y_plain, rtol=1e-12, atol=1e-12)
+    y_plain.pow(2).sum().backward()
+    y_relative.pow(2).sum().backward()
+    torch.testing.assert_close(relative.W.weight.grad, 0.2 * plain.W.weight.grad, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # and the rollout step agrees with the sequence
+        packed = torch.zeros(2, relative.state_size, dtype=torch.float64)
+        y_step, _ = relative.forward_packed(x[:1], packed, starts[:1], relative.state_size)
+    torch.testing.assert_close(y_step, y_relative[:1], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "options,needle",
     [
+        (dict(relative_slow_weights="yes"), "relative_slow_weights"),
         (dict(identity_scale=0.0), "identity_scale"),
         (dict(identity_scale=-0.5), "identity_scale"),
         (dict(identity_scale=float("nan")), "identity_scale"),

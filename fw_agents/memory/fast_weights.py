@@ -95,6 +95,11 @@ class FastWeightsRNN(MemoryCore):
     :param bias_correction: Read the fast memory at full strength from an episode's first
         step: ``A`` is divided by its filled share ``m(t) = 1 - λ^n`` (``n`` writes since the
         start), as Adam corrects its moment estimates. See :func:`bias_corrected_writes`.
+    :param relative_slow_weights: Train ``W`` as ``s·W̃`` with ``W̃ = I`` at first (the parameter
+        ``W.weight`` holds ``W̃``; :attr:`slow_weights` is ``W``): the same ``W`` at
+        initialisation, but an optimizer that steps each parameter by about its learning rate
+        (Adam) moves ``W`` by ``s·lr``, i.e. relative to its own scale, as it moves an IRNN's
+        ``W = 0.5·I``; with ``s = 0.05`` the plain parameter changes 20× faster relative to itself.
 
     State: ``(h [B, H], A [B, H, H])``, and ``m [B, 1]`` (the filled share) with
     ``bias_correction``.
@@ -114,6 +119,7 @@ class FastWeightsRNN(MemoryCore):
         fast_share: float | None = None,
         identity_scale: float = OPTIONS["identity_scale"].default,
         bias_correction: bool = OPTIONS["bias_correction"].default,
+        relative_slow_weights: bool = OPTIONS["relative_slow_weights"].default,
     ) -> None:
         super().__init__(input_size, hidden_size)
         # every range is the spec's (fw_agents.memory.options), as every flag and search is
@@ -126,6 +132,7 @@ class FastWeightsRNN(MemoryCore):
         self.mode = check_choice("mode", translate_legacy_mode(mode), MODES)
         self.identity_scale = OPTIONS["identity_scale"].check(identity_scale)
         self.bias_correction = OPTIONS["bias_correction"].check(bias_correction)
+        self.relative_slow_weights = OPTIONS["relative_slow_weights"].check(relative_slow_weights)
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
@@ -140,13 +147,20 @@ class FastWeightsRNN(MemoryCore):
         return self.fast_lr
 
     @property
+    def slow_weights(self) -> torch.Tensor:
+        """``W``, the slow recurrent weights the ops use: ``W.weight``, or ``s·W.weight`` with
+        ``relative_slow_weights`` (one ``[H, H]`` product per call, through autograd)."""
+        return self.W.weight * self.identity_scale if self.relative_slow_weights else self.W.weight
+
+    @property
     def layer_norm(self) -> bool:
         return self.ln is not None
 
     def reset_parameters(self) -> None:
         """Paper's initialisation: ``W = identity_scale·I`` (0.05); input weights uniform in ±1/√H."""
         with torch.no_grad():
-            self.W.weight.copy_(self.identity_scale * torch.eye(self.hidden_size))
+            scale = 1.0 if self.relative_slow_weights else self.identity_scale
+            self.W.weight.copy_(scale * torch.eye(self.hidden_size))
             bound = 1.0 / math.sqrt(self.hidden_size)
             self.C.weight.uniform_(-bound, bound)
             self.C.bias.zero_()
@@ -218,7 +232,7 @@ class FastWeightsRNN(MemoryCore):
             self._check_inputs(x, state, episode_starts)
             ln_weight, ln_bias, eps = self._layer_norm_parameters()
             h_out = loops.rollout_step(
-                x, packed, episode_starts, new, self.C.weight, self.C.bias, self.W.weight, ln_weight, ln_bias, eps,
+                x, packed, episode_starts, new, self.C.weight, self.C.bias, self.slow_weights, ln_weight, ln_bias, eps,
                 self.layer_norm, self.decay, self.paper_fast_lr, self.inner_steps, self.bias_correction,
             )  # fmt: skip
             return h_out.unsqueeze(0), new
@@ -231,7 +245,7 @@ class FastWeightsRNN(MemoryCore):
         new[:, self.state_size :].zero_()
         ln_weight, ln_bias, eps = self._layer_norm_parameters()
         fast_weights_step_into(
-            h_out, A_out, self.C(x), h, A, self.W.weight, ln_weight, ln_bias, decay=self.decay,
+            h_out, A_out, self.C(x), h, A, self.slow_weights, ln_weight, ln_bias, decay=self.decay,
             fast_lr=self.paper_fast_lr, inner_steps=self.inner_steps, episode_starts=starts, write_mask=write_mask,
             layer_norm=self.layer_norm, eps=eps,
         )  # fmt: skip
@@ -260,7 +274,7 @@ class FastWeightsRNN(MemoryCore):
             self.C(x),  # C x(t) for every step at once
             h,
             None if fresh else A,  # None: known zeros, never read
-            self.W.weight,
+            self.slow_weights,
             ln_weight,
             ln_bias,
         )
@@ -315,6 +329,7 @@ class FastWeightsRNN(MemoryCore):
             + f", decay={self.decay}, inner_steps={self.inner_steps}, layer_norm={self.layer_norm}, mode={self.mode!r}, "
             f"identity_scale={self.identity_scale}, "
             f"bias_correction={self.bias_correction}"
+            + (", relative_slow_weights=True" if self.relative_slow_weights else "")
         )
 
 

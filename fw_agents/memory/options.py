@@ -137,6 +137,10 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
     CoreOption("bias_correction", bool, "", "read A at full strength from an episode's first step (A / (1-λ^n))",
                None, None, False, False, default=False, agent_default=True, flag="--bias-correction",
                help="divide A by its filled share 1-λ^n, as Adam's moments (early steps at full strength)"),
+    CoreOption("relative_slow_weights", bool, "", "train W as s·W̃ from W̃ = I: a step of the optimizer moves W "
+               "by its scale s, not by 1", None, None, False, False, default=False, agent_default=None,
+               flag="--relative-slow-weights",
+               help="train the slow weights relative to their scale s (W = s·W̃, W̃ = I at first)"),
 )  # fmt: skip
 #: The spec by name.
 OPTIONS: dict[str, CoreOption] = {option.name: option for option in FAST_WEIGHTS_OPTIONS}
