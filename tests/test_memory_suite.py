@@ -444,3 +444,20 @@ def test_a_killed_workers_cell_is_run_again_and_the_report_is_the_studys(tmp_pat
     assert third.returncode == 0, third.stderr[-2000:]
     assert third.stdout == (out / "memory_suite.md").read_text()
     assert third.stdout.startswith("# Memory suite") and "| CatchBlind16 |" in third.stdout
+
+
+def test_reach_steps_counts_a_running_mean_and_the_budget_for_a_seed_that_never_reaches(suite, tmp_path, capsys):
+    import reach_steps
+
+    steps, returns = [1000, 2000, 3000, 4000, 5000], [0.9, float("nan"), 0.2, 0.9, 0.9]
+    assert reach_steps.first_reach(steps, returns, 0.5, 1) == 1000
+    assert reach_steps.first_reach(steps, returns, 0.5, 2) == 2000  # the NaN rollout is skipped in its window
+    assert reach_steps.first_reach(steps, returns, 0.6, 3) == 5000  # means 0.55, 0.55, then 0.67
+    assert reach_steps.first_reach(steps, returns, 0.95, 1) is None
+    with pytest.raises(ValueError, match="window"):
+        reach_steps.first_reach(steps, returns, 0.5, 0)
+    for seed, curve in enumerate([(steps, returns), (steps, [0.0] * 5)]):
+        _write(tmp_path, _record("CatchBlind16", "gru", seed, final=0.5 * seed, timesteps=5000, curve=curve))
+    assert reach_steps.main([str(tmp_path), "--thresholds", "0.5", "--window", "2"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row == "| CatchBlind16 | gru | 2 | 0.250 ± 0.250 | >4k (2k, >5k) |", row
