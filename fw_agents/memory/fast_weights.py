@@ -261,6 +261,10 @@ class FastWeightsRNN(MemoryCore):
         final_state: bool,
     ) -> tuple[torch.Tensor, State]:
         fresh = state is None
+        if fresh:  # A is never read (None to the op): a zero view, not a [B, H, H] buffer to fill
+            device, dtype = self._device_dtype(x.device)
+            zero, (B, H) = torch.zeros((), device=device, dtype=dtype), (x.shape[1], self.hidden_size)
+            state = (zero.new_zeros(B, H), zero.expand(B, H, H), *([zero.new_zeros(B, 1)] if self.bias_correction else []))
         # the kernel reads the starts as they come: no device sync to ask whether any is set
         (h, A, *filled), starts = self._prepare(x, state, episode_starts, drop_idle_starts=not self._uses_kernel(x))
         for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
