@@ -39,7 +39,7 @@ from fw_agents.callbacks import (
     StopOnNonFinite,
     save_atomically,
 )
-from fw_agents.config import CORE_FLAGS, DEVICES, TrainConfig, check_memory_kwargs, core_options, env_registered
+from fw_agents.config import TrainConfig
 from fw_agents.evaluation import EpisodeTally, episode_cap
 from fw_agents.files import write_text_atomically
 from fw_agents.policies import RecurrentMemoryPolicy
@@ -47,10 +47,7 @@ from fw_agents.preflight import check_memory, probe_env
 from fw_agents.resume import read_checkpoint, resumed_config
 from fw_agents.tracking import DEFAULT_WANDB_PROJECT, start_run
 
-__all__ = [
-    "CORE_FLAGS", "DEVICES", "NonFiniteError", "TrainConfig", "build_agent", "check_memory_kwargs", "core_options",
-    "env_registered", "evaluate", "make_env", "train",
-]  # fmt: skip
+__all__ = ["TrainConfig", "build_agent", "evaluate", "make_env", "train"]
 
 
 def make_env(

@@ -23,7 +23,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from fw_agents.cli import field_default
+from fw_agents.fields import field_default
 from fw_agents.files import check_regular_file, read_regular_text
 from fw_agents.memory.options import translate_legacy_options
 from fw_agents.run_folder import RUN_MARKER

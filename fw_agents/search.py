@@ -51,9 +51,9 @@ from fw_agents.cli import (
     add_config_arguments,
     config_from_args,
     config_to_argv,
-    option,
     run_cli,
 )
+from fw_agents.fields import option
 from fw_agents.search_storage import (
     STORAGE_ENV,
     check_storage_flags,
@@ -246,7 +246,7 @@ def run_worker(search: Search) -> int:
     """
     from optuna.trial import TrialState
 
-    from fw_agents.agent import NonFiniteError
+    from fw_agents.cli import NonFiniteError
 
     study = open_study(search)
     if search.train.wandb_group is None:  # one W&B group per study

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import netrc
 import os
 import shutil
 import sys
@@ -33,21 +32,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from fw_agents.cli import add_config_arguments, option
+from fw_agents.cli import add_config_arguments
+from fw_agents.fields import option
 from fw_agents.files import write_text_atomically
 from fw_agents.progress_csv import drop_rows_after, last_step
 from fw_agents.run_folder import RunFolder, claim_run_folder
 from fw_agents.scalar_writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
-from fw_agents.validation import check_choice
+from fw_agents.wandb_mode import WANDB_MODES, check_wandb_mode, resolve_wandb_mode
 
-#: Accepted values of ``--wandb`` (``None`` / ``"auto"`` picks online or offline).
-WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
-#: The other values wandb itself takes in ``$WANDB_MODE`` (``wandb.Settings.mode``), as the mode they
-#: amount to for one process: ``dryrun`` is its old name for offline, ``run`` for online, and ``shared``
-#: is online with other processes writing to the same run.
-WANDB_ENV_ALIASES: dict[str, str] = {"dryrun": "offline", "run": "online", "shared": "online"}
 DEFAULT_WANDB_PROJECT = "fw-agents"
 #: Seconds ``wandb.init`` may take before we give up on W&B (its own default is 90 s).
 DEFAULT_WANDB_INIT_TIMEOUT = 20.0
@@ -58,64 +51,6 @@ WANDB_ID_FILE = "wandb-run-id"
 
 
 # ----------------------------------------------------------------------- W&B
-def wandb_credentials_available() -> bool:
-    """True when W&B credentials exist: ``WANDB_API_KEY`` or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    netrc_path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
-    try:
-        return netrc.netrc(netrc_path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def resolve_wandb_mode(mode: str | None = None) -> str:
-    """The W&B mode to use.
-
-    :param mode: ``online``, ``offline``, ``disabled``, or ``None``/``"auto"``: then the
-        ``WANDB_MODE`` environment variable if set, else ``online`` when credentials
-        exist (see :func:`wandb_credentials_available`) and ``offline`` otherwise.
-    :return: One of :data:`WANDB_MODES`.
-    """
-    if mode in (None, "auto"):
-        env_mode = wandb_mode_from_environment()
-        if env_mode is not None:
-            return env_mode
-        return "online" if wandb_credentials_available() else "offline"
-    return check_choice("wandb mode", mode, WANDB_MODES)
-
-
-def wandb_mode_from_environment() -> str | None:
-    """``$WANDB_MODE`` as one of :data:`WANDB_MODES` (wandb's own other names mapped by
-    :data:`WANDB_ENV_ALIASES`), or None when it is unset or empty.
-
-    :raises ValueError: A value wandb does not take either: one line naming it and the accepted ones
-        (a typo there would otherwise run without the W&B run it asked for, without a word).
-    """
-    given = os.environ.get("WANDB_MODE", "")
-    text = given.strip().lower()
-    if not text:
-        return None
-    mode = WANDB_ENV_ALIASES.get(text, text)
-    if mode not in WANDB_MODES:
-        raise ValueError(
-            f"WANDB_MODE={given!r} is not a W&B mode; accepted: {', '.join(WANDB_MODES)} (wandb's own "
-            f"{', '.join(WANDB_ENV_ALIASES)} too), or unset it: online with W&B credentials, else offline"
-        )
-    return mode
-
-
-def check_wandb_mode(mode: str | None) -> None:
-    """Raise ``ValueError`` unless ``mode`` is one of :data:`WANDB_MODES`, or None / ``"auto"`` with a
-    valid ``$WANDB_MODE`` (or none): what a command checks before it starts (:func:`init_wandb` itself
-    never stops a run)."""
-    if mode in (None, "auto"):
-        wandb_mode_from_environment()
-    else:
-        check_choice("wandb mode", mode, WANDB_MODES)
-
-
 def init_wandb(
     mode: str | None,
     run_dir: Path,

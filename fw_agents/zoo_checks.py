@@ -43,10 +43,11 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from fw_agents.cli import OneLineArgumentParser
-from fw_agents.config import check_memory_kwargs
+from fw_agents.config import CRITIC_MODES
+from fw_agents.config_checks import check_memory_kwargs
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.memory.options import translate_legacy_options
-from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy
+from fw_agents.policies import RecurrentMemoryPolicy
 from fw_agents.preflight import check_memory, probe_env
 from fw_agents.safe_load import read_model_data
 from fw_agents.validation import check_int

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, config_to_argv, option
+from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, config_to_argv
+from fw_agents.fields import option
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 
@@ -240,7 +241,7 @@ class _Ranged:
 
 
 def test_option_ranges_are_checked_and_shown(capsys):
-    from fw_agents.cli import check_int_ranges
+    from fw_agents.fields import check_int_ranges
 
     check_int_ranges(_Ranged(n_envs=64, threads=None, plain=-5))  # a bound itself, None for an optional field
     for changes, message in ((dict(n_envs=65), "n_envs must be an integer in [1, 64], got 65"),

@@ -19,6 +19,7 @@ import fw_agents.agent as agent
 import train_agent
 from fw_agents.agent import TrainConfig, train
 from fw_agents.policies import default_memory_kwargs
+from fw_agents.train import CORE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -181,7 +182,7 @@ def test_help_documents_every_field_with_its_default():
     for field in fields(TrainConfig):  # each field is a flag with its doc and its default
         flag = "--" + field.name.replace("_", "-")
         assert flag in text, flag
-    assert text.count("(default: ") >= len(fields(TrainConfig)) + len(agent.CORE_FLAGS)
+    assert text.count("(default: ") >= len(fields(TrainConfig)) + len(CORE_FLAGS)
     assert all(env_id in text for env_id in agent.envs.CATCH_IDS) and "CatchFlicker16-v0" in text
     assert "module:id" in text and "--lr LEARNING_RATE" in text and "--no-progress-bar" in text
     for flag in ("--fast-lr FAST_LR", "--fast-share FAST_SHARE", "--decay DECAY", "--inner-steps INNER_STEPS",

@@ -33,10 +33,10 @@ from fw_agents.cli import (
     OneLineArgumentParser,
     add_config_arguments,
     config_from_args,
-    option,
     program_name,
     typed_dests,
 )
+from fw_agents.fields import option
 from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
 from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.tracking import TrackingOptions, add_tracking_args

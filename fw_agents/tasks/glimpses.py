@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_interruptible
+from fw_agents.cli import run_interruptible
+from fw_agents.fields import option
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
 from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset

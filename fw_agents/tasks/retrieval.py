@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_interruptible
+from fw_agents.cli import run_interruptible
+from fw_agents.fields import option
 from fw_agents.memory import MEMORY_NAMES, make_memory
 from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
 from fw_agents.tasks.training import Split, preflight, train_classifier, write_outputs

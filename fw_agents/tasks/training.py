@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fw_agents.cli import NonFiniteError, option
+from fw_agents.cli import NonFiniteError
+from fw_agents.fields import option
 from fw_agents.files import atomic_path, write_text_atomically
 from fw_agents.preflight import check_model_memory
 from fw_agents.tracking import Tracker
