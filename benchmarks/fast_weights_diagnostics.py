@@ -36,7 +36,7 @@ from suite_tasks import parse_variant
 
 from fw_agents.agent import TrainConfig, build_agent, make_env
 from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
 
 
 def episode_steps(starts: np.ndarray) -> np.ndarray:

@@ -62,11 +62,11 @@ from fw_agents.cell_study import (  # noqa: E402
 )  # fmt: skip
 from fw_agents.agent import TrainConfig, train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
-from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
+from fw_agents.runs.files import atomic_path, write_text_atomically  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 from fw_agents.memory.options import translate_legacy_options  # noqa: E402
-from fw_agents.resume import latest_checkpoint  # noqa: E402
-from fw_agents.run_folder import RUN_MARKER  # noqa: E402
+from fw_agents.runs.resume import latest_checkpoint  # noqa: E402
+from fw_agents.runs.folder import RUN_MARKER  # noqa: E402
 
 TARGET = 0.9
 #: Before ``TrainConfig.memory_kwargs``, the fast-weights options were fields of their own:

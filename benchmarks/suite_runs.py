@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from suite_tasks import POPGYM_TASKS, STOCK, TASKS, area_under_curve, normalise
 
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
 
 EVAL_SEED_OFFSET = 10_000
 

@@ -14,10 +14,8 @@ catch rate) and the run directory::
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Collection, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,22 +28,21 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import envs
 from fw_agents.algorithms import FastRecurrentPPO
-from fw_agents.callbacks import (
+from fw_agents.config import TrainConfig
+from fw_agents.policies import RecurrentMemoryPolicy
+from fw_agents.runs.callbacks import (
     AtomicCheckpointCallback,
     CatchRateCallback,
-    NonFiniteError,
     RunEvalCallback,
     SaveBestAtomically,
     StopOnNonFinite,
     save_atomically,
 )
-from fw_agents.config import TrainConfig
-from fw_agents.evaluation import EpisodeTally, episode_cap
-from fw_agents.files import write_text_atomically
-from fw_agents.policies import RecurrentMemoryPolicy
-from fw_agents.preflight import check_memory, probe_env
-from fw_agents.resume import read_checkpoint, resumed_config
-from fw_agents.tracking import DEFAULT_WANDB_PROJECT, start_run
+from fw_agents.runs.errors import NonFiniteError
+from fw_agents.runs.evaluation import EpisodeTally, episode_cap
+from fw_agents.runs.files import write_text_atomically
+from fw_agents.runs.preflight import check_memory, probe_env
+from fw_agents.runs.run import Run
 
 __all__ = ["TrainConfig", "build_agent", "evaluate", "make_env", "train"]
 
@@ -56,7 +53,7 @@ def make_env(
     """Vectorised env with episode statistics: batched numpy Catch for Catch ids, else ``DummyVecEnv``.
 
     :param max_episode_steps: Cut every episode there (``gym.make``'s ``TimeLimit``, inside SB3's
-        ``Monitor``; :func:`fw_agents.evaluation.episode_cap`). Not for Catch, whose episodes end
+        ``Monitor``; :func:`fw_agents.runs.evaluation.episode_cap`). Not for Catch, whose episodes end
         within the board's height.
     """
     if env_id in envs.CATCH_IDS:
@@ -109,10 +106,10 @@ def train(
         report, prune or stop (return False) on the evaluation, like SB3's
         ``StopTrainingOnNoModelImprovement``.
     :param given_flags: With ``config.resume``: the fields the user set explicitly (see
-        :func:`fw_agents.resume.resumed_config`); the command passes its flags.
+        :func:`fw_agents.runs.resume.resumed_config`); the command passes its flags.
 
     Runs with ``config.threads`` torch threads (restored afterwards); ``config.json`` records
-    :func:`run_record`. With ``config.resume`` the run continues as :mod:`fw_agents.resume`
+    :func:`run_record`. With ``config.resume`` the run continues as :mod:`fw_agents.runs.resume`
     says (in the checkpoint's folder, with the model's settings). Env, sizes and checkpoint are
     checked before any file is written (``ValueError``). Ctrl-C saves
     ``checkpoints/interrupted_<steps>_steps.zip`` and re-raises ``KeyboardInterrupt``.
@@ -120,7 +117,7 @@ def train(
     config.validate(across_fields=config.resume is None)  # a checkpoint fixes n_steps and batch_size
     same_folder = False
     if config.resume is not None:
-        config, same_folder = resumed_config(config, read_checkpoint(config.resume), given_flags)
+        config, same_folder = Run.resumed_config(config, given_flags)
         config.validate()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -145,19 +142,18 @@ def _train(
     # evaluation episodes end: at the env's own time limit, else at --eval-max-steps (Catch's end by themselves)
     cap, limit = (None, {}) if is_catch else episode_cap(config.env, config.eval_max_steps)
     eval_env = make_env(config.env, min(config.eval_episodes, 50), config.seed + 10_000, **limit)
-    tracker = None
+    run = None
     try:
         model = build_agent(config, env)
-        name = f"{config.env}-{config.memory}-s{config.seed}"
-        tracker = start_run(
-            config.runs_root, name, run_record(config, model), run_dir=config.run_dir, wandb_mode=config.wandb,
-            wandb_project=config.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
-            wandb_group=config.wandb_group, wandb_tags=config.wandb_tags, resume=same_folder,
-            resume_step=model.num_timesteps if same_folder else None,
+        run = Run.open(
+            f"{config.env}-{config.memory}-s{config.seed}", run_record(config, model), runs_root=config.runs_root,
+            run_dir=config.run_dir, wandb=config.wandb, wandb_project=config.wandb_project,
+            wandb_group=config.wandb_group, wandb_tags=config.wandb_tags,
+            continue_at=model.num_timesteps if same_folder else None,
             log_formats=("stdout", "csv", "tensorboard") if config.verbose else ("csv", "tensorboard"),
         )  # fmt: skip
-        run_dir = tracker.run_dir.absolute()  # "--run-dir ." is Path("."): SB3's EvalCallback makedirs("") on it
-        model.set_logger(tracker.logger)
+        run_dir = run.path.absolute()  # "--run-dir ." is Path("."): SB3's EvalCallback makedirs("") on it
+        model.set_logger(run.logger)
         steps_per_call = config.n_envs
         evaluation = RunEvalCallback(
             eval_env,
@@ -183,7 +179,7 @@ def _train(
             evaluation,
         ]
         remaining = config.timesteps - model.num_timesteps
-        if remaining <= 0:  # a resumed run whose training was complete: only its end is left (fw_agents.resume)
+        if remaining <= 0:  # a resumed run whose training was complete: only its end is left (fw_agents.runs.resume)
             print(f"training complete at {model.num_timesteps} steps; writing the final evaluation, model and plots")
         try:
             if remaining > 0:
@@ -205,7 +201,7 @@ def _train(
         except KeyboardInterrupt:
             # mid-rollout, FastRecurrentPPO has put num_timesteps back to the last update's (the weights'
             # step, a rollout boundary), so a resumed run ends exactly at --timesteps
-            path = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
+            path = run.checkpoint_path(model.num_timesteps)
             save_atomically(model, path)
             print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}")
             raise
@@ -213,10 +209,10 @@ def _train(
         try:
             save_atomically(model, saved)
             model_saved = True
-            return _finish(config, model, eval_env, tracker, run_dir, is_catch, cap)
-        except KeyboardInterrupt:  # training is complete; --resume writes what is missing (fw_agents.resume)
+            return _finish(config, model, eval_env, run, is_catch, cap)
+        except KeyboardInterrupt:  # training is complete; --resume writes what is missing (fw_agents.runs.resume)
             if not model_saved:  # stopped while saving it (a resumed run's older model.zip may be there)
-                saved = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
+                saved = run.checkpoint_path(model.num_timesteps)
                 save_atomically(model, saved)
             print(
                 f"\ninterrupted after training; the model is saved to {saved}, the final evaluation, "
@@ -226,21 +222,21 @@ def _train(
     finally:
         env.close()
         eval_env.close()
-        if tracker is not None:
-            tracker.close()
+        if run is not None:
+            run.close()
 
 
 def _finish(
-    config: TrainConfig, model: RecurrentPPO, eval_env: VecEnv, tracker: Any, run_dir: Path, is_catch: bool,
-    cap: int | None,
-) -> dict[str, Any]:  # fmt: skip
+    config: TrainConfig, model: RecurrentPPO, eval_env: VecEnv, run: Run, is_catch: bool, cap: int | None
+) -> dict[str, Any]:
     """The end of a run: the final evaluation, the learning curve, the GIF and ``eval_summary.json``
-    (written last). ``--resume`` of a run interrupted here runs only this (see :mod:`fw_agents.resume`).
+    (written last). ``--resume`` of a run interrupted here runs only this (see :mod:`fw_agents.runs.resume`).
     ``cap``: the evaluation episodes' step cap (None: the env ends its episodes itself)."""
+    run_dir, tracker = run.path.absolute(), run.tracker
     summary = evaluate(model, eval_env, config.eval_episodes, catch_rate=is_catch, show_progress=config.progress_bar,
                        max_episode_steps=cap)  # fmt: skip
     summary.update(env=config.env, memory=config.memory, timesteps=model.num_timesteps, run_dir=str(run_dir))
-    from fw_agents.plots import plot_learning_curve, record_gif
+    from fw_agents.runs.plots import plot_learning_curve, record_gif
 
     curve = plot_learning_curve(run_dir, title=f"{config.env} — {config.memory}", catch=is_catch)
     tracker.save_file(curve)
@@ -253,7 +249,7 @@ def _finish(
             tracker.log_media("media/episodes_gif", gif, model.num_timesteps)
     if config.wandb_log_model:
         tracker.log_artifact(run_dir / "model.zip", f"model-{run_dir.name}")
-    # last: its presence marks a finished run (fw_agents.resume.missing_final_files)
+    # last: its presence marks a finished run (fw_agents.runs.resume.missing_final_files)
     write_text_atomically(run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
     tracker.log_summary(summary)
     return summary
@@ -297,7 +293,7 @@ def evaluate(
     cut (``truncated_episodes``) and, for Catch (``catch_rate=True``), the catch rate (the fraction
     of returns > 0).
 
-    :param show_progress: A line every few seconds while it runs (:class:`fw_agents.evaluation.EpisodeTally`).
+    :param show_progress: A line every few seconds while it runs (:class:`fw_agents.runs.evaluation.EpisodeTally`).
     :param max_episode_steps: The step cap ``env``'s episodes were given (recorded in the summary
         and named when episodes were cut there); None: none was.
     """

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from fw_agents.fields import KeyFlag, field_default, field_help
+from fw_agents.runs.errors import NonFiniteError
+from fw_agents.runs.signals import sigterm_as_interrupt
 from fw_agents.validation import int_range_text
 
 C = TypeVar("C")
@@ -47,12 +49,6 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-class NonFiniteError(RuntimeError):
-    """A run produced a non-finite loss or parameter and stopped (earlier files are kept);
-    :func:`run_cli` reports it in one line with exit status 1. Raised by the agents'
-    :class:`~fw_agents.callbacks.StopOnNonFinite` and the supervised tasks' training loop."""
-
-
 def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """:func:`run_cli` for a long-running command: SIGTERM (what schedulers and ``timeout``
     send) acts as Ctrl-C, and either ends the command with status ``128 + signal`` after
@@ -61,19 +57,11 @@ def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequenc
     :param main: The command's body; on ``KeyboardInterrupt`` it saves and re-raises.
     :param argv: Arguments (default: ``sys.argv[1:]``).
     """
-    received: list[int] = []
-
-    def interrupt(signum: int, frame: object) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return run_cli(main, argv)
-    except KeyboardInterrupt:
-        return 128 + (received[0] if received else signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt() as received:
+        try:
+            return run_cli(main, argv)
+        except KeyboardInterrupt:
+            return 128 + (received[0] if received else signal.SIGINT)
 
 
 #: An ANSI escape sequence: CSI (colours, ``\x1b[33m``), OSC (``\x1b]...`` up to BEL or ST), or a
@@ -101,7 +89,7 @@ def show_warning_line(message: Warning | str, category: type[Warning], filename:
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2,
-    a :class:`NonFiniteError` or an ``OSError`` (a full disk, an output path that cannot be a
+    a :class:`~fw_agents.runs.errors.NonFiniteError` or an ``OSError`` (a full disk, an output path that cannot be a
     folder) one line and status 1: every file written before is intact (atomic writes).
     Warnings are shown as one line each (:func:`show_warning_line`) meanwhile.
 

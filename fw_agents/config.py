@@ -13,7 +13,7 @@ from typing import Any
 
 from fw_agents.fields import option
 from fw_agents.memory import MEMORY_NAMES
-from fw_agents.wandb_mode import WANDB_MODES
+from fw_agents.runs.wandb_mode import WANDB_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
 #: Where the value head reads its state: the actor's core (``shared``) or its own (``separate``).

@@ -24,7 +24,7 @@ from fw_agents.memory import MEMORY_REGISTRY, make_memory, memory_options
 from fw_agents.memory.ops.compiled import setting as compiled_setting
 from fw_agents.policies import resolve_memory_kwargs
 from fw_agents.validation import check_bool, check_choice, check_float
-from fw_agents.wandb_mode import check_wandb_mode
+from fw_agents.runs.wandb_mode import check_wandb_mode
 
 
 def check_config(config: TrainConfig, across_fields: bool = True) -> None:

@@ -246,7 +246,7 @@ def run_worker(search: Search) -> int:
     """
     from optuna.trial import TrialState
 
-    from fw_agents.cli import NonFiniteError
+    from fw_agents.runs.errors import NonFiniteError
 
     study = open_study(search)
     if search.train.wandb_group is None:  # one W&B group per study

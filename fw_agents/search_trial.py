@@ -41,8 +41,8 @@ def resumable_attempt(study_dir: Path, retry_history: Sequence[int], timesteps: 
         ``retry_history`` system attribute).
     :param timesteps: The trial's training budget.
     """
-    from fw_agents.resume import read_checkpoint
-    from fw_agents.run_folder import folder_in_use
+    from fw_agents.runs.resume import read_checkpoint
+    from fw_agents.runs.folder import folder_in_use
 
     for number in reversed(list(retry_history)):
         folder = study_dir / f"trial-{number:04d}"

@@ -81,7 +81,7 @@ def _train(argv: Sequence[str] | None) -> int:
     # Ctrl-C / SIGTERM: the checkpoint is saved and reported, then run_interruptible exits; a
     # non-finite loss or a full disk: run_cli's one line, status 1
     summary = train(config, given_flags=given_fields(argv))
-    from fw_agents.evaluation import cut_text
+    from fw_agents.runs.evaluation import cut_text
 
     catch = f", catch rate {summary['catch_rate']:.1%}" if "catch_rate" in summary else ""
     truncated = summary.get("truncated_episodes")

@@ -19,6 +19,7 @@ import fw_agents.agent as agent
 import train_agent
 from fw_agents.agent import TrainConfig, train
 from fw_agents.policies import default_memory_kwargs
+from fw_agents.runs.errors import NonFiniteError
 from fw_agents.train import CORE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,7 +303,7 @@ def test_continuous_and_multi_discrete_action_envs_train(env_id, tmp_path):
 def test_gif_frames_play_at_the_requested_rate(tmp_path):
     from PIL import Image
 
-    from fw_agents.plots import record_gif
+    from fw_agents.runs.plots import record_gif
 
     model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 1, 0), n_steps=8, device="cpu",
                          policy_kwargs=dict(hidden_size=8))  # fmt: skip
@@ -353,7 +354,7 @@ def test_non_finite_loss_is_named(monkeypatch):
     callback.init_callback(model)
     callback.on_rollout_start()  # finite: nothing happens
     model.logger.record("train/loss", float("inf"))
-    with pytest.raises(agent.NonFiniteError, match="non-finite loss"):
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
         callback.on_rollout_start()
 
 
@@ -433,7 +434,7 @@ def test_train_takes_callbacks_that_observe_evaluations_and_can_stop(tmp_path):
 
 def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_request(tmp_path, monkeypatch):
     """With a W&B run (here a stand-in recording what it is given): media, artifact, project, group, tags."""
-    import fw_agents.tracking as tracking
+    import fw_agents.runs.tracking as tracking
 
     class Run:
         id, dir, settings = "r1", str(tmp_path), None
@@ -533,7 +534,7 @@ def test_an_evaluation_episode_that_never_ends_is_cut_reported_and_shown(tmp_pat
     slow evaluation says how far it is."""
     import signal
 
-    import fw_agents.evaluation as evaluation
+    import fw_agents.runs.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "PROGRESS_INTERVAL_S", 0.0)  # a line at every episode
     run = tmp_path / "r"

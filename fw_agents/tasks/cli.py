@@ -8,7 +8,7 @@ option declared once with its help and default:
 * the training loop's :class:`~fw_agents.tasks.training.SupervisedConfig`
   (``--steps --lr --batch-size --eval-every --seed --grad-clip``, per-task defaults);
 * :class:`DeviceOptions` (``--device --threads``) and
-  :class:`~fw_agents.tracking.TrackingOptions` (``--run-dir --runs-root --wandb ...``).
+  :class:`~fw_agents.runs.run.TrackingOptions` (``--run-dir --runs-root --wandb ...``).
 
 The one-line error handling itself lives in :mod:`fw_agents.cli`; a
 :class:`fw_agents.tasks.datasets.DataError` is a ``ValueError`` and so is reported
@@ -39,7 +39,7 @@ from fw_agents.cli import (
 from fw_agents.fields import option
 from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
 from fw_agents.tasks.training import SupervisedConfig
-from fw_agents.tracking import TrackingOptions, add_tracking_args
+from fw_agents.runs.run import TrackingOptions
 from fw_agents.validation import check_int
 
 T = TypeVar("T")
@@ -112,7 +112,7 @@ class DeviceOptions:
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     """Add the flags every supervised task shares (:class:`SupervisedConfig`,
-    :class:`DeviceOptions` and :class:`~fw_agents.tracking.TrackingOptions`).
+    :class:`DeviceOptions` and :class:`~fw_agents.runs.run.TrackingOptions`).
 
     :param parser: The parser to extend.
     :param defaults: The task's defaults for :class:`SupervisedConfig` fields
@@ -121,7 +121,7 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     group = parser.add_argument_group("training")
     add_config_arguments(group, SupervisedConfig, defaults=defaults)
     add_config_arguments(group, DeviceOptions)
-    add_tracking_args(parser)
+    add_config_arguments(parser.add_argument_group("tracking"), TrackingOptions)
 
 
 def task_parser(prog: str, description: str, task_config: type, **training_defaults: Any) -> argparse.ArgumentParser:
@@ -144,7 +144,7 @@ class TaskSetup(Generic[T]):
     :param task: The task's config.
     :param training: The training loop's config.
     :param device: The resolved device (threads already set).
-    :param tracking: Where the run goes (:meth:`~fw_agents.tracking.TrackingOptions.start`).
+    :param tracking: Where the run goes (:meth:`~fw_agents.runs.run.TrackingOptions.start`).
     """
 
     task: T
@@ -205,7 +205,7 @@ def check_resume(tracking: TrackingOptions, config: Mapping[str, Any]) -> int | 
     :param tracking: The command's tracking options.
     :param config: The resumed run's configuration, as the command builds it.
     :return: The update of the saved training state (``None`` without ``--resume``), for
-        :meth:`~fw_agents.tracking.TrackingOptions.start`'s ``resume_step``.
+        :meth:`~fw_agents.runs.run.TrackingOptions.start`'s ``continue_at``.
     :raises ValueError: No training state, an unreadable one, or a conflicting setting, named by its flag
         (:func:`parse_task_args` fills in the options not typed, so only typed ones can conflict).
     """

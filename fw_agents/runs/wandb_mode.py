@@ -70,7 +70,7 @@ def wandb_mode_from_environment() -> str | None:
 
 def check_wandb_mode(mode: str | None) -> None:
     """Raise ``ValueError`` unless ``mode`` is one of :data:`WANDB_MODES`, or None / ``"auto"`` with a
-    valid ``$WANDB_MODE`` (or none): what a command checks before it starts (:func:`fw_agents.tracking.init_wandb` itself
+    valid ``$WANDB_MODE`` (or none): what a command checks before it starts (:func:`fw_agents.runs.tracking.init_wandb` itself
     never stops a run)."""
     if mode in (None, "auto"):
         wandb_mode_from_environment()

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from fw_agents.fields import field_default
-from fw_agents.files import check_regular_file, read_regular_text
+from fw_agents.runs.files import check_regular_file, read_regular_text
 from fw_agents.memory.options import translate_legacy_options
-from fw_agents.run_folder import RUN_MARKER
-from fw_agents.tracking import WANDB_ID_FILE
-from fw_agents.safe_load import read_model_data
+from fw_agents.runs.folder import RUN_MARKER
+from fw_agents.runs.tracking import WANDB_ID_FILE
+from fw_agents.runs.safe_load import read_model_data
 
 #: Config fields a checkpoint fixes: (field, where it lies in the model's data).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {

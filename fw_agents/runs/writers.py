@@ -1,8 +1,8 @@
 """Where a run's scalars go: ``progress.csv``, TensorBoard, the terminal and W&B, one writer each.
 
-:class:`fw_agents.tracking.Tracker` sends every logged set of scalars to the writers of
+:class:`fw_agents.runs.tracking.Tracker` sends every logged set of scalars to the writers of
 :func:`make_writers`. None of them imports Stable-Baselines3 (an RL run writes through an
-SB3 logger instead, :mod:`fw_agents.sb3_logging`, which reuses :class:`WandbScalars`).
+SB3 logger instead, :mod:`fw_agents.runs.sb3_logger`, which reuses :class:`WandbScalars`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fw_agents.progress_csv import ProgressCsv
+from fw_agents.runs.progress_csv import ProgressCsv
 from fw_agents.validation import check_choice
 
 DEFAULT_LOG_FORMATS: tuple[str, ...] = ("stdout", "csv", "tensorboard")
@@ -72,7 +72,7 @@ class WandbScalars:
 
 
 class CsvScalars:
-    """``progress.csv`` (:class:`fw_agents.progress_csv.ProgressCsv`: SB3's layout, crash-safe,
+    """``progress.csv`` (:class:`fw_agents.runs.progress_csv.ProgressCsv`: SB3's layout, crash-safe,
     continued when it exists).
 
     :param path: The CSV file.

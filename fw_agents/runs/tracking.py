@@ -9,7 +9,7 @@ This module never imports Stable-Baselines3. The supervised heads
 (:mod:`fw_agents.tasks`) write their curves with the writers here
 (``start_run(..., sb3_logger=False)``); an RL agent gets an SB3 ``Logger``
 instead (``tracker.logger``, for ``model.set_logger``), built by
-:mod:`fw_agents.sb3_logging`, which is imported only then. Either way the run
+:mod:`fw_agents.runs.sb3_logger`, which is imported only then. Either way the run
 directory holds the same files.
 
 W&B must never stop or hang a run: ``wandb.init`` runs with a short
@@ -23,7 +23,6 @@ mirroring off for the rest of the run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -33,13 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw_agents.cli import add_config_arguments
-from fw_agents.fields import option
-from fw_agents.files import write_text_atomically
-from fw_agents.progress_csv import drop_rows_after, last_step
-from fw_agents.run_folder import RunFolder, claim_run_folder
-from fw_agents.scalar_writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
-from fw_agents.wandb_mode import WANDB_MODES, check_wandb_mode, resolve_wandb_mode
+from fw_agents.runs.files import write_text_atomically
+from fw_agents.runs.progress_csv import drop_rows_after, last_step
+from fw_agents.runs.folder import RunFolder, claim_run_folder
+from fw_agents.runs.writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
+from fw_agents.runs.wandb_mode import resolve_wandb_mode
 
 DEFAULT_WANDB_PROJECT = "fw-agents"
 #: Seconds ``wandb.init`` may take before we give up on W&B (its own default is 90 s).
@@ -222,7 +219,7 @@ def offline_run_folders(folder: Path) -> list[Path]:
     """The offline folders of the W&B run whose offline folder is ``folder``
     (``<run>/wandb/offline-run-<time>-<id>``), oldest first: a resumed offline run writes a new
     one. ``wandb sync`` given them all uploads them as one run, in order of start time, the
-    steps continued (:class:`~fw_agents.scalar_writers.WandbScalars` sends ``step=``)."""
+    steps continued (:class:`~fw_agents.runs.writers.WandbScalars` sends ``step=``)."""
     run_id = folder.name.rsplit("-", 1)[-1]
     found = sorted(folder.parent.glob(f"offline-run-*-{run_id}"))  # <time> is YYYYMMDD_HHMMSS: sorts by age
     return found if folder in found else [*found, folder]
@@ -278,7 +275,7 @@ def start_run(
         is sent only the steps after the last one it got (W&B takes a step once).
     :param step_column: The ``progress.csv`` column holding the step.
     :return: The :class:`Tracker`; close it (or use it as a context manager) at the end.
-    :raises fw_agents.run_folder.RunFolderError: The folder is unusable, in use, or holds a run.
+    :raises fw_agents.runs.folder.RunFolderError: The folder is unusable, in use, or holds a run.
     """
     folder = claim_run_folder(root, name, run_dir, resume=resume)
     path = folder.path
@@ -309,7 +306,7 @@ def start_run(
         continued = run_id is not None and logged_through is not None and logged_through > resume_step
         wandb_first_step = int(logged_through) + 1 if continued else None
         if sb3_logger:
-            from fw_agents.sb3_logging import sb3_logger_writer
+            from fw_agents.runs.sb3_logger import sb3_logger_writer
 
             writer = sb3_logger_writer(path, log_formats, tracker.wandb_run, purge_step, wandb_first_step)
             tracker.writers, tracker.logger = [writer], writer.logger
@@ -322,43 +319,6 @@ def start_run(
         raise
     return tracker
 
-
-@dataclass
-class TrackingOptions:
-    """Where a command's run goes: the ``--run-dir``/``--runs-root``/``--wandb*`` flags."""
-
-    run_dir: str | None = option(None, help="directory of this run (None: <runs-root>/<name>-<time>)")
-    runs_root: str = option("runs", help="parent folder of auto-named runs")
-    wandb: str | None = option(
-        None,
-        choices=WANDB_MODES,
-        help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)",
-    )
-    wandb_project: str = option(DEFAULT_WANDB_PROJECT, help="W&B project name")
-    resume: str | None = option(
-        None, metavar="RUN_DIR", help="continue the run in this folder from the training state it saved "
-        "(at every evaluation, and on Ctrl-C or SIGTERM); --steps is the total",
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        check_wandb_mode(self.wandb)
-        if self.resume is not None and self.run_dir is not None and Path(self.resume) != Path(self.run_dir):
-            raise ValueError("--resume continues the run in its own folder: drop --run-dir")
-
-    def start(self, name: str, config: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None, **kwargs: Any) -> Tracker:
-        """:func:`start_run` with these options (into ``resume``'s folder when resuming);
-        ``kwargs`` go to it as well."""
-        return start_run(
-            self.runs_root, name, config, run_dir=self.resume or self.run_dir, wandb_mode=self.wandb,
-            wandb_project=self.wandb_project, wandb_tags=tags, resume=self.resume is not None, **kwargs,
-        )  # fmt: skip
-
-
-def add_tracking_args(parser: argparse.ArgumentParser, default_root: str = "runs") -> list[str]:
-    """Add the flags of :class:`TrackingOptions` (``--run-dir``, ``--runs-root``, ``--wandb``,
-    ``--wandb-project``) to a CLI parser. :return: Their field names."""
-    group = parser.add_argument_group("tracking")
-    return add_config_arguments(group, TrackingOptions, defaults={"runs_root": default_root})
 
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
