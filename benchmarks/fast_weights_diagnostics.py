@@ -34,7 +34,8 @@ import torch
 
 from suite_tasks import parse_variant
 
-from fw_agents.agent import TrainConfig, build_agent, make_env
+from fw_agents.config import TrainConfig
+from fw_agents.train import build_agent, make_env
 from fw_agents.cli import OneLineArgumentParser, run_cli
 from fw_agents.runs.files import write_text_atomically
 

@@ -1,6 +1,6 @@
 """Memory benchmark suite: {models} × {tasks} × {seeds} at an equal env-step budget per task.
 
-Every model trains with the same PPO hyper-parameters (``fw_agents.agent.TrainConfig``'s
+Every model trains with the same PPO hyper-parameters (``fw_agents.config.TrainConfig``'s
 defaults) and ``--hidden-size`` units, with each policy's **own defaults** otherwise (no
 per-task tuning): ``fastweights``, ``lstm``, ``gru``, ``irnn`` are ``FastRecurrentPPO`` with
 ``RecurrentMemoryPolicy(memory=...)`` (no ``memory_kwargs``); ``stock-lstm`` is sb3-contrib's

@@ -60,7 +60,7 @@ def make_task_env(task: str, n_envs: int, seed: int) -> Any:
     """
     from stable_baselines3.common.env_util import make_vec_env
 
-    from fw_agents.agent import make_env
+    from fw_agents.train import make_env
 
     if task in POPGYM_TASKS:
         import popgym  # noqa: F401  (registers the ids)
@@ -90,7 +90,7 @@ def _popgym_env(env_id: str) -> Any:
 
 def ppo_settings() -> dict[str, Any]:
     """The PPO hyper-parameters every model shares: ``TrainConfig``'s defaults."""
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
 
     defaults = TrainConfig()
     keys = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "n_envs")

@@ -8,6 +8,7 @@ so the count is the call's own path, not the imports'.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
@@ -22,8 +23,8 @@ from fw_agents.config import TrainConfig  # noqa: E402
 
 try:
     from fw_agents.train import train  # the training path
-except ImportError:  # the layout before fw_agents/train.py held it
-    from fw_agents.agent import train
+except ImportError:  # the layout before fw_agents/train.py held it, in fw_agents/agent.py
+    train = importlib.import_module("fw_agents.agent").train
 
 
 def tiny_config(run_dir: Path) -> TrainConfig:

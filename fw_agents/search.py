@@ -5,7 +5,7 @@
     python -m fw_agents.search --env CatchBlind16-v0 --memory irnn --trials 8 --timesteps 400000 \\
         --storage postgresql+psycopg://fw:secret@db-host:5432/fw_search
 
-Each trial is one fw_agents.agent.train() run, as train_agent.py runs it, in its own run
+Each trial is one fw_agents.train.train() run, as train_agent.py runs it, in its own run
 directory <runs-root>/search/<study>/trial-NNNN (config.json, evaluations.npz, train.log, ...).
 Its objective is the mean of its evaluation curve (the area under it, the ranking of the
 paper's "top 5 runs"); every periodic evaluation is reported to Optuna (the curve lives in the
@@ -81,7 +81,7 @@ __doc__ = __doc__.replace("{space}", space_table())
 if TYPE_CHECKING:
     import optuna
 
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "median")
@@ -96,7 +96,7 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclasses.dataclass
 class SearchOptions:
-    """The search's own flags; the trials' are ``TrainConfig``'s (``fw_agents.agent``)."""
+    """The search's own flags; the trials' are ``TrainConfig``'s (``fw_agents.config``)."""
 
     trials: int = option(10, help="trials this worker runs (each worker, with --workers)")
     study: str | None = option(None, help="study name (None: <env>-<memory>); letters, digits, . _ -")
@@ -353,12 +353,12 @@ def worker_command(search: Search) -> tuple[list[str], dict[str, str]]:
 # ---------------------------------------------------------------------------- the CLI
 def build_parser() -> argparse.ArgumentParser:
     """The search's flags and every ``TrainConfig`` flag but the searched and per-trial ones."""
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
 
     p = OneLineArgumentParser(prog="python -m fw_agents.search", description=__doc__, formatter_class=HelpFormatter)
     search_fields = add_config_arguments(p.add_argument_group("search"), SearchOptions)
     train_fields = add_config_arguments(
-        p.add_argument_group("every trial (fw_agents.agent.TrainConfig)"), TrainConfig, exclude=TRIAL_FIELDS,
+        p.add_argument_group("every trial (fw_agents.config.TrainConfig)"), TrainConfig, exclude=TRIAL_FIELDS,
         defaults=dict(gif_episodes=0),
     )  # fmt: skip
     p.set_defaults(search_fields=search_fields, train_fields=train_fields)
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_search(argv: Sequence[str] | None = None) -> Search:
     """The :class:`Search` the command line asks for, validated."""
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
 
     args = build_parser().parse_args(argv)
     options = config_from_args(SearchOptions, args, args.search_fields)

@@ -17,7 +17,7 @@ from fw_agents.search_space import suggest
 if TYPE_CHECKING:
     import optuna
 
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
     from fw_agents.search import Search
 
 
@@ -91,7 +91,7 @@ def _report_history(trial: optuna.Trial, run_dir: Path, steps: int) -> None:
 
 
 class Objective:
-    """One trial: sample, train through ``fw_agents.agent.train``, return the mean evaluation return."""
+    """One trial: sample, train through ``fw_agents.train.train``, return the mean evaluation return."""
 
     def __init__(self, search: Search) -> None:
         self.search = search
@@ -101,7 +101,7 @@ class Objective:
         import numpy as np
         import optuna
 
-        from fw_agents.agent import train
+        from fw_agents.train import train
 
         self.trial = trial
         base = self.search.train

@@ -277,13 +277,13 @@ def test_option_ranges_are_checked_and_shown(capsys):
 def test_train_agent_refuses_before_building_anything(argv, environ, needle, tmp_path, monkeypatch, capsys):
     """``train_agent.py``'s bad input: one line naming the value and the accepted ones, exit 2, and
     nothing built (no env, no run folder) before the refusal."""
-    import fw_agents.agent as agent
+    import fw_agents.train as train_module
     import train_agent
 
     def built(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("envs were built for a run that should have been refused")
 
-    monkeypatch.setattr(agent, "make_env", built)
+    monkeypatch.setattr(train_module, "make_env", built)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)

@@ -13,7 +13,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
 import envs
-from fw_agents.agent import TrainConfig
+from fw_agents.config import TrainConfig
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS

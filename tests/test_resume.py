@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-import fw_agents.agent as agent
+import fw_agents.train as train_module
 import fw_agents.runs.tracking as tracking
-from fw_agents.agent import TrainConfig, train
+from fw_agents.config import TrainConfig
+from fw_agents.train import train
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.runs.resume import latest_checkpoint, read_checkpoint
 
@@ -37,7 +38,7 @@ def _interrupted_run(tmp_path: Path, monkeypatch, stop_at: int = 256, **changes)
         return True
 
     with monkeypatch.context() as patch:
-        patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+        patch.setattr(train_module.CatchRateCallback, "_on_step", interrupt)
         with pytest.raises(KeyboardInterrupt):
             train(TrainConfig(run_dir=str(tmp_path / "run"), **{**TINY, **changes}))
     return tmp_path / "run"
@@ -241,7 +242,7 @@ def test_flags_typed_at_their_default_count_on_resume(tmp_path, monkeypatch):
     """A flag the user types wins over the old run's ``config.json`` (and is checked against the
     checkpoint) even when its value is the default."""
     from fw_agents.runs.resume import resumed_config
-    from fw_agents.train import given_fields, parse_config
+    from fw_agents.train_cli import given_fields, parse_config
 
     run = _interrupted_run(tmp_path, monkeypatch, learning_rate=5e-4)
     default = TrainConfig()
@@ -287,7 +288,7 @@ def test_a_module_named_only_in_config_json_is_not_imported(tmp_path, monkeypatc
     """``module:id`` imports ``module`` (runs its code): a tampered ``config.json`` must not choose it.
     Only the command line may: ``--env`` again, or ``--trust-checkpoint``."""
     from fw_agents.runs.resume import resumed_config
-    from fw_agents.train import given_fields, parse_config
+    from fw_agents.train_cli import given_fields, parse_config
 
     run = _interrupted_run(tmp_path, monkeypatch)
     marker = tmp_path / "imported"
@@ -350,7 +351,7 @@ def test_a_resumed_run_interrupted_at_its_end_is_finished_by_the_next_resume(tmp
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(agent, "evaluate", interrupted)
+        patch.setattr(train_module, "evaluate", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train(TrainConfig(resume=str(run), timesteps=384, progress_bar=False, wandb="disabled"))
     assert json.loads((run / "eval_summary.json").read_text())["timesteps"] == 256  # the earlier end's

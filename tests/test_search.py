@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from fw_agents import search
-from fw_agents.agent import TrainConfig
+from fw_agents.config import TrainConfig
 from fw_agents.runs.errors import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,7 +266,7 @@ def test_a_killed_workers_trial_fails_and_is_retried(tmp_path):
 def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """Ctrl-C in a trial saves a checkpoint and queues the trial again; the retry continues that
     run in its folder (not from scratch), its earlier evaluations reported to the new trial."""
-    import fw_agents.agent as agent
+    import fw_agents.train as train_module
 
     argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "1", "--study-trials", "1", "--pruner", "none"]
 
@@ -276,7 +276,7 @@ def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypat
         return True
 
     with monkeypatch.context() as patch:
-        patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+        patch.setattr(train_module.CatchRateCallback, "_on_step", interrupt)
         assert search.main(argv) == 130
     folder = tmp_path / "search" / STUDY / "trial-0000"
     assert (folder / "checkpoints" / "interrupted_512_steps.zip").exists()  # the last update's step
@@ -298,7 +298,7 @@ def test_resumable_attempt_picks_the_latest_folder_with_a_checkpoint(tmp_path):
     agent_run = TrainConfig(env="Catch-v0", memory="fastweights", timesteps=256, hidden_size=8, n_envs=4, n_steps=32,
                             batch_size=64, eval_freq=10**6, eval_episodes=2, checkpoint_freq=128, gif_episodes=0,
                             wandb="disabled", progress_bar=False, run_dir=str(run))  # fmt: skip
-    from fw_agents.agent import train
+    from fw_agents.train import train
 
     train(agent_run)
     study_dir = tmp_path / "study"

@@ -138,7 +138,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[str] | None = None) -> tuple[Any, bool]:
     """``config`` as the continued run must have it, and whether it continues in the same folder.
 
-    :param config: A :class:`fw_agents.agent.TrainConfig` whose ``resume`` names ``checkpoint``.
+    :param config: A :class:`fw_agents.config.TrainConfig` whose ``resume`` names ``checkpoint``.
     :param checkpoint: :func:`read_checkpoint` of it.
     :param given_flags: The fields the user set (the command line's flags, a value equal to its
         default included): kept over ``config.json`` and checked against the checkpoint. None
@@ -209,7 +209,7 @@ def _check_recorded_env(env: Any, run_dir: Path | None, trusted: bool) -> None:
 
 
 def missing_final_files(run_dir: Path | None, timesteps: int) -> list[str]:
-    """The files the end of a run at ``timesteps`` steps writes (``fw_agents.agent._finish``) that
+    """The files the end of a run at ``timesteps`` steps writes (``fw_agents.train._finish``) that
     ``run_dir`` lacks. ``eval_summary.json`` is written last, after the GIF, so one that says
     ``timesteps`` means that end completed; one from an earlier end (a run resumed since) counts
     as missing.

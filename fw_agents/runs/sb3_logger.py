@@ -1,7 +1,7 @@
 """The Stable-Baselines3 side of run tracking: an SB3 ``Logger`` for an RL run.
 
 :func:`fw_agents.runs.tracking.start_run` imports this module only for a run that needs
-an SB3 logger (``sb3_logger=True``, what :mod:`fw_agents.agent` uses), so the
+an SB3 logger (``sb3_logger=True``, what :mod:`fw_agents.train` uses), so the
 supervised heads never import Stable-Baselines3. The logger writes SB3's own
 outputs (``stdout``, ``progress.csv``, TensorBoard, ...) into the run directory
 and mirrors every dump into W&B through :class:`WandbOutputFormat`.
