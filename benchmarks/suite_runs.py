@@ -18,6 +18,7 @@ import numpy as np
 from suite_tasks import POPGYM_TASKS, STOCK, TASKS, area_under_curve, normalise
 
 from fw_agents.runs.files import write_text_atomically
+from fw_agents.validation import one_line
 
 EVAL_SEED_OFFSET = 10_000
 
@@ -36,11 +37,6 @@ class Job:
     memory_kwargs: dict[str, Any] | None = None  # None: the policy's defaults
     command: str = ""
     policy_options: dict[str, Any] | None = None  # a variant's other policy_kwargs (critic, net_arch)
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: message`` of an exception, on one line."""
-    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _init_worker() -> None:

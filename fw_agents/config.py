@@ -13,8 +13,9 @@ from typing import Any
 
 from fw_agents.fields import option
 from fw_agents.memory import MEMORY_NAMES
-from fw_agents.runs.wandb_mode import WANDB_MODES
+from fw_agents.runs.options import resume_option, run_dir_option, runs_root_option, wandb_option, wandb_project_option
 
+#: What ``--device`` accepts (the task commands also ``cuda:<index>``).
 DEVICES = ("auto", "cpu", "cuda")
 #: Where the value head reads its state: the actor's core (``shared``) or its own (``separate``).
 CRITIC_MODES = ("shared", "separate")
@@ -66,15 +67,18 @@ class TrainConfig:
     # numpy's seed range, less the evaluation (+10000) and GIF (+20000) offsets
     seed: int = option(0, help="seed of the model and the envs (evaluation envs: seed + 10000)", low=0,
                        high=2**32 - 1 - 20_000)  # fmt: skip
-    device: str = option("auto", help="torch device (auto: cuda when available)", choices=DEVICES)
+    device: str = option("auto", help="torch device (auto: cuda when available)", choices=DEVICES,
+                         per_invocation=True, search="worker")  # fmt: skip
     threads: int | None = option(
         1,
         help="torch CPU threads during the run (None, from Python only: torch's own choice). 1, as "
         "rl-baselines3-zoo's --num-threads 1: on a busy 2-core machine torch's 2 threads trained up to 16x slower than 1",
         low=1,
         high=MAX_THREADS,
+        per_invocation=True,
+        search="worker",
     )
-    learning_rate: float = option(1e-3, help="Adam step size", aliases=("--lr",))
+    learning_rate: float = option(1e-3, help="Adam step size", aliases=("--lr",), search="trial")  # drawn by the search
     n_steps: int = option(64, help="rollout length per env between updates (the rollout must also fit in memory)",
                           low=1, high=1_000_000)  # fmt: skip
     batch_size: int | None = option(
@@ -102,31 +106,31 @@ class TrainConfig:
     )
     checkpoint_freq: int = option(50_000, help="env steps between checkpoints", low=1, high=MAX_STEPS)
     gif_episodes: int = option(3, help="episodes recorded in episodes.gif (0: no GIF)", low=0, high=100)
-    run_dir: str | None = option(None, help="run directory (None: <runs-root>/<env>-<memory>-s<seed>-<time>, "
-                                 "characters outside A-Za-z0-9._- as -)")
-    runs_root: str = option("runs", help="parent folder of auto-named run directories")
-    wandb: str | None = option(
-        None, help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)", choices=WANDB_MODES
-    )
-    resume: str | None = option(
-        None,
+    run_dir: str | None = run_dir_option("<env>-<memory>-s<seed>")
+    runs_root: str = runs_root_option()
+    wandb: str | None = wandb_option()
+    resume: str | None = resume_option(
+        "continue a run: a checkpoint .zip, or a run folder (its latest checkpoint). The run goes on in the "
+        "checkpoint's folder (appending to its curves) with the model's settings; --timesteps is the total",
         metavar="PATH",
-        help="continue a run: a checkpoint .zip, or a run folder (its latest checkpoint). The run goes on in "
-        "the checkpoint's folder (appending to its curves) with the model's settings; --timesteps is the total",
     )
+    # per invocation above all: config.json is plain data anyone can edit (or hand you), so letting it
+    # say "trusted" would unpickle (run code from) the checkpoint without the user's --trust-checkpoint
     trust_checkpoint: bool = option(
         False,
         help="let --resume's file run code when loaded (SB3 unpickles it); only for files you made or trust. "
         "Without it, a file that needs more than plain data (spaces, arrays, schedules) is refused",
+        per_invocation=True,
+        search="worker",
     )
-    wandb_project: str | None = option(None, help="W&B project (None: $WANDB_PROJECT, else fw-agents)")
-    wandb_group: str | None = option(None, help="W&B group, e.g. one experiment's seeds")
-    wandb_tags: tuple[str, ...] = option((), help="W&B tags")
-    wandb_log_model: bool = option(False, help="upload model.zip to W&B as an artifact at the end")
-    progress_bar: bool = option(True, help="show a progress bar")
+    wandb_project: str | None = wandb_project_option(None)
+    wandb_group: str | None = option(None, help="W&B group, e.g. one experiment's seeds", search="worker")
+    wandb_tags: tuple[str, ...] = option((), help="W&B tags", search="worker")
+    wandb_log_model: bool = option(False, help="upload model.zip to W&B as an artifact at the end", search="worker")
+    progress_bar: bool = option(True, help="show a progress bar", per_invocation=True, search="trial")
     verbose: int = option(
         0, help="0: the progress bar and the final summary; 1: also SB3's table after every rollout and evaluation",
-        low=0, high=1,
+        low=0, high=1, search="worker",
     )  # fmt: skip
 
     def validate(self, across_fields: bool = True) -> None:

@@ -23,7 +23,7 @@ from fw_agents.fields import check_int_ranges
 from fw_agents.memory import MEMORY_REGISTRY, make_memory, memory_options
 from fw_agents.memory.ops.compiled import setting as compiled_setting
 from fw_agents.policies import resolve_memory_kwargs
-from fw_agents.validation import check_bool, check_choice, check_float
+from fw_agents.validation import check_bool, check_choice, check_float, one_line
 from fw_agents.runs.wandb_mode import check_wandb_mode
 
 
@@ -160,5 +160,4 @@ def import_env_module(env_id: str) -> None:
     try:
         importlib.import_module(module)
     except Exception as error:  # noqa: BLE001 - a module's import may raise anything
-        text = " ".join(str(error).split())[:200]
-        raise ValueError(f"env {env_id!r}: cannot import module {module!r} ({type(error).__name__}: {text})") from None
+        raise ValueError(f"env {env_id!r}: cannot import module {module!r} ({one_line(error, 200)})") from None

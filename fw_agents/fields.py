@@ -15,7 +15,13 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fw_agents.validation import check_int
+from fw_agents.validation import check_choice, check_int
+
+#: What a field is to a hyper-parameter search (:mod:`fw_agents.search`): ``study`` defines the
+#: study (every worker joining it must agree), ``worker`` is each worker's own choice (a flag of
+#: the search, not the study's), ``trial`` is set by the search for each trial (drawn, or the
+#: trial's own folder: no flag of the search).
+SEARCH_ROLES = ("study", "worker", "trial")
 
 
 def option(
@@ -29,6 +35,8 @@ def option(
     cli: bool = True,
     low: int | None = None,
     high: int | None = None,
+    per_invocation: bool = False,
+    search: str = "study",
 ) -> Any:
     """A config dataclass field that documents itself and becomes a command-line flag.
 
@@ -44,10 +52,25 @@ def option(
     :param low: An ``int`` field's smallest accepted value (``--help`` shows the range;
         :func:`check_int_ranges` checks it).
     :param high: An ``int`` field's largest accepted value (None: unbounded).
+    :param per_invocation: Each invocation's own choice (where the run goes, where it computes, what
+        it trusts): a resumed run never takes it from the run's ``config.json``.
+    :param search: The field's role in a hyper-parameter search, one of :data:`SEARCH_ROLES`.
     """
+    check_choice("search role", search, SEARCH_ROLES)
     metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar, "cli": cli,
-                "range": None if low is None and high is None else (low, high)}  # fmt: skip
+                "range": None if low is None and high is None else (low, high), "per_invocation": per_invocation,
+                "search": search}  # fmt: skip
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def field_names(config_class: type, **metadata: Any) -> tuple[str, ...]:
+    """The names of ``config_class``'s :func:`option` fields whose metadata has these values, in
+    declaration order: ``field_names(TrainConfig, per_invocation=True)``,
+    ``field_names(TrainConfig, search="trial")``."""
+    return tuple(
+        field.name for field in dataclasses.fields(config_class)
+        if "help" in field.metadata and all(field.metadata[key] == value for key, value in metadata.items())
+    )  # fmt: skip
 
 
 def field_help(field: dataclasses.Field) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fw_agents.memory.options import merge_options
 from fw_agents.search_space import suggest
+from fw_agents.validation import one_line
 
 if TYPE_CHECKING:
     import optuna
@@ -126,7 +127,7 @@ class Objective:
             with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
                 summary = train(config, eval_callbacks=[report])
         except Exception as error:  # the reason stays in the study (the dashboard, figure5) and in the trial line
-            trial.set_user_attr("error", f"{type(error).__name__}: {_first_line(error)}")
+            trial.set_user_attr("error", one_line(error, first_line=True))
             raise
         curve = np.load(run_dir / "evaluations.npz")["results"].mean(axis=1)
         trial.set_user_attr("final_return", summary["mean_return"])
@@ -136,8 +137,3 @@ class Objective:
         if report.pruned:
             raise optuna.TrialPruned(f"pruned at {summary['timesteps']} steps")
         return float(curve.mean())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

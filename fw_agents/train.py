@@ -47,6 +47,7 @@ from fw_agents.runs.evaluation import EpisodeTally, episode_cap
 from fw_agents.runs.files import write_text_atomically
 from fw_agents.runs.preflight import check_memory, probe_env
 from fw_agents.runs.run import Run
+from fw_agents.validation import one_line
 
 __all__ = ["build_agent", "evaluate", "make_env", "train"]
 
@@ -199,7 +200,7 @@ def _train(
             # NaN/inf that surfaced inside torch (a distribution's argument check, multinomial) before
             # StopOnNonFinite's check: the same stop, not "bad input" (exit 2) or a traceback
             raise NonFiniteError(
-                f"non-finite values in training at step {model.num_timesteps} ({_first_line(error)}); training "
+                f"non-finite values in training at step {model.num_timesteps} ({one_line(error, 120)}); training "
                 "stopped, earlier checkpoints are kept. Try a lower --learning-rate (or --fast-lr for fast weights)"
             ) from None
         except KeyboardInterrupt:
@@ -265,11 +266,6 @@ def _non_finite_failure(model: RecurrentPPO, error: BaseException) -> bool:
     if not all(bool(torch.isfinite(p).all()) for p in model.policy.parameters()):
         return True
     return re.search(r"\bnan\b|\binf\b|invalid values|non-finite", str(error), re.IGNORECASE) is not None
-
-
-def _first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:120]}{'...' if len(text) > 120 else ''}"
 
 
 def run_record(config: TrainConfig, model: RecurrentPPO) -> dict[str, Any]:

@@ -293,3 +293,27 @@ def test_train_agent_refuses_before_building_anything(argv, environ, needle, tmp
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {needle}") and "Traceback" not in err, err
     assert not root.exists(), "a refused run leaves no run folder"
+
+
+def test_per_run_and_search_fields_come_from_the_field_metadata():
+    """The lists once written by hand in three modules, now read off each field's declaration."""
+    from fw_agents.runs.resume import PER_INVOCATION
+    from fw_agents.search import NOT_STUDY_FIELDS, TRIAL_FIELDS
+    from fw_agents.tasks.cli import _NOT_RESUMED
+
+    assert set(PER_INVOCATION) == {"resume", "run_dir", "runs_root", "progress_bar", "threads", "device", "trust_checkpoint"}
+    assert set(NOT_STUDY_FIELDS) == {
+        "learning_rate", "device", "threads", "runs_root", "wandb", "wandb_project", "wandb_group", "wandb_tags",
+        "wandb_log_model", "verbose", "trust_checkpoint", "progress_bar", "run_dir", "resume",
+    }  # fmt: skip
+    assert set(TRIAL_FIELDS) == {"learning_rate", "run_dir", "resume", "progress_bar"}
+    assert set(_NOT_RESUMED) == {"device", "threads", "resume", "run_dir", "runs_root"}
+
+
+def test_one_line_names_an_exception_in_one_line():
+    from fw_agents.validation import one_line
+
+    assert one_line(ValueError("bad\n  value")) == "ValueError: bad value"
+    assert one_line(RuntimeError("x" * 10), limit=4) == "RuntimeError: xxxx..."
+    assert one_line(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert one_line(OSError("timed out\nretrying"), first_line=True) == "OSError: timed out"

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fw_agents.runs.files import atomic_path
+from fw_agents.validation import one_line
 
 
 def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,7 +120,7 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
                 print(f"episodes.gif: the first {len(frames)} frames (at most {MAX_GIF_FRAMES})")
                 break
     except Exception as error:  # noqa: BLE001 - e.g. gymnasium's DependencyNotInstalled for pygame
-        print(f"no GIF: rendering {env_id} failed ({type(error).__name__}: {' '.join(str(error).split())[:120]})")
+        print(f"no GIF: rendering {env_id} failed ({one_line(error, 120)})")
         return None
     finally:
         env.close()

@@ -23,7 +23,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from fw_agents.fields import field_default
+from fw_agents.config import TrainConfig
+from fw_agents.fields import field_default, field_names
 from fw_agents.runs.files import check_regular_file, read_regular_text
 from fw_agents.memory.options import translate_legacy_options
 from fw_agents.runs.folder import RUN_MARKER
@@ -53,10 +54,9 @@ RUN_FILE_BOUNDS: dict[str, int] = {
     RUN_MARKER: 4 * 2**20, "eval_summary.json": 4 * 2**20, WANDB_ID_FILE: 4096, "progress.csv": 2**30,
     "evaluations.npz": 2**30,
 }  # fmt: skip
-#: Config fields that are never taken from the old run's ``config.json``. ``trust_checkpoint`` above
-#: all: ``config.json`` is plain data anyone can edit (or hand you), so letting it say "trusted" would
-#: unpickle (run code from) the checkpoint without the user's ``--trust-checkpoint``.
-PER_INVOCATION = ("resume", "run_dir", "runs_root", "progress_bar", "threads", "device", "trust_checkpoint")
+#: Config fields that are never taken from the old run's ``config.json``: those declared
+#: ``per_invocation`` (``trust_checkpoint`` above all, see its declaration).
+PER_INVOCATION = field_names(TrainConfig, per_invocation=True)
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,10 @@ from typing import Any
 from fw_agents.runs.files import write_text_atomically
 from fw_agents.runs.progress_csv import drop_rows_after, last_step
 from fw_agents.runs.folder import RunFolder, claim_run_folder
-from fw_agents.runs.writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
-from fw_agents.runs.wandb_mode import resolve_wandb_mode
+from fw_agents.runs.writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, warn
+from fw_agents.runs.wandb_mode import DEFAULT_WANDB_PROJECT, resolve_wandb_mode
+from fw_agents.validation import one_line
 
-DEFAULT_WANDB_PROJECT = "fw-agents"
 #: Seconds ``wandb.init`` may take before we give up on W&B (its own default is 90 s).
 DEFAULT_WANDB_INIT_TIMEOUT = 20.0
 #: Seconds ``run.finish()`` may wait for uploads (0 would mean: wait forever).
@@ -111,7 +111,7 @@ def init_wandb(
     except BaseException as error:  # noqa: BLE001 - W&B must never stop training
         if isinstance(error, KeyboardInterrupt):
             raise
-        warn(f"W&B {mode} init failed, continuing with W&B disabled: {one_line(error)}")
+        warn(f"W&B {mode} init failed, continuing with W&B disabled: {one_line(error, first_line=True)}")
         return None
 
 
@@ -150,7 +150,7 @@ class Tracker:
                 scalar = as_scalar(value)
                 self.wandb_run.summary[key] = scalar if scalar is not None else value
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B summary failed: {one_line(error)}")
+            warn(f"W&B summary failed: {one_line(error, first_line=True)}")
 
     def save_file(self, path: str | os.PathLike[str]) -> None:
         """Attach a file (PNG, JSON) to the W&B run (no-op without W&B)."""
@@ -159,7 +159,7 @@ class Tracker:
         try:  # files in the run's own folder are uploaded with it (no symlink warnings)
             shutil.copy2(path, Path(self.wandb_run.dir) / Path(path).name)
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B save failed: {one_line(error)}")
+            warn(f"W&B save failed: {one_line(error, first_line=True)}")
 
     def log_media(self, key: str, path: str | os.PathLike[str], step: int | None = None) -> None:
         """Log a picture to the W&B run: ``.gif``/``.mp4`` as ``wandb.Video``, anything else as
@@ -172,7 +172,7 @@ class Tracker:
             media = wandb.Video(str(path)) if Path(path).suffix in (".gif", ".mp4") else wandb.Image(str(path))
             self.wandb_run.log({key: media, **({} if step is None else {"global_step": step})}, step=step)
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B media log failed: {one_line(error)}")
+            warn(f"W&B media log failed: {one_line(error, first_line=True)}")
 
     def log_artifact(self, path: str | os.PathLike[str], name: str, kind: str = "model") -> None:
         """Upload ``path`` as a W&B artifact of type ``kind`` (no-op without W&B)."""
@@ -185,7 +185,7 @@ class Tracker:
             artifact.add_file(str(path))
             self.wandb_run.log_artifact(artifact)
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B artifact upload failed: {one_line(error)}")
+            warn(f"W&B artifact upload failed: {one_line(error, first_line=True)}")
 
     def close(self) -> None:
         """Flush and close the outputs, finish the W&B run (saying how to upload an offline
@@ -199,7 +199,7 @@ class Tracker:
             try:
                 self.wandb_run.finish()
             except Exception as error:  # noqa: BLE001
-                warn(f"W&B finish failed: {one_line(error)}")
+                warn(f"W&B finish failed: {one_line(error, first_line=True)}")
             if offline and run_files:  # .../wandb/offline-run-<time>-<id>/files
                 folders = " ".join(str(folder) for folder in offline_run_folders(Path(run_files).parent))
                 print(f"W&B offline run saved; upload it with: wandb sync {folders}", file=sys.stderr)

@@ -18,6 +18,8 @@ WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
 #: amount to for one process: ``dryrun`` is its old name for offline, ``run`` for online, and ``shared``
 #: is online with other processes writing to the same run.
 WANDB_ENV_ALIASES: dict[str, str] = {"dryrun": "offline", "run": "online", "shared": "online"}
+#: The W&B project when neither ``--wandb-project`` nor ``$WANDB_PROJECT`` names one.
+DEFAULT_WANDB_PROJECT = "fw-agents"
 
 
 def wandb_credentials_available() -> bool:

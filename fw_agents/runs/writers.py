@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fw_agents.runs.progress_csv import ProgressCsv
-from fw_agents.validation import check_choice
+from fw_agents.validation import check_choice, one_line
 
 DEFAULT_LOG_FORMATS: tuple[str, ...] = ("stdout", "csv", "tensorboard")
 #: Formats the writers of this module provide (an SB3 logger also has ``log`` and ``json``).
@@ -64,7 +64,7 @@ class WandbScalars:
         try:
             self.run.log(payload, step=int(step))
         except Exception as error:  # noqa: BLE001 - logging must never stop training
-            warn(f"W&B logging failed, mirroring turned off: {one_line(error)}")
+            warn(f"W&B logging failed, mirroring turned off: {one_line(error, first_line=True)}")
             self.run = None
 
     def close(self) -> None:
@@ -176,12 +176,6 @@ def as_scalar(value: Any) -> float | int | None:
         except Exception:  # noqa: BLE001
             return None
     return None
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: message``, first line only."""
-    text = f"{type(error).__name__}: {error}".strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def warn(message: str) -> None:

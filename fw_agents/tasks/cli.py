@@ -36,7 +36,8 @@ from fw_agents.cli import (
     program_name,
     typed_dests,
 )
-from fw_agents.fields import option
+from fw_agents.config import DEVICES
+from fw_agents.fields import field_names, option
 from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
 from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.runs.run import TrackingOptions
@@ -48,9 +49,6 @@ T = TypeVar("T")
 TRAINING_STATE = "training_state.pt"
 #: ``config.json`` entries a resumed run may change: the total number of updates and where it computes.
 RESUMABLE_CHANGES: tuple[str, ...] = ("steps", "device")
-
-#: What ``--device`` accepts (``cuda:<index>`` too).
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 class _FastWeightsMethods:
@@ -95,8 +93,9 @@ FastWeightsOptions.__module__ = __name__
 class DeviceOptions:
     """Where a task command computes."""
 
-    device: str = option("auto", help="torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>")
-    threads: int | None = option(None, help="torch CPU threads (None: torch's choice)")
+    device: str = option("auto", help="torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>",
+                         per_invocation=True)  # fmt: skip
+    threads: int | None = option(None, help="torch CPU threads (None: torch's choice)", per_invocation=True)
 
     def __post_init__(self) -> None:
         if self.threads is not None:
@@ -154,8 +153,8 @@ class TaskSetup(Generic[T]):
 
 
 #: ``config.json`` entries a resumed run never takes from the run (where it computes is this
-#: invocation's choice; the others are recorded, not options).
-_NOT_RESUMED = ("device", "threads", "resume", "run_dir", "runs_root")
+#: invocation's choice; the others are recorded, not options): the ``per_invocation`` fields.
+_NOT_RESUMED = field_names(DeviceOptions, per_invocation=True) + field_names(TrackingOptions, per_invocation=True)
 
 
 def parse_task_args(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> argparse.Namespace:
@@ -245,7 +244,7 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         device = None
-    if device is None or device.type not in DEVICE_CHOICES:
+    if device is None or device.type not in DEVICES:
         raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:<index>")
     if device.type == "cuda":
         if not torch.cuda.is_available():
