@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
 from fw_agents.memory import FastWeightsRNN
 
 WIDTHS = (32, 64, 128, 256, 512)

@@ -34,9 +34,10 @@ import torch
 
 from suite_tasks import parse_variant
 
-from fw_agents.agent import TrainConfig, build_agent, make_env
+from fw_agents.config import TrainConfig
+from fw_agents.train import build_agent, make_env
 from fw_agents.cli import OneLineArgumentParser, run_cli
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
 
 
 def episode_steps(starts: np.ndarray) -> np.ndarray:

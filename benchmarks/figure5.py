@@ -1,6 +1,6 @@
 """Reproduce the paper's Figure 5: memories on the partially observable Catch variants.
 
-Two modes, both training through ``fw_agents.agent.train`` and writing into ``--out``:
+Two modes, both training through ``fw_agents.train.train`` and writing into ``--out``:
 
 * **search** (``--trials N``): the paper's protocol (notes §5: "learning rate, number of
   inner steps, η and λ found by random search; curves average the top 5 runs") through
@@ -60,13 +60,14 @@ from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED, iqm_cells  # noqa: E
 from fw_agents.cell_study import (  # noqa: E402
     cell_records, enqueue_cells, launch_cell_workers, load_cell_study, open_cell_study, run_cells,
 )  # fmt: skip
-from fw_agents.agent import TrainConfig, train  # noqa: E402
+from fw_agents.config import TrainConfig  # noqa: E402
+from fw_agents.train import train  # noqa: E402
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli  # noqa: E402
-from fw_agents.files import atomic_path, write_text_atomically  # noqa: E402
+from fw_agents.runs.files import atomic_path, write_text_atomically  # noqa: E402
 from fw_agents.memory import MEMORY_NAMES  # noqa: E402
 from fw_agents.memory.options import translate_legacy_options  # noqa: E402
-from fw_agents.resume import latest_checkpoint  # noqa: E402
-from fw_agents.run_folder import RUN_MARKER  # noqa: E402
+from fw_agents.runs.resume import latest_checkpoint  # noqa: E402
+from fw_agents.runs.folder import RUN_MARKER  # noqa: E402
 
 TARGET = 0.9
 #: Before ``TrainConfig.memory_kwargs``, the fast-weights options were fields of their own:

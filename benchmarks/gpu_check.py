@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fw_agents.files import write_text_atomically  # noqa: E402
+from fw_agents.runs.files import write_text_atomically  # noqa: E402
 TARGETS = {"B=256 H=128 T=16": 1.0, "B=16 H=128 T=512": 2.0}  # Triton kernel fwd+bwd ≤ this × cuDNN LSTM
 
 

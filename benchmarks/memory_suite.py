@@ -1,6 +1,6 @@
 """Memory benchmark suite: {models} × {tasks} × {seeds} at an equal env-step budget per task.
 
-Every model trains with the same PPO hyper-parameters (``fw_agents.agent.TrainConfig``'s
+Every model trains with the same PPO hyper-parameters (``fw_agents.config.TrainConfig``'s
 defaults) and ``--hidden-size`` units, with each policy's **own defaults** otherwise (no
 per-task tuning): ``fastweights``, ``lstm``, ``gru``, ``irnn`` are ``FastRecurrentPPO`` with
 ``RecurrentMemoryPolicy(memory=...)`` (no ``memory_kwargs``); ``stock-lstm`` is sb3-contrib's
@@ -52,7 +52,7 @@ from suite_report import (  # noqa: F401  (the report's names, importable from h
     build_report, group_runs, load_runs, ordered, plot_curves, run_value, target_check, write_report,
 )  # fmt: skip
 from suite_runs import (  # noqa: F401  (one run's code, importable from here as before)
-    EVAL_SEED_OFFSET, Job, build_job_model, cell_key, make_task_env, one_line, policy_kwargs, ppo_settings,
+    EVAL_SEED_OFFSET, Job, build_job_model, cell_key, make_task_env, policy_kwargs, ppo_settings,
     record_value, run_job, run_path, suite_worker,
 )  # fmt: skip
 from suite_tasks import (  # noqa: F401  (the suite's tables and scores, importable from here as before)

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's fw_agents, as the probed commands get it
 
 from fw_agents.cli import OneLineArgumentParser  # noqa: E402
-from fw_agents.files import write_text_atomically  # noqa: E402
+from fw_agents.runs.files import write_text_atomically  # noqa: E402
 
 PY = sys.executable
 TRAIN = [PY, str(REPO / "train_agent.py")]

@@ -18,7 +18,7 @@ import numpy as np
 from suite_tasks import AUC_POINTS, MODELS, STOCK, TARGET_SCALES, TASKS, area_under_curve, budget, interpolate_curve, normalise
 
 from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED, iqm_cells, save_performance_profile
-from fw_agents.files import atomic_path, write_text_atomically
+from fw_agents.runs.files import atomic_path, write_text_atomically
 
 Runs = dict[tuple[str, str], list[dict[str, Any]]]
 #: Seeds each compared (task, model) cell needs before the report checks the target.

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from suite_tasks import POPGYM_TASKS, STOCK, TASKS, area_under_curve, normalise
 
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
+from fw_agents.validation import one_line
 
 EVAL_SEED_OFFSET = 10_000
 
@@ -38,11 +39,6 @@ class Job:
     policy_options: dict[str, Any] | None = None  # a variant's other policy_kwargs (critic, net_arch)
 
 
-def one_line(error: BaseException) -> str:
-    """``Type: message`` of an exception, on one line."""
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 def _init_worker() -> None:
     import torch
 
@@ -60,7 +56,7 @@ def make_task_env(task: str, n_envs: int, seed: int) -> Any:
     """
     from stable_baselines3.common.env_util import make_vec_env
 
-    from fw_agents.agent import make_env
+    from fw_agents.train import make_env
 
     if task in POPGYM_TASKS:
         import popgym  # noqa: F401  (registers the ids)
@@ -90,7 +86,7 @@ def _popgym_env(env_id: str) -> Any:
 
 def ppo_settings() -> dict[str, Any]:
     """The PPO hyper-parameters every model shares: ``TrainConfig``'s defaults."""
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
 
     defaults = TrainConfig()
     keys = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "n_envs")

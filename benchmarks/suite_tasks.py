@@ -139,7 +139,7 @@ def parse_variant(text: str, flag: str = "--fast-variant") -> tuple[str, dict[st
         raise ValueError(f"bad {flag} {text!r}: invalid JSON ({error})") from None
     if not isinstance(kwargs, dict):
         raise ValueError(f"bad {flag} {text!r}: the JSON must be an object of fast-weights options")
-    from fw_agents.agent import check_memory_kwargs
+    from fw_agents.config_checks import check_memory_kwargs
 
     if not isinstance(kwargs.get("policy", {}), dict):
         raise ValueError(f"bad {flag} {text!r}: \"policy\" must be an object of policy options")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fw_agents.tasks import retrieval
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli
-from fw_agents.files import atomic_path, write_text_atomically
+from fw_agents.runs.files import atomic_path, write_text_atomically
 from fw_agents.tasks.sweep import Cell, add_cell_arguments, cell_argv, markdown_table, run_grid
 
 MODELS = ("fastweights", "lstm", "alstm", "irnn")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fw_agents.tasks import glimpses
 from fw_agents.cli import HelpFormatter, OneLineArgumentParser, run_cli
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
 from fw_agents.tasks.sweep import Cell, add_cell_arguments, cell_argv, markdown_table, run_grid
 
 MODELS = ("irnn", "lstm", "convnet", "fastweights")

@@ -1,7 +1,7 @@
-"""``python -m fw_agents``: the training command (:mod:`fw_agents.train`, also ``fw-train``)."""
+"""``python -m fw_agents``: the training command (:mod:`fw_agents.train_cli`, also ``fw-train``)."""
 
 import sys
 
-from fw_agents.train import main
+from fw_agents.train_cli import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fw_agents.files import atomic_path
+from fw_agents.runs.files import atomic_path
 
 #: Bootstrap replications and seed of :func:`iqm_intervals` unless told otherwise.
 DEFAULT_REPS = 2000

@@ -48,7 +48,7 @@ import torch as th
 
 from fw_agents.memory.options import core_defaults
 from fw_agents.policies import FastWeightsPolicy, RecurrentMemoryPolicy, resolve_memory_kwargs, saved_core_options
-from fw_agents.safe_load import read_saved_memory_config, safe_custom_objects
+from fw_agents.runs.safe_load import read_saved_memory_config, safe_custom_objects
 from fw_agents.state_slots import CoreAdapter, SlotStore, critic_has_own_state
 
 #: The core options saved in the policy's state dict of the checkpoint being loaded (set by
@@ -192,7 +192,7 @@ class FastRecurrentPPO(RecurrentPPO):
         **kwargs: Any,
     ) -> FastRecurrentPPO:
         """SB3's ``load``, without running code from the file: its pickled values are decoded
-        by :mod:`fw_agents.safe_load`'s allowlist (spaces, arrays, schedules, SB3 / fw_agents
+        by :mod:`fw_agents.runs.safe_load`'s allowlist (spaces, arrays, schedules, SB3 / fw_agents
         policy classes) and handed to SB3 as ``custom_objects``, so SB3 unpickles nothing.
 
         :param trusted: Let SB3 unpickle the file as it would (needed for, e.g., a lambda
@@ -201,7 +201,7 @@ class FastRecurrentPPO(RecurrentPPO):
         :param custom_objects: Your own replacements; they win over the decoded values, and
             the keys they replace are not decoded (as SB3 does not unpickle them), so a
             schedule the file cannot give safely may be replaced, as SB3's docs show.
-        :raises fw_agents.safe_load.UnsafeModelError: The file needs a type outside the allowlist.
+        :raises fw_agents.runs.safe_load.UnsafeModelError: The file needs a type outside the allowlist.
 
         A memory policy's core is rebuilt with the options saved in its state dict (whichever
         class saved the file; see ``docs/runs.md``), unless ``custom_objects`` replaces the
@@ -286,7 +286,7 @@ class FastRecurrentPPO(RecurrentPPO):
             with th.inference_mode():
                 return super().collect_rollouts(_EnvOutsideInferenceMode(env), callback_outside, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
         except KeyboardInterrupt:
-            # Ctrl-C (or SIGTERM, see fw_agents.cli.run_interruptible) mid-rollout: the partial rollout is
+            # Ctrl-C (or SIGTERM, see fw_agents.runs.signals) mid-rollout: the partial rollout is
             # dropped, never trained on. The weights are still those of the last completed update, so the
             # step count goes back to that update's (a rollout boundary): a checkpoint saved now is the
             # model as it was there, and a resumed learn, which runs whole rollouts, ends exactly at its

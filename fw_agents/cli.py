@@ -1,12 +1,12 @@
 """Command-line plumbing shared by every command (``train_agent.py``, the task CLIs).
 
 **One source for every option.** A command's options are the fields of its config
-dataclass, each declared once with :func:`option` (default + help);
+dataclass, each declared once with :func:`fw_agents.fields.option` (default + help);
 :func:`add_config_arguments` generates the flags from them (``learning_rate`` ->
 ``--learning-rate``, the field's type as the flag's type, ``bool`` as ``--x/--no-x``,
 ``dict`` as ``KEY=VALUE ...``, ``list``/``tuple`` as ``A B ...``, a field without a default as a required flag,
 defaults shown by ``--help``) and :func:`config_from_args` builds the dataclass back from
-the parsed flags (:func:`config_to_argv` is its inverse). A :class:`KeyFlag` is a shortcut
+the parsed flags (:func:`config_to_argv` is its inverse). A :class:`~fw_agents.fields.KeyFlag` is a shortcut
 for one key of a ``dict`` field (``--decay 0.9`` for ``--memory-kwargs decay=0.9``).
 
 **One-line errors.** Bad input ends a command with **one** line on stderr and exit
@@ -31,7 +31,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
-from fw_agents.validation import check_int, int_range_text
+from fw_agents.fields import KeyFlag, field_default, field_help
+from fw_agents.runs.errors import NonFiniteError
+from fw_agents.runs.signals import sigterm_as_interrupt
+from fw_agents.validation import int_range_text
 
 C = TypeVar("C")
 
@@ -46,12 +49,6 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-class NonFiniteError(RuntimeError):
-    """A run produced a non-finite loss or parameter and stopped (earlier files are kept);
-    :func:`run_cli` reports it in one line with exit status 1. Raised by the agents'
-    :class:`~fw_agents.callbacks.StopOnNonFinite` and the supervised tasks' training loop."""
-
-
 def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """:func:`run_cli` for a long-running command: SIGTERM (what schedulers and ``timeout``
     send) acts as Ctrl-C, and either ends the command with status ``128 + signal`` after
@@ -60,19 +57,11 @@ def run_interruptible(main: Callable[[Sequence[str] | None], int], argv: Sequenc
     :param main: The command's body; on ``KeyboardInterrupt`` it saves and re-raises.
     :param argv: Arguments (default: ``sys.argv[1:]``).
     """
-    received: list[int] = []
-
-    def interrupt(signum: int, frame: object) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return run_cli(main, argv)
-    except KeyboardInterrupt:
-        return 128 + (received[0] if received else signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt() as received:
+        try:
+            return run_cli(main, argv)
+        except KeyboardInterrupt:
+            return 128 + (received[0] if received else signal.SIGINT)
 
 
 #: An ANSI escape sequence: CSI (colours, ``\x1b[33m``), OSC (``\x1b]...`` up to BEL or ST), or a
@@ -100,7 +89,7 @@ def show_warning_line(message: Warning | str, category: type[Warning], filename:
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and status 2,
-    a :class:`NonFiniteError` or an ``OSError`` (a full disk, an output path that cannot be a
+    a :class:`~fw_agents.runs.errors.NonFiniteError` or an ``OSError`` (a full disk, an output path that cannot be a
     folder) one line and status 1: every file written before is intact (atomic writes).
     Warnings are shown as one line each (:func:`show_warning_line`) meanwhile.
 
@@ -181,62 +170,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keeps the description's layout and shows every option's default."""
 
 
-def option(
-    default: Any = dataclasses.MISSING,
-    *,
-    help: str,
-    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
-    aliases: Sequence[str] = (),
-    choices: Sequence[Any] | None = None,
-    metavar: str | None = None,
-    cli: bool = True,
-    low: int | None = None,
-    high: int | None = None,
-) -> Any:
-    """A config dataclass field that documents itself and becomes a command-line flag.
-
-    :param default: The field's default.
-    :param help: One line for ``--help`` (and the reader of the dataclass).
-    :param default_factory: For mutable defaults (``dict``), instead of ``default``.
-    :param aliases: Extra flag spellings (``("--lr",)``).
-    :param choices: The accepted values, checked by the parser and listed by ``--help``.
-    :param metavar: The value's name in ``--help``.
-    :param cli: False keeps the field out of the command line (set by code only).
-    :param low: An ``int`` field's smallest accepted value (``--help`` shows the range;
-        :func:`check_int_ranges` checks it).
-    :param high: An ``int`` field's largest accepted value (None: unbounded).
-    """
-    metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar, "cli": cli,
-                "range": None if low is None and high is None else (low, high)}  # fmt: skip
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
-
-
-def check_int_ranges(config: Any) -> None:
-    """Check every field of ``config`` declared with an :func:`option` range (``low``/``high``):
-    an integer in it, or ``None`` for an optional field.
-
-    :raises ValueError: The first field out of its range, in :func:`fw_agents.validation.check_int`'s words
-        (``n_envs must be an integer in [1, 4096], got 100000``).
-    """
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        bounds = field.metadata.get("range")
-        value = getattr(config, field.name)
-        if bounds is None or (value is None and type(None) in typing.get_args(hints[field.name])):
-            continue
-        check_int(field.name, value, *bounds)
-
-
 def add_config_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     config_class: type,
     exclude: Sequence[str] = (),
     defaults: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Add one flag per :func:`option` field of ``config_class``.
+    """Add one flag per :func:`~fw_agents.fields.option` field of ``config_class``.
 
     :param parser: The parser (or argument group) to extend.
-    :param config_class: A dataclass whose fields were declared with :func:`option`.
+    :param config_class: A dataclass whose fields were declared with :func:`~fw_agents.fields.option`.
     :param exclude: Field names to leave out (a command that sets them itself).
     :param defaults: Per-command defaults replacing the dataclass's.
     :return: The names of the fields added (what :func:`config_from_args` reads back).
@@ -252,7 +195,7 @@ def add_config_arguments(
         flags = ["--" + field.name.replace("_", "-"), *meta["aliases"]]
         bounds = meta.get("range")
         shown = f" (an integer {int_range_text(*bounds)})" if bounds else ""
-        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=meta["help"] + shown)
+        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=field_help(field) + shown)
         if default is dataclasses.MISSING:  # a field without a default is a required flag
             kwargs.update(default=argparse.SUPPRESS, required=True)
         if kind is bool:
@@ -285,36 +228,6 @@ def config_from_args(
         elif kind is tuple and isinstance(value, list):
             values[name] = tuple(value)
     return config_class(**values, **overrides)
-
-
-@dataclasses.dataclass(frozen=True)
-class KeyFlag:
-    """A flag that sets one key of a ``dict`` field of the config, valid for one value of another field.
-
-    ``KeyFlag("--decay", "memory_kwargs", "decay", float, "λ", when=("memory", "fastweights"))``
-    makes ``--decay 0.9`` mean ``--memory-kwargs decay=0.9``, and an error with any other ``--memory``.
-    Add them with :func:`add_key_flags`; :func:`fold_key_flags` moves the given ones into their field.
-
-    :param flag: The flag (``--decay``); a ``bool`` one also gets ``--no-...``.
-    :param field: The ``dict`` field it writes into.
-    :param key: The key it sets.
-    :param type: The value's type (``bool``: a ``--x/--no-x`` switch).
-    :param help: One line for ``--help``.
-    :param when: ``(field, value)``: the flag applies only when that field has that value.
-    :param default: What ``--help`` shows (the value the key has when the flag is not given).
-    """
-
-    flag: str
-    field: str
-    key: str
-    type: type
-    help: str
-    when: tuple[str, Any]
-    default: Any = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
 
 
 _GIVEN = "_given_key_flags"
@@ -375,7 +288,7 @@ def config_to_argv(config: Any, names: Sequence[str] | None = None) -> list[str]
     """The flags that give a command ``config``'s values: the inverse of
     :func:`config_from_args`, for running a command from code (a sweep's cells).
 
-    :param config: A dataclass instance whose fields were declared with :func:`option`.
+    :param config: A dataclass instance whose fields were declared with :func:`~fw_agents.fields.option`.
     :param names: The fields to pass (default: every command-line field). ``None`` values
         are left out (the flag's own default).
     """
@@ -395,13 +308,6 @@ def config_to_argv(config: Any, names: Sequence[str] | None = None) -> list[str]
         else:
             argv += [flag, str(value)]
     return argv
-
-
-def field_default(field: dataclasses.Field) -> Any:
-    """A dataclass field's default (its factory called), or ``dataclasses.MISSING``."""
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return field.default
 
 
 def _plain_type(hint: Any) -> type:

@@ -25,12 +25,11 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 from torch.distributions import Categorical
 
+from fw_agents.config import CRITIC_MODES
 from fw_agents.memory import make_memory, memory_class
 from fw_agents.memory.options import agent_defaults, core_defaults, merge_options, translate_legacy_options
 from fw_agents.state_slots import CoreAdapter, Slots
 from fw_agents.validation import check_int
-
-CRITIC_MODES = ("shared", "separate")
 
 #: The core options every entry point starts from (:class:`FastWeightsPolicy`,
 #: ``RecurrentMemoryPolicy(memory="fastweights")``, ``train_agent.py``); a caller's

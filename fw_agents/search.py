@@ -5,7 +5,7 @@
     python -m fw_agents.search --env CatchBlind16-v0 --memory irnn --trials 8 --timesteps 400000 \\
         --storage postgresql+psycopg://fw:secret@db-host:5432/fw_search
 
-Each trial is one fw_agents.agent.train() run, as train_agent.py runs it, in its own run
+Each trial is one fw_agents.train.train() run, as train_agent.py runs it, in its own run
 directory <runs-root>/search/<study>/trial-NNNN (config.json, evaluations.npz, train.log, ...).
 Its objective is the mean of its evaluation curve (the area under it, the ranking of the
 paper's "top 5 runs"); every periodic evaluation is reported to Optuna (the curve lives in the
@@ -51,9 +51,10 @@ from fw_agents.cli import (
     add_config_arguments,
     config_from_args,
     config_to_argv,
-    option,
     run_cli,
 )
+from fw_agents.config import TrainConfig
+from fw_agents.fields import field_names, option
 from fw_agents.search_storage import (
     STORAGE_ENV,
     check_storage_flags,
@@ -68,35 +69,33 @@ from fw_agents.search_storage import (
     taken_over as _taken_over,
 )
 from fw_agents.search_trial import (  # noqa: F401 (importable from here as before)
-    Objective, _first_line, _report_callback, _report_history, resumable_attempt, trial_config,
+    Objective, _report_callback, _report_history, resumable_attempt, trial_config,
 )  # fmt: skip
 from fw_agents.search_report import params_text, summary_text, trial_line, write_report  # noqa: F401 (search.*)
 from fw_agents.search_space import (  # noqa: F401 (suggest: importable from here as before)
     LEGACY_SPACE, SPACES, fixed_by_search, space_table, study_memory_kwargs, suggest,
 )  # fmt: skip
-from fw_agents.validation import check_choice, check_int
+from fw_agents.validation import check_choice, check_int, one_line
 
 __doc__ = __doc__.replace("{space}", space_table())
 
 if TYPE_CHECKING:
     import optuna
 
-    from fw_agents.agent import TrainConfig
-
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "median")
 #: ``TrainConfig`` fields that are the search's (``learning_rate``), or each worker's own
-#: choice; every other field defines the study, and a worker joining it must agree on them.
-NOT_STUDY_FIELDS = ("learning_rate", "device", "threads", "runs_root", "wandb", "wandb_project", "wandb_group", "wandb_tags",
-                    "wandb_log_model", "verbose", "trust_checkpoint", "progress_bar", "run_dir", "resume")  # fmt: skip
+#: choice; every other field defines the study, and a worker joining it must agree on them
+#: (each field's ``search`` role, :data:`fw_agents.fields.SEARCH_ROLES`).
+NOT_STUDY_FIELDS = tuple(name for name in field_names(TrainConfig) if name not in field_names(TrainConfig, search="study"))
 #: ``TrainConfig`` fields without a flag here: the search sets them per trial.
-TRIAL_FIELDS = ("learning_rate", "run_dir", "resume", "progress_bar")
+TRIAL_FIELDS = field_names(TrainConfig, search="trial")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclasses.dataclass
 class SearchOptions:
-    """The search's own flags; the trials' are ``TrainConfig``'s (``fw_agents.agent``)."""
+    """The search's own flags; the trials' are ``TrainConfig``'s (``fw_agents.config``)."""
 
     trials: int = option(10, help="trials this worker runs (each worker, with --workers)")
     study: str | None = option(None, help="study name (None: <env>-<memory>); letters, digits, . _ -")
@@ -246,7 +245,7 @@ def run_worker(search: Search) -> int:
     """
     from optuna.trial import TrialState
 
-    from fw_agents.agent import NonFiniteError
+    from fw_agents.runs.errors import NonFiniteError
 
     study = open_study(search)
     if search.train.wandb_group is None:  # one W&B group per study
@@ -287,7 +286,7 @@ def run_worker(search: Search) -> int:
             number = objective.trial.number if objective.trial is not None else "?"
             raise WorkerError(
                 f"lost the storage {hidden_password(search.storage_url)} during trial {number} "
-                f"({type(error).__name__}: {scrub_password(_first_line(error), search.storage_url)}); run the command "
+                f"({scrub_password(one_line(error, first_line=True), search.storage_url)}); run the command "
                 f"again once it is back: the trial "
                 f"is retried from its last checkpoint after 2 x --heartbeat seconds"
             ) from None
@@ -353,12 +352,10 @@ def worker_command(search: Search) -> tuple[list[str], dict[str, str]]:
 # ---------------------------------------------------------------------------- the CLI
 def build_parser() -> argparse.ArgumentParser:
     """The search's flags and every ``TrainConfig`` flag but the searched and per-trial ones."""
-    from fw_agents.agent import TrainConfig
-
     p = OneLineArgumentParser(prog="python -m fw_agents.search", description=__doc__, formatter_class=HelpFormatter)
     search_fields = add_config_arguments(p.add_argument_group("search"), SearchOptions)
     train_fields = add_config_arguments(
-        p.add_argument_group("every trial (fw_agents.agent.TrainConfig)"), TrainConfig, exclude=TRIAL_FIELDS,
+        p.add_argument_group("every trial (fw_agents.config.TrainConfig)"), TrainConfig, exclude=TRIAL_FIELDS,
         defaults=dict(gif_episodes=0),
     )  # fmt: skip
     p.set_defaults(search_fields=search_fields, train_fields=train_fields)
@@ -367,8 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_search(argv: Sequence[str] | None = None) -> Search:
     """The :class:`Search` the command line asks for, validated."""
-    from fw_agents.agent import TrainConfig
-
     args = build_parser().parse_args(argv)
     options = config_from_args(SearchOptions, args, args.search_fields)
     options.validate()

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fw_agents.files import atomic_path, write_text_atomically
+from fw_agents.runs.files import atomic_path, write_text_atomically
 
 if TYPE_CHECKING:
     import optuna

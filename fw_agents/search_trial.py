@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from fw_agents.memory.options import merge_options
 from fw_agents.search_space import suggest
+from fw_agents.validation import one_line
 
 if TYPE_CHECKING:
     import optuna
 
-    from fw_agents.agent import TrainConfig
+    from fw_agents.config import TrainConfig
     from fw_agents.search import Search
 
 
@@ -41,8 +42,8 @@ def resumable_attempt(study_dir: Path, retry_history: Sequence[int], timesteps: 
         ``retry_history`` system attribute).
     :param timesteps: The trial's training budget.
     """
-    from fw_agents.resume import read_checkpoint
-    from fw_agents.run_folder import folder_in_use
+    from fw_agents.runs.resume import read_checkpoint
+    from fw_agents.runs.folder import folder_in_use
 
     for number in reversed(list(retry_history)):
         folder = study_dir / f"trial-{number:04d}"
@@ -91,7 +92,7 @@ def _report_history(trial: optuna.Trial, run_dir: Path, steps: int) -> None:
 
 
 class Objective:
-    """One trial: sample, train through ``fw_agents.agent.train``, return the mean evaluation return."""
+    """One trial: sample, train through ``fw_agents.train.train``, return the mean evaluation return."""
 
     def __init__(self, search: Search) -> None:
         self.search = search
@@ -101,7 +102,7 @@ class Objective:
         import numpy as np
         import optuna
 
-        from fw_agents.agent import train
+        from fw_agents.train import train
 
         self.trial = trial
         base = self.search.train
@@ -126,7 +127,7 @@ class Objective:
             with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
                 summary = train(config, eval_callbacks=[report])
         except Exception as error:  # the reason stays in the study (the dashboard, figure5) and in the trial line
-            trial.set_user_attr("error", f"{type(error).__name__}: {_first_line(error)}")
+            trial.set_user_attr("error", one_line(error, first_line=True))
             raise
         curve = np.load(run_dir / "evaluations.npz")["results"].mean(axis=1)
         trial.set_user_attr("final_return", summary["mean_return"])
@@ -136,8 +137,3 @@ class Objective:
         if report.pruned:
             raise optuna.TrialPruned(f"pruned at {summary['timesteps']} steps")
         return float(curve.mean())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

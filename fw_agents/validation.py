@@ -86,6 +86,22 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def one_line(error: BaseException, limit: int | None = None, first_line: bool = False) -> str:
+    """An exception as one line: ``Type: message``, the message's whitespace (newlines included)
+    as single spaces, cut after ``limit`` characters with ``...`` (None: whole); ``Type`` alone
+    for an empty message. How every warning and error line of the package names a caught exception.
+
+    :param first_line: Only the message's first line (the rest is detail, e.g. a W&B server's retries).
+    """
+    text = str(error).strip()
+    if first_line and text:
+        text = text.splitlines()[0]
+    text = " ".join(text.split())
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _within(value: Any, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool) -> bool:
     above = low is None or (value >= low if low_inclusive else value > low)
     below = high is None or (value <= high if high_inclusive else value < high)

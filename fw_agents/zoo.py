@@ -50,7 +50,7 @@ from envs.catch import CatchEnv
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory.options import merge_options, searched_names, suggest_options, translate_legacy_options
 from fw_agents.policies import RecurrentMemoryPolicy, resolve_memory_kwargs
-from fw_agents.safe_load import UnsafeModelError
+from fw_agents.runs.safe_load import UnsafeModelError
 from fw_agents.zoo_checks import ZooInputError, check_hyperparams, checked_enjoy, one_line_parsers
 from fw_agents.zoo_trust import TRUST_FLAG, UntrustedRunFolder, untrusted_enjoy
 

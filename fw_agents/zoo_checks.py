@@ -11,8 +11,8 @@ reads it, with this project's own validators, and raises :class:`ZooInputError` 
   errors in one line, ``--gym-packages`` importable and ``--env`` registered.
 * :func:`check_hyperparams` (called by :class:`fw_agents.zoo.ExperimentManager` before the zoo
   creates the run folder): ``policy_kwargs`` a dict; for a recurrent PPO, the env's spaces
-  (:func:`fw_agents.preflight.probe_env`); for this project's policies, every key and value of
-  ``policy_kwargs`` and the rollout's memory (:func:`fw_agents.preflight.check_memory`).
+  (:func:`fw_agents.runs.preflight.probe_env`); for this project's policies, every key and value of
+  ``policy_kwargs`` and the rollout's memory (:func:`fw_agents.runs.preflight.check_memory`).
 * :func:`checked_model_path` (``enjoy``'s ``get_model_path``): a run folder and a readable model
   zip for ``--algo`` and ``--env``, or what the folder holds instead.
 
@@ -43,12 +43,13 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from fw_agents.cli import OneLineArgumentParser
-from fw_agents.config import check_memory_kwargs
+from fw_agents.config import CRITIC_MODES
+from fw_agents.config_checks import check_memory_kwargs
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.memory.options import translate_legacy_options
-from fw_agents.policies import CRITIC_MODES, RecurrentMemoryPolicy
-from fw_agents.preflight import check_memory, probe_env
-from fw_agents.safe_load import read_model_data
+from fw_agents.policies import RecurrentMemoryPolicy
+from fw_agents.runs.preflight import check_memory, probe_env
+from fw_agents.runs.safe_load import read_model_data
 from fw_agents.validation import check_int
 
 

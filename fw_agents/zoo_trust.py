@@ -6,7 +6,7 @@ rl_zoo3's ``enjoy`` reads the run folder's ``config.yml`` and ``args.yml`` with 
 names, and unpickles the model zip and ``vecnormalize.pkl``. :func:`untrusted_enjoy` runs it
 with each of these made safe: the YAML read by a safe loader that also rebuilds the zoo's own
 ``OrderedDict`` tag, ``normalize`` only as literal keyword arguments, no wrapper classes, and the
-model and ``vecnormalize.pkl`` decoded by :mod:`fw_agents.safe_load`'s allowlist. A file that
+model and ``vecnormalize.pkl`` decoded by :mod:`fw_agents.runs.safe_load`'s allowlist. A file that
 needs more is refused with :class:`UntrustedRunFolder` (one line); the user may pass
 :data:`TRUST_FLAG` to replay a run folder they trust as the zoo would.
 """
@@ -25,7 +25,7 @@ import yaml
 from rl_zoo3 import enjoy as zoo_enjoy
 from rl_zoo3 import utils as zoo_utils
 
-from fw_agents.safe_load import load_model, load_vec_normalize
+from fw_agents.runs.safe_load import load_model, load_vec_normalize
 
 #: The flag of ``python -m fw_agents.zoo enjoy`` that replays a run folder as the zoo would.
 TRUST_FLAG = "--trust-checkpoint"

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, config_to_argv, option
+from fw_agents.cli import OneLineArgumentParser, add_config_arguments, config_from_args, config_to_argv
+from fw_agents.fields import option
 from fw_agents.validation import check_bool, check_choice, check_float, check_int
 
 
@@ -240,7 +241,7 @@ class _Ranged:
 
 
 def test_option_ranges_are_checked_and_shown(capsys):
-    from fw_agents.cli import check_int_ranges
+    from fw_agents.fields import check_int_ranges
 
     check_int_ranges(_Ranged(n_envs=64, threads=None, plain=-5))  # a bound itself, None for an optional field
     for changes, message in ((dict(n_envs=65), "n_envs must be an integer in [1, 64], got 65"),
@@ -276,13 +277,13 @@ def test_option_ranges_are_checked_and_shown(capsys):
 def test_train_agent_refuses_before_building_anything(argv, environ, needle, tmp_path, monkeypatch, capsys):
     """``train_agent.py``'s bad input: one line naming the value and the accepted ones, exit 2, and
     nothing built (no env, no run folder) before the refusal."""
-    import fw_agents.agent as agent
+    import fw_agents.train as train_module
     import train_agent
 
     def built(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("envs were built for a run that should have been refused")
 
-    monkeypatch.setattr(agent, "make_env", built)
+    monkeypatch.setattr(train_module, "make_env", built)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -292,3 +293,27 @@ def test_train_agent_refuses_before_building_anything(argv, environ, needle, tmp
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {needle}") and "Traceback" not in err, err
     assert not root.exists(), "a refused run leaves no run folder"
+
+
+def test_per_run_and_search_fields_come_from_the_field_metadata():
+    """The lists once written by hand in three modules, now read off each field's declaration."""
+    from fw_agents.runs.resume import PER_INVOCATION
+    from fw_agents.search import NOT_STUDY_FIELDS, TRIAL_FIELDS
+    from fw_agents.tasks.cli import _NOT_RESUMED
+
+    assert set(PER_INVOCATION) == {"resume", "run_dir", "runs_root", "progress_bar", "threads", "device", "trust_checkpoint"}
+    assert set(NOT_STUDY_FIELDS) == {
+        "learning_rate", "device", "threads", "runs_root", "wandb", "wandb_project", "wandb_group", "wandb_tags",
+        "wandb_log_model", "verbose", "trust_checkpoint", "progress_bar", "run_dir", "resume",
+    }  # fmt: skip
+    assert set(TRIAL_FIELDS) == {"learning_rate", "run_dir", "resume", "progress_bar"}
+    assert set(_NOT_RESUMED) == {"device", "threads", "resume", "run_dir", "runs_root"}
+
+
+def test_one_line_names_an_exception_in_one_line():
+    from fw_agents.validation import one_line
+
+    assert one_line(ValueError("bad\n  value")) == "ValueError: bad value"
+    assert one_line(RuntimeError("x" * 10), limit=4) == "RuntimeError: xxxx..."
+    assert one_line(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert one_line(OSError("timed out\nretrying"), first_line=True) == "OSError: timed out"

@@ -1,4 +1,4 @@
-"""fw_agents.cli.KeyFlag: a flag that sets one key of a dict field (``--decay`` -> ``memory_kwargs``)."""
+"""fw_agents.fields.KeyFlag: a flag that sets one key of a dict field (``--decay`` -> ``memory_kwargs``)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 
 from fw_agents.cli import (
-    KeyFlag,
     OneLineArgumentParser,
     add_config_arguments,
     add_key_flags,
     config_from_args,
     fold_key_flags,
-    option,
 )
+from fw_agents.fields import KeyFlag, option
 
 
 @dataclass

@@ -17,7 +17,8 @@ import torch
 
 import train_agent
 from fw_agents import zoo
-from fw_agents.agent import CORE_FLAGS, TrainConfig
+from fw_agents.config import TrainConfig
+from fw_agents.train_cli import CORE_FLAGS
 from fw_agents.memory import FastWeightsRNN, make_memory
 from fw_agents.memory.options import (
     FAST_WEIGHTS_OPTIONS,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import envs
-from fw_agents.agent import TrainConfig, train
+from fw_agents.config import TrainConfig
+from fw_agents.train import train
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.policies import FastWeightsPolicy
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fw_agents.agent import TrainConfig, train
+from fw_agents.config import TrainConfig
+from fw_agents.train import train
 from fw_agents.algorithms import FastRecurrentPPO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ HARNESS = textwrap.dedent(
     # then never turns it into KeyboardInterrupt: this test is about Ctrl-C, so restore it
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {root!r})
-    import fw_agents.agent as agent
+    import fw_agents.train as train_module
     import train_agent
     calls = 0
 
@@ -74,17 +75,17 @@ HARNESS = textwrap.dedent(
         else:
             zipfile.ZipFile.writestr = planted
     elif point == "train-step":
-        make_env, made = agent.make_env, []
+        make_env, made = train_module.make_env, []
 
         def training_envs_counted(*args, **kwargs):
             env = make_env(*args, **kwargs)
             made.append(env)
             return counting_steps(env) if len(made) == 1 else env  # made first: the training envs
 
-        agent.make_env = training_envs_counted
+        train_module.make_env = training_envs_counted
     else:  # "final-eval"
-        evaluate = agent.evaluate
-        agent.evaluate = lambda model, env, *a, **kw: evaluate(model, counting_steps(env), *a, **kw)
+        evaluate = train_module.evaluate
+        train_module.evaluate = lambda model, env, *a, **kw: evaluate(model, counting_steps(env), *a, **kw)
     sys.exit(train_agent.main(sys.argv[4:]))
     """
 ).format(root=str(ROOT))

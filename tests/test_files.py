@@ -1,4 +1,4 @@
-"""fw_agents.files: atomic writes."""
+"""fw_agents.runs.files: atomic writes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fw_agents.files import atomic_path, write_text_atomically
+from fw_agents.runs.files import atomic_path, write_text_atomically
 
 
 def test_atomic_path_replaces_the_file_with_a_plain_writes_permissions(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from fw_agents.plots import plot_learning_curve
+from fw_agents.runs.plots import plot_learning_curve
 
 
 def test_learning_curve_lines_band_and_legend(tmp_path, monkeypatch):

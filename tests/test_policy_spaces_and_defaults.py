@@ -13,7 +13,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
 import envs
-from fw_agents.agent import TrainConfig
+from fw_agents.config import TrainConfig
 from fw_agents.algorithms import FastRecurrentPPO
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
@@ -190,7 +190,7 @@ def test_format_1_checkpoints_load_with_their_eta_translated(normalize, unit, tm
     and the resolved policy_kwargs): they load, η in today's name, the same paper η, no warning."""
     import warnings
 
-    from fw_agents.resume import read_checkpoint
+    from fw_agents.runs.resume import read_checkpoint
 
     legacy = dict(normalize=normalize, fast_lr=0.25, decay=0.9, inner_steps=1)
     model = FastRecurrentPPO(FastWeightsPolicy, envs.CatchSB3VecEnv.from_id("Catch-v0", 2), device="cpu",
@@ -248,7 +248,7 @@ def test_saved_core_options_are_plain_values_and_survive_later_default_changes(t
     the defaults later change, FastRecurrentPPO.load still builds the saved core and stock
     RecurrentPPO.load (which builds today's) warns, naming the keys that differ."""
     import fw_agents.policies as policies
-    from fw_agents.safe_load import read_saved_memory_config
+    from fw_agents.runs.safe_load import read_saved_memory_config
 
     model = _stock_saved(tmp_path, dict(memory_kwargs=dict(fast_share=np.float64(0.25))))
     saved = read_saved_memory_config(tmp_path / "stock.zip")

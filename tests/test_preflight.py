@@ -1,4 +1,4 @@
-"""Preflight memory estimate (fw_agents.preflight): Dict spaces' stock buffer and a container's memory limit."""
+"""Preflight memory estimate (fw_agents.runs.preflight): Dict spaces' stock buffer and a container's memory limit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from fw_agents import preflight
+from fw_agents.runs import preflight
 
 
 def test_dict_observations_count_both_stored_states():

@@ -1,4 +1,4 @@
-"""--resume continues a run in its folder with the model's settings (fw_agents.resume)."""
+"""--resume continues a run in its folder with the model's settings (fw_agents.runs.resume)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-import fw_agents.agent as agent
-import fw_agents.tracking as tracking
-from fw_agents.agent import TrainConfig, train
+import fw_agents.train as train_module
+import fw_agents.runs.tracking as tracking
+from fw_agents.config import TrainConfig
+from fw_agents.train import train
 from fw_agents.algorithms import FastRecurrentPPO
-from fw_agents.resume import latest_checkpoint, read_checkpoint
+from fw_agents.runs.resume import latest_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -37,7 +38,7 @@ def _interrupted_run(tmp_path: Path, monkeypatch, stop_at: int = 256, **changes)
         return True
 
     with monkeypatch.context() as patch:
-        patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+        patch.setattr(train_module.CatchRateCallback, "_on_step", interrupt)
         with pytest.raises(KeyboardInterrupt):
             train(TrainConfig(run_dir=str(tmp_path / "run"), **{**TINY, **changes}))
     return tmp_path / "run"
@@ -185,7 +186,7 @@ def test_resume_after_a_crash_between_checkpoints_drops_the_lost_steps(tmp_path,
 
 
 def test_drop_rows_after_keeps_what_it_cannot_read(tmp_path):
-    from fw_agents.progress_csv import drop_rows_after, last_step
+    from fw_agents.runs.progress_csv import drop_rows_after, last_step
 
     path = tmp_path / "progress.csv"
     path.write_text('time/total_timesteps,note\n128,"a"\n256,\n,"no step"\n384,"b"\n512,"c"\n51')
@@ -226,7 +227,7 @@ def test_resumed_tracker_without_sb3_logs_each_step_once(tmp_path, monkeypatch):
 def test_trust_is_never_taken_from_the_run_folder(tmp_path, monkeypatch):
     """``config.json`` is plain data anyone can edit or hand you: a ``trust_checkpoint`` recorded
     there must not let ``--resume`` unpickle (run code from) the checkpoint."""
-    from fw_agents.resume import resumed_config
+    from fw_agents.runs.resume import resumed_config
 
     run = _interrupted_run(tmp_path, monkeypatch)
     record = json.loads((run / "config.json").read_text())
@@ -240,8 +241,8 @@ def test_trust_is_never_taken_from_the_run_folder(tmp_path, monkeypatch):
 def test_flags_typed_at_their_default_count_on_resume(tmp_path, monkeypatch):
     """A flag the user types wins over the old run's ``config.json`` (and is checked against the
     checkpoint) even when its value is the default."""
-    from fw_agents.resume import resumed_config
-    from fw_agents.train import given_fields, parse_config
+    from fw_agents.runs.resume import resumed_config
+    from fw_agents.train_cli import given_fields, parse_config
 
     run = _interrupted_run(tmp_path, monkeypatch, learning_rate=5e-4)
     default = TrainConfig()
@@ -286,8 +287,8 @@ def test_an_unreadable_config_json_stops_the_resume_in_one_line(tmp_path, monkey
 def test_a_module_named_only_in_config_json_is_not_imported(tmp_path, monkeypatch):
     """``module:id`` imports ``module`` (runs its code): a tampered ``config.json`` must not choose it.
     Only the command line may: ``--env`` again, or ``--trust-checkpoint``."""
-    from fw_agents.resume import resumed_config
-    from fw_agents.train import given_fields, parse_config
+    from fw_agents.runs.resume import resumed_config
+    from fw_agents.train_cli import given_fields, parse_config
 
     run = _interrupted_run(tmp_path, monkeypatch)
     marker = tmp_path / "imported"
@@ -350,7 +351,7 @@ def test_a_resumed_run_interrupted_at_its_end_is_finished_by_the_next_resume(tmp
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(agent, "evaluate", interrupted)
+        patch.setattr(train_module, "evaluate", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train(TrainConfig(resume=str(run), timesteps=384, progress_bar=False, wandb="disabled"))
     assert json.loads((run / "eval_summary.json").read_text())["timesteps"] == 256  # the earlier end's
@@ -365,7 +366,7 @@ def test_resume_reads_only_regular_files_of_bounded_size(tmp_path, monkeypatch, 
     """``--resume`` of a FIFO waited forever, of ``/dev/zero`` grew to 24 GB, and a model whose ``data``
     says ``num_timesteps: 1e400`` was a traceback: each is one line, exit 2, nothing created. The same
     for the run folder's own files (``config.json``, ``progress.csv``, ...)."""
-    import fw_agents.resume as resume
+    import fw_agents.runs.resume as resume
     import train_agent
 
     run = _interrupted_run(tmp_path, monkeypatch)

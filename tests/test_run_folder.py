@@ -1,5 +1,5 @@
-"""Run folders are claimed by one run at a time (fw_agents.run_folder) and progress.csv survives
-crashes and resumes (fw_agents.progress_csv)."""
+"""Run folders are claimed by one run at a time (fw_agents.runs.folder) and progress.csv survives
+crashes and resumes (fw_agents.runs.progress_csv)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from stable_baselines3.common.logger import CSVOutputFormat
 
-from fw_agents.progress_csv import ProgressCsv
-from fw_agents.run_folder import RunFolderError, claim_run_folder
+from fw_agents.runs.progress_csv import ProgressCsv
+from fw_agents.runs.folder import RunFolderError, claim_run_folder
 
 
 def test_auto_named_folders_are_unique_and_explicit_ones_are_created(tmp_path):
@@ -34,7 +34,7 @@ def test_auto_named_folders_are_unique_and_explicit_ones_are_created(tmp_path):
     ("job. . ", "job"), ("..", "run"), ("", "run"),  # no trailing dots or spaces, never empty
 ])  # fmt: skip
 def test_folder_names_keep_only_characters_safe_on_every_file_system(name, expected):
-    from fw_agents.run_folder import safe_folder_name
+    from fw_agents.runs.folder import safe_folder_name
 
     assert safe_folder_name(name) == expected
 
@@ -64,7 +64,7 @@ def test_a_held_folder_is_refused_until_released(tmp_path):
 
 def test_a_killed_holder_frees_the_folder(tmp_path):
     code = (
-        "import sys, time; from fw_agents.run_folder import claim_run_folder\n"
+        "import sys, time; from fw_agents.runs.folder import claim_run_folder\n"
         f"claim_run_folder('.', 'x', run_dir={str(tmp_path / 'r')!r}); print('held', flush=True); time.sleep(60)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -167,7 +167,7 @@ def test_a_crash_while_adding_a_column_keeps_every_earlier_row(tmp_path, monkeyp
 
 
 def test_sb3_logger_appends_to_a_resumed_runs_csv(tmp_path):
-    from fw_agents.sb3_logging import sb3_logger_writer
+    from fw_agents.runs.sb3_logger import sb3_logger_writer
 
     for start in (0, 2):
         writer = sb3_logger_writer(tmp_path, ["csv"])

@@ -1,4 +1,4 @@
-"""Model files load without running code from them (fw_agents.safe_load)."""
+"""Model files load without running code from them (fw_agents.runs.safe_load)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import envs  # noqa: F401  (registers the ids)
-from fw_agents.safe_load import UnsafeModelError, load_model, safe_custom_objects
+from fw_agents.runs.safe_load import UnsafeModelError, load_model, safe_custom_objects
 
 
 class _RunsAShellCommand:
@@ -200,7 +200,7 @@ def test_only_regular_files_of_bounded_size_are_read(saved, tmp_path, monkeypatc
     a file or a zip entry beyond the bounds: one line each, nothing read."""
     import signal
 
-    import fw_agents.safe_load as safe_load
+    import fw_agents.runs.safe_load as safe_load
     from fw_agents.algorithms import FastRecurrentPPO
 
     folder, env, _ = saved
@@ -242,7 +242,7 @@ def test_saved_fields_that_sb3_itself_writes_pass():
     """What SB3 writes in earnest is accepted: a progress below 0 (the last rollout overshot the
     total), SAC's ``ent_coef: "auto_0.1"``, ``None`` where SB3 keeps it, decoded schedules; a key
     the caller's ``custom_objects`` replace is not checked (SB3 does not use the file's)."""
-    from fw_agents.safe_load import check_model_data
+    from fw_agents.runs.safe_load import check_model_data
 
     check_model_data({"_current_progress_remaining": -0.25, "ent_coef": "auto_0.1", "seed": None, "batch_size": None,
                       "target_kl": None, "clip_range_vf": None, "learning_rate": lambda progress: 1e-3 * progress,

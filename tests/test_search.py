@@ -18,7 +18,8 @@ import pytest
 from optuna.trial import TrialState
 
 from fw_agents import search
-from fw_agents.agent import TrainConfig
+from fw_agents.config import TrainConfig
+from fw_agents.runs.errors import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "Catch-v0-fastweights"  # the default name for TINY's env and memory
@@ -265,7 +266,7 @@ def test_a_killed_workers_trial_fails_and_is_retried(tmp_path):
 def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """Ctrl-C in a trial saves a checkpoint and queues the trial again; the retry continues that
     run in its folder (not from scratch), its earlier evaluations reported to the new trial."""
-    import fw_agents.agent as agent
+    import fw_agents.train as train_module
 
     argv = [*TINY, "--runs-root", str(tmp_path), "--trials", "1", "--study-trials", "1", "--pruner", "none"]
 
@@ -275,7 +276,7 @@ def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypat
         return True
 
     with monkeypatch.context() as patch:
-        patch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+        patch.setattr(train_module.CatchRateCallback, "_on_step", interrupt)
         assert search.main(argv) == 130
     folder = tmp_path / "search" / STUDY / "trial-0000"
     assert (folder / "checkpoints" / "interrupted_512_steps.zip").exists()  # the last update's step
@@ -291,13 +292,13 @@ def test_an_interrupted_trial_is_retried_from_its_checkpoint(tmp_path, monkeypat
 
 
 def test_resumable_attempt_picks_the_latest_folder_with_a_checkpoint(tmp_path):
-    from fw_agents.resume import read_checkpoint
+    from fw_agents.runs.resume import read_checkpoint
 
     run = tmp_path / "run"
     agent_run = TrainConfig(env="Catch-v0", memory="fastweights", timesteps=256, hidden_size=8, n_envs=4, n_steps=32,
                             batch_size=64, eval_freq=10**6, eval_episodes=2, checkpoint_freq=128, gif_episodes=0,
                             wandb="disabled", progress_bar=False, run_dir=str(run))  # fmt: skip
-    from fw_agents.agent import train
+    from fw_agents.train import train
 
     train(agent_run)
     study_dir = tmp_path / "study"
@@ -308,7 +309,7 @@ def test_resumable_attempt_picks_the_latest_folder_with_a_checkpoint(tmp_path):
     assert search.resumable_attempt(study_dir, [3, 5], 256) is None  # its training had ended: start afresh
     assert search.resumable_attempt(study_dir, [7], 512) is None  # not on this machine
     assert read_checkpoint(study_dir / "trial-0003").timesteps == 256
-    from fw_agents.run_folder import claim_run_folder
+    from fw_agents.runs.folder import claim_run_folder
 
     held = claim_run_folder(study_dir, "x", str(study_dir / "trial-0003"), resume=True)
     try:
@@ -391,11 +392,11 @@ def test_a_trial_interrupted_during_an_evaluation_makes_it_when_retried(tmp_path
 def test_when_every_trial_fails_the_study_says_why_in_one_line_each(tmp_path, monkeypatch, capfd):
     """Every trial diverges: each trial's line and the study say why (no Optuna traceback), the
     reason is stored with the trial, and the command's status is 1, not 0."""
-    import fw_agents.callbacks as callbacks
+    import fw_agents.runs.callbacks as callbacks
 
     def diverge(self) -> None:
         if self.num_timesteps > 0:
-            raise callbacks.NonFiniteError(f"non-finite loss after the update ending at step {self.num_timesteps}")
+            raise NonFiniteError(f"non-finite loss after the update ending at step {self.num_timesteps}")
 
     monkeypatch.setattr(callbacks.StopOnNonFinite, "_on_rollout_start", diverge)
     assert search.main([*TINY, "--runs-root", str(tmp_path), "--trials", "2"]) == 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fw_agents import preflight
+from fw_agents.runs import preflight
 from fw_agents.tasks import glimpses
 from fw_agents.cli import run_cli
 from fw_agents.tasks.glimpse_geometry import (

@@ -30,7 +30,7 @@ def test_figures_leave_the_backend_alone(tmp_path: Path) -> None:
 import sys
 import matplotlib
 matplotlib.use("svg")
-from fw_agents import plots
+from fw_agents.runs import plots
 from fw_agents.tasks.training import plot_curves
 curve = [{{"updates": 0, "val_nll": 2.0, "test_nll": 2.1, "val_error": 0.9, "test_error": 0.9}},
          {{"updates": 5, "train_loss": 1.5, "train_error": 0.5, "val_nll": 1.0, "test_nll": 1.1, "val_error": 0.4, "test_error": 0.5}}]

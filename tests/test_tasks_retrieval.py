@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fw_agents import preflight
+from fw_agents.runs import preflight
 from fw_agents.memory import MEMORY_NAMES
 from fw_agents.tasks import retrieval
 from fw_agents.cli import run_cli

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fw_agents.sb3_logging import WandbOutputFormat
-from fw_agents.scalar_writers import WandbScalars
-from fw_agents.tracking import resolve_wandb_mode, start_run
+from fw_agents.runs.sb3_logger import WandbOutputFormat
+from fw_agents.runs.writers import WandbScalars
+from fw_agents.runs.tracking import start_run
+from fw_agents.runs.wandb_mode import resolve_wandb_mode
 
 os.environ["WANDB_MODE"] = "disabled"
 
@@ -63,7 +64,7 @@ def test_sb3_free_writers_match_the_sb3_logger(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_config_json_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fw_agents.tracking as tracking
+    import fw_agents.runs.tracking as tracking
 
     written = []
     real = tracking.write_text_atomically
@@ -94,7 +95,7 @@ def test_resolve_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_wandb_mode_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     """``$WANDB_MODE`` takes wandb's own values (``wandb.Settings.mode``); anything else is refused in
     one line, where it used to run without W&B without a word."""
-    from fw_agents.tracking import check_wandb_mode
+    from fw_agents.runs.wandb_mode import check_wandb_mode
 
     for given, mode in (("offline", "offline"), ("dryrun", "offline"), ("run", "online"), ("shared", "online"),
                         (" Disabled ", "disabled")):  # fmt: skip
@@ -187,7 +188,7 @@ def test_kvwriter_keeps_scalars_only_and_survives_errors(capsys: pytest.CaptureF
 def test_an_offline_run_says_how_to_upload_it(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from fw_agents.tracking import Tracker
+    from fw_agents.runs.tracking import Tracker
 
     files = tmp_path / "wandb" / "offline-run-20261130_000000-abc" / "files"
     run = SimpleNamespace(settings=SimpleNamespace(_offline=True), dir=str(files), finish=lambda: None)
@@ -202,7 +203,7 @@ def test_an_offline_resume_continues_the_run_and_its_steps(
     """A resumed offline run is a second offline folder of the same W&B run: W&B's own step is the
     logged step (offline, W&B cannot ask the server where the run got, and restarted at 0), and the
     run says how to upload both folders together, oldest first."""
-    import fw_agents.tracking as tracking
+    import fw_agents.runs.tracking as tracking
 
     steps_given: list[int | None] = []
 

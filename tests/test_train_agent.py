@@ -15,10 +15,13 @@ import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-import fw_agents.agent as agent
+import fw_agents.train as train_module
 import train_agent
-from fw_agents.agent import TrainConfig, train
+from fw_agents.config import TrainConfig
+from fw_agents.train import train
 from fw_agents.policies import default_memory_kwargs
+from fw_agents.runs.errors import NonFiniteError
+from fw_agents.train_cli import CORE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -181,8 +184,8 @@ def test_help_documents_every_field_with_its_default():
     for field in fields(TrainConfig):  # each field is a flag with its doc and its default
         flag = "--" + field.name.replace("_", "-")
         assert flag in text, flag
-    assert text.count("(default: ") >= len(fields(TrainConfig)) + len(agent.CORE_FLAGS)
-    assert all(env_id in text for env_id in agent.envs.CATCH_IDS) and "CatchFlicker16-v0" in text
+    assert text.count("(default: ") >= len(fields(TrainConfig)) + len(CORE_FLAGS)
+    assert all(env_id in text for env_id in train_module.envs.CATCH_IDS) and "CatchFlicker16-v0" in text
     assert "module:id" in text and "--lr LEARNING_RATE" in text and "--no-progress-bar" in text
     for flag in ("--fast-lr FAST_LR", "--fast-share FAST_SHARE", "--decay DECAY", "--inner-steps INNER_STEPS",
                  "--identity-scale IDENTITY_SCALE", "--no-bias-correction"):  # fmt: skip
@@ -243,7 +246,7 @@ def test_the_default_minibatch_is_256_or_the_whole_smaller_rollout():
 
 def test_threads_apply_during_training_only(monkeypatch):
     seen = []
-    monkeypatch.setattr(agent, "_train", lambda config, *rest: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(train_module, "_train", lambda config, *rest: seen.append(torch.get_num_threads()) or {})
     before = torch.get_num_threads()
     for threads in (1, 2, None):
         train(TrainConfig(threads=threads))
@@ -259,7 +262,7 @@ def test_ctrl_c_saves_checkpoint_and_resume_keeps_step_count(tmp_path, monkeypat
             raise KeyboardInterrupt
         return True
 
-    monkeypatch.setattr(agent.CatchRateCallback, "_on_step", interrupt)
+    monkeypatch.setattr(train_module.CatchRateCallback, "_on_step", interrupt)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(env="CatchBlind16-v0", run_dir=str(run), **TINY))
@@ -301,9 +304,9 @@ def test_continuous_and_multi_discrete_action_envs_train(env_id, tmp_path):
 def test_gif_frames_play_at_the_requested_rate(tmp_path):
     from PIL import Image
 
-    from fw_agents.plots import record_gif
+    from fw_agents.runs.plots import record_gif
 
-    model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 1, 0), n_steps=8, device="cpu",
+    model = RecurrentPPO(train_module.RecurrentMemoryPolicy, train_module.make_env("Catch-v0", 1, 0), n_steps=8, device="cpu",
                          policy_kwargs=dict(hidden_size=8))  # fmt: skip
     path = record_gif(model, "Catch-v0", tmp_path / "e.gif", episodes=1, fps=10)
     with Image.open(path) as gif:
@@ -345,14 +348,14 @@ def test_non_finite_parameters_stop_training_with_one_line(tmp_path, monkeypatch
 def test_non_finite_loss_is_named(monkeypatch):
     from stable_baselines3.common.logger import Logger
 
-    callback = agent.StopOnNonFinite()
-    model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
+    callback = train_module.StopOnNonFinite()
+    model = RecurrentPPO(train_module.RecurrentMemoryPolicy, train_module.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
                          policy_kwargs=dict(hidden_size=8))  # fmt: skip
     model.set_logger(Logger(None, []))
     callback.init_callback(model)
     callback.on_rollout_start()  # finite: nothing happens
     model.logger.record("train/loss", float("inf"))
-    with pytest.raises(agent.NonFiniteError, match="non-finite loss"):
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
         callback.on_rollout_start()
 
 
@@ -386,10 +389,10 @@ def test_a_failed_save_keeps_the_previous_file_and_no_partial_one(tmp_path, monk
     """A full disk (or a kill) mid-save: the earlier zip under the final name is untouched."""
     import errno
 
-    model = RecurrentPPO(agent.RecurrentMemoryPolicy, agent.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
+    model = RecurrentPPO(train_module.RecurrentMemoryPolicy, train_module.make_env("Catch-v0", 2, 0), n_steps=8, device="cpu",
                          policy_kwargs=dict(hidden_size=8))  # fmt: skip
     path = tmp_path / "best" / "best_model.zip"
-    agent.save_atomically(model, path)
+    train_module.save_atomically(model, path)
     good = path.read_bytes()
 
     def disk_full(self, target, *args, **kwargs):
@@ -398,7 +401,7 @@ def test_a_failed_save_keeps_the_previous_file_and_no_partial_one(tmp_path, monk
 
     monkeypatch.setattr(RecurrentPPO, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        agent.save_atomically(model, path)
+        train_module.save_atomically(model, path)
     assert path.read_bytes() == good and [p.name for p in path.parent.iterdir()] == ["best_model.zip"]
 
 
@@ -432,7 +435,7 @@ def test_train_takes_callbacks_that_observe_evaluations_and_can_stop(tmp_path):
 
 def test_wandb_gets_the_curve_as_an_image_the_gif_as_a_video_and_the_model_on_request(tmp_path, monkeypatch):
     """With a W&B run (here a stand-in recording what it is given): media, artifact, project, group, tags."""
-    import fw_agents.tracking as tracking
+    import fw_agents.runs.tracking as tracking
 
     class Run:
         id, dir, settings = "r1", str(tmp_path), None
@@ -491,7 +494,7 @@ def test_verbose_0_keeps_the_terminal_quiet(verbose, tmp_path, capsys):
 def test_run_dir_dot_is_the_current_folder(tmp_path, monkeypatch):
     """``--run-dir .`` trains in the current folder (SB3's EvalCallback had made ``makedirs("")`` of it)."""
     monkeypatch.chdir(tmp_path)
-    summary = agent.train(TrainConfig(run_dir=".", env="CatchBlind16-v0", timesteps=128, n_envs=4, n_steps=32,
+    summary = train_module.train(TrainConfig(run_dir=".", env="CatchBlind16-v0", timesteps=128, n_envs=4, n_steps=32,
                                       batch_size=64, n_epochs=1, hidden_size=8, eval_freq=64, eval_episodes=2,
                                       gif_episodes=0, wandb="disabled", progress_bar=False))  # fmt: skip
     assert summary["timesteps"] == 128 and Path(summary["run_dir"]) == tmp_path
@@ -514,12 +517,12 @@ def test_an_interrupt_after_training_says_the_model_is_saved(tmp_path, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(agent, "evaluate", interrupted)
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
     config = TrainConfig(run_dir=str(tmp_path / "r"), env="CatchBlind16-v0", timesteps=64, n_envs=4, n_steps=16,
                          batch_size=32, n_epochs=1, hidden_size=8, eval_freq=64, eval_episodes=2, gif_episodes=0,
                          wandb="disabled", progress_bar=False)  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
-        agent.train(config)
+        train_module.train(config)
     out = capsys.readouterr().out
     assert f"interrupted after training; the model is saved to {tmp_path / 'r' / 'model.zip'}" in out
     assert (tmp_path / "r" / "model.zip").exists()
@@ -532,7 +535,7 @@ def test_an_evaluation_episode_that_never_ends_is_cut_reported_and_shown(tmp_pat
     slow evaluation says how far it is."""
     import signal
 
-    import fw_agents.evaluation as evaluation
+    import fw_agents.runs.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "PROGRESS_INTERVAL_S", 0.0)  # a line at every episode
     run = tmp_path / "r"

@@ -351,7 +351,7 @@ TRAIN_BAD_INPUT = [
 def test_train_bad_input_is_one_line_exit_2_and_no_folder(argv, message, tmp_path, capsys, monkeypatch):
     """rl_zoo3 raised these from gymnasium, SB3 or the policy (a traceback) after making the run
     folder, or printed its 32-line usage (--algo)."""
-    from fw_agents import preflight
+    from fw_agents.runs import preflight
 
     monkeypatch.setattr(preflight, "_physical_memory", lambda: 64 * 2**30)  # the same on every machine
     with pytest.raises(SystemExit) as stop:

@@ -3,16 +3,19 @@
 >>> core = make_memory("fastweights", input_size=128, hidden_size=128)
 >>> y, state = core(x, state, episode_starts)   # x: [T, B, 128] -> y: [T, B, 128]
 
-Adding a core is one new module plus one line in :data:`MEMORY_REGISTRY`.
+Adding a core is one new module plus one line in :data:`MEMORY_REGISTRY`. Importing this package
+pulls no torch: the interface (:class:`MemoryCore`) and the cores load on first use, so the
+registry's names (and :mod:`fw_agents.memory.options`) are plain data for the config.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fw_agents.memory.base import MemoryCore, State
+if TYPE_CHECKING:
+    from fw_agents.memory.base import MemoryCore, State
 
 #: name -> "module:ClassName" of every core, imported on first use.
 MEMORY_REGISTRY: dict[str, str] = {
@@ -67,6 +70,8 @@ _LAZY_CLASSES = {path.split(":")[1]: name for name, path in MEMORY_REGISTRY.item
 def __getattr__(attr: str) -> Any:  # PEP 562: `from fw_agents.memory import FastWeightsRNN`
     if attr in _LAZY_CLASSES:
         return memory_class(_LAZY_CLASSES[attr])
+    if attr in ("MemoryCore", "State"):
+        return getattr(importlib.import_module("fw_agents.memory.base"), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 

@@ -3,7 +3,7 @@ help and search space of each, in :data:`FAST_WEIGHTS_OPTIONS`.
 
 Everything else is generated from it: :class:`~fw_agents.memory.FastWeightsRNN`'s defaults and
 checks, the agents' defaults (``fw_agents.policies.DEFAULT_MEMORY_KWARGS``), ``train_agent.py``'s
-flags (``fw_agents.config.CORE_FLAGS``), the supervised commands' options
+flags (``fw_agents.train_cli.CORE_FLAGS``), the supervised commands' options
 (``fw_agents.tasks.cli.FastWeightsOptions``), the search spaces (``fw_agents.search``,
 ``fw_agents.zoo``) and the table of docs/fast_weights_defaults.md (``python -m
 fw_agents.memory.options`` prints it).

@@ -8,7 +8,7 @@ option declared once with its help and default:
 * the training loop's :class:`~fw_agents.tasks.training.SupervisedConfig`
   (``--steps --lr --batch-size --eval-every --seed --grad-clip``, per-task defaults);
 * :class:`DeviceOptions` (``--device --threads``) and
-  :class:`~fw_agents.tracking.TrackingOptions` (``--run-dir --runs-root --wandb ...``).
+  :class:`~fw_agents.runs.run.TrackingOptions` (``--run-dir --runs-root --wandb ...``).
 
 The one-line error handling itself lives in :mod:`fw_agents.cli`; a
 :class:`fw_agents.tasks.datasets.DataError` is a ``ValueError`` and so is reported
@@ -33,13 +33,14 @@ from fw_agents.cli import (
     OneLineArgumentParser,
     add_config_arguments,
     config_from_args,
-    option,
     program_name,
     typed_dests,
 )
+from fw_agents.config import DEVICES
+from fw_agents.fields import field_names, option
 from fw_agents.memory.options import FAST_WEIGHTS_OPTIONS
 from fw_agents.tasks.training import SupervisedConfig
-from fw_agents.tracking import TrackingOptions, add_tracking_args
+from fw_agents.runs.run import TrackingOptions
 from fw_agents.validation import check_int
 
 T = TypeVar("T")
@@ -48,9 +49,6 @@ T = TypeVar("T")
 TRAINING_STATE = "training_state.pt"
 #: ``config.json`` entries a resumed run may change: the total number of updates and where it computes.
 RESUMABLE_CHANGES: tuple[str, ...] = ("steps", "device")
-
-#: What ``--device`` accepts (``cuda:<index>`` too).
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 class _FastWeightsMethods:
@@ -95,8 +93,9 @@ FastWeightsOptions.__module__ = __name__
 class DeviceOptions:
     """Where a task command computes."""
 
-    device: str = option("auto", help="torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>")
-    threads: int | None = option(None, help="torch CPU threads (None: torch's choice)")
+    device: str = option("auto", help="torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>",
+                         per_invocation=True)  # fmt: skip
+    threads: int | None = option(None, help="torch CPU threads (None: torch's choice)", per_invocation=True)
 
     def __post_init__(self) -> None:
         if self.threads is not None:
@@ -112,7 +111,7 @@ class DeviceOptions:
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     """Add the flags every supervised task shares (:class:`SupervisedConfig`,
-    :class:`DeviceOptions` and :class:`~fw_agents.tracking.TrackingOptions`).
+    :class:`DeviceOptions` and :class:`~fw_agents.runs.run.TrackingOptions`).
 
     :param parser: The parser to extend.
     :param defaults: The task's defaults for :class:`SupervisedConfig` fields
@@ -121,7 +120,7 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     group = parser.add_argument_group("training")
     add_config_arguments(group, SupervisedConfig, defaults=defaults)
     add_config_arguments(group, DeviceOptions)
-    add_tracking_args(parser)
+    add_config_arguments(parser.add_argument_group("tracking"), TrackingOptions)
 
 
 def task_parser(prog: str, description: str, task_config: type, **training_defaults: Any) -> argparse.ArgumentParser:
@@ -144,7 +143,7 @@ class TaskSetup(Generic[T]):
     :param task: The task's config.
     :param training: The training loop's config.
     :param device: The resolved device (threads already set).
-    :param tracking: Where the run goes (:meth:`~fw_agents.tracking.TrackingOptions.start`).
+    :param tracking: Where the run goes (:meth:`~fw_agents.runs.run.TrackingOptions.start`).
     """
 
     task: T
@@ -154,8 +153,8 @@ class TaskSetup(Generic[T]):
 
 
 #: ``config.json`` entries a resumed run never takes from the run (where it computes is this
-#: invocation's choice; the others are recorded, not options).
-_NOT_RESUMED = ("device", "threads", "resume", "run_dir", "runs_root")
+#: invocation's choice; the others are recorded, not options): the ``per_invocation`` fields.
+_NOT_RESUMED = field_names(DeviceOptions, per_invocation=True) + field_names(TrackingOptions, per_invocation=True)
 
 
 def parse_task_args(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> argparse.Namespace:
@@ -205,7 +204,7 @@ def check_resume(tracking: TrackingOptions, config: Mapping[str, Any]) -> int | 
     :param tracking: The command's tracking options.
     :param config: The resumed run's configuration, as the command builds it.
     :return: The update of the saved training state (``None`` without ``--resume``), for
-        :meth:`~fw_agents.tracking.TrackingOptions.start`'s ``resume_step``.
+        :meth:`~fw_agents.runs.run.TrackingOptions.start`'s ``continue_at``.
     :raises ValueError: No training state, an unreadable one, or a conflicting setting, named by its flag
         (:func:`parse_task_args` fills in the options not typed, so only typed ones can conflict).
     """
@@ -245,7 +244,7 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         device = None
-    if device is None or device.type not in DEVICE_CHOICES:
+    if device is None or device.type not in DEVICES:
         raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:<index>")
     if device.type == "cuda":
         if not torch.cuda.is_available():

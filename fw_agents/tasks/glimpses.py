@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_interruptible
+from fw_agents.cli import run_interruptible
+from fw_agents.fields import option
 from fw_agents.memory import MEMORY_NAMES, MemoryCore, make_memory
 from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
 from fw_agents.tasks.datasets import ImageDataset, load_dataset
@@ -258,10 +259,10 @@ def _main(argv: Sequence[str] | None) -> int:
     }
     name = f"glimpses-{task.dataset}-{task.memory}-H{task.hidden}"
     resume_step = check_resume(setup.tracking, config)  # before the folder's config.json is rewritten
-    with setup.tracking.start(name, config, ("glimpses", task.dataset, task.memory), sb3_logger=False,
-                              resume_step=resume_step, step_column="train/updates") as tracker:  # fmt: skip
-        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker,
-                                   checkpoint=tracker.run_dir / TRAINING_STATE,
+    with setup.tracking.start(name, config, ("glimpses", task.dataset, task.memory), continue_at=resume_step,
+                              sb3_logger=False, step_column="train/updates") as run:  # fmt: skip
+        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, run.tracker,
+                                   checkpoint=run.path / TRAINING_STATE,
                                    resume=setup.tracking.resume is not None)  # fmt: skip
         results = {
             "task": "glimpses",
@@ -273,7 +274,7 @@ def _main(argv: Sequence[str] | None) -> int:
             **results,
         }
         title = f"glimpses ({task.dataset}): {task.memory}, {task.hidden} units"
-        paths = write_outputs(tracker.run_dir, results, model, title, tracker)
+        paths = write_outputs(run.path, results, model, title, run.tracker)
     print(
         f"{task.dataset} {task.memory} H={task.hidden}: test error {100 * results['test_error']:.2f}% "
         f"at update {results['best_updates']} of {train_config.steps}, "

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fw_agents.cli import option, run_interruptible
+from fw_agents.cli import run_interruptible
+from fw_agents.fields import option
 from fw_agents.memory import MEMORY_NAMES, make_memory
 from fw_agents.tasks.cli import TRAINING_STATE, FastWeightsOptions, check_resume, parse_task_args, setup_task, task_parser
 from fw_agents.tasks.training import Split, preflight, train_classifier, write_outputs
@@ -241,13 +242,13 @@ def _main(argv: Sequence[str] | None) -> int:
     config = {"task": "retrieval", **asdict(task), **asdict(train_config), "device": str(device)}
     tags = ("retrieval", task.memory)
     resume_step = check_resume(setup.tracking, config)  # before the folder's config.json is rewritten
-    with setup.tracking.start(f"retrieval-{task.memory}-R{task.hidden}", config, tags, sb3_logger=False,
-                              resume_step=resume_step, step_column="train/updates") as tracker:  # fmt: skip
-        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, tracker,
-                                   checkpoint=tracker.run_dir / TRAINING_STATE,
+    with setup.tracking.start(f"retrieval-{task.memory}-R{task.hidden}", config, tags, continue_at=resume_step,
+                              sb3_logger=False, step_column="train/updates") as run:  # fmt: skip
+        results = train_classifier(model, splits["train"], splits["val"], splits["test"], train_config, run.tracker,
+                                   checkpoint=run.path / TRAINING_STATE,
                                    resume=setup.tracking.resume is not None)  # fmt: skip
         results = {"task": "retrieval", **asdict(task), "data_seconds": data_seconds, **results}
-        paths = write_outputs(tracker.run_dir, results, model, f"retrieval: {task.memory}, R={task.hidden}", tracker)
+        paths = write_outputs(run.path, results, model, f"retrieval: {task.memory}, R={task.hidden}", run.tracker)
     print(
         f"{task.memory} R={task.hidden}: test error {100 * results['test_error']:.2f}% "
         f"(NLL {results['test_nll']:.4f}) at update {results['best_updates']} of {train_config.steps}, "

@@ -24,7 +24,7 @@ from typing import Any
 from fw_agents.cli import add_config_arguments, config_from_args, config_to_argv
 from fw_agents.tasks.cli import TRAINING_STATE, DeviceOptions
 from fw_agents.tasks.training import SupervisedConfig
-from fw_agents.tracking import TrackingOptions
+from fw_agents.runs.run import TrackingOptions
 from fw_agents.validation import check_int
 
 #: Tracking flags a sweep passes on to every cell (each cell has its own run directory).

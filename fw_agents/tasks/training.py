@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fw_agents.cli import NonFiniteError, option
-from fw_agents.files import atomic_path, write_text_atomically
-from fw_agents.preflight import check_model_memory
-from fw_agents.tracking import Tracker
+from fw_agents.fields import option
+from fw_agents.runs.errors import NonFiniteError
+from fw_agents.runs.files import atomic_path, write_text_atomically
+from fw_agents.runs.preflight import check_model_memory
+from fw_agents.runs.tracking import Tracker
 from fw_agents.validation import check_float, check_int
 
 #: Largest seed torch's generators take.
@@ -101,7 +102,7 @@ def preflight(
     device: torch.device,
 ) -> None:  # fmt: skip
     """A task command's checks before it builds the model or writes anything: the batch fits the
-    training set and training fits in memory (:func:`fw_agents.preflight.check_model_memory`).
+    training set and training fits in memory (:func:`fw_agents.runs.preflight.check_model_memory`).
 
     :param build_model: Builds the model (run on the ``meta`` device: nothing allocated).
     :param config: The training loop's config.

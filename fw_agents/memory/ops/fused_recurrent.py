@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from fw_agents.memory.ops.options import OpOptions
 from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel, _launch_options
 from fw_agents.memory.ops.triton_kernels import NUM_WARPS, launch_options  # noqa: F401 - the op's tuning knobs
+from fw_agents.validation import one_line
 
 try:  # optional dependency: pip install "fw-agents[gpu]"
     import triton
@@ -113,7 +114,7 @@ def mark_unusable(device: torch.device | str, error: BaseException) -> None:
     """Record that the kernel failed on ``device`` (a Triton that cannot compile or launch it
     there: an old driver, a toolchain mismatch) and warn once, in one line, that
     ``mode="auto"`` falls back to the PyTorch scan (same numbers, slower)."""
-    message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    message = one_line(error, 300)
     UNUSABLE[str(torch.device(device))] = message
     warnings.warn(
         f"fast weights: the Triton kernel failed on {torch.device(device)} ({message}); mode='auto' uses the "

@@ -23,12 +23,13 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from fw_agents.cli import field_default
-from fw_agents.files import check_regular_file, read_regular_text
+from fw_agents.config import TrainConfig
+from fw_agents.fields import field_default, field_names
+from fw_agents.runs.files import check_regular_file, read_regular_text
 from fw_agents.memory.options import translate_legacy_options
-from fw_agents.run_folder import RUN_MARKER
-from fw_agents.tracking import WANDB_ID_FILE
-from fw_agents.safe_load import read_model_data
+from fw_agents.runs.folder import RUN_MARKER
+from fw_agents.runs.tracking import WANDB_ID_FILE
+from fw_agents.runs.safe_load import read_model_data
 
 #: Config fields a checkpoint fixes: (field, where it lies in the model's data).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -53,10 +54,9 @@ RUN_FILE_BOUNDS: dict[str, int] = {
     RUN_MARKER: 4 * 2**20, "eval_summary.json": 4 * 2**20, WANDB_ID_FILE: 4096, "progress.csv": 2**30,
     "evaluations.npz": 2**30,
 }  # fmt: skip
-#: Config fields that are never taken from the old run's ``config.json``. ``trust_checkpoint`` above
-#: all: ``config.json`` is plain data anyone can edit (or hand you), so letting it say "trusted" would
-#: unpickle (run code from) the checkpoint without the user's ``--trust-checkpoint``.
-PER_INVOCATION = ("resume", "run_dir", "runs_root", "progress_bar", "threads", "device", "trust_checkpoint")
+#: Config fields that are never taken from the old run's ``config.json``: those declared
+#: ``per_invocation`` (``trust_checkpoint`` above all, see its declaration).
+PER_INVOCATION = field_names(TrainConfig, per_invocation=True)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def resumed_config(config: Any, checkpoint: Checkpoint, given_flags: Collection[str] | None = None) -> tuple[Any, bool]:
     """``config`` as the continued run must have it, and whether it continues in the same folder.
 
-    :param config: A :class:`fw_agents.agent.TrainConfig` whose ``resume`` names ``checkpoint``.
+    :param config: A :class:`fw_agents.config.TrainConfig` whose ``resume`` names ``checkpoint``.
     :param checkpoint: :func:`read_checkpoint` of it.
     :param given_flags: The fields the user set (the command line's flags, a value equal to its
         default included): kept over ``config.json`` and checked against the checkpoint. None
@@ -209,7 +209,7 @@ def _check_recorded_env(env: Any, run_dir: Path | None, trusted: bool) -> None:
 
 
 def missing_final_files(run_dir: Path | None, timesteps: int) -> list[str]:
-    """The files the end of a run at ``timesteps`` steps writes (``fw_agents.agent._finish``) that
+    """The files the end of a run at ``timesteps`` steps writes (``fw_agents.train._finish``) that
     ``run_dir`` lacks. ``eval_summary.json`` is written last, after the GIF, so one that says
     ``timesteps`` means that end completed; one from an earlier end (a run resumed since) counts
     as missing.

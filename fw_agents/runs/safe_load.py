@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from fw_agents.files import format_bytes, open_regular_file
+from fw_agents.runs.files import format_bytes, open_regular_file
 from fw_agents.validation import check_bool, check_float, check_int
 
 #: Largest model zip read (and the most its entries may unpack to in all).
@@ -211,7 +211,7 @@ def read_model_data(path: str | Path, replaced: Any = ()) -> dict[str, Any]:
     """The JSON ``data`` entry of an SB3 model zip, undecoded, its fields checked (:func:`check_model_data`).
 
     Only a regular file of at most :data:`MAX_MODEL_BYTES` is opened (never a FIFO or a device:
-    :func:`fw_agents.files.open_regular_file`), and only a zip whose entries unpack to at most that
+    :func:`fw_agents.runs.files.open_regular_file`), and only a zip whose entries unpack to at most that
     in all, with a ``data`` entry of at most :data:`MAX_MODEL_DATA_BYTES`, is read.
 
     :param path: The zip, or a file object; SB3's ``"model"`` for ``"model.zip"`` works too.

@@ -14,9 +14,9 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from fw_agents.cli import NonFiniteError
-from fw_agents.evaluation import EpisodeTally
-from fw_agents.files import atomic_path
+from fw_agents.runs.errors import NonFiniteError
+from fw_agents.runs.evaluation import EpisodeTally
+from fw_agents.runs.files import atomic_path
 
 class CatchRateCallback(BaseCallback):
     """Logs ``rollout/catch_rate``: the fraction of finished training episodes whose ball was caught."""
@@ -57,7 +57,7 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
     * For envs whose ``info`` says ``"caught"`` at the end of an episode (Catch), it logs
       ``eval/catch_rate`` in the same dump as ``eval/mean_reward`` (recorded as each evaluation
       episode ends, before SB3 dumps); likewise ``eval/truncated_episodes``, the episodes a time
-      limit cut, when there are any (:mod:`fw_agents.evaluation`).
+      limit cut, when there are any (:mod:`fw_agents.runs.evaluation`).
     * With ``show_progress``, a slow evaluation prints how far it is every few seconds.
 
     :param eval_env: The evaluation env.
@@ -65,7 +65,7 @@ class RunEvalCallback(_OnTotalSteps, EvalCallback):
     :param continue_at: A resumed run's checkpoint step: evaluations recorded after it (by a
         run that crashed after its last checkpoint, and which this run makes again) are
         dropped from the history. None: keep the whole history.
-    :param show_progress: Print progress lines during a slow evaluation (:class:`~fw_agents.evaluation.EpisodeTally`).
+    :param show_progress: Print progress lines during a slow evaluation (:class:`~fw_agents.runs.evaluation.EpisodeTally`).
     :param max_episode_steps: The evaluation episodes' step cap, named by those lines (None: none given).
     :param kwargs: ``EvalCallback``'s other arguments.
     """
@@ -159,7 +159,7 @@ class StopOnNonFinite(BaseCallback):
 
 
 def save_atomically(model: RecurrentPPO, path: Path) -> None:
-    """``model.save(path)`` through :func:`fw_agents.files.atomic_path`: a crash, a kill or a
+    """``model.save(path)`` through :func:`fw_agents.runs.files.atomic_path`: a crash, a kill or a
     full disk mid-save never leaves a truncated model under the final name."""
     with atomic_path(path) as tmp:
         model.save(tmp)

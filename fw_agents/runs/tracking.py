@@ -9,7 +9,7 @@ This module never imports Stable-Baselines3. The supervised heads
 (:mod:`fw_agents.tasks`) write their curves with the writers here
 (``start_run(..., sb3_logger=False)``); an RL agent gets an SB3 ``Logger``
 instead (``tracker.logger``, for ``model.set_logger``), built by
-:mod:`fw_agents.sb3_logging`, which is imported only then. Either way the run
+:mod:`fw_agents.runs.sb3_logger`, which is imported only then. Either way the run
 directory holds the same files.
 
 W&B must never stop or hang a run: ``wandb.init`` runs with a short
@@ -23,9 +23,7 @@ mirroring off for the rest of the run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import netrc
 import os
 import shutil
 import sys
@@ -33,22 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from fw_agents.cli import add_config_arguments, option
-from fw_agents.files import write_text_atomically
-from fw_agents.progress_csv import drop_rows_after, last_step
-from fw_agents.run_folder import RunFolder, claim_run_folder
-from fw_agents.scalar_writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, one_line, warn
-from fw_agents.validation import check_choice
+from fw_agents.runs.files import write_text_atomically
+from fw_agents.runs.progress_csv import drop_rows_after, last_step
+from fw_agents.runs.folder import RunFolder, claim_run_folder
+from fw_agents.runs.writers import DEFAULT_LOG_FORMATS, ScalarWriter, as_scalar, make_writers, warn
+from fw_agents.runs.wandb_mode import DEFAULT_WANDB_PROJECT, resolve_wandb_mode
+from fw_agents.validation import one_line
 
-#: Accepted values of ``--wandb`` (``None`` / ``"auto"`` picks online or offline).
-WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled")
-#: The other values wandb itself takes in ``$WANDB_MODE`` (``wandb.Settings.mode``), as the mode they
-#: amount to for one process: ``dryrun`` is its old name for offline, ``run`` for online, and ``shared``
-#: is online with other processes writing to the same run.
-WANDB_ENV_ALIASES: dict[str, str] = {"dryrun": "offline", "run": "online", "shared": "online"}
-DEFAULT_WANDB_PROJECT = "fw-agents"
 #: Seconds ``wandb.init`` may take before we give up on W&B (its own default is 90 s).
 DEFAULT_WANDB_INIT_TIMEOUT = 20.0
 #: Seconds ``run.finish()`` may wait for uploads (0 would mean: wait forever).
@@ -58,64 +48,6 @@ WANDB_ID_FILE = "wandb-run-id"
 
 
 # ----------------------------------------------------------------------- W&B
-def wandb_credentials_available() -> bool:
-    """True when W&B credentials exist: ``WANDB_API_KEY`` or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    netrc_path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
-    try:
-        return netrc.netrc(netrc_path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def resolve_wandb_mode(mode: str | None = None) -> str:
-    """The W&B mode to use.
-
-    :param mode: ``online``, ``offline``, ``disabled``, or ``None``/``"auto"``: then the
-        ``WANDB_MODE`` environment variable if set, else ``online`` when credentials
-        exist (see :func:`wandb_credentials_available`) and ``offline`` otherwise.
-    :return: One of :data:`WANDB_MODES`.
-    """
-    if mode in (None, "auto"):
-        env_mode = wandb_mode_from_environment()
-        if env_mode is not None:
-            return env_mode
-        return "online" if wandb_credentials_available() else "offline"
-    return check_choice("wandb mode", mode, WANDB_MODES)
-
-
-def wandb_mode_from_environment() -> str | None:
-    """``$WANDB_MODE`` as one of :data:`WANDB_MODES` (wandb's own other names mapped by
-    :data:`WANDB_ENV_ALIASES`), or None when it is unset or empty.
-
-    :raises ValueError: A value wandb does not take either: one line naming it and the accepted ones
-        (a typo there would otherwise run without the W&B run it asked for, without a word).
-    """
-    given = os.environ.get("WANDB_MODE", "")
-    text = given.strip().lower()
-    if not text:
-        return None
-    mode = WANDB_ENV_ALIASES.get(text, text)
-    if mode not in WANDB_MODES:
-        raise ValueError(
-            f"WANDB_MODE={given!r} is not a W&B mode; accepted: {', '.join(WANDB_MODES)} (wandb's own "
-            f"{', '.join(WANDB_ENV_ALIASES)} too), or unset it: online with W&B credentials, else offline"
-        )
-    return mode
-
-
-def check_wandb_mode(mode: str | None) -> None:
-    """Raise ``ValueError`` unless ``mode`` is one of :data:`WANDB_MODES`, or None / ``"auto"`` with a
-    valid ``$WANDB_MODE`` (or none): what a command checks before it starts (:func:`init_wandb` itself
-    never stops a run)."""
-    if mode in (None, "auto"):
-        wandb_mode_from_environment()
-    else:
-        check_choice("wandb mode", mode, WANDB_MODES)
-
-
 def init_wandb(
     mode: str | None,
     run_dir: Path,
@@ -179,7 +111,7 @@ def init_wandb(
     except BaseException as error:  # noqa: BLE001 - W&B must never stop training
         if isinstance(error, KeyboardInterrupt):
             raise
-        warn(f"W&B {mode} init failed, continuing with W&B disabled: {one_line(error)}")
+        warn(f"W&B {mode} init failed, continuing with W&B disabled: {one_line(error, first_line=True)}")
         return None
 
 
@@ -218,7 +150,7 @@ class Tracker:
                 scalar = as_scalar(value)
                 self.wandb_run.summary[key] = scalar if scalar is not None else value
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B summary failed: {one_line(error)}")
+            warn(f"W&B summary failed: {one_line(error, first_line=True)}")
 
     def save_file(self, path: str | os.PathLike[str]) -> None:
         """Attach a file (PNG, JSON) to the W&B run (no-op without W&B)."""
@@ -227,7 +159,7 @@ class Tracker:
         try:  # files in the run's own folder are uploaded with it (no symlink warnings)
             shutil.copy2(path, Path(self.wandb_run.dir) / Path(path).name)
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B save failed: {one_line(error)}")
+            warn(f"W&B save failed: {one_line(error, first_line=True)}")
 
     def log_media(self, key: str, path: str | os.PathLike[str], step: int | None = None) -> None:
         """Log a picture to the W&B run: ``.gif``/``.mp4`` as ``wandb.Video``, anything else as
@@ -240,7 +172,7 @@ class Tracker:
             media = wandb.Video(str(path)) if Path(path).suffix in (".gif", ".mp4") else wandb.Image(str(path))
             self.wandb_run.log({key: media, **({} if step is None else {"global_step": step})}, step=step)
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B media log failed: {one_line(error)}")
+            warn(f"W&B media log failed: {one_line(error, first_line=True)}")
 
     def log_artifact(self, path: str | os.PathLike[str], name: str, kind: str = "model") -> None:
         """Upload ``path`` as a W&B artifact of type ``kind`` (no-op without W&B)."""
@@ -253,7 +185,7 @@ class Tracker:
             artifact.add_file(str(path))
             self.wandb_run.log_artifact(artifact)
         except Exception as error:  # noqa: BLE001
-            warn(f"W&B artifact upload failed: {one_line(error)}")
+            warn(f"W&B artifact upload failed: {one_line(error, first_line=True)}")
 
     def close(self) -> None:
         """Flush and close the outputs, finish the W&B run (saying how to upload an offline
@@ -267,7 +199,7 @@ class Tracker:
             try:
                 self.wandb_run.finish()
             except Exception as error:  # noqa: BLE001
-                warn(f"W&B finish failed: {one_line(error)}")
+                warn(f"W&B finish failed: {one_line(error, first_line=True)}")
             if offline and run_files:  # .../wandb/offline-run-<time>-<id>/files
                 folders = " ".join(str(folder) for folder in offline_run_folders(Path(run_files).parent))
                 print(f"W&B offline run saved; upload it with: wandb sync {folders}", file=sys.stderr)
@@ -287,7 +219,7 @@ def offline_run_folders(folder: Path) -> list[Path]:
     """The offline folders of the W&B run whose offline folder is ``folder``
     (``<run>/wandb/offline-run-<time>-<id>``), oldest first: a resumed offline run writes a new
     one. ``wandb sync`` given them all uploads them as one run, in order of start time, the
-    steps continued (:class:`~fw_agents.scalar_writers.WandbScalars` sends ``step=``)."""
+    steps continued (:class:`~fw_agents.runs.writers.WandbScalars` sends ``step=``)."""
     run_id = folder.name.rsplit("-", 1)[-1]
     found = sorted(folder.parent.glob(f"offline-run-*-{run_id}"))  # <time> is YYYYMMDD_HHMMSS: sorts by age
     return found if folder in found else [*found, folder]
@@ -343,7 +275,7 @@ def start_run(
         is sent only the steps after the last one it got (W&B takes a step once).
     :param step_column: The ``progress.csv`` column holding the step.
     :return: The :class:`Tracker`; close it (or use it as a context manager) at the end.
-    :raises fw_agents.run_folder.RunFolderError: The folder is unusable, in use, or holds a run.
+    :raises fw_agents.runs.folder.RunFolderError: The folder is unusable, in use, or holds a run.
     """
     folder = claim_run_folder(root, name, run_dir, resume=resume)
     path = folder.path
@@ -374,7 +306,7 @@ def start_run(
         continued = run_id is not None and logged_through is not None and logged_through > resume_step
         wandb_first_step = int(logged_through) + 1 if continued else None
         if sb3_logger:
-            from fw_agents.sb3_logging import sb3_logger_writer
+            from fw_agents.runs.sb3_logger import sb3_logger_writer
 
             writer = sb3_logger_writer(path, log_formats, tracker.wandb_run, purge_step, wandb_first_step)
             tracker.writers, tracker.logger = [writer], writer.logger
@@ -387,43 +319,6 @@ def start_run(
         raise
     return tracker
 
-
-@dataclass
-class TrackingOptions:
-    """Where a command's run goes: the ``--run-dir``/``--runs-root``/``--wandb*`` flags."""
-
-    run_dir: str | None = option(None, help="directory of this run (None: <runs-root>/<name>-<time>)")
-    runs_root: str = option("runs", help="parent folder of auto-named runs")
-    wandb: str | None = option(
-        None,
-        choices=WANDB_MODES,
-        help="W&B mode (None: $WANDB_MODE, else online with credentials, else offline)",
-    )
-    wandb_project: str = option(DEFAULT_WANDB_PROJECT, help="W&B project name")
-    resume: str | None = option(
-        None, metavar="RUN_DIR", help="continue the run in this folder from the training state it saved "
-        "(at every evaluation, and on Ctrl-C or SIGTERM); --steps is the total",
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        check_wandb_mode(self.wandb)
-        if self.resume is not None and self.run_dir is not None and Path(self.resume) != Path(self.run_dir):
-            raise ValueError("--resume continues the run in its own folder: drop --run-dir")
-
-    def start(self, name: str, config: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None, **kwargs: Any) -> Tracker:
-        """:func:`start_run` with these options (into ``resume``'s folder when resuming);
-        ``kwargs`` go to it as well."""
-        return start_run(
-            self.runs_root, name, config, run_dir=self.resume or self.run_dir, wandb_mode=self.wandb,
-            wandb_project=self.wandb_project, wandb_tags=tags, resume=self.resume is not None, **kwargs,
-        )  # fmt: skip
-
-
-def add_tracking_args(parser: argparse.ArgumentParser, default_root: str = "runs") -> list[str]:
-    """Add the flags of :class:`TrackingOptions` (``--run-dir``, ``--runs-root``, ``--wandb``,
-    ``--wandb-project``) to a CLI parser. :return: Their field names."""
-    group = parser.add_argument_group("tracking")
-    return add_config_arguments(group, TrackingOptions, defaults={"runs_root": default_root})
 
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):

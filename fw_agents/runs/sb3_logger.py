@@ -1,7 +1,7 @@
 """The Stable-Baselines3 side of run tracking: an SB3 ``Logger`` for an RL run.
 
-:func:`fw_agents.tracking.start_run` imports this module only for a run that needs
-an SB3 logger (``sb3_logger=True``, what :mod:`fw_agents.agent` uses), so the
+:func:`fw_agents.runs.tracking.start_run` imports this module only for a run that needs
+an SB3 logger (``sb3_logger=True``, what :mod:`fw_agents.train` uses), so the
 supervised heads never import Stable-Baselines3. The logger writes SB3's own
 outputs (``stdout``, ``progress.csv``, TensorBoard, ...) into the run directory
 and mirrors every dump into W&B through :class:`WandbOutputFormat`.
@@ -26,13 +26,13 @@ from stable_baselines3.common.logger import (
     make_output_format,
 )
 
-from fw_agents.progress_csv import ProgressCsv
-from fw_agents.scalar_writers import WandbScalars
+from fw_agents.runs.progress_csv import ProgressCsv
+from fw_agents.runs.writers import WandbScalars
 
 
 class WandbOutputFormat(KVWriter):
     """SB3 ``KVWriter`` that mirrors logged scalars into a W&B run
-    (:class:`fw_agents.scalar_writers.WandbScalars`), skipping keys whose exclusion tuple names
+    (:class:`fw_agents.runs.writers.WandbScalars`), skipping keys whose exclusion tuple names
     ``"wandb"``.
 
     :param run: A ``wandb`` run (anything with ``log(dict)``).
@@ -52,11 +52,11 @@ class WandbOutputFormat(KVWriter):
         self.scalars.write(kept, step)
 
     def close(self) -> None:
-        """Nothing to do: the run is finished by :meth:`fw_agents.tracking.Tracker.close`."""
+        """Nothing to do: the run is finished by :meth:`fw_agents.runs.tracking.Tracker.close`."""
 
 
 class LoggerWriter:
-    """A :class:`fw_agents.tracking.Tracker` writer that records into an SB3 logger and dumps it.
+    """A :class:`fw_agents.runs.tracking.Tracker` writer that records into an SB3 logger and dumps it.
 
     :param logger: The SB3 logger (the one the RL model logs to as well).
     """
@@ -74,7 +74,7 @@ class LoggerWriter:
 
 
 class ProgressCsvFormat(KVWriter):
-    """SB3 ``KVWriter`` for ``progress.csv`` through :class:`fw_agents.progress_csv.ProgressCsv`:
+    """SB3 ``KVWriter`` for ``progress.csv`` through :class:`fw_agents.runs.progress_csv.ProgressCsv`:
     SB3's layout, but crash-safe and continued by a resumed run (SB3's ``CSVOutputFormat``
     truncates the file on open and rewrites it in place when a column is added).
 

@@ -4,7 +4,7 @@ One row per dump, one column per key; a key first logged later adds a column and
 earlier rows get it empty, as SB3's ``CSVOutputFormat`` writes it. What differs:
 
 * **Crash-safe.** A row is one ``write`` of a whole line. Adding a column rewrites the
-  file to a temporary one and renames it over the old (:mod:`fw_agents.files`), where
+  file to a temporary one and renames it over the old (:mod:`fw_agents.runs.files`), where
   SB3 rewrites in place, so a kill mid-rewrite can only cost the row being written,
   never the rows before it.
 * **Appendable.** Opening an existing file continues it (a resumed run's curve goes on
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from fw_agents.files import write_text_atomically
+from fw_agents.runs.files import write_text_atomically
 
 
 class ProgressCsv:

@@ -5,7 +5,7 @@ other's models, so a run *claims* its folder: it takes an exclusive lock on
 ``<folder>/.lock`` (``flock``; the system drops it when the process ends, even on
 ``kill -9``) and holds it until :meth:`RunFolder.release`. A second run on the
 folder stops at once with one line naming the holder. Claiming a folder removes
-the temporary files a writer killed mid-save left there (:mod:`fw_agents.files`).
+the temporary files a writer killed mid-save left there (:mod:`fw_agents.runs.files`).
 A folder that already holds a finished or interrupted run (its ``config.json``) is only taken back by
 a run that continues it (``resume=True``); anything else stops, rather than
 silently mixing two runs' files. A folder that holds no run but is not empty (the user's own

@@ -9,7 +9,8 @@ import gymnasium as gym
 import numpy as np
 from matplotlib.figure import Figure
 
-from fw_agents.files import atomic_path
+from fw_agents.runs.files import atomic_path
+from fw_agents.validation import one_line
 
 
 def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,10 +84,10 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
     ``rgb_array`` frames (no such mode, or a missing renderer such as pygame).
 
     :param max_episode_steps: For an env without a time limit of its own, cut each episode there
-        (:func:`fw_agents.evaluation.episode_cap`): an episode the policy never ends would never end
+        (:func:`fw_agents.runs.evaluation.episode_cap`): an episode the policy never ends would never end
         the GIF. None: no cap. The GIF stops at :data:`MAX_GIF_FRAMES` frames in any case.
     """
-    from fw_agents.evaluation import episode_cap
+    from fw_agents.runs.evaluation import episode_cap
 
     limit = {} if max_episode_steps is None else episode_cap(env_id, max_episode_steps)[1]
     import imageio.v2 as imageio
@@ -119,7 +120,7 @@ def record_gif(model, env_id: str, path: str | Path, episodes: int = 3, seed: in
                 print(f"episodes.gif: the first {len(frames)} frames (at most {MAX_GIF_FRAMES})")
                 break
     except Exception as error:  # noqa: BLE001 - e.g. gymnasium's DependencyNotInstalled for pygame
-        print(f"no GIF: rendering {env_id} failed ({type(error).__name__}: {' '.join(str(error).split())[:120]})")
+        print(f"no GIF: rendering {env_id} failed ({one_line(error, 120)})")
         return None
     finally:
         env.close()

@@ -1,8 +1,8 @@
 """Where a run's scalars go: ``progress.csv``, TensorBoard, the terminal and W&B, one writer each.
 
-:class:`fw_agents.tracking.Tracker` sends every logged set of scalars to the writers of
+:class:`fw_agents.runs.tracking.Tracker` sends every logged set of scalars to the writers of
 :func:`make_writers`. None of them imports Stable-Baselines3 (an RL run writes through an
-SB3 logger instead, :mod:`fw_agents.sb3_logging`, which reuses :class:`WandbScalars`).
+SB3 logger instead, :mod:`fw_agents.runs.sb3_logger`, which reuses :class:`WandbScalars`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fw_agents.progress_csv import ProgressCsv
-from fw_agents.validation import check_choice
+from fw_agents.runs.progress_csv import ProgressCsv
+from fw_agents.validation import check_choice, one_line
 
 DEFAULT_LOG_FORMATS: tuple[str, ...] = ("stdout", "csv", "tensorboard")
 #: Formats the writers of this module provide (an SB3 logger also has ``log`` and ``json``).
@@ -64,7 +64,7 @@ class WandbScalars:
         try:
             self.run.log(payload, step=int(step))
         except Exception as error:  # noqa: BLE001 - logging must never stop training
-            warn(f"W&B logging failed, mirroring turned off: {one_line(error)}")
+            warn(f"W&B logging failed, mirroring turned off: {one_line(error, first_line=True)}")
             self.run = None
 
     def close(self) -> None:
@@ -72,7 +72,7 @@ class WandbScalars:
 
 
 class CsvScalars:
-    """``progress.csv`` (:class:`fw_agents.progress_csv.ProgressCsv`: SB3's layout, crash-safe,
+    """``progress.csv`` (:class:`fw_agents.runs.progress_csv.ProgressCsv`: SB3's layout, crash-safe,
     continued when it exists).
 
     :param path: The CSV file.
@@ -176,12 +176,6 @@ def as_scalar(value: Any) -> float | int | None:
         except Exception:  # noqa: BLE001
             return None
     return None
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: message``, first line only."""
-    text = f"{type(error).__name__}: {error}".strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def warn(message: str) -> None:
