@@ -89,8 +89,9 @@ def ppo_settings() -> dict[str, Any]:
     from fw_agents.config import TrainConfig
 
     defaults = TrainConfig()
-    keys = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "n_envs")
-    return {key: getattr(defaults, key) for key in keys}
+    keys = ("learning_rate", "n_steps", "n_epochs", "gamma", "gae_lambda", "ent_coef", "n_envs")
+    # the minibatch train_agent.py trains with (batch_size None would give SB3 the whole rollout)
+    return {**{key: getattr(defaults, key) for key in keys}, "batch_size": defaults.minibatch_size}
 
 
 def policy_kwargs(job: Job) -> dict[str, Any]:

@@ -188,6 +188,10 @@ def test_build_job_model_uses_policy_defaults_unless_a_variant(suite, one_thread
         stock = suite.build_job_model(suite.Job("CatchBlind16", "stock-lstm", 0, 64, "x", hidden_size=8), env)
         assert stock.policy.lstm_actor.hidden_size == 8
         assert default.n_steps == stock.n_steps == suite.ppo_settings()["n_steps"]
+        # the minibatch train_agent.py trains with, never None (SB3 would take the whole rollout)
+        from fw_agents.config import TrainConfig
+
+        assert default.batch_size == stock.batch_size == TrainConfig().minibatch_size == 256
     finally:
         env.close()
 
