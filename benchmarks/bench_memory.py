@@ -67,14 +67,28 @@ def _train_step(model: torch.nn.Module, x: torch.Tensor, is_peer: bool) -> Calla
 
 
 def _one_step(model: torch.nn.Module, x: torch.Tensor, is_peer: bool) -> Callable[[], None]:
-    state = None if is_peer else model.initial_state(x.shape[1], x.device)
+    """One step as a rollout takes it: ``nn.LSTM`` on its state; a core on packed rows, writing its
+    new state into the other of two rows (``forward_packed(out=)``, as FastRecurrentPPO's buffer)."""
+    if is_peer:
+        state = None
+
+        @torch.no_grad()
+        def step() -> None:
+            nonlocal state
+            _, state = model(x, state)
+
+        return step
+    width = model.state_size
+    rows = [torch.zeros(x.shape[1], width, device=x.device, dtype=x.dtype) for _ in range(2)]
+    turn = 0
 
     @torch.no_grad()
-    def step() -> None:
-        nonlocal state
-        _, state = model(x, state)
+    def packed_step() -> None:
+        nonlocal turn
+        model.forward_packed(x, rows[turn], None, width, out=rows[1 - turn])
+        turn = 1 - turn
 
-    return step
+    return packed_step
 
 
 def _in_python(fn: Callable[[], None]) -> Callable[[], None]:
@@ -120,7 +134,7 @@ def measure(
     results: dict[str, dict[str, float]] = {}
     shapes = shapes or (CUDA_SHAPES if kernel else SHAPES)
     columns = [(f"B={B} H={H} T={T}", B, H, T, _train_step) for B, H, T in shapes]
-    columns.append((f"1 step, B={latency[0]} H={latency[1]}", *latency, 1, _one_step))
+    columns.append((f"1 rollout step, B={latency[0]} H={latency[1]}", *latency, 1, _one_step))
     for column, B, H, T, make_fn in columns:
         torch.manual_seed(0)
         x = torch.randn(T, B, H, device=device)

@@ -516,7 +516,7 @@ def test_bench_memory_kernel_table_runs_under_the_interpreter(interpreter):
     """gpu_check's memory stage (scan vs kernel vs LSTM) on CPU under the interpreter, tiny shapes."""
     bench = _load_script("bench_memory")
     results = bench.measure(torch.device("cpu"), rounds=1, kernel=True, shapes=[(2, 16, 3)], latency=(2, 16))
-    assert list(results) == ["B=2 H=16 T=3", "1 step, B=2 H=16"]
+    assert list(results) == ["B=2 H=16 T=3", "1 rollout step, B=2 H=16"]
     for column in results.values():
         assert list(column) == [bench.PEER, bench.SCAN, bench.KERNEL] and all(t > 0 for t in column.values())
     table = bench.markdown(results)
