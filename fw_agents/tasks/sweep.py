@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from fw_agents.cli import add_config_arguments, config_from_args, config_to_argv
+from fw_agents.fields import field_names
 from fw_agents.tasks.cli import TRAINING_STATE, DeviceOptions
 from fw_agents.tasks.training import SupervisedConfig
 from fw_agents.runs.run import TrackingOptions
 from fw_agents.validation import check_int
 
-#: Tracking flags a sweep passes on to every cell (each cell has its own run directory).
-_CELL_TRACKING = ("wandb", "wandb_project")
+#: Tracking flags a sweep passes on to every cell: those not per invocation (each cell has its
+#: own run directory and resumes on its own), read off the option declarations.
+_CELL_TRACKING = field_names(TrackingOptions, per_invocation=False)
 
 
 @dataclass(frozen=True)
