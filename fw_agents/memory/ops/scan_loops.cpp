@@ -227,19 +227,19 @@ Tensor rollout_step(const Tensor& x, const Tensor& packed, const std::optional<T
   h_out.copy_(q);
   if (write) write = write->to(q.scalar_type());
   // step._write_terms: A <- keep A + value scaled q^T (Eq. 1, per-row weights with bias correction)
+  Tensor keep, scaled = q;
+  double value = fast_lr;
   if (write) {
-    const Tensor keep = at::rsub(at::mul(*write, 1.0 - decay), 1.0).unsqueeze(1).unsqueeze(2);
-    const Tensor scaled = q * at::mul(*write, fast_lr).unsqueeze(1);
-    at::mul_out(A_out, A, keep);
-    if (restart) A_out.index_fill_(0, *restart, 0.0);
-    A_out.addcmul_(scaled.unsqueeze(2), q.unsqueeze(1), 1.0);
+    keep = at::rsub(at::mul(*write, 1.0 - decay), 1.0).unsqueeze(1).unsqueeze(2);
+    scaled = q * at::mul(*write, fast_lr).unsqueeze(1);
+    value = 1.0;
   } else {
-    Tensor keep = at::scalar_tensor(decay, at::kDouble);  // a Python float, as torch.mul(A, λ, out=) wraps it
+    keep = at::scalar_tensor(decay, at::kDouble);  // a Python float, as torch.mul(A, λ, out=) wraps it
     keep.unsafeGetTensorImpl()->set_wrapped_number(true);
-    at::mul_out(A_out, A, keep);
-    if (restart) A_out.index_fill_(0, *restart, 0.0);
-    A_out.addcmul_(q.unsqueeze(2), q.unsqueeze(1), fast_lr);
   }
+  at::mul_out(A_out, A, keep);
+  if (restart) A_out.index_fill_(0, *restart, 0.0);  // then A(t) = η h hᵀ there, as after a masked A
+  A_out.addcmul_(scaled.unsqueeze(2), q.unsqueeze(1), value);
   return h_out;
 }
 
