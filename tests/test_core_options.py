@@ -38,7 +38,8 @@ RANGED = [o for o in FAST_WEIGHTS_OPTIONS if o.kind is not bool]
 
 
 def _build(name, value):
-    return FastWeightsRNN(2, 4, **{name: value})
+    # time_scales' bound also depends on λ (its shortest scale's λ must stay > 0): room for 8 here
+    return FastWeightsRNN(2, 4, **{name: value}, **({"decay": 0.999} if name == "time_scales" else {}))
 
 
 # ------------------------------------------------------------------ the spec is what the core checks
@@ -105,7 +106,7 @@ def test_agent_defaults_are_the_specs_and_fast_lr_replaces_the_share():
 
 
 FLAG_VALUES = {"fast_lr": 0.01, "fast_share": 2.0, "decay": 0.8, "inner_steps": 2, "identity_scale": 0.3,
-               "bias_correction": True, "relative_slow_weights": True}  # fmt: skip
+               "bias_correction": True, "relative_slow_weights": True, "time_scales": 3}  # fmt: skip
 
 
 def test_every_option_has_its_generated_flag_and_round_trips_to_memory_kwargs():

@@ -120,6 +120,7 @@ class FastWeightsRNN(MemoryCore):
         identity_scale: float = OPTIONS["identity_scale"].default,
         bias_correction: bool = OPTIONS["bias_correction"].default,
         relative_slow_weights: bool = OPTIONS["relative_slow_weights"].default,
+        time_scales: int = OPTIONS["time_scales"].default,
     ) -> None:
         super().__init__(input_size, hidden_size)
         # every range is the spec's (fw_agents.memory.options), as every flag and search is
@@ -133,6 +134,16 @@ class FastWeightsRNN(MemoryCore):
         self.identity_scale = OPTIONS["identity_scale"].check(identity_scale)
         self.bias_correction = OPTIONS["bias_correction"].check(bias_correction)
         self.relative_slow_weights = OPTIONS["relative_slow_weights"].check(relative_slow_weights)
+        self.time_scales = OPTIONS["time_scales"].check(time_scales)
+        most = max(g for g in range(1, 64) if (1.0 - self.decay) * 2 ** (g - 1) < 1.0)
+        if self.time_scales > most:
+            raise ValueError(f"time_scales={time_scales} with decay={decay}: "
+                             f"accepted 1 to {most} (the shortest scale's λ = 1 - (1-λ)·2^(g-1) must stay > 0)")
+        if self.time_scales > 1 and self.mode == "triton":
+            raise ValueError(f"mode='triton' runs one time scale; time_scales={time_scales} runs with mode "
+                             "'auto', 'scan' or 'reference'")
+        #: λ of each time scale, the longest first: ``1 - (1-λ)·2^g``.
+        self.decays = tuple(1.0 - (1.0 - self.decay) * 2**g for g in range(self.time_scales))
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
@@ -145,6 +156,19 @@ class FastWeightsRNN(MemoryCore):
         if self.fast_share is not None:
             return self.fast_share * (1.0 - self.decay) / self.hidden_size
         return self.fast_lr
+
+    @property
+    def op_decay(self) -> float | tuple[float, ...]:
+        """The ops' ``decay``: λ, or one λ per time scale (:mod:`~fw_agents.memory.ops.time_scales`)."""
+        return self.decay if self.time_scales == 1 else self.decays
+
+    @property
+    def op_fast_lr(self) -> float | tuple[float, ...]:
+        """The ops' ``fast_lr``: :attr:`paper_fast_lr`, or with several time scales one per scale
+        (a share's write scaled by each scale's ``(1-λ_g)/H``, so each is a moving average)."""
+        if self.time_scales == 1 or self.fast_share is None:
+            return self.paper_fast_lr
+        return tuple(self.fast_share * (1.0 - d) / self.hidden_size for d in self.decays)
 
     @property
     def slow_weights(self) -> torch.Tensor:
@@ -170,7 +194,7 @@ class FastWeightsRNN(MemoryCore):
     @property
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         shapes = ((self.hidden_size,), (self.hidden_size, self.hidden_size))
-        return (*shapes, (1,)) if self.bias_correction else shapes
+        return (*shapes, (self.time_scales,)) if self.bias_correction else shapes
 
     def chunk_size(self, steps: int) -> int:
         """Steps between explicit formations of ``A`` for a call of ``steps`` steps."""
@@ -227,7 +251,7 @@ class FastWeightsRNN(MemoryCore):
         H, batch = self.hidden_size, x.shape[1]
         check_packed_out(out, batch, width, packed.dtype)
         new = x.new_empty(batch, width) if out is None else out
-        loops = compiled.loops_for(x)
+        loops = compiled.loops_for(x) if self.time_scales == 1 else None
         if loops is not None:  # the same ops in C++ (ops/scan_loops.cpp): bitwise the step below
             self._check_inputs(x, state, episode_starts)
             ln_weight, ln_bias, eps = self._layer_norm_parameters()
@@ -240,13 +264,13 @@ class FastWeightsRNN(MemoryCore):
         h_out, A_out = new[:, :H], new[:, H : H + H * H].view(batch, H, H)
         write_mask = None
         if self.bias_correction:
-            write_mask, filled_T = bias_corrected_writes(self.decay, filled[0][:, 0], starts, None, 1)
-            new[:, H + H * H].copy_(filled_T)
+            write_mask, filled_T = self._bias_corrected_writes(filled[0], starts, None, 1)
+            new[:, H + H * H : self.state_size].copy_(filled_T)
         new[:, self.state_size :].zero_()
         ln_weight, ln_bias, eps = self._layer_norm_parameters()
         fast_weights_step_into(
-            h_out, A_out, self.C(x), h, A, self.slow_weights, ln_weight, ln_bias, decay=self.decay,
-            fast_lr=self.paper_fast_lr, inner_steps=self.inner_steps, episode_starts=starts, write_mask=write_mask,
+            h_out, A_out, self.C(x), h, A, self.slow_weights, ln_weight, ln_bias, decay=self.op_decay,
+            fast_lr=self.op_fast_lr, inner_steps=self.inner_steps, episode_starts=starts, write_mask=write_mask,
             layer_norm=self.layer_norm, eps=eps,
         )  # fmt: skip
         return h_out.unsqueeze(0), new
@@ -264,14 +288,15 @@ class FastWeightsRNN(MemoryCore):
         if fresh:  # A is never read (None to the op): a zero view, not a [B, H, H] buffer to fill
             device, dtype = self._device_dtype(x.device)
             zero, (B, H) = torch.zeros((), device=device, dtype=dtype), (x.shape[1], self.hidden_size)
-            state = (zero.new_zeros(B, H), zero.expand(B, H, H), *([zero.new_zeros(B, 1)] if self.bias_correction else []))
+            filled = [zero.new_zeros(B, self.time_scales)] if self.bias_correction else []
+            state = (zero.new_zeros(B, H), zero.expand(B, H, H), *filled)
         # the kernel reads the starts as they come: no device sync to ask whether any is set
         (h, A, *filled), starts = self._prepare(x, state, episode_starts, drop_idle_starts=not self._uses_kernel(x))
         for name, mask in (("write_mask", write_mask), ("hidden_resets", hidden_resets)):
             if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"{name} must be [T, B] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
         if self.bias_correction:
-            write_mask, filled_T = bias_corrected_writes(self.decay, filled[0][:, 0], starts, write_mask, x.shape[0])
+            write_mask, filled_T = self._bias_corrected_writes(filled[0], starts, write_mask, x.shape[0])
         op, chunk_size = self._op(x)
         ln_weight, ln_bias, eps = self._layer_norm_parameters()
         inputs = (
@@ -283,8 +308,8 @@ class FastWeightsRNN(MemoryCore):
             ln_bias,
         )
         options = dict(
-            decay=self.decay,
-            fast_lr=self.paper_fast_lr,
+            decay=self.op_decay,
+            fast_lr=self.op_fast_lr,
             inner_steps=self.inner_steps,
             episode_starts=starts,
             write_mask=write_mask,
@@ -305,8 +330,18 @@ class FastWeightsRNN(MemoryCore):
             op, chunk_size = self._op(x)
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         if self.bias_correction:
-            return y, (h_T, A_T, filled_T[:, None])
+            return y, (h_T, A_T, filled_T)
         return y, (h_T, A_T)
+
+    def _bias_corrected_writes(
+        self, filled: torch.Tensor, starts: torch.Tensor | None, write_mask: torch.Tensor | None, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`bias_corrected_writes` for each time scale: write weights ``[T, B]`` (one scale)
+        or ``[T, B, G]``, and the filled shares ``[B, G]`` after the last step."""
+        per_scale = [bias_corrected_writes(d, filled[:, g], starts, write_mask, steps) for g, d in enumerate(self.decays)]
+        if self.time_scales == 1:
+            return per_scale[0][0], per_scale[0][1][:, None]
+        return torch.stack([w for w, _ in per_scale], dim=2), torch.stack([m for _, m in per_scale], dim=1)
 
     def _layer_norm_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
         """The ops' ``ln_weight``, ``ln_bias`` and ``eps`` (None, None and the default without layer norm)."""
@@ -317,7 +352,7 @@ class FastWeightsRNN(MemoryCore):
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
         return self.mode == "triton" or (
-            self.mode == "auto" and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
+            self.mode == "auto" and self.time_scales == 1 and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
         )
 
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
@@ -334,6 +369,7 @@ class FastWeightsRNN(MemoryCore):
             f"identity_scale={self.identity_scale}, "
             f"bias_correction={self.bias_correction}"
             + (", relative_slow_weights=True" if self.relative_slow_weights else "")
+            + (f", time_scales={self.time_scales}" if self.time_scales > 1 else "")
         )
 
 

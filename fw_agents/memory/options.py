@@ -141,6 +141,10 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
                "by its scale s, not by 1", None, None, False, False, default=False, agent_default=None,
                flag="--relative-slow-weights",
                help="train the slow weights relative to their scale s (W = s·W̃, W̃ = I at first)"),
+    CoreOption("time_scales", int, "", "fast-memory time scales: the rows of A in that many groups, the g-th "
+               "decaying with λ_g = 1 - (1-λ)·2^g (horizons 1/(1-λ), half that, ...); λ_g must stay > 0", 1, 8, True, True,
+               default=1, agent_default=None, flag="--time-scales",
+               help="several fast-memory time scales at once, horizons halving from 1/(1-λ) (1: the paper's one λ)"),
 )  # fmt: skip
 #: The spec by name.
 OPTIONS: dict[str, CoreOption] = {option.name: option for option in FAST_WEIGHTS_OPTIONS}

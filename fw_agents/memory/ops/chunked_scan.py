@@ -31,6 +31,7 @@ import numbers
 import torch
 from torch.autograd.function import once_differentiable
 
+from fw_agents.memory.ops import time_scales
 from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
 from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
 from fw_agents.memory.ops.options import OpOptions
@@ -76,8 +77,8 @@ def fast_weights_scan(
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     *,
-    decay: float,
-    fast_lr: float,
+    decay: float | tuple[float, ...],
+    fast_lr: float | tuple[float, ...],
     inner_steps: int,
     episode_starts: torch.Tensor | None = None,
     write_mask: torch.Tensor | None = None,
@@ -106,8 +107,9 @@ def fast_weights_scan(
         W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``, as ``nn.Linear``).
         ln_weight: Layer-norm gain ``[H]`` (None with ``layer_norm=False``).
         ln_bias: Layer-norm bias ``[H]``.
-        decay: λ, in [0, 1] (the module asks for (0, 1)).
-        fast_lr: η, > 0.
+        decay: λ, in [0, 1] (the module asks for (0, 1)); a tuple of ``G``: one per time
+            scale, for its group of rows of ``A`` (:mod:`~fw_agents.memory.ops.time_scales`).
+        fast_lr: η, > 0; a tuple: one per time scale.
         inner_steps: S >= 1.
         episode_starts: ``[T, B]`` 0/1; 1 zeroes the row's ``h`` and ``A`` before step t, to
             exact zeros even where the carried state is NaN or inf (a masked fill, not a
@@ -116,7 +118,8 @@ def fast_weights_scan(
             still reaches later steps through products with 0 and zero-weighted Eq. 4 terms
             (``0 * NaN = NaN``); that row's outputs are non-finite before the start already,
             so nothing is hidden. (The reference and the step clear it exactly.)
-        write_mask: ``[T, B]`` 0/1; 0 leaves ``A`` unchanged after step t (None: always write).
+        write_mask: ``[T, B]`` 0/1; 0 leaves ``A`` unchanged after step t (None: always write);
+            ``w`` in between, ``A(t) = (1 - w(1-λ)) A(t-1) + η w h hᵀ``; ``[T, B, G]``: per time scale.
         hidden_resets: ``[T, B]`` 0/1; 1 zeroes ``h`` (not ``A``) before step t (None: never).
         layer_norm: Layer norm in the inner loop (per example, over its ``H`` units).
         eps: Layer-norm epsilon.
@@ -140,11 +143,11 @@ def fast_weights_scan(
     T, _, H = zx.shape
     if isinstance(inner_steps, bool) or not (isinstance(inner_steps, numbers.Integral) and inner_steps >= 1):  # S = 0 would index empty buffers
         raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
+    decay, fast_lr = time_scales.as_scales(decay, fast_lr)
+    time_scales.check_write_mask(write_mask, T, zx.shape[1], time_scales.count(decay))
     starts = as_bool_mask(episode_starts)
     reset_h = hidden_reset_mask(starts, hidden_resets)
     write = None if write_mask is None else write_mask.to(zx.dtype)
     chunk = default_chunk_size(T, H) if chunk_size is None else max(1, int(chunk_size))
-    options = OpOptions(
-        float(decay), float(fast_lr), int(inner_steps), chunk, bool(layer_norm), float(eps), bool(output_final_state)
-    )
+    options = OpOptions(decay, fast_lr, int(inner_steps), chunk, bool(layer_norm), float(eps), bool(output_final_state))
     return FastWeightsScanFunction.apply(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, options)

@@ -64,7 +64,8 @@ def fast_weights_scan_bwd(
         grad_hidden[:, T - 1] += grad_h_out if order is None else grad_h_out.index_select(0, order)
     if grad_A_out is not None and order is not None:
         grad_A_out = grad_A_out.index_select(0, order)
-    compiled = compiled_loops(hidden)  # the C++ loops, or None for the Python ones
+    # the C++ loops (one time scale), or None for the Python ones
+    compiled = compiled_loops(hidden) if res.scale_rows is None else None
     grads = _BackwardBuffers(res, grad_hidden, mean if opts.layer_norm else None, rstd if opts.layer_norm else None,
                              views=compiled is None)  # fmt: skip
     grad_A = grad_A_out  # dL/dA at the current chunk's end
@@ -128,12 +129,21 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
     whole = chunk.whole  # as in the forward pass (its scores beyond h(< t) exist only then)
     readers, read_scale = chunk.readers, chunk.read_scale
     grad_A_init = None
-    if grad_A is not None:
+    rows = res.scale_rows
+    if grad_A is not None and rows is None:
         # A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T
         sym = grad_A + grad_A.transpose(1, 2)
         grad_hidden[:, start:stop] += weights[:, K, :, None] * torch.bmm(block, sym)
         if A is not None and need_grad_A_init:
             grad_A_init = grad_A * init_coef[:, K, None, None]
+    elif grad_A is not None:
+        # by row i of A: A_end[i] = g_K,i A_init[i] + sum_tau w_i[K, tau] h_i(tau) h(tau)^T, so
+        # dL/dh(tau) = w[K, tau] ⊙ (dA h(tau)) + dAᵀ (w[K, tau] ⊙ h(tau))
+        w_end = weights[:, :, K][:, rows].transpose(1, 2)  # [B, K, H]: w_{g(i)}[K, tau]
+        grad_hidden[:, start:stop] += w_end * torch.bmm(block, grad_A.transpose(1, 2))
+        grad_hidden[:, start:stop] += torch.bmm(block * w_end, grad_A)
+        if A is not None and need_grad_A_init:
+            grad_A_init = grad_A * init_coef[:, :, K, None]
     collect_reads = A is not None and need_grad_A_init
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h_in, init_rows, init_queries = compiled.backward_steps(
@@ -166,13 +176,19 @@ def _backward_steps(grads, res, chunk, collect_reads):
     start, stop, A = chunk.start, chunk.stop, chunk.A_init
     K = stop - start
     block = hidden[:, start:stop]
-    weights, init_coef = chunk.weights, chunk.init_coef
-    weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
-    score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
+    weights, init_coef, rows = chunk.weights, chunk.init_coef, res.scale_rows
+    readers, read_scale = chunk.readers, chunk.read_scale
+    if rows is None:
+        weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
+        score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
+        coef_t = init_coef[:readers].split(1, dim=1)  # [readers, 1] per step
+    else:  # time scales: w per scale, g per row of A
+        weight_rows = weights.unbind(2)  # [B, G, K] per step
+        score_cols = [sc.unbind(1) for sc in chunk.scores]  # [B, G, K] per step (taken to rows below)
+        coef_t = init_coef[:readers].unbind(2)  # [readers, H] per step
+        in_scale = torch.nn.functional.one_hot(rows, weights.shape[1]).t().to(hidden.dtype)  # [G, H]
     whole = chunk.whole
     block_T, grad_block = grads.hidden_T[:, :, start:stop], grad_hidden[:, start:stop]
-    readers, read_scale = chunk.readers, chunk.read_scale
-    coef_t = init_coef[:readers].split(1, dim=1)  # [readers, 1] per step
     queries_t, queries3_t = grads.queries_t, grads.queries3_t
     init_rows, init_queries = [], []  # g_j dL/du_s and h_s of the reading rows, for dL/dA_init
     for j in reversed(range(K)):
@@ -198,11 +214,19 @@ def _backward_steps(grads, res, chunk, collect_reads):
             q = queries_t[s][t]
             grad_q3 = None  # dL/dh_s(t) through the fast-weight read, [B, 1, H]
             grad_u3 = grad_u.unsqueeze(1)
-            if j > 0:
+            if j > 0 and rows is None:
                 # read = sum_tau w h(tau) (h(tau) . q): d/dq and d/dh(tau)
                 back = torch.bmm(grad_u3, past_T).mul_(w_row)
                 grad_q3 = torch.bmm(back, past)
                 grad_past.addcmul_(score_cols[s][j] if whole else score_cols[s][j][:, :j], grad_u3)
+                grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
+            elif j > 0:
+                # read_i = sum_tau w_{g(i)}[tau] h_i(tau) (h(tau) . q), g(i) the time scale of row i:
+                # back[tau] = sum_i dL/du_i w_{g(i)}[tau] h_i(tau), summed by scale first
+                back = torch.bmm(grad_u3 * in_scale, past_T).mul_(w_row).sum(1, keepdim=True)  # [B, 1, K]
+                grad_q3 = torch.bmm(back, past)
+                scored = score_cols[s][j] if whole else score_cols[s][j][:, :, :j]  # [B, G, K]
+                grad_past.addcmul_(scored.transpose(1, 2)[:, :, rows], grad_u3)
                 grad_past.addcmul_(back.transpose(1, 2), queries3_t[s][t])
             if A is not None:  # read = g_j A_init q in the first `readers` rows
                 if grad_q3 is None:
@@ -213,7 +237,7 @@ def _backward_steps(grads, res, chunk, collect_reads):
                     init_queries.append(q[:readers])
                     grad_q3[:readers].baddbmm_(scaled.unsqueeze(1), A)
                 elif read_scale is None:
-                    grad_q3[:readers].baddbmm_(grad_u3[:readers] * coef_t[j].unsqueeze(2), A)
+                    grad_q3[:readers].baddbmm_(grad_u3[:readers] * coef_t[j].unsqueeze(1), A)
                 elif read_scale[j] != 0.0:
                     grad_q3[:readers].baddbmm_(grad_u3[:readers], A, alpha=read_scale[j])
             if grad_q3 is None:  # first step of a chunk with no initial A: nothing read

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from fw_agents.memory.ops import chunking
+from fw_agents.memory.ops import chunking, time_scales
 from fw_agents.memory.ops.chunking import chunk_coefficients, masks_by_step
 from fw_agents.memory.ops.compiled import loops_for as compiled_loops
 from fw_agents.memory.ops.options import OpOptions
@@ -28,9 +28,9 @@ class ChunkResiduals:
     stop: int
     A_init: torch.Tensor | None  # fast weights entering the chunk, first `readers` rows; None = never read
     readers: int  # rows [0, readers) read A_init (the scan puts the rows that read it first)
-    init_coef: torch.Tensor  # g: [B, K + 1], decay of A_init as seen by step j (j = K: chunk end)
-    weights: torch.Tensor  # w: [B, K + 1, K], weight of h(tau) h(tau)^T in A(j - 1)
-    scores: torch.Tensor  # [S, B, K, K]: w[j, tau] (h(tau) . h_s(j)) from the forward pass
+    init_coef: torch.Tensor  # g: [B, K + 1], decay of A_init as seen by step j (j = K: chunk end); [B, H, K + 1] by row of A with time scales
+    weights: torch.Tensor  # w: [B, K + 1, K], weight of h(tau) h(tau)^T in A(j - 1); [B, G, K + 1, K] with G time scales
+    scores: torch.Tensor  # [S, B, K, K]: w[j, tau] (h(tau) . h_s(j)) from the forward pass; [S, B, K, G, K] with G time scales
     read_scale: list[float] | None  # g_j when every reading row shares it (one scalar per step)
     whole: bool  # steps read the whole block of h(tau) (K <= WHOLE_BLOCK_STEPS); the backward must agree
 
@@ -61,10 +61,11 @@ class ScanResiduals:
     reset_steps: list[bool]  # which steps reset some row's h, as host booleans
     use_A_in: bool
     options: OpOptions
+    scale_rows: torch.Tensor | None = None  # [H]: the time scale of each row of A; None: one time scale
 
     #: The fields that hold tensors (or None), saved through ``ctx.save_for_backward`` by name.
     TENSORS: ClassVar[tuple[str, ...]] = (
-        "h_in", "W", "ln_weight", "ln_bias", "keep_h", "order", "restore", "hidden", "queries", "pre_act",
+        "h_in", "W", "ln_weight", "ln_bias", "keep_h", "order", "restore", "hidden", "queries", "pre_act", "scale_rows",
     )  # fmt: skip
 
     def split(self) -> tuple[list[torch.Tensor | None], ScanResiduals]:
@@ -153,7 +154,11 @@ def fast_weights_scan_fwd(
         use_A_in=use_A_in,
         options=options,
     )
-    compiled = compiled_loops(zx)  # the C++ loops, or None for the Python ones
+    scales = time_scales.count(options.decay)
+    if scales > 1:
+        res.scale_rows = time_scales.rows_by_scale(scales, H, zx.device)
+    # the C++ loops (one time scale), or None for the Python ones
+    compiled = compiled_loops(zx) if scales == 1 else None
     views = _ForwardViews(zx, res) if compiled is None else None
     A, A_readers, h = A_first, readers, h_in  # A: fast weights at the chunk's start, first A_readers rows
     for start in range(0, T, options.chunk_size):
@@ -161,7 +166,7 @@ def fast_weights_scan_fwd(
         chunk, h = _forward_chunk(views, res, start, stop, A, A_readers, starts, write, h, zx, compiled)
         res.chunks.append(chunk)
         if stop < T or options.output_final_state:
-            A = _fast_weights_at_chunk_end(res.hidden[:, start:stop], chunk, A, A_readers)
+            A = _fast_weights_at_chunk_end(res.hidden[:, start:stop], chunk, A, A_readers, res.scale_rows)
         else:
             A = None
         A_readers = B
@@ -207,14 +212,18 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
     chunk_starts = None if starts is None else starts[start:stop]
     chunk_write = None if write is None else write[start:stop]
     init_coef, weights = chunk_coefficients(chunk_starts, chunk_write, opts.decay, opts.fast_lr, K, B, hidden)
+    rows = res.scale_rows  # None, or the time scale of each row of A (then g is per row, w per scale)
+    if rows is not None:
+        init_coef = init_coef[:, rows]  # [B, H, K + 1]
     read_coef = init_coef[:readers]
     A_read = A_init
-    if A_read is not None and not bool(read_coef[:, :K].any()):
+    if A_read is not None and not bool(read_coef[..., :K].any()):
         A_read, readers = None, 0  # every reader restarts before reading
-    read_scale = chunking.shared_scale(read_coef, K) if A_read is not None else None
+    read_scale = chunking.shared_scale(read_coef, K) if A_read is not None and rows is None else None
     A_read_T = A_read.transpose(1, 2) if A_read is not None else None
     whole = K <= chunking.WHOLE_BLOCK_STEPS
-    scores = hidden.new_empty(S, B, K, K)  # w[t, tau] (h(tau) . h_s(t)), kept for the backward
+    # w[t, tau] (h(tau) . h_s(t)), kept for the backward; with time scales, one per scale
+    scores = hidden.new_empty(S, B, K, K) if rows is None else hidden.new_empty(S, B, K, weights.shape[1], K)
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h = compiled.forward_steps(
             zx, hidden, res.queries, res.pre_act, scores, weights, Wt, res.ln_weight, res.ln_bias,
@@ -222,9 +231,15 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
             None if read_scale is not None or A_read is None else read_coef, read_scale, start, stop, whole, h,
         )  # fmt: skip
         return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h
-    coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [readers, 1, 1] per step
-    weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
-    score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
+    if rows is None:
+        coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [readers, 1, 1] per step, scales h_s
+        weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
+        score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
+    else:
+        coef_t = read_coef.transpose(1, 2).split(1, dim=1)  # [readers, 1, H] per step, scales A h_s by row
+        weight_rows = weights.unbind(2)  # [B, G, K] per step
+        score_rows = [sc.unbind(1) for sc in scores]  # [B, G, K] per step
+        row_index = rows.expand(B, 1, -1)  # picks each row's scale out of [B, G, H]
     block, block_T = hidden[:, start:stop], views.hidden_T[:, :, start:stop]
     if A_read is not None:  # the reading rows' [readers, 1, H] views, per step
         read_q3_t = [q[start:stop, :readers].unsqueeze(2).unbind(0) for q in res.queries]
@@ -246,11 +261,16 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
             if j > 0:  # Eq. 4 over this chunk's past: sum_tau w[t, tau] h(tau) (h(tau) . h_s)
                 ws = score_rows[s][j] if whole else score_rows[s][j][:, :, :j]
                 torch.mul(torch.bmm(queries3_t[s][t], past_T), w_row, out=ws)
-                torch.baddbmm(z3, ws, past, out=u3)
+                if rows is None:
+                    torch.baddbmm(z3, ws, past, out=u3)
+                else:  # each scale's read [B, G, H], then each row's own scale
+                    torch.add(z3, torch.bmm(ws, past).gather(1, row_index), out=u3)
             else:
                 u3.copy_(z3)
             if A_read_T is not None:  # + g_j A_init h_s, reading rows only
-                if read_scale is None:
+                if rows is not None:
+                    read_u3_t[s][j].addcmul_(torch.bmm(read_q3_t[s][j], A_read_T), coef_t[j])
+                elif read_scale is None:
                     read_u3_t[s][j].baddbmm_(read_q3_t[s][j] * coef_t[j], A_read_T)
                 elif read_scale[j] != 0.0:
                     read_u3_t[s][j].baddbmm_(read_q3_t[s][j], A_read_T, alpha=read_scale[j])
@@ -261,14 +281,19 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
     return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h
 
 
-def _fast_weights_at_chunk_end(block, chunk, A_init, readers):
+def _fast_weights_at_chunk_end(block, chunk, A_init, readers, rows=None):
     """``A_end = g_K A_init + sum_tau w[K, tau] h(tau) h(tau)^T``: one ``[B, H, K] x [B, K, H]``
-    matmul. ``A_init`` holds the first ``readers`` rows (the others restart at step 0: exact zeros)."""
+    matmul. ``A_init`` holds the first ``readers`` rows (the others restart at step 0: exact zeros).
+    With time scales (``rows``, the scale of each row of ``A``), ``g`` and ``w`` are per row."""
     K = chunk.stop - chunk.start
-    lhs = (block * chunk.weights[:, K, :, None]).transpose(1, 2)
+    if rows is None:
+        lhs = (block * chunk.weights[:, K, :, None]).transpose(1, 2)
+        g_end = chunk.init_coef[:, K, None, None]
+    else:
+        lhs = block.transpose(1, 2) * chunk.weights[:, :, K][:, rows]  # [B, H, K]: w_{g(i)}[K, tau] h_i(tau)
+        g_end = chunk.init_coef[:, :, K, None]
     if A_init is None:
         return torch.bmm(lhs, block)
-    g_end = chunk.init_coef[:, K, None, None]
     if readers == block.shape[0]:
         carried = A_init * g_end
     else:

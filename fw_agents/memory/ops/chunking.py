@@ -98,8 +98,8 @@ def shared_scale(read_coef: torch.Tensor, steps: int) -> list[float] | None:
 def chunk_coefficients(
     starts: torch.Tensor | None,
     write: torch.Tensor | None,
-    decay: float,
-    fast_lr: float,
+    decay: float | tuple[float, ...],
+    fast_lr: float | tuple[float, ...],
     steps: int,
     batch: int,
     like: torch.Tensor,
@@ -108,24 +108,49 @@ def chunk_coefficients(
 
     With ``A_c`` the fast weights entering the chunk and ``h(tau)`` its steps' states,
     the fast weights that step ``j`` reads are
-    ``A(j-1) = g[j] A_c + sum_{tau < j} w[j, tau] h(tau) h(tau)^T``.
+    ``A(j-1) = g[j] A_c + sum_{tau < j} w[j, tau] h(tau) h(tau)^T``;
+    with ``G`` time scales, one ``g`` and ``w`` per scale, for its rows of ``A``.
 
     Args:
         starts: The chunk's ``[K, B]`` bool episode starts (None: no starts).
-        write: The chunk's ``[K, B]`` 0/1 write mask (None: every step writes).
-        decay: λ.
-        fast_lr: η.
+        write: The chunk's ``[K, B]`` write weights (``[K, B, G]``: one per time scale; None:
+            every step writes).
+        decay: λ (a tuple: one per time scale).
+        fast_lr: η (a tuple: one per time scale).
         steps: ``K``.
         batch: ``B``.
         like: A tensor with the result's dtype and device.
 
     Returns:
-        ``(g [B, K + 1], w [B, K + 1, K])``; row ``K`` is the chunk's end (the ``A`` it
-        carries on). Both are zero across an episode start.
+        ``(g [B, K + 1], w [B, K + 1, K])``, or ``(g [B, G, K + 1], w [B, G, K + 1, K])`` with
+        ``G`` time scales; row ``K`` is the chunk's end (the ``A`` it carries on). Both are
+        zero across an episode start.
     """
+    if isinstance(decay, float):
+        return _coefficients(starts, write, decay, fast_lr, steps, batch, like)
+    # G time scales: each (row, scale) pair is a column of its own, (b, g) in that order
+    scales = len(decay)
+    columns = batch * scales
+    decays = torch.tensor(decay, dtype=torch.float64, device=like.device).repeat(batch)
+    rates = torch.tensor(fast_lr, dtype=like.dtype, device=like.device).repeat(batch)
+    if starts is not None:
+        starts = starts[:, :, None].expand(steps, batch, scales).reshape(steps, columns)
+    if write is not None:
+        write = write if write.dim() == 3 else write[:, :, None].expand(steps, batch, scales)
+        write = write.reshape(steps, columns)
+    init_coef, weights = _coefficients(starts, write, decays, rates[:, None, None], steps, columns, like)
+    return init_coef.view(batch, scales, steps + 1), weights.view(batch, scales, steps + 1, steps)
+
+
+def _coefficients(starts, write, decay, fast_lr, steps, batch, like):
+    """:func:`chunk_coefficients` for one time scale per column: ``decay`` a float or a
+    float64 ``[B]``; ``fast_lr`` a float or ``[B, 1, 1]``."""
     # Per-step decay of A: lambda where the step writes, 1 where it does not.
     if write is None:
-        decay_t = torch.full((steps, batch), decay, dtype=torch.float64, device=like.device)
+        if isinstance(decay, float):
+            decay_t = torch.full((steps, batch), decay, dtype=torch.float64, device=like.device)
+        else:
+            decay_t = decay.expand(steps, batch)
         write_b = torch.ones(batch, steps, dtype=like.dtype, device=like.device)
     else:
         decay_t = 1.0 - write.to(torch.float64) * (1.0 - decay)

@@ -38,6 +38,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from fw_agents.memory.ops import time_scales
 from fw_agents.memory.ops.options import OpOptions
 from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel, _launch_options
 from fw_agents.memory.ops.triton_kernels import NUM_WARPS, launch_options  # noqa: F401 - the op's tuning knobs
@@ -376,6 +377,10 @@ def fused_recurrent_fast_weights(
         ...     decay=0.95, fast_lr=0.5, inner_steps=1)
         >>> y.sum().backward()  # doctest: +SKIP
     """
+    decay, fast_lr = time_scales.as_scales(decay, fast_lr)
+    if not isinstance(decay, float):
+        raise ValueError(f"the fused kernel runs one time scale, got decay={decay!r}; "
+                         "several time scales run in fast_weights_scan")
     if triton is None:
         raise ImportError(INSTALL_HINT)
     if zx.dim() != 3:
@@ -419,9 +424,7 @@ def fused_recurrent_fast_weights(
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
         A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
     tensors = (prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets)
-    options = OpOptions(
-        float(decay), float(fast_lr), inner_steps, chunk, bool(layer_norm), float(eps), bool(output_final_state)
-    )
+    options = OpOptions(decay, fast_lr, inner_steps, chunk, bool(layer_norm), float(eps), bool(output_final_state))
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors[:6]):
         y, h_T, A_T = _FastWeightsTriton.apply(*tensors, H, options)
     else:  # a rollout step or evaluation: the forward op alone, without autograd's bookkeeping

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 class OpOptions:
     """An op's non-tensor settings, as checked and converted by its public function.
 
-    :param decay: λ, the fast weights' decay (Eq. 1).
-    :param fast_lr: η, the fast weights' learning rate (Eq. 1).
+    :param decay: λ, the fast weights' decay (Eq. 1); a tuple: one per time scale
+        (:mod:`~fw_agents.memory.ops.time_scales`).
+    :param fast_lr: η, the fast weights' learning rate (Eq. 1); a tuple: one per time scale.
     :param inner_steps: S >= 1, inner iterations per time step (Eq. 5).
     :param chunk_size: Steps per chunk; what a chunk is depends on the op. The chunked scan:
         the steps unrolled to Eq. 4 at once (1 is the per-step matrix form, >= T one
@@ -28,8 +29,8 @@ class OpOptions:
     :param output_final_state: Whether the op returns the final fast weights ``A_T``.
     """
 
-    decay: float
-    fast_lr: float
+    decay: float | tuple[float, ...]
+    fast_lr: float | tuple[float, ...]
     inner_steps: int
     chunk_size: int
     layer_norm: bool = True

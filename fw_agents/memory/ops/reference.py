@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fw_agents.memory.ops import time_scales
+
 
 def fast_weights_reference(
     zx: torch.Tensor,
@@ -21,8 +23,8 @@ def fast_weights_reference(
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     *,
-    decay: float,
-    fast_lr: float,
+    decay: float | tuple[float, ...],
+    fast_lr: float | tuple[float, ...],
     inner_steps: int,
     episode_starts: torch.Tensor | None = None,
     write_mask: torch.Tensor | None = None,
@@ -42,6 +44,10 @@ def fast_weights_reference(
         h(t)   = h_S
         A(t)   = decay A(t-1) + fast_lr h(t) h(t)^T    # Eq. 1 (where write_mask is 1)
 
+    With several time scales (``decay`` and ``fast_lr`` tuples of ``G``), row ``i`` of ``A``
+    decays by ``decay[g]`` and is written with ``fast_lr[g]``, ``g = ⌊i G / H⌋``
+    (:mod:`~fw_agents.memory.ops.time_scales`).
+
     Args:
         zx: ``C x(t)`` with its bias, ``[T, B, H]``.
         h: Hidden state before the first step, ``[B, H]``.
@@ -49,12 +55,14 @@ def fast_weights_reference(
         W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``, as ``nn.Linear``).
         ln_weight: Layer-norm gain ``[H]`` (None: no gain).
         ln_bias: Layer-norm bias ``[H]``.
-        decay: λ.
-        fast_lr: η.
+        decay: λ, or one per time scale.
+        fast_lr: η, or one per time scale.
         inner_steps: S.
         episode_starts: ``[T, B]`` 0/1; 1 resets the row's ``h`` and ``A`` to exact zeros before
             step t (``torch.where``: a NaN or inf carried there is cleared too).
         write_mask: ``[T, B]`` 0/1; 0 leaves ``A`` unchanged after step t (default: write every step).
+            A value ``w`` between them gives ``A(t) = (1 - w(1-λ)) A(t-1) + η w h hᵀ`` (the
+            bias-corrected writes); ``[T, B, G]``: one per time scale.
         hidden_resets: ``[T, B]`` 0/1; 1 zeroes the row's ``h`` (not ``A``) before step t
             (the multi-level glimpse model's wipe between levels).
         layer_norm: Apply layer norm in the inner loop.
@@ -65,8 +73,14 @@ def fast_weights_reference(
     Returns:
         ``(y [T, B, H], h [B, H], A [B, H, H] or None)``.
     """
+    decay, fast_lr = time_scales.as_scales(decay, fast_lr)
+    T, B, H = zx.shape
+    scales = time_scales.count(decay)
+    time_scales.check_write_mask(write_mask, T, B, scales)
+    rows = time_scales.rows_by_scale(scales, H, zx.device) if scales > 1 else None
+    decay, fast_lr = time_scales.per_row(decay, rows, zx), time_scales.per_row(fast_lr, rows, zx)  # floats, or [H]
     if A is None:
-        A = zx.new_zeros(zx.shape[1], zx.shape[2], zx.shape[2])
+        A = zx.new_zeros(B, H, H)
     outputs = []
     for t in range(zx.shape[0]):
         if episode_starts is not None:
@@ -85,8 +99,9 @@ def fast_weights_reference(
             hs = torch.relu(u)
         h = hs
         # in zx's dtype: a float32 or bool mask must not turn decay_t (and the write) into float32
-        write = zx.new_ones(zx.shape[1]) if write_mask is None else write_mask[t].to(zx.dtype)
-        decay_t = 1.0 - write * (1.0 - decay)
-        A = decay_t[:, None, None] * A + fast_lr * write[:, None, None] * torch.einsum("bi,bj->bij", h, h)
+        write = zx.new_ones(B) if write_mask is None else write_mask[t].to(zx.dtype)
+        write = time_scales.write_per_row(write, rows)  # [B, 1], or [B, H] by time scale
+        decay_t = 1.0 - write * (1.0 - decay)  # a float λ, or λ per row of A
+        A = decay_t[:, :, None] * A + (fast_lr * write)[:, :, None] * torch.einsum("bi,bj->bij", h, h)
         outputs.append(h)
     return torch.stack(outputs), h, A if output_final_state else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fw_agents.memory.ops import time_scales
 from fw_agents.memory.ops.chunking import as_bool_mask, hidden_reset_mask
 
 
@@ -15,8 +16,8 @@ def fast_weights_step(
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     *,
-    decay: float,
-    fast_lr: float,
+    decay: float | tuple[float, ...],
+    fast_lr: float | tuple[float, ...],
     inner_steps: int,
     episode_starts: torch.Tensor | None = None,
     write_mask: torch.Tensor | None = None,
@@ -45,6 +46,8 @@ def fast_weights_step(
     """
     if zx.shape[0] != 1:
         raise ValueError(f"fast_weights_step runs one step: zx must be [1, B, H], got {tuple(zx.shape)}")
+    decay, fast_lr = time_scales.as_scales(decay, fast_lr)
+    time_scales.check_write_mask(write_mask, *zx.shape[:2], time_scales.count(decay))
     starts = as_bool_mask(episode_starts)
     if starts is not None and A is not None:
         A = A.masked_fill(starts[0, :, None, None], 0.0)
@@ -70,14 +73,18 @@ def fast_weights_step(
 
 
 def _write_terms(
-    q: torch.Tensor, write_mask: torch.Tensor | None, decay: float, fast_lr: float
+    q: torch.Tensor, write_mask: torch.Tensor | None, decay: float | tuple[float, ...], fast_lr: float | tuple[float, ...]
 ) -> tuple[float | torch.Tensor, torch.Tensor, float]:
     """Eq. 1 as ``A <- keep A + value (scaled q^T)``: ``keep = λ``, ``scaled = q``, ``value = η``;
-    with a per-row write weight ``w``, ``A <- (1 - w(1-λ)) A + η w h h^T`` (keep ``[B, 1, 1]``)."""
-    if write_mask is None:
+    with a per-row write weight ``w``, ``A <- (1 - w(1-λ)) A + η w h h^T`` (keep ``[B, 1, 1]``);
+    with several time scales λ and η per row of ``A`` (keep ``[B, H, 1]``)."""
+    if write_mask is None and isinstance(decay, float):
         return decay, q, fast_lr
-    write = write_mask[0].to(q.dtype)
-    return (1.0 - write * (1.0 - decay))[:, None, None], q * (fast_lr * write)[:, None], 1.0
+    rows = None if isinstance(decay, float) else time_scales.rows_by_scale(len(decay), q.shape[1], q.device)
+    decay, fast_lr = time_scales.per_row(decay, rows, q), time_scales.per_row(fast_lr, rows, q)
+    write = q.new_ones(q.shape[0]) if write_mask is None else write_mask[0].to(q.dtype)
+    write = time_scales.write_per_row(write, rows)  # [B, 1] or [B, H]
+    return (1.0 - write * (1.0 - decay))[:, :, None], q * (fast_lr * write), 1.0
 
 
 def _add_outer_(A: torch.Tensor, left: torch.Tensor, right: torch.Tensor, value: float) -> None:
@@ -97,8 +104,8 @@ def fast_weights_step_into(
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     *,
-    decay: float,
-    fast_lr: float,
+    decay: float | tuple[float, ...],
+    fast_lr: float | tuple[float, ...],
     inner_steps: int,
     episode_starts: torch.Tensor | None = None,
     write_mask: torch.Tensor | None = None,
@@ -115,6 +122,7 @@ def fast_weights_step_into(
     are not masked before the step but replaced after it, exactly (a NaN or inf carried in
     their ``A`` never reaches the outputs). ``A`` is never written; it may not overlap ``A_out``.
     """
+    decay, fast_lr = time_scales.as_scales(decay, fast_lr)
     starts = as_bool_mask(episode_starts)
     restart = None if starts is None else starts[0].nonzero().squeeze(1)  # rows whose A is reset
     if restart is not None and restart.numel() == 0:
