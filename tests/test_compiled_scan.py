@@ -58,10 +58,10 @@ def _scan_outputs_and_grads(dtype, T, B, with_A, p_start, write, resets, **optio
 
 # every combination of the row options, each with one of the chunk sizes and inner-step counts in turn
 CASES = [
-    dict(T=T, B=3, with_A=with_A, p_start=p, write=write, resets=resets, layer_norm=ln,
-         chunk_size=(1, 3, 64)[i % 3], inner_steps=(1, 2)[i // 3 % 2])  # fmt: skip
-    for i, (T, with_A, p, write, resets, ln) in enumerate(
-        itertools.product([1, 7], [False, True], [0.0, 0.3], [False, True], [False, True], [True, False])
+    dict(T=T, B=3, with_A=with_A, p_start=p, write=write, resets=resets, layer_norm=norm != "none",
+         rms_norm=norm == "rms", chunk_size=(1, 3, 64)[i % 3], inner_steps=(1, 2)[i // 3 % 2])  # fmt: skip
+    for i, (T, with_A, p, write, resets, norm) in enumerate(
+        itertools.product([1, 7], [False, True], [0.0, 0.3], [False, True], [False, True], ["layer", "rms", "none"])
     )
 ]
 
@@ -104,11 +104,12 @@ def test_a_policy_update_through_the_compiled_loops_matches_the_python_loops(cho
         assert torch.equal(a, b)
 
 
-def _rollout_steps(dtype, bias_correction, inner_steps, layer_norm, starts_kind, extra_width, into_out):
+def _rollout_steps(dtype, bias_correction, inner_steps, norm, starts_kind, extra_width, into_out):
     """Three rollout steps of a core on packed states (NaN carried in some rows' A, restarted)."""
     torch.manual_seed(3)
+    layer_norm = norm != "none"
     core = FastWeightsRNN(5, 8, fast_share=0.7, decay=0.9, inner_steps=inner_steps, layer_norm=layer_norm,
-                          bias_correction=bias_correction).to(dtype)  # fmt: skip
+                          rms_norm=norm == "rms", bias_correction=bias_correction).to(dtype)  # fmt: skip
     with torch.no_grad():
         core.W.weight.add_(0.1 * torch.randn(8, 8, dtype=dtype))
         if layer_norm:
@@ -135,7 +136,9 @@ def _rollout_steps(dtype, bias_correction, inner_steps, layer_norm, starts_kind,
 @needs_toolchain
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_compiled_rollout_step_gives_bitwise_the_python_step(choose, dtype):
-    for case in itertools.product([True, False], [1, 2], [True, False], ["none", "zeros", "some", "all"], [0, 3], [False, True]):
+    for case in itertools.product(
+        [True, False], [1, 2], ["layer", "rms", "none"], ["none", "zeros", "some", "all"], [0, 3], [False, True]
+    ):
         choose("0")
         python = _rollout_steps(dtype, *case)
         assert compiled.loops() is None

@@ -100,9 +100,17 @@ class FastWeightsRNN(MemoryCore):
         initialisation, but an optimizer that steps each parameter by about its learning rate
         (Adam) moves ``W`` by ``s·lr``, i.e. relative to its own scale, as it moves an IRNN's
         ``W = 0.5·I``; with ``s = 0.05`` the plain parameter changes 20× faster relative to itself.
+    :param time_scales: ``G`` fast-memory time scales at once: the rows of ``A`` in ``G`` groups,
+        group ``g`` decaying with ``λ_g = 1 - (1-λ)·2^g`` (:attr:`decays`) and written with its own
+        η (a share's write scaled by ``(1-λ_g)/H``); 1 is the paper's single λ. Not in the
+        Triton kernel (``"auto"`` takes the scan for it).
+    :param rms_norm: Normalise the inner loop by the root mean square alone (RMS norm, same gain
+        and bias) instead of layer norm: ``relu(RMS(h)) = h/rms(h)`` for ``h >= 0``, so a state
+        driven by ``W h`` alone (a blank input) keeps its pattern, which ``relu(LN(h))``, zeroing
+        every unit below the mean, rewrites at every step (:mod:`~fw_agents.memory.ops.norms`).
 
-    State: ``(h [B, H], A [B, H, H])``, and ``m [B, 1]`` (the filled share) with
-    ``bias_correction``.
+    State: ``(h [B, H], A [B, H, H])``, and ``m [B, G]`` (the filled share of each time scale)
+    with ``bias_correction``.
     """
 
     supports_write_mask = True
@@ -121,6 +129,7 @@ class FastWeightsRNN(MemoryCore):
         bias_correction: bool = OPTIONS["bias_correction"].default,
         relative_slow_weights: bool = OPTIONS["relative_slow_weights"].default,
         time_scales: int = OPTIONS["time_scales"].default,
+        rms_norm: bool = OPTIONS["rms_norm"].default,
     ) -> None:
         super().__init__(input_size, hidden_size)
         # every range is the spec's (fw_agents.memory.options), as every flag and search is
@@ -135,6 +144,7 @@ class FastWeightsRNN(MemoryCore):
         self.bias_correction = OPTIONS["bias_correction"].check(bias_correction)
         self.relative_slow_weights = OPTIONS["relative_slow_weights"].check(relative_slow_weights)
         self.time_scales = OPTIONS["time_scales"].check(time_scales)
+        self.rms_norm = OPTIONS["rms_norm"].check(rms_norm)
         most = max(g for g in range(1, 64) if (1.0 - self.decay) * 2 ** (g - 1) < 1.0)
         if self.time_scales > most:
             raise ValueError(f"time_scales={time_scales} with decay={decay}: "
@@ -147,6 +157,9 @@ class FastWeightsRNN(MemoryCore):
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
+        if self.rms_norm and self.ln is None:
+            raise ValueError("rms_norm=True with layer_norm=False: RMS norm replaces the inner loop's layer norm; "
+                             "give layer_norm=True (the default) or rms_norm=False")
         self.reset_parameters()
 
     @property
@@ -257,7 +270,7 @@ class FastWeightsRNN(MemoryCore):
             ln_weight, ln_bias, eps = self._layer_norm_parameters()
             h_out = loops.rollout_step(
                 x, packed, episode_starts, new, self.C.weight, self.C.bias, self.slow_weights, ln_weight, ln_bias, eps,
-                self.layer_norm, self.decay, self.paper_fast_lr, self.inner_steps, self.bias_correction,
+                self.layer_norm, self.rms_norm, self.decay, self.paper_fast_lr, self.inner_steps, self.bias_correction,
             )  # fmt: skip
             return h_out.unsqueeze(0), new
         (h, A, *filled), starts = self._prepare(x, state, episode_starts)
@@ -271,7 +284,7 @@ class FastWeightsRNN(MemoryCore):
         fast_weights_step_into(
             h_out, A_out, self.C(x), h, A, self.slow_weights, ln_weight, ln_bias, decay=self.op_decay,
             fast_lr=self.op_fast_lr, inner_steps=self.inner_steps, episode_starts=starts, write_mask=write_mask,
-            layer_norm=self.layer_norm, eps=eps,
+            layer_norm=self.layer_norm, eps=eps, rms_norm=self.rms_norm,
         )  # fmt: skip
         return h_out.unsqueeze(0), new
 
@@ -317,6 +330,7 @@ class FastWeightsRNN(MemoryCore):
             layer_norm=self.layer_norm,
             eps=eps,
             output_final_state=final_state,
+            rms_norm=self.rms_norm,
         )
         try:
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
@@ -370,6 +384,7 @@ class FastWeightsRNN(MemoryCore):
             f"bias_correction={self.bias_correction}"
             + (", relative_slow_weights=True" if self.relative_slow_weights else "")
             + (f", time_scales={self.time_scales}" if self.time_scales > 1 else "")
+            + (", rms_norm=True" if self.rms_norm else "")
         )
 
 

@@ -145,6 +145,9 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
                "decaying with λ_g = 1 - (1-λ)·2^g (horizons 1/(1-λ), half that, ...); λ_g must stay > 0", 1, 8, True, True,
                default=1, agent_default=None, flag="--time-scales",
                help="several fast-memory time scales at once, horizons halving from 1/(1-λ) (1: the paper's one λ)"),
+    CoreOption("rms_norm", bool, "", "normalise Eq. 5's inner loop by the root mean square alone (RMS norm), "
+               "not layer norm", None, None, False, False, default=False, agent_default=None, flag="--rms-norm",
+               help="RMS norm in the inner loop instead of layer norm (no mean removed: relu(RMS(h)) keeps h ≥ 0)"),
 )  # fmt: skip
 #: The spec by name.
 OPTIONS: dict[str, CoreOption] = {option.name: option for option in FAST_WEIGHTS_OPTIONS}

@@ -87,6 +87,7 @@ def fast_weights_scan(
     eps: float = 1e-5,
     output_final_state: bool = True,
     chunk_size: int | None = None,
+    rms_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the fast-weights RNN over a sequence: the reference's maths, as a chunked scan.
 
@@ -122,6 +123,7 @@ def fast_weights_scan(
             ``w`` in between, ``A(t) = (1 - w(1-λ)) A(t-1) + η w h hᵀ``; ``[T, B, G]``: per time scale.
         hidden_resets: ``[T, B]`` 0/1; 1 zeroes ``h`` (not ``A``) before step t (None: never).
         layer_norm: Layer norm in the inner loop (per example, over its ``H`` units).
+        rms_norm: With ``layer_norm``, RMS norm instead (no mean removed; :mod:`~fw_agents.memory.ops.norms`).
         eps: Layer-norm epsilon.
         output_final_state: False returns None for ``A_T`` and skips forming it.
         chunk_size: Steps between explicit formations of ``A`` (1: matrix form; ``>= T``:
@@ -149,5 +151,7 @@ def fast_weights_scan(
     reset_h = hidden_reset_mask(starts, hidden_resets)
     write = None if write_mask is None else write_mask.to(zx.dtype)
     chunk = default_chunk_size(T, H) if chunk_size is None else max(1, int(chunk_size))
-    options = OpOptions(decay, fast_lr, int(inner_steps), chunk, bool(layer_norm), float(eps), bool(output_final_state))
+    options = OpOptions(
+        decay, fast_lr, int(inner_steps), chunk, bool(layer_norm), float(eps), bool(output_final_state), bool(rms_norm)
+    )
     return FastWeightsScanFunction.apply(zx, h, A, W, ln_weight, ln_bias, starts, write, reset_h, options)

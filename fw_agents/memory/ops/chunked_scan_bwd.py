@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import torch
 
+from fw_agents.memory.ops import norms
 from fw_agents.memory.ops.chunked_scan_fwd import ResidualViews, ScanResiduals
 from fw_agents.memory.ops.compiled import loops_for as compiled_loops
 
-# Private aten ops, kept because no public op does the same work in one kernel:
-# * ``threshold_backward`` (ReLU's backward, into a preallocated buffer via ``.grad_input``):
-#   the public ``torch.where(q > 0, g, 0)`` takes two kernels and cannot write in place.
-# * ``native_layer_norm`` for the statistics: the backward needs the very mean and 1/std the
-#   forward's kernel used (one call over all steps); ``var_mean`` may round differently.
-# * ``native_layer_norm_backward``: torch has no public layer-norm backward; autograd per
-#   step (``torch.autograd.grad``) would build a graph per step, which is what this file avoids.
+# Private aten ops, kept because no public op does the same work in one kernel (the norm's, in
+# ops/norms.py): ``threshold_backward`` (ReLU's backward, into a preallocated buffer via
+# ``.grad_input``): the public ``torch.where(q > 0, g, 0)`` takes two kernels and cannot write in place.
 _relu_backward = torch.ops.aten.threshold_backward
 _relu_backward_into = torch.ops.aten.threshold_backward.grad_input
-_layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
 def fast_weights_scan_bwd(
     res: ScanResiduals,
     grad_y: torch.Tensor | None,
@@ -48,8 +45,8 @@ def fast_weights_scan_bwd(
     """
     opts, order, restore, hidden = res.options, res.order, res.restore, res.hidden
     B, T, H = hidden.shape
-    if opts.layer_norm:  # the layer norm's statistics, for all steps at once (one kernel)
-        _, mean, rstd = torch.native_layer_norm(res.pre_act, (H,), None, None, opts.eps)
+    if opts.layer_norm:  # the norm's statistics, for all steps at once (one kernel for layer norm)
+        mean, rstd = norms.statistics(res.pre_act, opts.eps, opts.rms_norm)
     # grad_hidden[:, t] collects dL/dh(t) from every use of h(t): output, next step's
     # W h, later Eq. 4 reads, and the chunk's final A. It is complete when step t is reached.
     if grad_y is None:
@@ -148,7 +145,7 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h_in, init_rows, init_queries = compiled.backward_steps(
             hidden, res.queries, res.pre_act, chunk.scores, weights, res.W, res.ln_weight, res.ln_bias, opts.layer_norm,
-            grads.mean, grads.rstd, res.keep_h, res.reset_steps, grad_hidden, grads.z, grads.ln_out, A, readers,
+            opts.rms_norm, grads.mean, grads.rstd, res.keep_h, res.reset_steps, grad_hidden, grads.z, grads.ln_out, A, readers,
             init_coef, read_scale, collect_reads, start, stop, whole,
         )  # fmt: skip
         if start == 0:
@@ -172,7 +169,7 @@ def _backward_steps(grads, res, chunk, collect_reads):
     and ``h_s`` per read, for ``dL/dA_init``."""
     opts, hidden, grad_hidden = res.options, res.hidden, grads.hidden
     B, _, H = hidden.shape
-    S, norm_shape, ln_mask = opts.inner_steps, (H,), [True, False, False]
+    S = opts.inner_steps
     start, stop, A = chunk.start, chunk.stop, chunk.A_init
     K = stop - start
     block = hidden[:, start:stop]
@@ -206,7 +203,7 @@ def _backward_steps(grads, res, chunk, collect_reads):
             grad_u = _relu_backward_into(grad_q, q_out, 0, grad_input=grads.ln_out_t[s][t])
             if opts.layer_norm:
                 u, mu, r = grads.pre_act_t[s][t], grads.mean_t[s][t], grads.rstd_t[s][t]
-                grad_u = _layer_norm_backward(grad_u, u, norm_shape, mu, r, res.ln_weight, res.ln_bias, ln_mask)[0]
+                grad_u = norms.normalize_backward(grad_u, u, mu, r, res.ln_weight, res.ln_bias, opts.rms_norm)
             if s == S - 1:  # u_s = z + A h_s: z gets every inner step's dL/du_s
                 grad_z.copy_(grad_u)
             else:

@@ -17,6 +17,7 @@ import torch
 from fw_agents.memory.ops import chunking, time_scales
 from fw_agents.memory.ops.chunking import chunk_coefficients, masks_by_step
 from fw_agents.memory.ops.compiled import loops_for as compiled_loops
+from fw_agents.memory.ops.norms import normalize
 from fw_agents.memory.ops.options import OpOptions
 
 
@@ -207,7 +208,7 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
     residuals and ``h(stop - 1)``. ``compiled``: the C++ port of the loop over the steps
     (:mod:`~fw_agents.memory.ops.compiled`), or None to run it here (then ``views`` are set)."""
     opts, hidden, B = res.options, res.hidden, res.hidden.shape[0]
-    K, S, norm_shape = stop - start, opts.inner_steps, hidden.shape[2:]
+    K, S = stop - start, opts.inner_steps
     Wt = res.W.t()
     chunk_starts = None if starts is None else starts[start:stop]
     chunk_write = None if write is None else write[start:stop]
@@ -227,7 +228,7 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h = compiled.forward_steps(
             zx, hidden, res.queries, res.pre_act, scores, weights, Wt, res.ln_weight, res.ln_bias,
-            opts.eps, opts.layer_norm, res.keep_h, res.reset_steps, A_read_T, readers,
+            opts.eps, opts.layer_norm, opts.rms_norm, res.keep_h, res.reset_steps, A_read_T, readers,
             None if read_scale is not None or A_read is None else read_coef, read_scale, start, stop, whole, h,
         )  # fmt: skip
         return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h
@@ -275,7 +276,7 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
                 elif read_scale[j] != 0.0:
                     read_u3_t[s][j].baddbmm_(read_q3_t[s][j], A_read_T, alpha=read_scale[j])
             u = views.pre_act_t[s][t]
-            n = torch.layer_norm(u, norm_shape, res.ln_weight, res.ln_bias, opts.eps) if opts.layer_norm else u
+            n = normalize(u, res.ln_weight, res.ln_bias, opts.eps, opts.rms_norm) if opts.layer_norm else u
             torch.clamp_min(n, 0.0, out=views.hidden_t[t] if s == S - 1 else queries_t[s + 1][t])  # Eq. 5
         h = views.hidden_t[t]
     return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h

@@ -198,7 +198,8 @@ def fused_recurrent_fast_weights_fwd(
             dummy if starts is None else starts, dummy if write is None else write, dummy if resets is None else resets,
             y, hs_buf, u_buf, ckpt, h_T, A_T if output_final_state else dummy,
             T, B, hidden, options.decay, options.fast_lr, options.eps,
-            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=options.layer_norm, HAS_A0=A is not None,
+            S=S, BH=H, K=chunk, ACC=_acc_dtype(dtype), LAYER_NORM=options.layer_norm,
+            RMS_NORM=options.rms_norm, HAS_A0=A is not None,
             HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             SAVE=save, STORE_AT=output_final_state, **_launch_options(H, backward=False),
         )  # fmt: skip
@@ -238,7 +239,7 @@ def fused_recurrent_fast_weights_bwd(
             dzx, dh0, dA0, dlnw, dlnb,
             T, B, hidden, options.decay, options.fast_lr, options.eps,
             S=options.inner_steps, BH=H, K=options.chunk_size, ACC=_acc_dtype(dtype), LAYER_NORM=layer_norm,
-            HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
+            RMS_NORM=options.rms_norm, HAS_START=starts is not None, HAS_WRITE=write is not None, HAS_RESET=resets is not None,
             HAS_GY=grad_y is not None, HAS_GHT=grad_h_T is not None, HAS_GAT=grad_A_T is not None,
             STORE_DA0=grad_A, **_launch_options(H, backward=True),
         )  # fmt: skip
@@ -324,6 +325,7 @@ def fused_recurrent_fast_weights(
     eps: float = 1e-5,
     output_final_state: bool = True,
     chunk_size: int | None = None,
+    rms_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fast-weights recurrence as one fused Triton kernel (forward and backward).
 
@@ -353,7 +355,8 @@ def fused_recurrent_fast_weights(
         episode_starts: ``[T, B]``, 1 resets ``h`` and ``A`` of that row before step t.
         write_mask: ``[T, B]``, 0 leaves ``A`` unchanged by step t (no decay, no write).
         hidden_resets: ``[T, B]``, 1 zeroes the row's ``h`` (not ``A``) before step t.
-        layer_norm: Layer norm on every inner step. eps: its epsilon.
+        layer_norm: Layer norm on every inner step. eps: its epsilon. rms_norm: RMS norm instead
+            (no mean removed; :mod:`~fw_agents.memory.ops.norms`).
         output_final_state: False returns None for ``A_T`` (never stored), as the other ops.
         chunk_size: Steps between the forward's checkpoints of ``A`` for the backward
             (rounded up to a power of two, at most 64; default 16). Memory for the
@@ -424,7 +427,9 @@ def fused_recurrent_fast_weights(
         zx, h, ln_weight, ln_bias = (None if x is None else F.pad(x, (0, pad)) for x in (zx, h, ln_weight, ln_bias))
         A, W = (None if x is None else F.pad(x, (0, pad, 0, pad)) for x in (A, W))
     tensors = (prep(zx), prep(h), prep(A), prep(W), prep(ln_weight), prep(ln_bias), starts, write, resets)
-    options = OpOptions(decay, fast_lr, inner_steps, chunk, bool(layer_norm), float(eps), bool(output_final_state))
+    options = OpOptions(
+        decay, fast_lr, inner_steps, chunk, bool(layer_norm), float(eps), bool(output_final_state), bool(rms_norm)
+    )
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors[:6]):
         y, h_T, A_T = _FastWeightsTriton.apply(*tensors, H, options)
     else:  # a rollout step or evaluation: the forward op alone, without autograd's bookkeeping

@@ -27,6 +27,7 @@ class OpOptions:
     :param layer_norm: Layer norm on every inner step.
     :param eps: The layer norm's epsilon.
     :param output_final_state: Whether the op returns the final fast weights ``A_T``.
+    :param rms_norm: With ``layer_norm``, RMS norm instead (:mod:`~fw_agents.memory.ops.norms`).
     """
 
     decay: float | tuple[float, ...]
@@ -36,3 +37,4 @@ class OpOptions:
     layer_norm: bool = True
     eps: float = 1e-5
     output_final_state: bool = True
+    rms_norm: bool = False

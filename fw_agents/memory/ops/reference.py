@@ -33,6 +33,7 @@ def fast_weights_reference(
     eps: float = 1e-5,
     output_final_state: bool = True,
     chunk_size: int | None = None,
+    rms_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the fast-weights RNN over a sequence, one step at a time.
 
@@ -66,6 +67,8 @@ def fast_weights_reference(
         hidden_resets: ``[T, B]`` 0/1; 1 zeroes the row's ``h`` (not ``A``) before step t
             (the multi-level glimpse model's wipe between levels).
         layer_norm: Apply layer norm in the inner loop.
+        rms_norm: With ``layer_norm``, RMS norm instead: ``γ ⊙ u / sqrt(mean(u²) + eps) + β``
+            (no mean removed; gain and bias needed).
         eps: Layer-norm epsilon.
         output_final_state: False returns None for the final ``A``.
         chunk_size: Accepted for the common signature and ignored (there are no chunks here).
@@ -95,7 +98,10 @@ def fast_weights_reference(
             u = z + torch.einsum("bij,bj->bi", A, hs)
             if layer_norm:
                 # per example, over its H hidden units (never over the batch)
-                u = F.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
+                if rms_norm:  # RMS norm: the scale alone, no mean removed
+                    u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps) * ln_weight + ln_bias
+                else:
+                    u = F.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
             hs = torch.relu(u)
         h = hs
         # in zx's dtype: a float32 or bool mask must not turn decay_t (and the write) into float32

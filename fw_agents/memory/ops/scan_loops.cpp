@@ -23,6 +23,14 @@ namespace {
 // [rows, 1, n] views of a [rows, n] step, as the Python loops' `unsqueeze(...).unbind(...)` views.
 inline Tensor row3(const Tensor& x) { return x.unsqueeze(1); }
 
+// norms.normalize: layer norm, or RMS norm (the scale alone) plus the bias.
+inline Tensor normalize(const Tensor& u, at::IntArrayRef shape, const std::optional<Tensor>& weight,
+                        const std::optional<Tensor>& bias, double eps, bool rms) {
+  if (!rms) return at::layer_norm(u, shape, weight, bias, eps);
+  Tensor out = at::rms_norm(u, shape, weight, eps);
+  return bias ? at::add(out, *bias) : out;
+}
+
 }  // namespace
 
 // Steps start .. stop-1 of one chunk; fills queries/pre_act/hidden/scores in place and returns h(stop-1).
@@ -33,8 +41,8 @@ inline Tensor row3(const Tensor& x) { return x.unsqueeze(1); }
 Tensor forward_steps(const Tensor& zx, const Tensor& hidden, const Tensor& queries, const Tensor& pre_act,
                      const Tensor& scores, const Tensor& weights, const Tensor& Wt,
                      const std::optional<Tensor>& ln_weight, const std::optional<Tensor>& ln_bias, double eps,
-                     bool layer_norm, const std::optional<Tensor>& keep_h, const std::vector<bool>& reset_steps,
-                     const std::optional<Tensor>& A_read_T, int64_t readers, const std::optional<Tensor>& read_coef,
+                     bool layer_norm, bool rms_norm, const std::optional<Tensor>& keep_h,
+                     const std::vector<bool>& reset_steps, const std::optional<Tensor>& A_read_T, int64_t readers, const std::optional<Tensor>& read_coef,
                      const std::optional<std::vector<double>>& read_scale, int64_t start, int64_t stop, bool whole,
                      Tensor h) {
   const int64_t K = stop - start, S = queries.size(0), H = hidden.size(2);
@@ -77,7 +85,7 @@ Tensor forward_steps(const Tensor& zx, const Tensor& hidden, const Tensor& queri
           read_u3.baddbmm_(read_q3, *A_read_T, 1.0, (*read_scale)[j]);
         }
       }
-      Tensor n = layer_norm ? at::layer_norm(u, norm_shape, ln_weight, ln_bias, eps) : u;
+      Tensor n = layer_norm ? normalize(u, norm_shape, ln_weight, ln_bias, eps, rms_norm) : u;
       Tensor target = s == S - 1 ? hidden.select(1, t) : queries.select(0, s + 1).select(0, t);
       at::clamp_min_out(target, n, 0.0);  // Eq. 5
     }
@@ -93,7 +101,7 @@ Tensor forward_steps(const Tensor& zx, const Tensor& hidden, const Tensor& queri
 std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
     const Tensor& hidden, const Tensor& queries, const Tensor& pre_act, const Tensor& chunk_scores,
     const Tensor& weights, const Tensor& W, const std::optional<Tensor>& ln_weight,
-    const std::optional<Tensor>& ln_bias, bool layer_norm, const std::optional<Tensor>& mean,
+    const std::optional<Tensor>& ln_bias, bool layer_norm, bool rms_norm, const std::optional<Tensor>& mean,
     const std::optional<Tensor>& rstd, const std::optional<Tensor>& keep_h, const std::vector<bool>& reset_steps,
     const Tensor& grad_hidden, const Tensor& grad_z_all, const Tensor& ln_out, const std::optional<Tensor>& A,
     int64_t readers, const Tensor& init_coef, const std::optional<std::vector<double>>& read_scale,
@@ -123,10 +131,16 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
       Tensor q_out = s + 1 < S ? queries.select(0, s + 1).select(0, t) : hidden.select(1, t);
       Tensor grad_ln = ln_out.select(0, s).select(0, t);
       Tensor grad_u = at::threshold_backward_out(grad_ln, grad_q, q_out, 0);
-      if (layer_norm) {
+      if (layer_norm) {  // norms.normalize_backward
+        const Tensor r = rstd->select(0, s).select(0, t);
+        Tensor grad_n = grad_u;
         grad_u = std::get<0>(at::native_layer_norm_backward(
-            grad_u, pre_act.select(0, s).select(0, t), norm_shape, mean->select(0, s).select(0, t),
-            rstd->select(0, s).select(0, t), ln_weight, ln_bias, ln_mask));
+            grad_n, pre_act.select(0, s).select(0, t), norm_shape, mean->select(0, s).select(0, t), r, ln_weight,
+            ln_bias, ln_mask));
+        if (rms_norm) {  // layer norm's backward at mean 0 takes away r mean(g), which RMS norm's keeps
+          Tensor g = ln_weight ? grad_n * *ln_weight : grad_n;
+          grad_u = grad_u.addcmul_(g.mean(-1, true), r);
+        }
       }
       if (s == S - 1) {  // u_s = z + A h_s: z gets every inner step's dL/du_s
         grad_z.copy_(grad_u);
@@ -185,7 +199,8 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
 Tensor rollout_step(const Tensor& x, const Tensor& packed, const std::optional<Tensor>& episode_starts,
                     Tensor out, const Tensor& C_weight, const std::optional<Tensor>& C_bias, const Tensor& W,
                     const std::optional<Tensor>& ln_weight, const std::optional<Tensor>& ln_bias, double eps,
-                    bool layer_norm, double decay, double fast_lr, int64_t inner_steps, bool bias_correction) {
+                    bool layer_norm, bool rms_norm, double decay, double fast_lr, int64_t inner_steps,
+                    bool bias_correction) {
   const int64_t B = x.size(1), H = W.size(0), HH = H * H, state_size = H + HH + (bias_correction ? 1 : 0);
   Tensor h = packed.slice(1, 0, H);
   const Tensor A = packed.slice(1, H, H + HH).reshape({B, H, H});
@@ -221,7 +236,7 @@ Tensor rollout_step(const Tensor& x, const Tensor& packed, const std::optional<T
   for (int64_t s = 0; s < inner_steps; ++s) {  // Eq. 5, with A(t-1) = 0 in the restarting rows
     Tensor u = at::baddbmm(z.unsqueeze(1), q.unsqueeze(1), A_T).squeeze(1);
     if (restart) u.index_copy_(0, *restart, z.index_select(0, *restart));
-    if (layer_norm) u = at::layer_norm(u, norm_shape, ln_weight, ln_bias, eps);
+    if (layer_norm) u = normalize(u, norm_shape, ln_weight, ln_bias, eps, rms_norm);
     q = at::relu(u);
   }
   h_out.copy_(q);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fw_agents.memory.ops import time_scales
+from fw_agents.memory.ops.norms import normalize
 from fw_agents.memory.ops.chunking import as_bool_mask, hidden_reset_mask
 
 
@@ -26,6 +27,7 @@ def fast_weights_step(
     eps: float = 1e-5,
     output_final_state: bool = True,
     chunk_size: int | None = None,
+    rms_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One time step with ``A`` kept explicitly: a handful of fused ops, autograd for the backward.
 
@@ -36,7 +38,7 @@ def fast_weights_step(
     Args:
         zx: ``C x(t)`` with its bias, ``[1, B, H]``.
         h, A, W, ln_weight, ln_bias, decay, fast_lr, inner_steps, episode_starts, write_mask,
-            hidden_resets, layer_norm, eps, output_final_state: as :func:`fast_weights_scan`.
+            hidden_resets, layer_norm, eps, output_final_state, rms_norm: as :func:`fast_weights_scan`.
 
     Returns:
         ``(y [1, B, H], h [B, H], A [B, H, H] or None)``.
@@ -59,7 +61,7 @@ def fast_weights_step(
     for _ in range(inner_steps):  # Eq. 5
         u = z if A is None else torch.baddbmm(z.unsqueeze(1), q.unsqueeze(1), A.transpose(1, 2)).squeeze(1)
         if layer_norm:
-            u = torch.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
+            u = normalize(u, ln_weight, ln_bias, eps, rms_norm)
         q = torch.relu(u)
     if not output_final_state:
         return q.unsqueeze(0), q, None
@@ -112,6 +114,7 @@ def fast_weights_step_into(
     hidden_resets: torch.Tensor | None = None,
     layer_norm: bool = True,
     eps: float = 1e-5,
+    rms_norm: bool = False,
 ) -> None:
     """:func:`fast_weights_step` without autograd, writing ``h(t)`` and ``A(t)`` into ``h_out``
     ``[B, H]`` and ``A_out`` ``[B, H, H]`` (views of one packed state, say): a rollout step that
@@ -138,7 +141,7 @@ def fast_weights_step_into(
         if restart is not None:
             u.index_copy_(0, restart, z.index_select(0, restart))
         if layer_norm:
-            u = torch.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
+            u = normalize(u, ln_weight, ln_bias, eps, rms_norm)
         q = torch.relu(u)
     h_out.copy_(q)
     keep, scaled, value = _write_terms(q, write_mask, decay, fast_lr)

@@ -65,7 +65,7 @@ def _fw_forward_kernel(
     y_ptr, hs_ptr, u_ptr, ckpt_ptr, ht_ptr, at_ptr,
     T, B, H, decay, fast_lr, eps,
     S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
-    LAYER_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_START: tl.constexpr,
+    LAYER_NORM: tl.constexpr, RMS_NORM: tl.constexpr, HAS_A0: tl.constexpr, HAS_START: tl.constexpr,
     HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr, SAVE: tl.constexpr, STORE_AT: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)  # offsets in int64: ckpt and the saved states pass 2^31 elements at large T*B
@@ -113,8 +113,10 @@ def _fw_forward_kernel(
                 tl.store(hs_ptr + base + cols, hs)
                 tl.store(u_ptr + base + cols, u)
             if LAYER_NORM:
-                mean = tl.reduce(u, 0, _ADD) / H
-                diff = tl.where(lane, u - mean, 0.0)
+                if RMS_NORM:  # the root mean square alone (ops/norms.py)
+                    diff = tl.where(lane, u, 0.0)
+                else:
+                    diff = tl.where(lane, u - tl.reduce(u, 0, _ADD) / H, 0.0)
                 rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                 u = diff * rstd * gain + beta
             hs = tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL)
@@ -137,8 +139,8 @@ def _fw_backward_kernel(
     dzx_ptr, dh0_ptr, da0_ptr, dlnw_ptr, dlnb_ptr,
     T, B, H, decay, fast_lr, eps,
     S: tl.constexpr, BH: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr,
-    LAYER_NORM: tl.constexpr, HAS_START: tl.constexpr, HAS_WRITE: tl.constexpr, HAS_RESET: tl.constexpr,
-    HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
+    LAYER_NORM: tl.constexpr, RMS_NORM: tl.constexpr, HAS_START: tl.constexpr, HAS_WRITE: tl.constexpr,
+    HAS_RESET: tl.constexpr, HAS_GY: tl.constexpr, HAS_GHT: tl.constexpr, HAS_GAT: tl.constexpr, STORE_DA0: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)  # offsets in int64: ckpt and the saved states pass 2^31 elements at large T*B
     nb = b * 0 + B  # B as int64 (an i32 argument): t * B itself passes 2^31 at large T*B, small H
@@ -217,16 +219,21 @@ def _fw_backward_kernel(
                 u = tl.load(u_ptr + base + rows).to(ACC)
                 gu = tl.where(h_next > 0.0, gh, 0.0)
                 if LAYER_NORM:
-                    mean = tl.reduce(u, 0, _ADD) / H
-                    diff = tl.where(lane, u - mean, 0.0)
+                    if RMS_NORM:
+                        diff = tl.where(lane, u, 0.0)
+                    else:
+                        diff = tl.where(lane, u - tl.reduce(u, 0, _ADD) / H, 0.0)
                     rstd = 1.0 / tl.sqrt(tl.reduce(diff * diff, 0, _ADD) / H + eps)
                     xhat = diff * rstd
                     dgain = dgain + gu * xhat
                     dbeta = dbeta + gu
                     gx = gu * gain
-                    gu = tl.where(
-                        lane, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
-                    )  # fmt: skip
+                    if RMS_NORM:  # RMS norm's backward has no mean(g) term
+                        gu = tl.where(lane, rstd * (gx - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0)
+                    else:
+                        gu = tl.where(
+                            lane, rstd * (gx - tl.reduce(gx, 0, _ADD) / H - xhat * (tl.reduce(gx * xhat, 0, _ADD) / H)), 0.0
+                        )  # fmt: skip
                 dz = dz + gu
                 dA = dA + gu[:, None] * hs[None, :]
                 # dL/dh_s = A_pre^T gu, A_pre = gj A_c + sum_tau wrow[tau] h(tau) h(tau)^T
