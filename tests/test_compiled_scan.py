@@ -10,7 +10,11 @@ by tests/test_fast_weights.py and tests/test_fast_weights_options.py.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -191,6 +195,37 @@ def test_a_failed_build_warns_once_and_the_scan_runs_its_python_loops(choose, mo
     choose("1")
     with pytest.raises(RuntimeError, match="FW_AGENTS_COMPILED=1: the compiled scan loops failed to build"):
         compiled.loops()
+
+
+@needs_toolchain
+def test_a_process_killed_while_loading_blocks_no_later_load(choose):
+    """A process killed while it held the extension's locks (a suite worker killed as it starts)
+    leaves torch's lock file behind; the next load must neither wait on it nor rebuild."""
+    choose("1")
+    assert compiled.loops() is not None  # built (or found) in this session's extensions folder
+    build_dir = compiled.build_directory()
+    library = build_dir / f"{build_dir.name}.so"
+    built_at = library.stat().st_mtime_ns
+    stale = build_dir / "lock"
+    stale.write_text("")  # what torch's FileBaton leaves when its holder dies before releasing it
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_OUR_LOCK, str(build_dir / "fw_agents.lock")])
+    try:
+        time.sleep(0.5)
+        holder.kill()  # dies holding our lock: the OS releases it
+        holder.wait()
+        code = "from fw_agents.memory.ops import compiled; assert compiled.loops() is not None"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=dict(os.environ, FW_AGENTS_COMPILED="1"))
+    finally:
+        stale.unlink(missing_ok=True)
+    assert library.stat().st_mtime_ns == built_at  # imported, not built again
+
+
+_HOLD_OUR_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+time.sleep(60)
+"""
 
 
 @needs_toolchain

@@ -10,7 +10,8 @@ step on packed states (``FastWeightsRNN.forward_packed``: ~40 small ops from Pyt
 
 It is built with torch's own extension builder (``torch.utils.cpp_extension.load``: a C++17
 compiler and ninja, both in the usual build tools) the first time a CPU scan runs, once per
-machine (~40 s; cached in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).
+machine (~40 s; cached in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
+under ``fw_agents/``); a built library is imported directly.
 Where it cannot be built, the scan warns once and runs its Python loops: same results.
 
 ``FW_AGENTS_COMPILED`` chooses, read when the scan first asks:
@@ -97,20 +98,68 @@ def reset() -> None:
     _loaded, _tried = None, False
 
 
+def build_directory() -> Path:
+    """Where the extension is built and cached: ``<TORCH_EXTENSIONS_DIR>/fw_agents/<name>``, the
+    name carrying a digest of the source and torch's version (an edited source or another torch,
+    another ABI, is a new extension, never a stale cache)."""
+    from torch.utils import cpp_extension
+
+    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    return root / "fw_agents" / f"fw_agents_scan_loops_{digest}"
+
+
 def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
-    # the source's and torch's version in the name: an edited source or another torch (another
-    # ABI) is a new extension, never a stale cache
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
-    name = f"fw_agents_scan_loops_{digest}"
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
-    if not any(root.glob(f"*/{name}/{name}.*")) and not any(root.glob(f"{name}/{name}.*")):
-        print(f"fast weights: building the compiled scan loops into {root} (once per machine, about a minute; "
-              "FW_AGENTS_COMPILED=0 skips it)", file=sys.stderr, flush=True)  # fmt: skip
-    return cpp_extension.load(
-        name=name,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O2"],
-        verbose=False,
-    )
+    build_dir = build_directory()
+    name = build_dir.name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # One process at a time past this point, by an OS lock that dies with its holder: torch's own
+    # lock (a file it deletes when done) outlives a process killed mid-load, and every later load
+    # would wait on it forever (a suite worker killed as it starts, say).
+    with _exclusive(build_dir / "fw_agents.lock"):
+        library = build_dir / f"{name}.so"
+        if library.exists():  # built: import it, no build tools run
+            with contextlib.suppress(ImportError):  # a half-written library: built again below
+                return _import(name, library)
+        with contextlib.suppress(FileNotFoundError):
+            (build_dir / "lock").unlink()  # torch's lock, left by a build killed midway: ours is held
+        print(f"fast weights: building the compiled scan loops into {build_dir} (once per machine, about a "
+              "minute; FW_AGENTS_COMPILED=0 skips it)", file=sys.stderr, flush=True)  # fmt: skip
+        return cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=["-O2"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (released by the OS if the process dies); a no-op
+    where ``fcntl`` is missing (Windows: torch's own lock alone)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _import(name: str, library: Path) -> ModuleType:
+    """The built extension module at ``library``, imported as ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, library)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {library}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
