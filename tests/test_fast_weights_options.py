@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fw_agents.memory import FastWeightsRNN, make_memory
-from fw_agents.memory.fast_weights import bias_corrected_writes
+from fw_agents.memory.bias_correction import bias_corrected_writes
 from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast_weights_step
 from fw_agents.memory.ops import fused_recurrent
 from test_fast_weights import MODES_AND_CHUNKS as MODES, use_mode  # the modes every core test runs
