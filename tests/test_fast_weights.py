@@ -44,6 +44,16 @@ def _inputs(T=6, B=3, H=5, seed=0, resets=True, writes=False, init=True, scale=1
     return zx, h, A, W, gain, bias, starts, write
 
 
+def op_inputs(T, B, H, seed):
+    """:func:`_inputs`' six tensors as a list, episode starts at fixed places (``B >= 3``): row 1
+    at step 0 (the scan puts the rows that restart there last) and row 2 at step ``min(3, T-1)``,
+    and a generator for the caller's masks."""
+    zx, h, A, W, gain, bias, _, _ = _inputs(T, B, H, seed=seed, resets=False)
+    starts = torch.zeros(T, B, dtype=DT)
+    starts[0, 1] = starts[min(3, T - 1), 2] = 1.0
+    return [zx, h, A, W, gain, bias], starts, torch.Generator().manual_seed(seed + 1)
+
+
 @pytest.fixture(params=["whole", "sliced"])
 def block_reads(request, monkeypatch):
     """Both ways the scan reads a chunk's past: the whole block (zero weights ahead, short

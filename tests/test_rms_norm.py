@@ -14,7 +14,7 @@ from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast
 from fw_agents.memory.ops.norms import normalize, normalize_backward, statistics
 from fw_agents.memory.ops.step import fast_weights_step_into
 from test_fast_weights import MODES_AND_CHUNKS as MODES, use_mode
-from test_fast_weights import assert_same_values_and_gradients
+from test_fast_weights import assert_same_values_and_gradients, op_inputs
 
 DT = torch.float64
 
@@ -55,14 +55,8 @@ def test_relu_of_the_rms_norm_keeps_a_non_negative_state():
 
 
 def _op_inputs(T=7, B=4, H=6, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    zx, h = torch.randn(T, B, H, generator=g, dtype=DT), torch.randn(B, H, generator=g, dtype=DT)
-    A, W = 0.1 * torch.randn(B, H, H, generator=g, dtype=DT), 0.3 * torch.randn(H, H, generator=g, dtype=DT)
-    gain, bias = 1 + 0.1 * torch.randn(H, generator=g, dtype=DT), 0.1 * torch.randn(H, generator=g, dtype=DT)
-    starts = torch.zeros(T, B, dtype=DT)
-    starts[0, 1] = starts[min(3, T - 1), 2] = 1.0
-    writes = (torch.rand(T, B, generator=g) > 0.3).to(DT)
-    return [zx, h, A, W, gain, bias], starts, writes
+    tensors, starts, g = op_inputs(T, B, H, seed)
+    return tensors, starts, (torch.rand(T, B, generator=g) > 0.3).to(DT)
 
 
 def test_the_reference_is_the_loop_written_out():

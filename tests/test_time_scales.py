@@ -13,22 +13,18 @@ from fw_agents.memory.ops import fast_weights_reference, fast_weights_scan, fast
 from fw_agents.memory.ops import fused_recurrent, time_scales
 from fw_agents.memory.ops.step import fast_weights_step_into
 from test_fast_weights import MODES_AND_CHUNKS as MODES, use_mode
-from test_fast_weights import assert_same_values_and_gradients
+from test_fast_weights import assert_same_values_and_gradients, op_inputs
 
 DT = torch.float64
 DECAYS, RATES = (0.95, 0.8, 0.5), (0.3, 0.1, 0.7)
 
 
 def _op_inputs(T=7, B=4, H=7, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    zx, h = torch.randn(T, B, H, generator=g, dtype=DT), torch.randn(B, H, generator=g, dtype=DT)
-    A, W = 0.1 * torch.randn(B, H, H, generator=g, dtype=DT), 0.3 * torch.randn(H, H, generator=g, dtype=DT)
-    gain, bias = 1 + 0.1 * torch.randn(H, generator=g, dtype=DT), 0.1 * torch.randn(H, generator=g, dtype=DT)
-    starts = torch.zeros(T, B, dtype=DT)
-    starts[0, 1] = starts[min(3, T - 1), 2] = starts[T - 1, 0] = 1.0  # at step 0 too: the scan reorders rows
+    tensors, starts, g = op_inputs(T, B, H, seed)
+    starts[T - 1, 0] = 1.0
     resets = torch.zeros(T, B, dtype=DT)
     resets[min(2, T - 1), 3] = 1.0
-    return [zx, h, A, W, gain, bias], starts, resets, g
+    return tensors, starts, resets, g
 
 
 def row_by_row_loop(zx, h, A, W, gain, bias, decays, rates, starts, writes):
