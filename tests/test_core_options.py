@@ -35,11 +35,14 @@ from fw_agents.tasks.cli import FastWeightsOptions, parse_task_args, setup_task
 
 ROOT = Path(__file__).resolve().parents[1]
 RANGED = [o for o in FAST_WEIGHTS_OPTIONS if o.kind is not bool]
+#: Options that apply only beside another: the values given with them.
+COMPANION_FLAGS = {"memory_lr_scale": {"learned_memory": True}}
 
 
 def _build(name, value):
     # time_scales' bound also depends on λ (its shortest scale's λ must stay > 0): room for 8 here
-    return FastWeightsRNN(2, 4, **{name: value}, **({"decay": 0.999} if name == "time_scales" else {}))
+    return FastWeightsRNN(2, 4, **{name: value}, **({"decay": 0.999} if name == "time_scales" else {}),
+                          **COMPANION_FLAGS.get(name, {}))
 
 
 # ------------------------------------------------------------------ the spec is what the core checks
@@ -106,16 +109,18 @@ def test_agent_defaults_are_the_specs_and_fast_lr_replaces_the_share():
 
 
 FLAG_VALUES = {"fast_lr": 0.01, "fast_share": 2.0, "decay": 0.8, "inner_steps": 2, "identity_scale": 0.3,
-               "bias_correction": True, "relative_slow_weights": True, "time_scales": 3, "rms_norm": True}  # fmt: skip
+               "bias_correction": True, "relative_slow_weights": True, "time_scales": 3, "rms_norm": True,
+               "learned_memory": True, "memory_lr_scale": 10.0}  # fmt: skip
 
 
 def test_every_option_has_its_generated_flag_and_round_trips_to_memory_kwargs():
     assert [flag.key for flag in CORE_FLAGS] == [o.name for o in FAST_WEIGHTS_OPTIONS]
     for option in FAST_WEIGHTS_OPTIONS:
         value = FLAG_VALUES[option.name]
+        companions = COMPANION_FLAGS.get(option.name, {})
         argv = [option.flag] if option.kind is bool else [option.flag, str(value)]
-        config = train_agent.parse_config(argv)
-        assert config.memory_kwargs == {option.name: value}
+        config = train_agent.parse_config(argv + [OPTIONS[name].flag for name in companions])
+        assert config.memory_kwargs == {option.name: value, **companions}
         config.validate()
         core = make_memory("fastweights", 3, 8, **config.resolved_memory_kwargs())
         assert getattr(core, option.name) == value

@@ -109,6 +109,14 @@ class FastWeightsRNN(MemoryCore):
         and bias) instead of layer norm: ``relu(RMS(h)) = h/rms(h)`` for ``h >= 0``, so a state
         driven by ``W h`` alone (a blank input) keeps its pattern, which ``relu(LN(h))``, zeroing
         every unit below the mean, rewrites at every step (:mod:`~fw_agents.memory.ops.norms`).
+    :param learned_memory: Train λ and η (in its unit, ``fast_share`` or ``fast_lr``) by gradient from
+        the given values, as ``λ = sigmoid(g ρ)`` and ``η = exp(g κ)`` (parameters ``decay_logit`` ρ
+        and ``log_eta`` κ, kept in range by that form; :attr:`learned_decay`, :attr:`paper_fast_lr`).
+        Runs the reference loop (autograd), one time scale, modes ``"auto"``/``"reference"``;
+        several times slower than the scan (docs/fast_weights_learning.md §10).
+    :param memory_lr_scale: ``g``, the learned λ and η's learning rate relative to the other
+        parameters': an optimizer that steps each parameter by about its learning rate (Adam)
+        moves ``gρ`` and ``gκ`` by ``g`` times it.
 
     State: ``(h [B, H], A [B, H, H])``, and ``m [B, G]`` (the filled share of each time scale)
     with ``bias_correction``.
@@ -131,6 +139,8 @@ class FastWeightsRNN(MemoryCore):
         relative_slow_weights: bool = OPTIONS["relative_slow_weights"].default,
         time_scales: int = OPTIONS["time_scales"].default,
         rms_norm: bool = OPTIONS["rms_norm"].default,
+        learned_memory: bool = OPTIONS["learned_memory"].default,
+        memory_lr_scale: float = OPTIONS["memory_lr_scale"].default,
     ) -> None:
         super().__init__(input_size, hidden_size)
         # every range is the spec's (fw_agents.memory.options), as every flag and search is
@@ -146,6 +156,13 @@ class FastWeightsRNN(MemoryCore):
         self.relative_slow_weights = OPTIONS["relative_slow_weights"].check(relative_slow_weights)
         self.time_scales = OPTIONS["time_scales"].check(time_scales)
         self.rms_norm = OPTIONS["rms_norm"].check(rms_norm)
+        self.learned_memory = OPTIONS["learned_memory"].check(learned_memory)
+        self.memory_lr_scale = OPTIONS["memory_lr_scale"].check(memory_lr_scale)
+        if self.learned_memory and (self.time_scales > 1 or self.mode not in ("auto", "reference")):
+            raise ValueError(f"learned_memory=True with time_scales={self.time_scales}, mode={self.mode!r}: it runs one "
+                             "time scale through the reference loop (mode 'auto' or 'reference')")
+        if self.memory_lr_scale != 1.0 and not self.learned_memory:
+            raise ValueError(f"memory_lr_scale={memory_lr_scale!r} applies with learned_memory=True only")
         most = max(g for g in range(1, 64) if (1.0 - self.decay) * 2 ** (g - 1) < 1.0)
         if self.time_scales > most:
             raise ValueError(f"time_scales={time_scales} with decay={decay}: "
@@ -156,6 +173,9 @@ class FastWeightsRNN(MemoryCore):
         #: λ of each time scale, the longest first: ``1 - (1-λ)·2^g``.
         self.decays = tuple(1.0 - (1.0 - self.decay) * 2**g for g in range(self.time_scales))
         self.W = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+        if self.learned_memory:  # λ = sigmoid(g ρ), η = exp(g κ) in its unit: set by reset_parameters
+            self.decay_logit = nn.Parameter(torch.zeros(()))
+            self.log_eta = nn.Parameter(torch.zeros(()))
         self.C = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
         if self.rms_norm and self.ln is None:
@@ -164,9 +184,17 @@ class FastWeightsRNN(MemoryCore):
         self.reset_parameters()
 
     @property
+    def learned_decay(self) -> torch.Tensor:
+        """λ as trained: ``sigmoid(g ρ)`` (0-d)."""
+        return torch.sigmoid(self.memory_lr_scale * self.decay_logit)
+
+    @property
     def paper_fast_lr(self) -> float:
         """The η of the paper's Eq. 1 this core computes with: ``fast_lr``, or
         ``fast_share·(1-λ)/H``."""
+        if self.learned_memory:
+            eta = torch.exp(self.memory_lr_scale * self.log_eta)
+            return eta if self.fast_share is None else eta * (1.0 - self.learned_decay) / self.hidden_size
         if self.fast_share is not None:
             return self.fast_share * (1.0 - self.decay) / self.hidden_size
         return self.fast_lr
@@ -174,6 +202,8 @@ class FastWeightsRNN(MemoryCore):
     @property
     def op_decay(self) -> float | tuple[float, ...]:
         """The ops' ``decay``: λ, or one λ per time scale (:mod:`~fw_agents.memory.ops.time_scales`)."""
+        if self.learned_memory:
+            return self.learned_decay
         return self.decay if self.time_scales == 1 else self.decays
 
     @property
@@ -204,6 +234,10 @@ class FastWeightsRNN(MemoryCore):
             self.C.bias.zero_()
             if self.ln is not None:
                 self.ln.reset_parameters()
+            if self.learned_memory:
+                eta = self.fast_lr if self.fast_share is None else self.fast_share
+                self.decay_logit.fill_(math.log(self.decay / (1.0 - self.decay)) / self.memory_lr_scale)
+                self.log_eta.fill_(math.log(eta) / self.memory_lr_scale)
 
     @property
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -259,7 +293,7 @@ class FastWeightsRNN(MemoryCore):
         (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's.
         On the CPU the same ops run as one compiled call where the C++ loops build
         (:mod:`~fw_agents.memory.ops.compiled`), bitwise the Python ones."""
-        if x.shape[0] != 1 or torch.is_grad_enabled() or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x):
+        if x.shape[0] != 1 or torch.is_grad_enabled() or self.learned_memory or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x):
             return super().forward_packed(x, packed, episode_starts, width, out)
         state = self.unpack_state(packed[:, : self.state_size])
         H, batch = self.hidden_size, x.shape[1]
@@ -345,7 +379,7 @@ class FastWeightsRNN(MemoryCore):
             op, chunk_size = self._op(x)
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         if self.bias_correction:
-            return y, (h_T, A_T, filled_T)
+            return y, (h_T, A_T, filled_T.detach() if self.learned_memory else filled_T)
         return y, (h_T, A_T)
 
     def _bias_corrected_writes(
@@ -353,7 +387,8 @@ class FastWeightsRNN(MemoryCore):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`bias_corrected_writes` for each time scale: write weights ``[T, B]`` (one scale)
         or ``[T, B, G]``, and the filled shares ``[B, G]`` after the last step."""
-        per_scale = [bias_corrected_writes(d, filled[:, g], starts, write_mask, steps) for g, d in enumerate(self.decays)]
+        decays = (self.learned_decay,) if self.learned_memory else self.decays
+        per_scale = [bias_corrected_writes(d, filled[:, g], starts, write_mask, steps) for g, d in enumerate(decays)]
         if self.time_scales == 1:
             return per_scale[0][0], per_scale[0][1][:, None]
         return torch.stack([w for w, _ in per_scale], dim=2), torch.stack([m for _, m in per_scale], dim=1)
@@ -367,13 +402,15 @@ class FastWeightsRNN(MemoryCore):
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
         return self.mode == "triton" or (
-            self.mode == "auto" and self.time_scales == 1 and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
+            self.mode == "auto" and self.time_scales == 1 and not self.learned_memory and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
         )
 
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:
         """The op for this call and its ``chunk_size`` (the kernel picks its own checkpoints)."""
         if self._uses_kernel(x):
             return fused_recurrent_fast_weights, None
+        if self.learned_memory:  # autograd through the reference loop: the gradients of λ and η
+            return fast_weights_reference, None
         return _OPS[self.mode][x.shape[0] == 1], self.chunk_size(x.shape[0])
 
     def extra_repr(self) -> str:
@@ -386,5 +423,6 @@ class FastWeightsRNN(MemoryCore):
             + (", relative_slow_weights=True" if self.relative_slow_weights else "")
             + (f", time_scales={self.time_scales}" if self.time_scales > 1 else "")
             + (", rms_norm=True" if self.rms_norm else "")
+            + (f", learned_memory=True, memory_lr_scale={self.memory_lr_scale}" if self.learned_memory else "")
         )
 

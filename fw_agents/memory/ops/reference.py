@@ -23,8 +23,8 @@ def fast_weights_reference(
     ln_weight: torch.Tensor | None,
     ln_bias: torch.Tensor | None,
     *,
-    decay: float | tuple[float, ...],
-    fast_lr: float | tuple[float, ...],
+    decay: float | tuple[float, ...] | torch.Tensor,
+    fast_lr: float | tuple[float, ...] | torch.Tensor,
     inner_steps: int,
     episode_starts: torch.Tensor | None = None,
     write_mask: torch.Tensor | None = None,
@@ -56,8 +56,9 @@ def fast_weights_reference(
         W: Slow recurrent weights ``[H, H]`` (``z = h @ W.T``, as ``nn.Linear``).
         ln_weight: Layer-norm gain ``[H]`` (None: no gain).
         ln_bias: Layer-norm bias ``[H]``.
-        decay: λ, or one per time scale.
-        fast_lr: η, or one per time scale.
+        decay: λ, or one per time scale; or a 0-d tensor (a learned λ: autograd gives its gradient,
+            here only, ``FastWeightsRNN(learned_memory=True)``).
+        fast_lr: η, or one per time scale; or a 0-d tensor with a tensor ``decay``.
         inner_steps: S.
         episode_starts: ``[T, B]`` 0/1; 1 resets the row's ``h`` and ``A`` to exact zeros before
             step t (``torch.where``: a NaN or inf carried there is cleared too).
@@ -76,7 +77,7 @@ def fast_weights_reference(
     Returns:
         ``(y [T, B, H], h [B, H], A [B, H, H] or None)``.
     """
-    decay, fast_lr = time_scales.as_scales(decay, fast_lr)
+    decay, fast_lr = time_scales.as_scales(decay, fast_lr, tensors=True)
     T, B, H = zx.shape
     scales = time_scales.count(decay)
     time_scales.check_write_mask(write_mask, T, B, scales)

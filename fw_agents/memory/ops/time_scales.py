@@ -19,14 +19,23 @@ from collections.abc import Sequence
 import torch
 
 
-def as_scales(decay: float | Sequence[float], fast_lr: float | Sequence[float]) -> tuple[
-    float | tuple[float, ...], float | tuple[float, ...]
-]:
+def as_scales(decay: float | Sequence[float] | torch.Tensor, fast_lr: float | Sequence[float] | torch.Tensor,
+              tensors: bool = False) -> tuple[float | tuple[float, ...] | torch.Tensor, float | tuple[float, ...] | torch.Tensor]:
     """``(decay, fast_lr)`` as an op carries them: two floats (one time scale), or two tuples of
     ``G >= 2`` floats (a float ``fast_lr`` is repeated). A one-element tuple reads as its float.
+    With ``tensors`` (the reference loop), 0-d tensors pass as they are (a learned λ and η: autograd
+    gives their gradients); the other ops, which would carry them as constants, refuse them.
 
-    :raises ValueError: The two lengths differ, or a tuple is empty.
+    :raises ValueError: The two lengths differ, a tuple is empty, or a tensor where ``tensors`` is False
+        (or not 0-d, or beside a float).
     """
+    if isinstance(decay, torch.Tensor) or isinstance(fast_lr, torch.Tensor):
+        if not tensors:
+            raise ValueError("decay and fast_lr as tensors (a learned λ and η) run in fast_weights_reference only; "
+                             "give floats here")
+        if not (isinstance(decay, torch.Tensor) and isinstance(fast_lr, torch.Tensor) and decay.dim() == fast_lr.dim() == 0):
+            raise ValueError("a learned decay and fast_lr are two 0-d tensors")
+        return decay, fast_lr
     if isinstance(decay, numbers.Real):
         if not isinstance(fast_lr, numbers.Real):
             raise ValueError(f"one decay with {len(fast_lr)} fast_lr values: give a decay per time scale")
@@ -42,7 +51,7 @@ def as_scales(decay: float | Sequence[float], fast_lr: float | Sequence[float]) 
 
 def count(decay: float | tuple[float, ...]) -> int:
     """``G``, the number of time scales of an op's ``decay``."""
-    return 1 if isinstance(decay, float) else len(decay)
+    return 1 if isinstance(decay, (float, torch.Tensor)) else len(decay)
 
 
 def rows_by_scale(scales: int, hidden_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -52,7 +61,7 @@ def rows_by_scale(scales: int, hidden_size: int, device: torch.device | str | No
 
 def per_row(values: float | tuple[float, ...], rows: torch.Tensor | None, like: torch.Tensor) -> float | torch.Tensor:
     """A float as it is; a tuple of ``G`` floats as ``[H]`` in ``like``'s dtype and device, one per row."""
-    if isinstance(values, float):
+    if isinstance(values, (float, torch.Tensor)):
         return values
     return torch.tensor(values, dtype=like.dtype, device=like.device)[rows]
 
