@@ -217,6 +217,7 @@ def test_range_types_name_the_flag_and_the_value(capsys):
         ("bench_agent.py", ["--rollouts", "0"], "argument --rollouts: must be an integer >= 1, got 0"),
         ("bench_agent.py", ["--memories", "bogus"], "argument --memories: invalid choice: 'bogus'"),
         ("profile_agent.py", ["--rounds", "0"], "argument --rounds: must be an integer >= 1, got 0"),
+        ("profile_agent.py", ["--task", "Nope"], "argument --task: invalid choice: 'Nope'"),
         ("bench_memory.py", ["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
         ("bench_memory.py", ["--threads", "2147483648"], "argument --threads: must be an integer in [1, 1024], got 2147483648"),
         ("bench_catch.py", ["--seconds", "0"], "argument --seconds: must be a finite number > 0, got 0"),
@@ -231,6 +232,20 @@ def test_benchmark_scripts_refuse_bad_input_in_one_line(script, argv, needle):
                           timeout=120, cwd=root)  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+
+
+@pytest.mark.slow
+def test_profile_agent_times_a_suite_task_in_the_suites_setting():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    argv = ["--task", "RepeatPreviousEasy", "--memories", "irnn", "gru", "--rounds", "1", "--threads", "1"]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "profile_agent.py"), *argv], capture_output=True,
+                          text=True, timeout=300, cwd=root)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "RepeatPreviousEasy, 16 envs, n_steps 64, batch 256, 4 epochs" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| irnn |", "| gru |"))]
+    assert len(rows) == 2 and rows[0].endswith("1.00× |")  # the first core is the peer without lstm
 
 
 @dataclass
