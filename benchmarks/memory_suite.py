@@ -28,6 +28,7 @@ normalised training curve, wall time; each model's interquartile mean over tasks
     python benchmarks/memory_suite.py --workers 2 --tasks RepeatFirstEasy CatchBlind16 --seeds 0
     python benchmarks/memory_suite.py --quick              # smoke run, well under a minute
     python benchmarks/memory_suite.py --models fastweights --fast-variant 'eta2={"fast_share": 2.0}'
+    python benchmarks/memory_suite.py --models gru --variant 'gru[mlp64]={"policy": {"net_arch": [64]}}'
     python benchmarks/memory_suite.py --report-only        # the report from the study, any time, any machine
 
 The tasks, their budgets (sized from measured throughputs, in ``suite_tasks.py``'s docstring) and
@@ -56,9 +57,8 @@ from suite_runs import (  # noqa: F401  (one run's code, importable from here as
     record_value, run_job, run_path, suite_worker,
 )  # fmt: skip
 from suite_tasks import (  # noqa: F401  (the suite's tables and scores, importable from here as before)
-    parse_variant,
     AUC_POINTS, BUDGETS, MODELS, POPGYM_TASKS, RETURN_BOUNDS, STOCK, TASKS, area_under_curve, budget,
-    interpolate_curve, normalise,
+    interpolate_curve, normalise, parse_model_variant, parse_variant,
 )  # fmt: skip
 
 from fw_agents.aggregate import DEFAULT_REPS, DEFAULT_SEED
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     p.add_argument("--fast-variant", action="append", default=[], metavar="LABEL=JSON",
                    help="extra fast-weights model fastweights[LABEL] with these memory_kwargs (repeatable)")  # fmt: skip
+    p.add_argument("--variant", action="append", default=[], metavar="MEMORY[LABEL]=JSON",
+                   help="extra model of any of our cores, e.g. 'gru[mlp64]={\"policy\": {\"net_arch\": [64]}}' "
+                        "(its memory_kwargs, and policy options under \"policy\"; repeatable)")  # fmt: skip
     p.add_argument("--timesteps", type=int, help="env steps per run for every task (default: the BUDGETS table)")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every budget")
     p.add_argument("--hidden-size", type=int, default=128)
@@ -175,9 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check(args)
     command = shlex.join(["python", "benchmarks/memory_suite.py", *(sys.argv[1:] if argv is None else argv)])
     out = Path(args.out or ("runs/memory_suite_quick" if args.quick else "runs/memory_suite"))
-    variants = dict(parse_variant(text) for text in args.fast_variant)
-    if len(variants) < len(args.fast_variant):
-        raise ValueError("--fast-variant labels must be distinct")
+    parsed = [parse_variant(text) for text in args.fast_variant]
+    parsed += [parse_model_variant(text, [m for m in MODELS if m != STOCK]) for text in args.variant]
+    variants = dict(parsed)
+    if len(variants) < len(parsed):
+        raise ValueError("--fast-variant and --variant labels must be distinct")
     if args.quick:
         for key, value in QUICK.items():  # what the command line does not set
             setattr(args, key, getattr(args, key) or value)

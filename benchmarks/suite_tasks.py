@@ -119,8 +119,8 @@ def budget(task: str, scale: float = 1.0) -> int:
 LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
-def parse_variant(text: str, flag: str = "--fast-variant") -> tuple[str, dict[str, Any]]:
-    """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
+def parse_variant(text: str, flag: str = "--fast-variant", memory: str = "fastweights") -> tuple[str, dict[str, Any]]:
+    """``LABEL=JSON`` -> (``<memory>[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
 
     A key ``"policy"`` holds the variant's other ``RecurrentMemoryPolicy`` options, e.g.
     ``sep={"policy": {"critic": "separate"}}``; they are checked when the model is built.
@@ -128,6 +128,7 @@ def parse_variant(text: str, flag: str = "--fast-variant") -> tuple[str, dict[st
     :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_share": 2.0}`` (also
         ``benchmarks/fast_weights_diagnostics.py --variant`` and ``bench_agent.py --fast-variant``).
     :param flag: The flag the value came with, for the error message.
+    :param memory: The core the variant's options are for.
     :raises ValueError: One line naming the value and what is accepted.
     """
     label, sep, raw = text.partition("=")
@@ -138,13 +139,30 @@ def parse_variant(text: str, flag: str = "--fast-variant") -> tuple[str, dict[st
     except json.JSONDecodeError as error:
         raise ValueError(f"bad {flag} {text!r}: invalid JSON ({error})") from None
     if not isinstance(kwargs, dict):
-        raise ValueError(f"bad {flag} {text!r}: the JSON must be an object of fast-weights options")
+        raise ValueError(f"bad {flag} {text!r}: the JSON must be an object of {memory} options")
     from fw_agents.config_checks import check_memory_kwargs
 
     if not isinstance(kwargs.get("policy", {}), dict):
         raise ValueError(f"bad {flag} {text!r}: \"policy\" must be an object of policy options")
     try:
-        check_memory_kwargs("fastweights", {k: v for k, v in kwargs.items() if k != "policy"}, hidden_size=4)
+        check_memory_kwargs(memory, {k: v for k, v in kwargs.items() if k != "policy"}, hidden_size=4)
     except ValueError as error:
         raise ValueError(f"bad {flag} {text!r}: {error}") from None
-    return f"fastweights[{label}]", kwargs
+    return f"{memory}[{label}]", kwargs
+
+
+#: ``--variant``'s form: ``MEMORY[LABEL]=JSON``.
+MODEL_VARIANT = re.compile(r"(?P<memory>[a-z]+)\[(?P<label>[^\]]*)\]=(?P<json>.*)", re.S)
+
+
+def parse_model_variant(text: str, memories: Sequence[str], flag: str = "--variant") -> tuple[str, dict[str, Any]]:
+    """``MEMORY[LABEL]=JSON`` -> (``MEMORY[LABEL]``, options): :func:`parse_variant` for any core of
+    ``memories``, e.g. ``gru[mlp64]={"policy": {"net_arch": [64]}}`` (the core's options beside
+    ``"policy"``, checked for that core).
+
+    :raises ValueError: One line naming the value and what is accepted.
+    """
+    found = MODEL_VARIANT.fullmatch(text)
+    if found is None or found["memory"] not in memories:
+        raise ValueError(f"bad {flag} {text!r}; expected MEMORY[LABEL]=JSON with MEMORY one of {', '.join(memories)}")
+    return parse_variant(f"{found['label']}={found['json']}", flag, found["memory"])

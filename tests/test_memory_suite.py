@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,27 @@ def test_models_and_variants(suite):
     assert suite.resolve_models(["lstm"], {name: kwargs}) == ["lstm", name]
     tasks = suite.resolve_tasks(["CatchBlind16-v0", "CatchBlind16", "RepeatFirstEasy"])  # ids accepted, once each
     assert tasks == ["CatchBlind16", "RepeatFirstEasy"]
+
+
+def test_variants_of_any_core_carry_their_options_and_bad_ones_are_refused(suite):
+    cores = [m for m in suite.MODELS if m != suite.STOCK]
+    name, kwargs = suite.parse_model_variant('gru[mlp64]={"policy": {"net_arch": [64]}}', cores)
+    assert (name, kwargs) == ("gru[mlp64]", {"policy": {"net_arch": [64]}})
+    args = argparse.Namespace(seeds=[0], timesteps=100, budget_scale=1.0, hidden_size=8, eval_episodes=3)
+    job = suite.make_cells(args, ["CatchBlind16"], [name], {name: kwargs}, "cmd")["CatchBlind16/gru[mlp64]/seed0"]
+    assert job["memory_kwargs"] == {} and job["policy_options"] == {"net_arch": [64]}
+    assert suite.policy_kwargs(suite.Job(**job, path="")) == dict(memory="gru", hidden_size=8, memory_kwargs={},
+                                                                   net_arch=[64])  # fmt: skip
+    assert suite.parse_model_variant('fastweights[e2]={"fast_share": 2.0}', cores)[0] == "fastweights[e2]"
+    for text, needle in [
+        ('stock-lstm[x]={}', "MEMORY one of fastweights, lstm, gru, irnn"),
+        ('gru[x]{}', "expected MEMORY[LABEL]=JSON"),
+        ('gru[x/y]={}', "LABEL of letters"),
+        ('gru[x]={"decay": 0.9}', "decay"),  # a fast-weights option on the GRU core
+        ('lstm[x]=[1]', "must be an object of lstm options"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            suite.parse_model_variant(text, cores)
 
 
 def test_cells_are_enqueued_once_and_local_jsons_recorded_without_running(suite, tmp_path):
