@@ -293,7 +293,8 @@ class FastWeightsRNN(MemoryCore):
         (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's.
         On the CPU the same ops run as one compiled call where the C++ loops build
         (:mod:`~fw_agents.memory.ops.compiled`), bitwise the Python ones."""
-        if x.shape[0] != 1 or torch.is_grad_enabled() or self.learned_memory or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x):
+        generic = self.learned_memory or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x)
+        if x.shape[0] != 1 or torch.is_grad_enabled() or generic:
             return super().forward_packed(x, packed, episode_starts, width, out)
         state = self.unpack_state(packed[:, : self.state_size])
         H, batch = self.hidden_size, x.shape[1]
@@ -401,8 +402,9 @@ class FastWeightsRNN(MemoryCore):
 
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
+        one_scale = self.time_scales == 1 and not self.learned_memory
         return self.mode == "triton" or (
-            self.mode == "auto" and self.time_scales == 1 and not self.learned_memory and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
+            self.mode == "auto" and one_scale and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
         )
 
     def _op(self, x: torch.Tensor) -> tuple[Callable[..., tuple[torch.Tensor, ...]], int | None]:

@@ -148,12 +148,13 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
     CoreOption("rms_norm", bool, "", "normalise Eq. 5's inner loop by the root mean square alone (RMS norm), "
                "not layer norm", None, None, False, False, default=False, agent_default=None, flag="--rms-norm",
                help="RMS norm in the inner loop instead of layer norm (no mean removed: relu(RMS(h)) keeps h ≥ 0)"),
-    CoreOption("learned_memory", bool, "", "train λ and the η share by gradient, from their given values (λ = "
-               "sigmoid(ρ), share = exp(κ))", None, None, False, False, default=False, agent_default=None,
-               flag="--learned-memory", help="train the fast memory's λ and η share by gradient, from the given values"),
-    CoreOption("memory_lr_scale", float, "", "the learned λ and η share's learning rate relative to the other "
+    CoreOption("learned_memory", bool, "", "train λ and η (in its unit) by gradient from the given values: "
+               "λ = sigmoid(gρ), η = exp(gκ), g = memory_lr_scale; the reference loop runs it", None, None, False,
+               False, default=False, agent_default=None, flag="--learned-memory",
+               help="train the fast memory's λ and η by gradient, from the given values (reference loop, slow)"),
+    CoreOption("memory_lr_scale", float, "g", "the learned λ and η's learning rate relative to the other "
                "parameters' (their parametrisation's gain)", 0.0, 1e4, False, True, default=1.0, agent_default=None,
-               flag="--memory-lr-scale", help="learning-rate multiplier for the learned λ and η share"),
+               flag="--memory-lr-scale", help="learning-rate multiplier for the learned λ and η (with --learned-memory)"),
 )  # fmt: skip
 #: The spec by name.
 OPTIONS: dict[str, CoreOption] = {option.name: option for option in FAST_WEIGHTS_OPTIONS}
