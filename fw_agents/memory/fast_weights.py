@@ -189,9 +189,9 @@ class FastWeightsRNN(MemoryCore):
         return torch.sigmoid(self.memory_lr_scale * self.decay_logit)
 
     @property
-    def paper_fast_lr(self) -> float:
+    def paper_fast_lr(self) -> float | torch.Tensor:
         """The η of the paper's Eq. 1 this core computes with: ``fast_lr``, or
-        ``fast_share·(1-λ)/H``."""
+        ``fast_share·(1-λ)/H``; a 0-d tensor with ``learned_memory``."""
         if self.learned_memory:
             eta = torch.exp(self.memory_lr_scale * self.log_eta)
             return eta if self.fast_share is None else eta * (1.0 - self.learned_decay) / self.hidden_size
@@ -200,8 +200,9 @@ class FastWeightsRNN(MemoryCore):
         return self.fast_lr
 
     @property
-    def op_decay(self) -> float | tuple[float, ...]:
-        """The ops' ``decay``: λ, or one λ per time scale (:mod:`~fw_agents.memory.ops.time_scales`)."""
+    def op_decay(self) -> float | tuple[float, ...] | torch.Tensor:
+        """The ops' ``decay``: λ, or one λ per time scale (:mod:`~fw_agents.memory.ops.time_scales`),
+        or the learned λ (0-d tensor)."""
         if self.learned_memory:
             return self.learned_decay
         return self.decay if self.time_scales == 1 else self.decays
