@@ -119,8 +119,8 @@ def budget(task: str, scale: float = 1.0) -> int:
 LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
-def parse_variant(text: str, flag: str = "--fast-variant", memory: str = "fastweights") -> tuple[str, dict[str, Any]]:
-    """``LABEL=JSON`` -> (``<memory>[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
+def parse_variant(text: str, flag: str = "--fast-variant") -> tuple[str, dict[str, Any]]:
+    """``LABEL=JSON`` -> (``fastweights[LABEL]``, memory_kwargs), checked as ``TrainConfig`` checks them.
 
     A key ``"policy"`` holds the variant's other ``RecurrentMemoryPolicy`` options, e.g.
     ``sep={"policy": {"critic": "separate"}}``; they are checked when the model is built.
@@ -128,12 +128,17 @@ def parse_variant(text: str, flag: str = "--fast-variant", memory: str = "fastwe
     :param text: A ``--fast-variant`` value, e.g. ``eta2={"fast_share": 2.0}`` (also
         ``benchmarks/fast_weights_diagnostics.py --variant`` and ``bench_agent.py --fast-variant``).
     :param flag: The flag the value came with, for the error message.
-    :param memory: The core the variant's options are for.
     :raises ValueError: One line naming the value and what is accepted.
     """
     label, sep, raw = text.partition("=")
     if not sep or not LABEL.fullmatch(label):
         raise ValueError(f"bad {flag} {text!r}; expected LABEL=JSON with LABEL of letters, digits, _.+-")
+    return _variant("fastweights", label, raw, text, flag)
+
+
+def _variant(memory: str, label: str, raw: str, text: str, flag: str) -> tuple[str, dict[str, Any]]:
+    """``(<memory>[label], options)`` from a variant's JSON ``raw``, its options checked for
+    ``memory``; errors name the value as given (``text``) and its ``flag``."""
     try:
         kwargs = json.loads(raw)
     except json.JSONDecodeError as error:
@@ -156,13 +161,14 @@ MODEL_VARIANT = re.compile(r"(?P<memory>[a-z]+)\[(?P<label>[^\]]*)\]=(?P<json>.*
 
 
 def parse_model_variant(text: str, memories: Sequence[str], flag: str = "--variant") -> tuple[str, dict[str, Any]]:
-    """``MEMORY[LABEL]=JSON`` -> (``MEMORY[LABEL]``, options): :func:`parse_variant` for any core of
+    """``MEMORY[LABEL]=JSON`` -> (``MEMORY[LABEL]``, options): a :func:`parse_variant` of any core of
     ``memories``, e.g. ``gru[mlp64]={"policy": {"net_arch": [64]}}`` (the core's options beside
     ``"policy"``, checked for that core).
 
     :raises ValueError: One line naming the value and what is accepted.
     """
     found = MODEL_VARIANT.fullmatch(text)
-    if found is None or found["memory"] not in memories:
-        raise ValueError(f"bad {flag} {text!r}; expected MEMORY[LABEL]=JSON with MEMORY one of {', '.join(memories)}")
-    return parse_variant(f"{found['label']}={found['json']}", flag, found["memory"])
+    if found is None or found["memory"] not in memories or not LABEL.fullmatch(found["label"]):
+        raise ValueError(f"bad {flag} {text!r}; expected MEMORY[LABEL]=JSON with MEMORY one of {', '.join(memories)} "
+                         "and LABEL of letters, digits, _.+-")
+    return _variant(found["memory"], found["label"], found["json"], text, flag)

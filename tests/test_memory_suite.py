@@ -172,8 +172,9 @@ def test_variants_of_any_core_carry_their_options_and_bad_ones_are_refused(suite
         ('gru[x]={"decay": 0.9}', "decay"),  # a fast-weights option on the GRU core
         ('lstm[x]=[1]', "must be an object of lstm options"),
     ]:
-        with pytest.raises(ValueError, match=re.escape(needle)):
+        with pytest.raises(ValueError, match=re.escape(needle)) as error:
             suite.parse_model_variant(text, cores)
+        assert repr(text) in str(error.value)  # the value as the user typed it
 
 
 def test_cells_are_enqueued_once_and_local_jsons_recorded_without_running(suite, tmp_path):
