@@ -95,8 +95,7 @@ Tensor forward_steps(const Tensor& zx, const Tensor& hidden, const Tensor& queri
 }
 
 // BPTT through steps stop-1 .. start of one chunk (after the chunk-end term of dL/dA was added
-// by the caller). Fills grad_z/ln_out for its steps, adds into grad_hidden of earlier steps;
-// read_coef [K, readers, 1] holds the reading rows' g_j where they differ (as the forward's).
+// by the caller). Fills grad_z/ln_out for its steps, adds into grad_hidden of earlier steps.
 // Returns (dL/dh_in or undefined when start > 0, the reading rows' g_j dL/du_s and h_s
 // per read, in the order the Python loop appends them, for dL/dA_init).
 std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
@@ -105,7 +104,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
     const std::optional<Tensor>& ln_bias, bool layer_norm, bool rms_norm, const std::optional<Tensor>& mean,
     const std::optional<Tensor>& rstd, const std::optional<Tensor>& keep_h, const std::vector<bool>& reset_steps,
     const Tensor& grad_hidden, const Tensor& grad_z_all, const Tensor& ln_out, const std::optional<Tensor>& A,
-    int64_t readers, const std::optional<Tensor>& read_coef, const std::optional<std::vector<double>>& read_scale,
+    int64_t readers, const std::optional<Tensor>& init_coef, const std::optional<std::vector<double>>& read_scale,
     bool collect_reads, int64_t start, int64_t stop, bool whole) {
   const int64_t K = stop - start, S = queries.size(0), B = hidden.size(0), H = hidden.size(2);
   const std::vector<int64_t> norm_shape{H};
@@ -161,7 +160,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
       }
       if (A) {  // read = g_j A_init q in the first `readers` rows
         if (!grad_q3.defined()) grad_q3 = at::zeros({B, 1, H}, grad_u.options());
-        Tensor coef = read_coef->select(0, j);  // [readers, 1]: g_j of the reading rows
+        Tensor coef = init_coef->select(0, j);  // [readers, 1]
         Tensor grad_q3_readers = grad_q3.slice(0, 0, readers);
         if (collect_reads) {
           Tensor scaled = grad_u.slice(0, 0, readers) * coef;
