@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fw_agents.memory.ops import chunking, norms
+from fw_agents.memory.ops import norms
 from fw_agents.memory.ops.chunked_scan_fwd import ResidualViews, ScanResiduals
 from fw_agents.memory.ops.compiled import loops_for as compiled_loops
 
@@ -142,18 +142,16 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
         if A is not None and need_grad_A_init:
             grad_A_init = grad_A * init_coef[:, :, K, None]
     collect_reads = A is not None and need_grad_A_init
-    # g_j of the reading rows, [K, readers, 1] (one block per step); per row of A with time scales
-    read_coef = chunking.read_columns(init_coef[:readers], K) if A is not None and rows is None else None
     if compiled is not None:  # the loop below, in C++ (bitwise the same ops)
         h_in, init_rows, init_queries = compiled.backward_steps(
             hidden, res.queries, res.pre_act, chunk.scores, weights, res.W, res.ln_weight, res.ln_bias, opts.layer_norm,
             opts.rms_norm, grads.mean, grads.rstd, res.keep_h, res.reset_steps, grad_hidden, grads.z, grads.ln_out, A, readers,
-            read_coef, read_scale, collect_reads, start, stop, whole,
+            init_coef, read_scale, collect_reads, start, stop, whole,
         )  # fmt: skip
         if start == 0:
             grads.h_in = h_in
     else:
-        init_rows, init_queries = _backward_steps(grads, res, chunk, collect_reads, read_coef)
+        init_rows, init_queries = _backward_steps(grads, res, chunk, collect_reads)
     if collect_reads:
         rows = torch.stack(init_rows, dim=1)  # [readers, K*S, H]
         cols = torch.stack(init_queries, dim=1)
@@ -165,7 +163,7 @@ def _backward_chunk(grads, res, chunk, grad_A, need_grad_A_init, compiled):
     return grad_A_init
 
 
-def _backward_steps(grads, res, chunk, collect_reads, read_coef):
+def _backward_steps(grads, res, chunk, collect_reads):
     """The Python loop of :func:`_backward_chunk` over the chunk's steps, in reverse (what
     ``scan_loops.cpp``'s ``backward_steps`` ports). Returns the reading rows' ``g_j dL/du_s``
     and ``h_s`` per read, for ``dL/dA_init``."""
@@ -180,7 +178,7 @@ def _backward_steps(grads, res, chunk, collect_reads, read_coef):
     if rows is None:
         weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
         score_cols = [sc.unsqueeze(3).unbind(1) for sc in chunk.scores]  # [B, K, 1] per step
-        coef_t = None if read_coef is None else read_coef.unbind(0)  # [readers, 1] per step
+        coef_t = init_coef[:readers].split(1, dim=1)  # [readers, 1] per step
     else:  # time scales: w per scale, g per row of A
         weight_rows = weights.unbind(2)  # [B, G, K] per step
         score_cols = [sc.unbind(1) for sc in chunk.scores]  # [B, G, K] per step (taken to rows below)

@@ -222,9 +222,6 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
         A_read, readers = None, 0  # every reader restarts before reading
     read_scale = chunking.shared_scale(read_coef, K) if A_read is not None and rows is None else None
     A_read_T = A_read.transpose(1, 2) if A_read is not None else None
-    # g_j of the reading rows, [K, readers, 1, 1] (one block per step), where rows differ
-    per_row = A_read is not None and read_scale is None and rows is None
-    read_columns = chunking.read_columns(read_coef, K)[..., None] if per_row else None
     whole = K <= chunking.WHOLE_BLOCK_STEPS
     # w[t, tau] (h(tau) . h_s(t)), kept for the backward; with time scales, one per scale
     scores = hidden.new_empty(S, B, K, K) if rows is None else hidden.new_empty(S, B, K, weights.shape[1], K)
@@ -232,11 +229,11 @@ def _forward_chunk(views, res, start, stop, A_init, readers, starts, write, h, z
         h = compiled.forward_steps(
             zx, hidden, res.queries, res.pre_act, scores, weights, Wt, res.ln_weight, res.ln_bias,
             opts.eps, opts.layer_norm, opts.rms_norm, res.keep_h, res.reset_steps, A_read_T, readers,
-            read_columns, read_scale, start, stop, whole, h,
+            None if read_scale is not None or A_read is None else read_coef, read_scale, start, stop, whole, h,
         )  # fmt: skip
         return ChunkResiduals(start, stop, A_read, readers, init_coef, weights, scores, read_scale, whole), h
     if rows is None:
-        coef_t = None if read_columns is None else read_columns.unbind(0)  # [readers, 1, 1] per step, scales h_s
+        coef_t = read_coef.unsqueeze(2).split(1, dim=1)  # [readers, 1, 1] per step, scales h_s
         weight_rows = weights.unsqueeze(2).unbind(1)  # [B, 1, K] per step
         score_rows = [sc.split(1, dim=1) for sc in scores]  # [B, 1, K] per step
     else:

@@ -36,7 +36,7 @@ inline Tensor normalize(const Tensor& u, at::IntArrayRef shape, const std::optio
 // Steps start .. stop-1 of one chunk; fills queries/pre_act/hidden/scores in place and returns h(stop-1).
 //   zx [T, B, H]; hidden [B, T, H]; queries, pre_act [S, T, B, H]; scores [S, B, K, K];
 //   weights [B, K+1, K]; Wt = W^T; keep_h [T, B] with reset_steps[t] saying whether step t resets;
-//   A_read_T [readers, H, H] (A_init^T of the reading rows) with read_coef [K, readers, 1, 1] or
+//   A_read_T [readers, H, H] (A_init^T of the reading rows) with read_coef [readers, K+1] or
 //   read_scale (one g_j per step, when every reading row shares it).
 Tensor forward_steps(const Tensor& zx, const Tensor& hidden, const Tensor& queries, const Tensor& pre_act,
                      const Tensor& scores, const Tensor& weights, const Tensor& Wt,
@@ -80,7 +80,7 @@ Tensor forward_steps(const Tensor& zx, const Tensor& hidden, const Tensor& queri
         Tensor read_u3 = row3(u.slice(0, 0, readers));
         Tensor read_q3 = row3(q.slice(0, 0, readers));
         if (!read_scale) {
-          read_u3.baddbmm_(read_q3 * read_coef->select(0, j), *A_read_T);
+          read_u3.baddbmm_(read_q3 * read_coef->unsqueeze(2).slice(1, j, j + 1), *A_read_T);
         } else if ((*read_scale)[j] != 0.0) {
           read_u3.baddbmm_(read_q3, *A_read_T, 1.0, (*read_scale)[j]);
         }
@@ -104,7 +104,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
     const std::optional<Tensor>& ln_bias, bool layer_norm, bool rms_norm, const std::optional<Tensor>& mean,
     const std::optional<Tensor>& rstd, const std::optional<Tensor>& keep_h, const std::vector<bool>& reset_steps,
     const Tensor& grad_hidden, const Tensor& grad_z_all, const Tensor& ln_out, const std::optional<Tensor>& A,
-    int64_t readers, const std::optional<Tensor>& init_coef, const std::optional<std::vector<double>>& read_scale,
+    int64_t readers, const Tensor& init_coef, const std::optional<std::vector<double>>& read_scale,
     bool collect_reads, int64_t start, int64_t stop, bool whole) {
   const int64_t K = stop - start, S = queries.size(0), B = hidden.size(0), H = hidden.size(2);
   const std::vector<int64_t> norm_shape{H};
@@ -160,7 +160,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> backward_steps(
       }
       if (A) {  // read = g_j A_init q in the first `readers` rows
         if (!grad_q3.defined()) grad_q3 = at::zeros({B, 1, H}, grad_u.options());
-        Tensor coef = init_coef->select(0, j);  // [readers, 1]
+        Tensor coef = init_coef.slice(0, 0, readers).slice(1, j, j + 1);  // [readers, 1]
         Tensor grad_q3_readers = grad_q3.slice(0, 0, readers);
         if (collect_reads) {
           Tensor scaled = grad_u.slice(0, 0, readers) * coef;
