@@ -109,6 +109,10 @@ class FastWeightsRNN(MemoryCore):
         and bias) instead of layer norm: ``relu(RMS(h)) = h/rms(h)`` for ``h >= 0``, so a state
         driven by ``W h`` alone (a blank input) keeps its pattern, which ``relu(LN(h))``, zeroing
         every unit below the mean, rewrites at every step (:mod:`~fw_agents.memory.ops.norms`).
+    :param update_gate: A GRU-style update gate around the inner loop (not the paper's):
+        ``h(t) = (1-g) ⊙ h(t-1) + g ⊙ h_S`` with ``g = sigmoid(G_h h(t-1) + G_x x(t) + b)``, so each unit
+        is kept or replaced per step; ``A`` is written with the gated ``h(t)``. Runs the reference
+        loop, modes ``"auto"``/``"reference"`` (docs/fast_weights_learning.md §13).
     :param learned_memory: Train λ and η (in its unit, ``fast_share`` or ``fast_lr``) by gradient from
         the given values, as ``λ = sigmoid(g ρ)`` and ``η = exp(g κ)`` (parameters ``decay_logit`` ρ
         and ``log_eta`` κ, kept in range by that form; :attr:`learned_decay`, :attr:`paper_fast_lr`).
@@ -139,6 +143,7 @@ class FastWeightsRNN(MemoryCore):
         relative_slow_weights: bool = OPTIONS["relative_slow_weights"].default,
         time_scales: int = OPTIONS["time_scales"].default,
         rms_norm: bool = OPTIONS["rms_norm"].default,
+        update_gate: bool = OPTIONS["update_gate"].default,
         learned_memory: bool = OPTIONS["learned_memory"].default,
         memory_lr_scale: float = OPTIONS["memory_lr_scale"].default,
     ) -> None:
@@ -156,11 +161,14 @@ class FastWeightsRNN(MemoryCore):
         self.relative_slow_weights = OPTIONS["relative_slow_weights"].check(relative_slow_weights)
         self.time_scales = OPTIONS["time_scales"].check(time_scales)
         self.rms_norm = OPTIONS["rms_norm"].check(rms_norm)
+        self.update_gate = OPTIONS["update_gate"].check(update_gate)
         self.learned_memory = OPTIONS["learned_memory"].check(learned_memory)
         self.memory_lr_scale = OPTIONS["memory_lr_scale"].check(memory_lr_scale)
         if self.learned_memory and (self.time_scales > 1 or self.mode not in ("auto", "reference")):
             raise ValueError(f"learned_memory=True with time_scales={self.time_scales}, mode={self.mode!r}: it runs one "
                              "time scale through the reference loop (mode 'auto' or 'reference')")
+        if self.update_gate and self.mode not in ("auto", "reference"):
+            raise ValueError(f"update_gate=True with mode={self.mode!r}: it runs the reference loop (mode 'auto' or 'reference')")
         if self.memory_lr_scale != 1.0 and not self.learned_memory:
             raise ValueError(f"memory_lr_scale={memory_lr_scale!r} applies with learned_memory=True only")
         most = max(g for g in range(1, 64) if (1.0 - self.decay) * 2 ** (g - 1) < 1.0)
@@ -177,6 +185,9 @@ class FastWeightsRNN(MemoryCore):
             self.decay_logit = nn.Parameter(torch.zeros(()))
             self.log_eta = nn.Parameter(torch.zeros(()))
         self.C = nn.Linear(self.input_size, self.hidden_size)
+        if self.update_gate:  # g = sigmoid(G_h h(t-1) + G_x x(t) + b)
+            self.G_h = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+            self.G_x = nn.Linear(self.input_size, self.hidden_size)
         self.ln = nn.LayerNorm(self.hidden_size) if check_bool("layer_norm", layer_norm) else None
         if self.rms_norm and self.ln is None:
             raise ValueError("rms_norm=True with layer_norm=False: RMS norm replaces the inner loop's layer norm; "
@@ -233,6 +244,10 @@ class FastWeightsRNN(MemoryCore):
             bound = 1.0 / math.sqrt(self.hidden_size)
             self.C.weight.uniform_(-bound, bound)
             self.C.bias.zero_()
+            if self.update_gate:  # as C; a zero bias opens every gate halfway at first
+                for weight in (self.G_x.weight, self.G_h.weight):
+                    weight.uniform_(-bound, bound)
+                self.G_x.bias.zero_()
             if self.ln is not None:
                 self.ln.reset_parameters()
             if self.learned_memory:
@@ -294,7 +309,7 @@ class FastWeightsRNN(MemoryCore):
         (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's.
         On the CPU the same ops run as one compiled call where the C++ loops build
         (:mod:`~fw_agents.memory.ops.compiled`), bitwise the Python ones."""
-        generic = self.learned_memory or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x)
+        generic = self.learned_memory or self.update_gate or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x)
         if x.shape[0] != 1 or torch.is_grad_enabled() or generic:
             return super().forward_packed(x, packed, episode_starts, width, out)
         state = self.unpack_state(packed[:, : self.state_size])
@@ -369,6 +384,8 @@ class FastWeightsRNN(MemoryCore):
             output_final_state=final_state,
             rms_norm=self.rms_norm,
         )
+        if self.update_gate:
+            options.update(gate_x=self.G_x(x), gate_weight=self.G_h.weight)
         try:
             y, h_T, A_T = op(*inputs, **options, chunk_size=chunk_size)
         except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
@@ -403,7 +420,7 @@ class FastWeightsRNN(MemoryCore):
 
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused Triton kernel."""
-        one_scale = self.time_scales == 1 and not self.learned_memory
+        one_scale = self.time_scales == 1 and not self.learned_memory and not self.update_gate
         return self.mode == "triton" or (
             self.mode == "auto" and one_scale and x.is_cuda and fused_recurrent.supports(self.hidden_size, x.device)
         )
@@ -412,7 +429,7 @@ class FastWeightsRNN(MemoryCore):
         """The op for this call and its ``chunk_size`` (the kernel picks its own checkpoints)."""
         if self._uses_kernel(x):
             return fused_recurrent_fast_weights, None
-        if self.learned_memory:  # autograd through the reference loop: the gradients of λ and η
+        if self.learned_memory or self.update_gate:  # autograd through the reference loop (λ and η; the gate)
             return fast_weights_reference, None
         return _OPS[self.mode][x.shape[0] == 1], self.chunk_size(x.shape[0])
 
@@ -426,6 +443,7 @@ class FastWeightsRNN(MemoryCore):
             + (", relative_slow_weights=True" if self.relative_slow_weights else "")
             + (f", time_scales={self.time_scales}" if self.time_scales > 1 else "")
             + (", rms_norm=True" if self.rms_norm else "")
+            + (", update_gate=True" if self.update_gate else "")
             + (f", learned_memory=True, memory_lr_scale={self.memory_lr_scale}" if self.learned_memory else "")
         )
 

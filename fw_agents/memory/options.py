@@ -148,6 +148,10 @@ FAST_WEIGHTS_OPTIONS: tuple[CoreOption, ...] = (
     CoreOption("rms_norm", bool, "", "normalise Eq. 5's inner loop by the root mean square alone (RMS norm), "
                "not layer norm", None, None, False, False, default=False, agent_default=None, flag="--rms-norm",
                help="RMS norm in the inner loop instead of layer norm (no mean removed: relu(RMS(h)) keeps h ≥ 0)"),
+    CoreOption("update_gate", bool, "", "a GRU-style update gate around the inner loop: h(t) = (1-g) h(t-1) + g h_S, "
+               "g = sigmoid(G_h h(t-1) + G_x x(t) + b); the reference loop runs it", None, None, False, False,
+               default=False, agent_default=None, flag="--update-gate",
+               help="gate the new state as a GRU does: keep or replace each unit per step (reference loop, slow)"),
     CoreOption("learned_memory", bool, "", "train λ and η (in its unit) by gradient from the given values: "
                "λ = sigmoid(gρ), η = exp(gκ), g = memory_lr_scale; the reference loop runs it", None, None, False,
                False, default=False, agent_default=None, flag="--learned-memory",

@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from fw_agents.memory.ops import time_scales
 from fw_agents.memory.ops.chunked_scan_bwd import fast_weights_scan_bwd
 from fw_agents.memory.ops.chunked_scan_fwd import fast_weights_scan_fwd
-from fw_agents.memory.ops.options import OpOptions
+from fw_agents.memory.ops.options import OpOptions, refuse_gate
 from fw_agents.memory.ops.chunking import as_bool_mask, default_chunk_size, hidden_reset_mask
 
 
@@ -88,6 +88,8 @@ def fast_weights_scan(
     output_final_state: bool = True,
     chunk_size: int | None = None,
     rms_norm: bool = False,
+    gate_x: torch.Tensor | None = None,
+    gate_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the fast-weights RNN over a sequence: the reference's maths, as a chunked scan.
 
@@ -124,6 +126,8 @@ def fast_weights_scan(
         hidden_resets: ``[T, B]`` 0/1; 1 zeroes ``h`` (not ``A``) before step t (None: never).
         layer_norm: Layer norm in the inner loop (per example, over its ``H`` units).
         rms_norm: With ``layer_norm``, RMS norm instead (no mean removed; :mod:`~fw_agents.memory.ops.norms`).
+        gate_x, gate_weight: The update gate: :func:`~fw_agents.memory.ops.reference.fast_weights_reference`
+            only; anything but None is refused here.
         eps: Layer-norm epsilon.
         output_final_state: False returns None for ``A_T`` and skips forming it.
         chunk_size: Steps between explicit formations of ``A`` (1: matrix form; ``>= T``:
@@ -143,6 +147,7 @@ def fast_weights_scan(
         (torch.Size([5, 2, 4]), torch.Size([2, 4, 4]))
     """
     T, _, H = zx.shape
+    refuse_gate(gate_x, gate_weight)
     if isinstance(inner_steps, bool) or not (isinstance(inner_steps, numbers.Integral) and inner_steps >= 1):  # S = 0 would index empty buffers
         raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
     decay, fast_lr = time_scales.as_scales(decay, fast_lr)

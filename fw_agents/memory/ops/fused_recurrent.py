@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from fw_agents.memory.ops import time_scales
-from fw_agents.memory.ops.options import OpOptions
+from fw_agents.memory.ops.options import OpOptions, refuse_gate
 from fw_agents.memory.ops.triton_kernels import _fw_backward_kernel, _fw_forward_kernel, _launch_options
 from fw_agents.memory.ops.triton_kernels import NUM_WARPS, launch_options  # noqa: F401 - the op's tuning knobs
 from fw_agents.validation import one_line
@@ -326,6 +326,8 @@ def fused_recurrent_fast_weights(
     output_final_state: bool = True,
     chunk_size: int | None = None,
     rms_norm: bool = False,
+    gate_x: torch.Tensor | None = None,
+    gate_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fast-weights recurrence as one fused Triton kernel (forward and backward).
 
@@ -356,7 +358,8 @@ def fused_recurrent_fast_weights(
         write_mask: ``[T, B]``, 0 leaves ``A`` unchanged by step t (no decay, no write).
         hidden_resets: ``[T, B]``, 1 zeroes the row's ``h`` (not ``A``) before step t.
         layer_norm: Layer norm on every inner step. eps: its epsilon. rms_norm: RMS norm instead
-            (no mean removed; :mod:`~fw_agents.memory.ops.norms`).
+            (no mean removed; :mod:`~fw_agents.memory.ops.norms`). gate_x, gate_weight: refused (the
+            update gate runs in the reference loop only).
         output_final_state: False returns None for ``A_T`` (never stored), as the other ops.
         chunk_size: Steps between the forward's checkpoints of ``A`` for the backward
             (rounded up to a power of two, at most 64; default 16). Memory for the
@@ -380,6 +383,7 @@ def fused_recurrent_fast_weights(
         ...     decay=0.95, fast_lr=0.5, inner_steps=1)
         >>> y.sum().backward()  # doctest: +SKIP
     """
+    refuse_gate(gate_x, gate_weight)
     decay, fast_lr = time_scales.as_scales(decay, fast_lr)
     if not isinstance(decay, float):
         raise ValueError(f"the fused kernel runs one time scale, got decay={decay!r}; "

@@ -38,3 +38,10 @@ class OpOptions:
     eps: float = 1e-5
     output_final_state: bool = True
     rms_norm: bool = False
+
+
+def refuse_gate(gate_x: object, gate_weight: object) -> None:
+    """The update gate (``FastWeightsRNN(update_gate=True)``) runs in ``fast_weights_reference`` only:
+    the other ops take ``gate_x`` and ``gate_weight`` for the common signature and refuse anything but None."""
+    if gate_x is not None or gate_weight is not None:
+        raise ValueError("gate_x and gate_weight (the update gate) run in fast_weights_reference only; give None here")

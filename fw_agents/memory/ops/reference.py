@@ -34,6 +34,8 @@ def fast_weights_reference(
     output_final_state: bool = True,
     chunk_size: int | None = None,
     rms_norm: bool = False,
+    gate_x: torch.Tensor | None = None,
+    gate_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the fast-weights RNN over a sequence, one step at a time.
 
@@ -73,10 +75,16 @@ def fast_weights_reference(
         eps: Layer-norm epsilon.
         output_final_state: False returns None for the final ``A``.
         chunk_size: Accepted for the common signature and ignored (there are no chunks here).
+        gate_x: With ``gate_weight``, an update gate around the inner loop (here only,
+            ``FastWeightsRNN(update_gate=True)``): ``G_x x(t) + b``, ``[T, B, H]``, and the step's
+            state is ``h(t) = h(t-1) + g ⊙ (h_S - h(t-1))``, ``g = sigmoid(h(t-1) G_hᵀ + G_x x(t) + b)``.
+        gate_weight: ``G_h`` ``[H, H]`` (as ``nn.Linear``); None: no gate (the paper's ``h(t) = h_S``).
 
     Returns:
         ``(y [T, B, H], h [B, H], A [B, H, H] or None)``.
     """
+    if (gate_x is None) != (gate_weight is None):
+        raise ValueError("gate_x and gate_weight go together: give both (the update gate) or neither")
     decay, fast_lr = time_scales.as_scales(decay, fast_lr, tensors=True)
     T, B, H = zx.shape
     scales = time_scales.count(decay)
@@ -104,7 +112,8 @@ def fast_weights_reference(
                 else:
                     u = F.layer_norm(u, u.shape[-1:], ln_weight, ln_bias, eps)
             hs = torch.relu(u)
-        h = hs
+        # a GRU-style update gate keeps or replaces each unit of h(t-1) (None: h(t) = h_S, the paper's)
+        h = hs if gate_weight is None else h + torch.sigmoid(h @ gate_weight.T + gate_x[t]) * (hs - h)
         # in zx's dtype: a float32 or bool mask must not turn decay_t (and the write) into float32
         write = zx.new_ones(B) if write_mask is None else write_mask[t].to(zx.dtype)
         write = time_scales.write_per_row(write, rows)  # [B, 1], or [B, H] by time scale

@@ -6,6 +6,7 @@ import torch
 
 from fw_agents.memory.ops import time_scales
 from fw_agents.memory.ops.norms import normalize
+from fw_agents.memory.ops.options import refuse_gate
 from fw_agents.memory.ops.chunking import as_bool_mask, hidden_reset_mask
 
 
@@ -28,6 +29,8 @@ def fast_weights_step(
     output_final_state: bool = True,
     chunk_size: int | None = None,
     rms_norm: bool = False,
+    gate_x: torch.Tensor | None = None,
+    gate_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One time step with ``A`` kept explicitly: a handful of fused ops, autograd for the backward.
 
@@ -38,7 +41,8 @@ def fast_weights_step(
     Args:
         zx: ``C x(t)`` with its bias, ``[1, B, H]``.
         h, A, W, ln_weight, ln_bias, decay, fast_lr, inner_steps, episode_starts, write_mask,
-            hidden_resets, layer_norm, eps, output_final_state, rms_norm: as :func:`fast_weights_scan`.
+            hidden_resets, layer_norm, eps, output_final_state, rms_norm, gate_x, gate_weight: as
+            :func:`fast_weights_scan` (the update gate refused).
 
     Returns:
         ``(y [1, B, H], h [B, H], A [B, H, H] or None)``.
@@ -48,6 +52,7 @@ def fast_weights_step(
     """
     if zx.shape[0] != 1:
         raise ValueError(f"fast_weights_step runs one step: zx must be [1, B, H], got {tuple(zx.shape)}")
+    refuse_gate(gate_x, gate_weight)
     decay, fast_lr = time_scales.as_scales(decay, fast_lr)
     time_scales.check_write_mask(write_mask, *zx.shape[:2], time_scales.count(decay))
     starts = as_bool_mask(episode_starts)
