@@ -109,8 +109,8 @@ def test_agent_defaults_are_the_specs_and_fast_lr_replaces_the_share():
 
 
 FLAG_VALUES = {"fast_lr": 0.01, "fast_share": 2.0, "decay": 0.8, "inner_steps": 2, "identity_scale": 0.3,
-               "bias_correction": True, "relative_slow_weights": True, "time_scales": 3, "rms_norm": True, "update_gate": True,
-               "learned_memory": True, "memory_lr_scale": 10.0}  # fmt: skip
+               "bias_correction": True, "relative_slow_weights": True, "time_scales": 3, "rms_norm": True,
+               "update_gate": True, "learned_memory": True, "memory_lr_scale": 10.0}  # fmt: skip
 
 
 def test_every_option_has_its_generated_flag_and_round_trips_to_memory_kwargs():

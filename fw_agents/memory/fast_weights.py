@@ -109,10 +109,9 @@ class FastWeightsRNN(MemoryCore):
         and bias) instead of layer norm: ``relu(RMS(h)) = h/rms(h)`` for ``h >= 0``, so a state
         driven by ``W h`` alone (a blank input) keeps its pattern, which ``relu(LN(h))``, zeroing
         every unit below the mean, rewrites at every step (:mod:`~fw_agents.memory.ops.norms`).
-    :param update_gate: A GRU-style update gate around the inner loop (not the paper's):
-        ``h(t) = (1-g) ⊙ h(t-1) + g ⊙ h_S`` with ``g = sigmoid(G_h h(t-1) + G_x x(t) + b)``, so each unit
-        is kept or replaced per step; ``A`` is written with the gated ``h(t)``. Runs the reference
-        loop, modes ``"auto"``/``"reference"`` (docs/fast_weights_learning.md §13).
+    :param update_gate: A GRU-style update gate around the inner loop (not the paper's): ``h(t) = (1-g) ⊙
+        h(t-1) + g ⊙ h_S``, ``g = sigmoid(G_h h(t-1) + G_x x(t) + b)``; ``A`` is written with the gated ``h(t)``.
+        Runs the reference loop, modes ``"auto"``/``"reference"`` (docs/fast_weights_learning.md §13).
     :param learned_memory: Train λ and η (in its unit, ``fast_share`` or ``fast_lr``) by gradient from
         the given values, as ``λ = sigmoid(g ρ)`` and ``η = exp(g κ)`` (parameters ``decay_logit`` ρ
         and ``log_eta`` κ, kept in range by that form; :attr:`learned_decay`, :attr:`paper_fast_lr`).
@@ -168,7 +167,8 @@ class FastWeightsRNN(MemoryCore):
             raise ValueError(f"learned_memory=True with time_scales={self.time_scales}, mode={self.mode!r}: it runs one "
                              "time scale through the reference loop (mode 'auto' or 'reference')")
         if self.update_gate and self.mode not in ("auto", "reference"):
-            raise ValueError(f"update_gate=True with mode={self.mode!r}: it runs the reference loop (mode 'auto' or 'reference')")
+            raise ValueError(f"update_gate=True with mode={self.mode!r}: it runs the reference loop "
+                             "(mode 'auto' or 'reference')")
         if self.memory_lr_scale != 1.0 and not self.learned_memory:
             raise ValueError(f"memory_lr_scale={memory_lr_scale!r} applies with learned_memory=True only")
         most = max(g for g in range(1, 64) if (1.0 - self.decay) * 2 ** (g - 1) < 1.0)
@@ -309,7 +309,8 @@ class FastWeightsRNN(MemoryCore):
         (:func:`~fw_agents.memory.ops.step.fast_weights_step_into`): bitwise the unpacked step's.
         On the CPU the same ops run as one compiled call where the C++ loops build
         (:mod:`~fw_agents.memory.ops.compiled`), bitwise the Python ones."""
-        generic = self.learned_memory or self.update_gate or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x)
+        reference = self.learned_memory or self.update_gate
+        generic = reference or _OPS[self.mode][1] is not fast_weights_step or self._uses_kernel(x)
         if x.shape[0] != 1 or torch.is_grad_enabled() or generic:
             return super().forward_packed(x, packed, episode_starts, width, out)
         state = self.unpack_state(packed[:, : self.state_size])
