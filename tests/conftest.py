@@ -41,6 +41,24 @@ def full_fp32(monkeypatch):
 
 
 @pytest.fixture
+def rollout_steps():
+    """``rollout_steps(core, x, starts)``: the core's outputs ``[T, B, H]`` and final packed state when
+    fed one step at a time through ``forward_packed`` (a rollout's calls: packed states, no
+    autograd), from zero states; a test compares them with the core's sequence call."""
+
+    def run(core, x, starts):
+        with torch.no_grad():
+            packed = torch.zeros(x.shape[1], core.state_size, dtype=x.dtype)
+            outputs = []
+            for t in range(x.shape[0]):
+                out, packed = core.forward_packed(x[t : t + 1], packed, starts[t : t + 1], core.state_size)
+                outputs.append(out[0])
+        return torch.stack(outputs), packed
+
+    return run
+
+
+@pytest.fixture
 def device_syncs():
     """``device_syncs(fn)``: the ops of ``fn()`` that read a value back from the tensors' device
     (on a GPU each one is a device-to-host sync), recorded at torch's dispatcher, so CPU runs

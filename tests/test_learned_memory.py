@@ -97,7 +97,7 @@ def test_the_gradients_are_the_derivatives_of_the_fixed_cores_output_in_lambda_a
     assert learned.log_eta.grad.item() == pytest.approx(d_share * share * g_scale, rel=1e-6)
 
 
-def test_rollout_steps_reproduce_the_sequence():
+def test_rollout_steps_reproduce_the_sequence(rollout_steps):
     learned, _ = _cores(fast_share=0.5, decay=0.95, bias_correction=True)
     with torch.no_grad():  # moved away from the initial values, as after training
         learned.decay_logit.add_(-0.7)
@@ -105,12 +105,8 @@ def test_rollout_steps_reproduce_the_sequence():
     x, starts = _sequence()
     with torch.no_grad():
         y, state = learned(x, None, starts)
-        packed = torch.zeros(3, learned.state_size, dtype=DT)
-        steps = []
-        for t in range(x.shape[0]):
-            out, packed = learned.forward_packed(x[t : t + 1], packed, starts[t : t + 1], learned.state_size)
-            steps.append(out[0])
-    torch.testing.assert_close(torch.stack(steps), y, rtol=1e-12, atol=1e-12)
+    steps, packed = rollout_steps(learned, x, starts)
+    torch.testing.assert_close(steps, y, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(packed, learned.pack_state(state, learned.state_size), rtol=1e-12, atol=1e-12)
 
 

@@ -89,17 +89,13 @@ def _sequence(T=9, B=3):
 
 
 @pytest.mark.parametrize("bias_correction", [False, True])
-def test_rollout_steps_reproduce_the_sequence(bias_correction):
+def test_rollout_steps_reproduce_the_sequence(bias_correction, rollout_steps):
     core = _core(bias_correction=bias_correction)
     x, starts = _sequence()
     with torch.no_grad():
         y, state = core(x, None, starts)
-        packed = torch.zeros(3, core.state_size, dtype=DT)
-        steps = []
-        for t in range(x.shape[0]):
-            out, packed = core.forward_packed(x[t : t + 1], packed, starts[t : t + 1], core.state_size)
-            steps.append(out[0])
-    torch.testing.assert_close(torch.stack(steps), y, rtol=1e-12, atol=1e-12)
+    steps, packed = rollout_steps(core, x, starts)
+    torch.testing.assert_close(steps, y, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(packed, core.pack_state(state, core.state_size), rtol=1e-12, atol=1e-12)
 
 
